@@ -1,0 +1,98 @@
+//! The `leadrouter` command line (the binary edge: errors are `anyhow` here and nowhere else).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ProcessEnv, DEFAULT_CONFIG_PATH};
+use crate::service::Service;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "leadrouter",
+    version,
+    about = "Buffered webhook lead router on NATS JetStream"
+)]
+pub struct Cli {
+    /// Config file.
+    #[arg(long, global = true, env = "LEADROUTER_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service: intake edge, NATS (embedded by default).
+    Serve,
+    /// Sign a payload with a sender's scheme and secret, post it, print the answer.
+    Send(SendArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SendArgs {
+    /// Sender id from the config.
+    #[arg(long)]
+    pub sender: String,
+    /// Payload file (`-` for stdin).
+    pub file: PathBuf,
+    /// Intake base URL; default: http://{intake.listen}.
+    #[arg(long, env = "LEADROUTER_INTAKE_URL")]
+    pub url: Option<String>,
+    /// Event id to send (default: a fresh one); reuse one to see duplicate handling.
+    #[arg(long)]
+    pub event_id: Option<String>,
+}
+
+pub fn run() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    let cfg = Config::load(&cli.config, &ProcessEnv)
+        .with_context(|| format!("loading {}", cli.config.display()))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match cli.command {
+        Command::Serve => rt.block_on(serve(cfg)),
+        Command::Send(args) => rt.block_on(crate::send::run(&cfg, &args)),
+    }
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<ExitCode> {
+    crate::telemetry::init_logging();
+    let service = Service::start(&cfg, &ProcessEnv).await?;
+    eprintln!(
+        "leadrouter: intake on http://{} (NATS {}); Ctrl-C to stop",
+        service.intake_addr(),
+        service.nats_url()
+    );
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    service.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,671 @@
+//! Typed configuration: `config/leadrouter.toml`, `LEADROUTER_*` overrides, validation that names
+//! the offending key. Secrets never live in the file: the file names the env vars (or files) that
+//! hold them.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::intake::mapping::MappingConfig;
+use crate::intake::schemes::{SchemeName, SignatureOptions};
+
+pub const DEFAULT_CONFIG_PATH: &str = "config/leadrouter.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub nats: NatsConfig,
+    #[serde(default)]
+    pub streams: StreamsConfig,
+    #[serde(default)]
+    pub intake: IntakeConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub senders: Vec<SenderConfig>,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// `"embedded"` or one or more `nats://` URLs separated by commas.
+    #[serde(default = "default_nats_url")]
+    pub url: String,
+    /// How long the edge waits for a PubAck before answering 503.
+    #[serde(default = "default_publish_timeout", with = "humantime_serde")]
+    pub publish_timeout: Duration,
+    #[serde(default)]
+    pub embedded: EmbeddedConfig,
+    /// Credentials for an external server; every secret is named by env var or file.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub password_env: Option<String>,
+    #[serde(default)]
+    pub creds_file: Option<PathBuf>,
+    #[serde(default)]
+    pub nkey_seed_env: Option<String>,
+    #[serde(default)]
+    pub tls_required: bool,
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
+}
+
+fn default_nats_url() -> String {
+    "embedded".into()
+}
+fn default_publish_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: default_nats_url(),
+            publish_timeout: default_publish_timeout(),
+            embedded: EmbeddedConfig::default(),
+            token_env: None,
+            user: None,
+            password_env: None,
+            creds_file: None,
+            nkey_seed_env: None,
+            tls_required: false,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+        }
+    }
+}
+
+impl NatsConfig {
+    pub fn is_embedded(&self) -> bool {
+        self.url.trim() == "embedded"
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedConfig {
+    /// Client port of the embedded server (loopback only).
+    #[serde(default = "default_embedded_port")]
+    pub port: u16,
+    /// Path to a nats-server binary; empty means the pinned one under `.tools/`, installed on
+    /// first use.
+    #[serde(default)]
+    pub binary: Option<PathBuf>,
+    /// Directory holding the `nats-server.conf.tmpl` template.
+    #[serde(default = "default_template_dir")]
+    pub template_dir: PathBuf,
+}
+
+fn default_embedded_port() -> u16 {
+    4222
+}
+fn default_template_dir() -> PathBuf {
+    PathBuf::from("nats")
+}
+
+impl Default for EmbeddedConfig {
+    fn default() -> Self {
+        EmbeddedConfig {
+            port: default_embedded_port(),
+            binary: None,
+            template_dir: default_template_dir(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamsConfig {
+    #[serde(default = "default_duplicate_window", with = "humantime_serde")]
+    pub duplicate_window: Duration,
+    #[serde(default = "default_max_age", with = "humantime_serde")]
+    pub max_age: Duration,
+    #[serde(default = "default_dlq_max_age", with = "humantime_serde")]
+    pub dlq_max_age: Duration,
+    #[serde(default = "default_idempotency_ttl", with = "humantime_serde")]
+    pub idempotency_ttl: Duration,
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+}
+
+fn default_duplicate_window() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_max_age() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+fn default_dlq_max_age() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
+}
+fn default_idempotency_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_replicas() -> usize {
+    1
+}
+
+impl Default for StreamsConfig {
+    fn default() -> Self {
+        StreamsConfig {
+            duplicate_window: default_duplicate_window(),
+            max_age: default_max_age(),
+            dlq_max_age: default_dlq_max_age(),
+            idempotency_ttl: default_idempotency_ttl(),
+            replicas: default_replicas(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntakeConfig {
+    #[serde(default = "default_intake_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+}
+
+fn default_intake_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_max_body_bytes() -> u64 {
+    64 * 1024
+}
+
+impl Default for IntakeConfig {
+    fn default() -> Self {
+        IntakeConfig {
+            listen: default_intake_listen(),
+            max_body_bytes: default_max_body_bytes(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+    /// Env var that holds the admin token.
+    #[serde(default = "default_admin_token_env")]
+    pub token_env: String,
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9091))
+}
+fn default_admin_token_env() -> String {
+    "LEADROUTER_ADMIN_TOKEN".into()
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: default_admin_listen(),
+            token_env: default_admin_token_env(),
+        }
+    }
+}
+
+/// One webhook source. See README "Senders" for every key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SenderConfig {
+    pub id: String,
+    pub scheme: SchemeName,
+    /// Scheme-specific options (header, prefix, encoding, token location, public url).
+    #[serde(default)]
+    pub signature: SignatureOptions,
+    /// Env vars holding live secrets; more than one while rotating.
+    #[serde(default)]
+    pub secret_env: Vec<String>,
+    /// Files holding live secrets (trailing newline trimmed).
+    #[serde(default)]
+    pub secret_file: Vec<PathBuf>,
+    /// Allowed clock skew for signed timestamps, both directions.
+    #[serde(default = "default_tolerance", with = "humantime_serde")]
+    pub tolerance: Duration,
+    #[serde(default)]
+    pub rate: RateConfig,
+    /// Where the vendor's event id comes from; absent means a hash of the raw body.
+    #[serde(default)]
+    pub event_id: Option<EventIdSource>,
+    #[serde(default = "default_schema")]
+    pub schema: String,
+    #[serde(default)]
+    pub mapping: MappingConfig,
+}
+
+fn default_tolerance() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_schema() -> String {
+    "lead.v1".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateConfig {
+    #[serde(default = "default_per_second")]
+    pub per_second: u32,
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+}
+
+fn default_per_second() -> u32 {
+    100
+}
+fn default_burst() -> u32 {
+    200
+}
+
+impl Default for RateConfig {
+    fn default() -> Self {
+        RateConfig {
+            per_second: default_per_second(),
+            burst: default_burst(),
+        }
+    }
+}
+
+/// Exactly one of the keys is set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventIdSource {
+    /// Request header, e.g. `webhook-id`.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// RFC 6901 JSON pointer into the parsed body, e.g. `/event_id`.
+    #[serde(default)]
+    pub pointer: Option<String>,
+    /// RFC 9535 JSONPath into the parsed body, e.g. `$.payload.id`.
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+/// Only the `[[senders]]` array; the shape of the example files in `config/examples/`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendersFile {
+    #[serde(default)]
+    pub senders: Vec<SenderConfig>,
+}
+
+/// Overrides read from the environment (`LEADROUTER_*`); a seam so tests need not mutate the
+/// process environment.
+pub trait EnvSource {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+pub struct ProcessEnv;
+
+impl EnvSource for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl EnvSource for std::collections::HashMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).filter(|v| !v.is_empty()).cloned()
+    }
+}
+
+impl<const N: usize> EnvSource for [(&str, &str); N] {
+    fn var(&self, name: &str) -> Option<String> {
+        self.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    }
+}
+
+impl Config {
+    /// Load from `path`, apply env overrides, validate.
+    pub fn load(path: &Path, env: &dyn EnvSource) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text, path, env)
+    }
+
+    pub fn from_toml(text: &str, path: &Path, env: &dyn EnvSource) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        cfg.apply_env(env)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn apply_env(&mut self, env: &dyn EnvSource) -> Result<(), ConfigError> {
+        if let Some(url) = env.var("LEADROUTER_NATS_URL") {
+            self.nats.url = url;
+        }
+        if let Some(v) = env.var("LEADROUTER_INTAKE_LISTEN") {
+            self.intake.listen = parse_addr("LEADROUTER_INTAKE_LISTEN", &v)?;
+        }
+        if let Some(v) = env.var("LEADROUTER_ADMIN_LISTEN") {
+            self.admin.listen = parse_addr("LEADROUTER_ADMIN_LISTEN", &v)?;
+        }
+        if let Some(v) = env.var("LEADROUTER_DATA_DIR") {
+            self.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = env.var("LEADROUTER_EMBEDDED_NATS_PORT") {
+            self.nats.embedded.port = v.parse().map_err(|_| {
+                ConfigError::invalid("LEADROUTER_EMBEDDED_NATS_PORT", "not a port number")
+            })?;
+        }
+        if let Some(v) = env.var("LEADROUTER_NATS_SERVER_BIN") {
+            self.nats.embedded.binary = Some(PathBuf::from(v));
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let url = self.nats.url.trim();
+        if url.is_empty() {
+            return Err(ConfigError::invalid(
+                "nats.url",
+                "empty; use \"embedded\" or nats:// URLs",
+            ));
+        }
+        if !self.nats.is_embedded() {
+            for u in url.split(',') {
+                let u = u.trim();
+                if !(u.starts_with("nats://")
+                    || u.starts_with("tls://")
+                    || u.starts_with("ws://")
+                    || u.starts_with("wss://"))
+                {
+                    return Err(ConfigError::invalid(
+                        "nats.url",
+                        format!("`{u}` is neither \"embedded\" nor a nats:// URL"),
+                    ));
+                }
+            }
+        }
+        if self.nats.publish_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "nats.publish_timeout",
+                "must be greater than zero",
+            ));
+        }
+        let s = &self.streams;
+        if s.duplicate_window.is_zero() {
+            return Err(ConfigError::invalid(
+                "streams.duplicate_window",
+                "must be greater than zero",
+            ));
+        }
+        if s.duplicate_window > s.max_age {
+            return Err(ConfigError::invalid(
+                "streams.duplicate_window",
+                format!(
+                    "{} is longer than streams.max_age ({}); JetStream requires duplicate_window <= max_age",
+                    humantime::format_duration(s.duplicate_window),
+                    humantime::format_duration(s.max_age)
+                ),
+            ));
+        }
+        if s.replicas == 0 || s.replicas > 5 {
+            return Err(ConfigError::invalid(
+                "streams.replicas",
+                "must be between 1 and 5",
+            ));
+        }
+        if self.intake.max_body_bytes == 0 {
+            return Err(ConfigError::invalid(
+                "intake.max_body_bytes",
+                "must be greater than zero",
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, sender) in self.senders.iter().enumerate() {
+            let key = |k: &str| format!("senders[{i}].{k}");
+            if !valid_sender_id(&sender.id) {
+                return Err(ConfigError::invalid(
+                    key("id"),
+                    format!(
+                        "`{}` must be 1-64 characters of a-z, 0-9, '-' or '_' (it becomes a NATS subject token)",
+                        sender.id
+                    ),
+                ));
+            }
+            if !seen.insert(sender.id.as_str()) {
+                return Err(ConfigError::invalid(
+                    key("id"),
+                    format!("duplicate sender id `{}`", sender.id),
+                ));
+            }
+            if sender.secret_env.is_empty() && sender.secret_file.is_empty() {
+                return Err(ConfigError::invalid(
+                    key("secret_env"),
+                    "name at least one env var (or secret_file) holding the sender's secret",
+                ));
+            }
+            if sender.rate.per_second == 0 {
+                return Err(ConfigError::invalid(
+                    key("rate.per_second"),
+                    "must be at least 1",
+                ));
+            }
+            if sender.rate.burst == 0 {
+                return Err(ConfigError::invalid(
+                    key("rate.burst"),
+                    "must be at least 1",
+                ));
+            }
+            if let Some(ev) = &sender.event_id {
+                let n = [&ev.header, &ev.pointer, &ev.path]
+                    .iter()
+                    .filter(|o| o.is_some())
+                    .count();
+                if n != 1 {
+                    return Err(ConfigError::invalid(
+                        key("event_id"),
+                        "set exactly one of header, pointer, path",
+                    ));
+                }
+                if let Some(p) = &ev.pointer {
+                    if !p.is_empty() && !p.starts_with('/') {
+                        return Err(ConfigError::invalid(
+                            key("event_id.pointer"),
+                            "a JSON pointer starts with '/'",
+                        ));
+                    }
+                }
+            }
+            if sender.schema.trim().is_empty() {
+                return Err(ConfigError::invalid(key("schema"), "must not be empty"));
+            }
+            if sender.mapping.fields.is_empty() {
+                return Err(ConfigError::invalid(
+                    key("mapping.fields"),
+                    "map at least one field; unmapped fields are dropped at the edge",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn sender(&self, id: &str) -> Option<&SenderConfig> {
+        self.senders.iter().find(|s| s.id == id)
+    }
+
+    /// The embedded server's store, under the data dir.
+    pub fn nats_store_dir(&self) -> PathBuf {
+        self.data_dir.join("nats")
+    }
+}
+
+fn parse_addr(key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
+    v.parse()
+        .map_err(|_| ConfigError::invalid(key, format!("`{v}` is not a host:port address")))
+}
+
+pub fn valid_sender_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// Resolves a sender's live secrets from env vars and files. Missing ones are reported by name
+/// so the operator knows exactly what to set.
+pub struct ResolvedSecrets {
+    pub secrets: Vec<String>,
+    pub missing: Vec<String>,
+}
+
+pub fn resolve_secrets(sender: &SenderConfig, env: &dyn EnvSource) -> ResolvedSecrets {
+    let mut secrets = Vec::new();
+    let mut missing = Vec::new();
+    for name in &sender.secret_env {
+        match env.var(name) {
+            Some(v) => secrets.push(v),
+            None => missing.push(format!("env var {name}")),
+        }
+    }
+    for path in &sender.secret_file {
+        match std::fs::read_to_string(path) {
+            Ok(v) if !v.trim().is_empty() => secrets.push(v.trim_end_matches(['\r', '\n']).into()),
+            _ => missing.push(format!("file {}", path.display())),
+        }
+    }
+    ResolvedSecrets { secrets, missing }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NO_ENV: [(&str, &str); 0] = [];
+
+    fn minimal_sender() -> &'static str {
+        r#"
+[[senders]]
+id = "demo"
+scheme = "standard-webhooks"
+secret_env = ["LEADROUTER_DEMO_SECRET"]
+[senders.mapping.fields]
+email = "$.email"
+"#
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let cfg = Config::from_toml(minimal_sender(), Path::new("t.toml"), &NO_ENV).unwrap();
+        assert!(cfg.nats.is_embedded());
+        assert_eq!(cfg.streams.duplicate_window, Duration::from_secs(120));
+        assert_eq!(cfg.streams.max_age, Duration::from_secs(7 * 86400));
+        assert_eq!(cfg.intake.max_body_bytes, 65536);
+        assert_eq!(cfg.senders[0].tolerance, Duration::from_secs(300));
+        assert_eq!(cfg.intake.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(cfg.admin.listen.to_string(), "127.0.0.1:9091");
+    }
+
+    #[test]
+    fn env_overrides_win() {
+        let env = [
+            ("LEADROUTER_NATS_URL", "nats://10.0.0.1:4222"),
+            ("LEADROUTER_INTAKE_LISTEN", "127.0.0.1:18080"),
+            ("LEADROUTER_DATA_DIR", "/tmp/x"),
+        ];
+        let cfg = Config::from_toml(minimal_sender(), Path::new("t.toml"), &env).unwrap();
+        assert_eq!(cfg.nats.url, "nats://10.0.0.1:4222");
+        assert_eq!(cfg.intake.listen.port(), 18080);
+        assert_eq!(cfg.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let text = format!("[streams]\nduplicate_window = \"8d\"\n{}", minimal_sender());
+        let err = Config::from_toml(&text, Path::new("t.toml"), &NO_ENV).unwrap_err();
+        assert!(
+            err.to_string().contains("streams.duplicate_window"),
+            "{err}"
+        );
+
+        let text = minimal_sender().replace("\"demo\"", "\"Demo Sender\"");
+        let err = Config::from_toml(&text, Path::new("t.toml"), &NO_ENV).unwrap_err();
+        assert!(err.to_string().contains("senders[0].id"), "{err}");
+
+        let err =
+            Config::from_toml("[intake]\nlisten = 5\n", Path::new("t.toml"), &NO_ENV).unwrap_err();
+        assert!(err.to_string().contains("listen"), "{err}");
+
+        let err = Config::from_toml("[nats]\nurl = \"http://x\"\n", Path::new("t.toml"), &NO_ENV)
+            .unwrap_err();
+        assert!(err.to_string().contains("nats.url"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = Config::from_toml("[intake]\nlisen = \"x\"\n", Path::new("t.toml"), &NO_ENV)
+            .unwrap_err();
+        assert!(err.to_string().contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn missing_secrets_are_named() {
+        let cfg = Config::from_toml(minimal_sender(), Path::new("t.toml"), &NO_ENV).unwrap();
+        let r = resolve_secrets(&cfg.senders[0], &NO_ENV);
+        assert!(r.secrets.is_empty());
+        assert_eq!(
+            r.missing,
+            vec!["env var LEADROUTER_DEMO_SECRET".to_string()]
+        );
+    }
+
+    #[test]
+    fn shipped_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CONFIG_PATH);
+        let cfg = Config::load(&path, &NO_ENV).unwrap();
+        let demo = cfg.sender("demo").expect("demo sender");
+        assert_eq!(demo.scheme, SchemeName::StandardWebhooks);
+        assert_eq!(demo.secret_env, vec!["LEADROUTER_DEMO_SECRET".to_string()]);
+    }
+}

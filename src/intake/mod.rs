@@ -1,0 +1,604 @@
+//! The public edge: `POST /v1/intake/{sender}` verifies, rate-limits, maps and durably enqueues
+//! a lead, answering 202 only after JetStream acknowledged it.
+
+pub mod envelope;
+pub mod mapping;
+pub mod schemes;
+pub mod sender;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures::{Stream, StreamExt};
+use serde::Serialize;
+use serde_json::Value;
+use warp::http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use warp::hyper::Body;
+use warp::Filter;
+
+use crate::config::{resolve_secrets, Config, EnvSource, SenderConfig};
+use crate::queue::{Publisher, HDR_GROUP, HDR_RECEIVED_AT, HDR_SCHEMA, SUBJECT_IN_PREFIX};
+use envelope::{body_event_id, email_hash, idempotency_key, LeadEnvelope};
+use mapping::{BodyFormat, CompiledPath, Mapper};
+use schemes::{HeaderSource, Request, Verifier};
+use sender::{Admission, Outcome, Senders};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeSetupError {
+    #[error("config key `senders[{index}].{key}`: {message}")]
+    Sender {
+        index: usize,
+        key: &'static str,
+        message: String,
+    },
+    #[error("{0}")]
+    Actors(#[from] sender::SenderUnavailable),
+}
+
+enum EventIdSource {
+    Header(String),
+    Pointer(String),
+    Path(CompiledPath),
+    BodyHash,
+}
+
+/// Everything the request path needs for one sender, built once at start-up.
+struct SenderRuntime {
+    id: String,
+    schema: String,
+    subject: String,
+    verifier: Verifier,
+    mapper: Mapper,
+    event_id: EventIdSource,
+    /// Named in the 503 body so whoever sees it knows what to set.
+    missing_secrets: Vec<String>,
+}
+
+pub struct IntakeState {
+    senders: HashMap<String, SenderRuntime>,
+    actors: Senders,
+    publisher: Publisher,
+    max_body_bytes: u64,
+}
+
+/// Senders that cannot accept requests yet, with what the operator must set.
+pub struct Unconfigured {
+    pub sender: String,
+    pub missing: Vec<String>,
+}
+
+impl IntakeState {
+    pub async fn build(
+        cfg: &Config,
+        env: &dyn EnvSource,
+        publisher: Publisher,
+    ) -> Result<(IntakeState, Vec<Unconfigured>), IntakeSetupError> {
+        let mut senders = HashMap::new();
+        let mut unconfigured = Vec::new();
+        for (index, s) in cfg.senders.iter().enumerate() {
+            let rt = build_sender(index, s, env)?;
+            if !rt.missing_secrets.is_empty() && !rt.verifier.has_secrets() {
+                unconfigured.push(Unconfigured {
+                    sender: s.id.clone(),
+                    missing: rt.missing_secrets.clone(),
+                });
+            }
+            senders.insert(s.id.clone(), rt);
+        }
+        let rates = cfg
+            .senders
+            .iter()
+            .map(|s| (s.id.clone(), s.rate.clone()))
+            .collect();
+        let actors = Senders::start(rates).await?;
+        Ok((
+            IntakeState {
+                senders,
+                actors,
+                publisher,
+                max_body_bytes: cfg.intake.max_body_bytes,
+            },
+            unconfigured,
+        ))
+    }
+
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
+    pub fn sender_actors(&self) -> &Senders {
+        &self.actors
+    }
+
+    pub fn stop(&self) {
+        self.actors.stop();
+    }
+}
+
+fn build_sender(
+    index: usize,
+    s: &SenderConfig,
+    env: &dyn EnvSource,
+) -> Result<SenderRuntime, IntakeSetupError> {
+    let secrets = resolve_secrets(s, env);
+    let verifier =
+        Verifier::new(s.scheme, &s.signature, secrets.secrets, s.tolerance).map_err(|e| {
+            IntakeSetupError::Sender {
+                index,
+                key: "signature",
+                message: e.to_string(),
+            }
+        })?;
+    let mapper = Mapper::new(&s.mapping).map_err(|e| IntakeSetupError::Sender {
+        index,
+        key: "mapping",
+        message: e.to_string(),
+    })?;
+    let event_id = match &s.event_id {
+        None => EventIdSource::BodyHash,
+        Some(ev) => {
+            if let Some(h) = &ev.header {
+                EventIdSource::Header(h.clone())
+            } else if let Some(p) = &ev.pointer {
+                EventIdSource::Pointer(p.clone())
+            } else if let Some(p) = &ev.path {
+                EventIdSource::Path(mapping::compile_path(p).map_err(|e| {
+                    IntakeSetupError::Sender {
+                        index,
+                        key: "event_id.path",
+                        message: e.to_string(),
+                    }
+                })?)
+            } else {
+                EventIdSource::BodyHash
+            }
+        }
+    };
+    Ok(SenderRuntime {
+        id: s.id.clone(),
+        schema: s.schema.clone(),
+        subject: format!("{SUBJECT_IN_PREFIX}{}", s.id),
+        verifier,
+        mapper,
+        event_id,
+        missing_secrets: secrets.missing,
+    })
+}
+
+/// An answer with a JSON body: 202 or one of the contract's errors.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub retry_after: Option<Duration>,
+}
+
+impl Answer {
+    fn err(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Answer {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+    fn retry_after(mut self, d: Duration) -> Self {
+        self.retry_after = Some(d);
+        self
+    }
+    fn into_response(self) -> Response<Body> {
+        #[derive(Serialize)]
+        struct ErrorBody<'a> {
+            error: &'a str,
+            message: &'a str,
+        }
+        let body = serde_json::to_vec(&ErrorBody {
+            error: self.code,
+            message: &self.message,
+        })
+        .unwrap_or_default();
+        let mut resp = json_response(self.status, body);
+        if let Some(d) = self.retry_after {
+            // Whole seconds, rounded up: "0" would invite an immediate retry.
+            let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+            if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        resp
+    }
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    let mut resp = Response::new(Body::from(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// The accepted answer's body.
+#[derive(Debug, Serialize)]
+struct Accepted<'a> {
+    id: &'a str,
+    duplicate: bool,
+}
+
+/// All routes of the public listener.
+pub fn routes(
+    state: Arc<IntakeState>,
+) -> impl Filter<Extract = (Response<Body>,), Error = std::convert::Infallible> + Clone {
+    let with_state = {
+        let state = state.clone();
+        warp::any().map(move || state.clone())
+    };
+    let intake = warp::post()
+        .and(warp::path!("v1" / "intake" / String))
+        .and(warp::path::full())
+        .and(
+            warp::query::raw()
+                .or(warp::any().map(String::new))
+                .unify(),
+        )
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .and(with_state.clone())
+        .then(
+            |sender: String,
+             full: warp::path::FullPath,
+             query: String,
+             headers: HeaderMap,
+             body,
+             state: Arc<IntakeState>| async move {
+                let received = SystemTime::now();
+                let started = Instant::now();
+                let answer = handle_intake(&state, &sender, &full, &query, &headers, body, received).await;
+                let resp = match answer {
+                    Ok((key, duplicate)) => {
+                        state.actors.record(&sender, Outcome::Accepted { duplicate });
+                        tracing::info!(target: "leadrouter::intake", sender = %sender, key = %key, duplicate, stage = "intake", outcome = "accepted", duration_ms = started.elapsed().as_secs_f64() * 1e3);
+                        let body = serde_json::to_vec(&Accepted { id: &key, duplicate }).unwrap_or_default();
+                        json_response(StatusCode::ACCEPTED, body)
+                    }
+                    Err(a) => {
+                        if state.senders.contains_key(&sender) {
+                            state.actors.record(&sender, Outcome::Rejected(a.code));
+                        }
+                        tracing::info!(target: "leadrouter::intake", sender = %sender, status = a.status.as_u16(), error = a.code, stage = "intake", outcome = "rejected", duration_ms = started.elapsed().as_secs_f64() * 1e3);
+                        a.into_response()
+                    }
+                };
+                resp
+            },
+        );
+    let healthz = warp::get()
+        .and(warp::path!("healthz"))
+        .map(|| json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec()));
+    let readyz = warp::get().and(warp::path!("readyz")).and(with_state).then(
+        |state: Arc<IntakeState>| async move {
+            let connected = state.publisher.is_connected();
+            let streams = connected
+                && crate::queue::topology::streams_present(state.publisher.context()).await;
+            let status = if connected && streams {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            let body = serde_json::json!({
+                "status": if status == StatusCode::OK { "ready" } else { "not_ready" },
+                "nats_connected": connected,
+                "streams_present": streams,
+            });
+            json_response(status, serde_json::to_vec(&body).unwrap_or_default())
+        },
+    );
+    intake
+        .or(healthz)
+        .unify()
+        .or(readyz)
+        .unify()
+        .recover(
+            |rej: warp::Rejection| async move { Ok::<_, std::convert::Infallible>(rejection(rej)) },
+        )
+        .unify()
+}
+
+fn rejection(rej: warp::Rejection) -> Response<Body> {
+    if rej.find::<warp::reject::MethodNotAllowed>().is_some() {
+        return Answer::err(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "use POST /v1/intake/{sender}",
+        )
+        .into_response();
+    }
+    Answer::err(StatusCode::NOT_FOUND, "not_found", "no such route").into_response()
+}
+
+async fn handle_intake<S, B>(
+    state: &IntakeState,
+    sender_id: &str,
+    full: &warp::path::FullPath,
+    query: &str,
+    headers: &HeaderMap,
+    body: S,
+    received: SystemTime,
+) -> Result<(String, bool), Answer>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let Some(sender) = state.senders.get(sender_id) else {
+        return Err(Answer::err(
+            StatusCode::NOT_FOUND,
+            "unknown_sender",
+            format!("no sender named `{sender_id}` is configured"),
+        ));
+    };
+    let limit = state.max_body_bytes;
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > limit {
+            return Err(too_large(limit));
+        }
+    }
+    check_content_type(headers, sender.mapper.format())?;
+    let body = read_limited(body, limit).await?;
+
+    if !sender.verifier.has_secrets() {
+        return Err(Answer::err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "sender_unconfigured",
+            format!(
+                "sender `{}` has no live secret configured yet; the operator must set {}",
+                sender.id,
+                sender.missing_secrets.join(", ")
+            ),
+        )
+        .retry_after(Duration::from_secs(60)));
+    }
+
+    // The token-in-body scheme needs the parsed document before it can verify.
+    let mut doc: Option<Value> = None;
+    if sender.verifier.needs_body_doc() {
+        doc = Some(parse_body(sender, &body)?);
+    }
+    // Scoped: the request view borrows non-Sync data and must not live across an await.
+    let verified = {
+        let path_and_query = full_path_and_query(full, query);
+        let req = Request {
+            method: "POST",
+            path_and_query: &path_and_query,
+            host: headers.header("host"),
+            headers,
+            query: (!query.is_empty()).then_some(query),
+            body: &body,
+            body_doc: doc.as_ref(),
+        };
+        sender.verifier.verify(&req, received)
+    };
+    if let Err(e) = verified {
+        return Err(Answer::err(
+            StatusCode::UNAUTHORIZED,
+            e.code(),
+            e.to_string(),
+        ));
+    }
+
+    // After verification, so forged requests cannot spend a real sender's budget.
+    match state.actors.admit(&sender.id).await {
+        Ok(Admission::Admit) => {}
+        Ok(Admission::Limited { retry_after }) => {
+            return Err(Answer::err(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("sender `{}` is over its rate limit", sender.id),
+            )
+            .retry_after(retry_after));
+        }
+        Err(e) => {
+            return Err(Answer::err(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "intake_unavailable",
+                e.to_string(),
+            )
+            .retry_after(Duration::from_secs(1)));
+        }
+    }
+
+    let doc = match doc {
+        Some(d) => d,
+        None => parse_body(sender, &body)?,
+    };
+    let source_event_id = event_id(sender, headers, &doc, &body)?;
+    let fields = sender.mapper.map(&doc);
+    let group = email_hash(&fields);
+    let key = idempotency_key(&sender.id, &source_event_id, &group);
+    let received_at = chrono::DateTime::<chrono::Utc>::from(received)
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let envelope = LeadEnvelope {
+        schema: sender.schema.clone(),
+        sender: sender.id.clone(),
+        source_event_id,
+        received_at,
+        key,
+        fields,
+    };
+    let payload = serde_json::to_vec(&envelope).map_err(|e| {
+        Answer::err(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("cannot encode envelope: {e}"),
+        )
+    })?;
+    let mut nats_headers = async_nats::HeaderMap::new();
+    nats_headers.insert(HDR_RECEIVED_AT, envelope.received_at.as_str());
+    nats_headers.insert(HDR_SCHEMA, envelope.schema.as_str());
+    nats_headers.insert(HDR_GROUP, group.as_str());
+    match state
+        .publisher
+        .publish(
+            sender.subject.clone(),
+            &envelope.key,
+            nats_headers,
+            Bytes::from(payload),
+        )
+        .await
+    {
+        Ok(stored) => Ok((envelope.key, stored.duplicate)),
+        Err(e) => {
+            tracing::warn!(target: "leadrouter::intake", sender = %sender.id, key = %envelope.key, error = %e, "lead not stored; answering 503");
+            Err(Answer::err(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "queue_unavailable",
+                format!("the lead was not stored ({e}); retry later with the same request"),
+            )
+            .retry_after(Duration::from_secs(2)))
+        }
+    }
+}
+
+fn full_path_and_query<'a>(
+    full: &'a warp::path::FullPath,
+    query: &str,
+) -> std::borrow::Cow<'a, str> {
+    if query.is_empty() {
+        std::borrow::Cow::Borrowed(full.as_str())
+    } else {
+        std::borrow::Cow::Owned(format!("{}?{query}", full.as_str()))
+    }
+}
+
+fn too_large(limit: u64) -> Answer {
+    Answer::err(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!("the body is over the {limit}-byte limit (intake.max_body_bytes)"),
+    )
+}
+
+fn check_content_type(headers: &HeaderMap, format: BodyFormat) -> Result<(), Answer> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    let ok = match format {
+        BodyFormat::Json => {
+            essence.eq_ignore_ascii_case("application/json")
+                || (essence.len() > 5
+                    && essence[..essence.len() - 5].contains('/')
+                    && essence.to_ascii_lowercase().ends_with("+json"))
+        }
+        BodyFormat::Form => essence.eq_ignore_ascii_case("application/x-www-form-urlencoded"),
+    };
+    if ok {
+        Ok(())
+    } else {
+        let want = match format {
+            BodyFormat::Json => "application/json",
+            BodyFormat::Form => "application/x-www-form-urlencoded",
+        };
+        Err(Answer::err(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "content type `{}` is not accepted for this sender; send {want}",
+                if ct.is_empty() { "(none)" } else { ct }
+            ),
+        ))
+    }
+}
+
+/// Reads at most `limit` bytes; a chunked body that grows past it is cut off with 413.
+async fn read_limited<S, B>(body: S, limit: u64) -> Result<Bytes, Answer>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    futures::pin_mut!(body);
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(|e| {
+            Answer::err(
+                StatusCode::BAD_REQUEST,
+                "body_unreadable",
+                format!("the request body could not be read: {e}"),
+            )
+        })?;
+        if (buf.len() + chunk.remaining()) as u64 > limit {
+            return Err(too_large(limit));
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            let n = part.len();
+            buf.extend_from_slice(part);
+            chunk.advance(n);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+fn parse_body(sender: &SenderRuntime, body: &[u8]) -> Result<Value, Answer> {
+    sender.mapper.parse(body).map_err(|e| {
+        let what = match sender.mapper.format() {
+            BodyFormat::Json => "not valid JSON",
+            BodyFormat::Form => "not a valid form body",
+        };
+        Answer::err(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!("the body is {what}: {e}"),
+        )
+    })
+}
+
+fn event_id(
+    sender: &SenderRuntime,
+    headers: &HeaderMap,
+    doc: &Value,
+    body: &[u8],
+) -> Result<String, Answer> {
+    let found = match &sender.event_id {
+        EventIdSource::BodyHash => return Ok(body_event_id(body)),
+        EventIdSource::Header(h) => headers.header(h).map(str::to_string),
+        EventIdSource::Pointer(p) => doc.pointer(p).and_then(scalar_string),
+        EventIdSource::Path(p) => mapping::select_first(doc, p).and_then(scalar_string),
+    };
+    match found {
+        Some(id) if !id.trim().is_empty() => Ok(id),
+        _ => Err(Answer::err(
+            StatusCode::BAD_REQUEST,
+            "missing_event_id",
+            format!(
+                "the request carries no event id where sender `{}` is configured to send one",
+                sender.id
+            ),
+        )),
+    }
+}
+
+fn scalar_string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Serves the public listener until `shutdown` resolves.
+pub async fn serve(
+    state: Arc<IntakeState>,
+    addr: std::net::SocketAddr,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(std::net::SocketAddr, impl std::future::Future<Output = ()>), warp::Error> {
+    warp::serve(routes(state)).try_bind_with_graceful_shutdown(addr, shutdown)
+}

@@ -1,0 +1,370 @@
+//! The embedded default: a local nats-server run as a supervised child process.
+//!
+//! A ractor actor owns the child. It waits for the server's "ready" log line before reporting
+//! success, restarts a child that dies with exponential backoff, and stops it with SIGTERM when
+//! the actor stops. The child gets PR_SET_PDEATHSIG, so a leadrouter killed with -9 does not
+//! leave an orphan holding the port and the store; a stale server named by the pid file (from a
+//! platform without that guarantee) is stopped before a new one starts.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedError {
+    #[error("cannot prepare {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("nats config template {0} not found (nats.embedded.template_dir)")]
+    Template(PathBuf),
+    #[error("cannot start nats-server {binary}: {source}")]
+    Spawn {
+        binary: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("nats-server did not become ready within {timeout:?}; last log lines:\n{log}")]
+    NotReady { timeout: Duration, log: String },
+    #[error("embedded nats-server supervisor: {0}")]
+    Actor(String),
+}
+
+/// Everything needed to run the embedded server.
+#[derive(Debug, Clone)]
+pub struct EmbeddedSpec {
+    pub binary: PathBuf,
+    pub template: PathBuf,
+    pub port: u16,
+    /// Parent of the JetStream store, the rendered config and the pid file.
+    pub dir: PathBuf,
+    pub ready_timeout: Duration,
+}
+
+impl EmbeddedSpec {
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+    fn conf_path(&self) -> PathBuf {
+        self.dir.join("nats-server.conf")
+    }
+    fn pid_path(&self) -> PathBuf {
+        self.dir.join("nats-server.pid")
+    }
+    fn store_dir(&self) -> PathBuf {
+        self.dir.join("jetstream")
+    }
+}
+
+/// Observable state of the child, for logs, `/readyz` and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChildStatus {
+    pub pid: Option<u32>,
+    pub running: bool,
+    /// Restarts after unexpected exits since start-up.
+    pub restarts: u32,
+}
+
+pub enum SupervisorMsg {
+    /// The child with this pid exited.
+    Exited { pid: u32, status: String },
+    /// Start a new child (after a backoff delay).
+    Restart,
+}
+
+pub struct NatsSupervisor;
+
+pub struct SupervisorState {
+    spec: EmbeddedSpec,
+    status: watch::Sender<ChildStatus>,
+    backoff: Duration,
+}
+
+/// A running embedded server; dropping it does not stop the server, `stop` does.
+pub struct EmbeddedNats {
+    actor: ActorRef<SupervisorMsg>,
+    handle: tokio::task::JoinHandle<()>,
+    status: watch::Receiver<ChildStatus>,
+    url: String,
+}
+
+impl EmbeddedNats {
+    /// Renders the config, stops a stale server, starts the child and waits until it is ready.
+    pub async fn start(spec: EmbeddedSpec) -> Result<EmbeddedNats, EmbeddedError> {
+        render_config(&spec)?;
+        stop_stale(&spec.pid_path()).await;
+        let (tx, rx) = watch::channel(ChildStatus::default());
+        let url = spec.url();
+        let (actor, handle) = Actor::spawn(None, NatsSupervisor, (spec, tx))
+            .await
+            .map_err(|e| match e {
+                ractor::SpawnErr::StartupFailed(inner) => EmbeddedError::Actor(inner.to_string()),
+                other => EmbeddedError::Actor(other.to_string()),
+            })?;
+        Ok(EmbeddedNats {
+            actor,
+            handle,
+            status: rx,
+            url,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn status(&self) -> watch::Receiver<ChildStatus> {
+        self.status.clone()
+    }
+
+    /// Stops the child (SIGTERM, then SIGKILL after 10 s) and waits for it.
+    pub async fn stop(self) {
+        self.actor.stop(None);
+        let _ = self.handle.await;
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EmbeddedError + '_ {
+    move |source| EmbeddedError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn render_config(spec: &EmbeddedSpec) -> Result<(), EmbeddedError> {
+    let template = std::fs::read_to_string(&spec.template)
+        .map_err(|_| EmbeddedError::Template(spec.template.clone()))?;
+    std::fs::create_dir_all(spec.store_dir()).map_err(io_err(&spec.dir))?;
+    let abs = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
+    let rendered = template
+        .replace("{{port}}", &spec.port.to_string())
+        .replace(
+            "{{store_dir}}",
+            &abs(spec.store_dir()).display().to_string(),
+        )
+        .replace("{{pid_file}}", &abs(spec.pid_path()).display().to_string())
+        .replace("{{server_name}}", &format!("leadrouter_{}", spec.port));
+    std::fs::write(spec.conf_path(), rendered).map_err(io_err(&spec.conf_path()))
+}
+
+/// A server left by a leadrouter that could not stop it would hold the port and the store lock.
+async fn stop_stale(pid_file: &Path) {
+    let Ok(text) = std::fs::read_to_string(pid_file) else {
+        return;
+    };
+    let Ok(pid) = text.trim().parse::<i32>() else {
+        return;
+    };
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if comm.trim() != "nats-server" {
+        return;
+    }
+    tracing::warn!(
+        pid,
+        "stopping a stale embedded nats-server left by an earlier run"
+    );
+    // SAFETY: plain signal delivery to a pid we verified is a nats-server.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    for _ in 0..100 {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+}
+
+/// Spawns the child, then reads its log until the ready line (or exit, or timeout).
+async fn spawn_child(spec: &EmbeddedSpec) -> Result<Child, EmbeddedError> {
+    let mut cmd = Command::new(&spec.binary);
+    cmd.arg("-c")
+        .arg(spec.conf_path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            // SIGTERM, not SIGKILL: the server then flushes its store on the way down.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|source| EmbeddedError::Spawn {
+        binary: spec.binary.clone(),
+        source,
+    })?;
+    let stderr = child.stderr.take().ok_or_else(|| EmbeddedError::NotReady {
+        timeout: spec.ready_timeout,
+        log: "no stderr".into(),
+    })?;
+    let mut lines = BufReader::new(stderr).lines();
+    let mut tail: Vec<String> = Vec::new();
+    let ready = tokio::time::timeout(spec.ready_timeout, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let is_ready = line.contains("Server is ready");
+            tail.push(line);
+            if tail.len() > 20 {
+                tail.remove(0);
+            }
+            if is_ready {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    if !ready {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        return Err(EmbeddedError::NotReady {
+            timeout: spec.ready_timeout,
+            log: tail.join("\n"),
+        });
+    }
+    // Keep draining the log so the child never blocks on a full pipe; forward warnings.
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("[ERR]") || line.contains("[WRN]") || line.contains("[FTL]") {
+                tracing::warn!(target: "leadrouter::nats_server", "{line}");
+            } else {
+                tracing::debug!(target: "leadrouter::nats_server", "{line}");
+            }
+        }
+    });
+    Ok(child)
+}
+
+/// Hands the child to a watcher task that reports its exit to the supervisor.
+fn watch_child(mut child: Child, myself: ActorRef<SupervisorMsg>) -> Option<u32> {
+    let pid = child.id()?;
+    tokio::spawn(async move {
+        let status = match child.wait().await {
+            Ok(s) => s.to_string(),
+            Err(e) => e.to_string(),
+        };
+        let _ = myself.cast(SupervisorMsg::Exited { pid, status });
+    });
+    Some(pid)
+}
+
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+impl Actor for NatsSupervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = (EmbeddedSpec, watch::Sender<ChildStatus>);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        (spec, status): Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let child = spawn_child(&spec).await?;
+        let pid = watch_child(child, myself);
+        tracing::info!(?pid, url = %spec.url(), "embedded nats-server ready");
+        status.send_modify(|s| {
+            s.pid = pid;
+            s.running = true;
+        });
+        Ok(SupervisorState {
+            spec,
+            status,
+            backoff: MIN_BACKOFF,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupervisorMsg::Exited { pid, status } => {
+                if state.status.borrow().pid != Some(pid) {
+                    return Ok(());
+                }
+                tracing::error!(pid, %status, backoff = ?state.backoff, "embedded nats-server exited; restarting");
+                state.status.send_modify(|s| s.running = false);
+                myself.send_after(state.backoff, || SupervisorMsg::Restart);
+            }
+            SupervisorMsg::Restart => match spawn_child(&state.spec).await {
+                Ok(child) => {
+                    let pid = watch_child(child, myself);
+                    tracing::info!(?pid, "embedded nats-server restarted");
+                    state.backoff = MIN_BACKOFF;
+                    state.status.send_modify(|s| {
+                        s.pid = pid;
+                        s.running = true;
+                        s.restarts += 1;
+                    });
+                }
+                Err(e) => {
+                    state.backoff = (state.backoff * 2).min(MAX_BACKOFF);
+                    tracing::error!(error = %e, backoff = ?state.backoff, "embedded nats-server restart failed");
+                    myself.send_after(state.backoff, || SupervisorMsg::Restart);
+                }
+            },
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let pid = state.status.borrow().pid;
+        state.status.send_modify(|s| {
+            s.running = false;
+            s.pid = None;
+        });
+        if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+            // SAFETY: signal delivery to our own child.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+            for _ in 0..100 {
+                if !child_alive(pid) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if child_alive(pid) {
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+            tracing::info!(pid, "embedded nats-server stopped");
+        }
+        Ok(())
+    }
+}
+
+/// Zombie-aware: a child that exited but was not yet reaped counts as gone.
+fn child_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .map(|rest| rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,191 @@
+//! NATS: connection, the embedded server, JetStream topology and the edge publisher.
+
+pub mod embedded;
+pub mod provision;
+pub mod topology;
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use async_nats::HeaderMap;
+use bytes::Bytes;
+
+use crate::config::{EnvSource, NatsConfig};
+
+pub const STREAM_LEADS: &str = "LEADS";
+pub const SUBJECT_IN_PREFIX: &str = "leads.in.";
+pub const STREAM_DLQ: &str = "LEADS_DLQ";
+pub const SUBJECT_DLQ_PREFIX: &str = "leads.dlq.";
+pub const KV_IDEMPOTENCY: &str = "leads_idempotency";
+pub const CONSUMER_ROUTER: &str = "router";
+
+pub const HDR_RECEIVED_AT: &str = "Leadrouter-Received-At";
+pub const HDR_SCHEMA: &str = "Leadrouter-Schema";
+pub const HDR_GROUP: &str = "Leadrouter-Group";
+pub const HDR_REPLAY_OF: &str = "Leadrouter-Replay-Of";
+pub const HDR_REPLAY_REASON: &str = "Leadrouter-Replay-Reason";
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        url: String,
+        source: async_nats::ConnectError,
+    },
+    #[error("nats config key `{key}`: {message}")]
+    Credentials { key: &'static str, message: String },
+    #[error("JetStream topology: {0}")]
+    Topology(String),
+}
+
+/// Connects to `url` (one URL or a comma-separated list) with the credentials the config names.
+pub async fn connect(
+    url: &str,
+    cfg: &NatsConfig,
+    env: &dyn EnvSource,
+) -> Result<async_nats::Client, QueueError> {
+    let mut opts = async_nats::ConnectOptions::new()
+        .name("leadrouter")
+        .connection_timeout(Duration::from_secs(5))
+        // Never give up: the edge answers 503 while NATS is away and recovers on its own.
+        .max_reconnects(None)
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis((50u64 << attempts.min(6)).min(2_000))
+        })
+        .event_callback(|event| async move {
+            tracing::info!(target: "leadrouter::queue", event = %event, "nats connection event");
+        });
+    if let Some(name) = &cfg.token_env {
+        let token = env.var(name).ok_or_else(|| QueueError::Credentials {
+            key: "nats.token_env",
+            message: format!("env var {name} is not set"),
+        })?;
+        opts = opts.token(token);
+    }
+    if let Some(user) = &cfg.user {
+        let pass = match &cfg.password_env {
+            Some(name) => env.var(name).ok_or_else(|| QueueError::Credentials {
+                key: "nats.password_env",
+                message: format!("env var {name} is not set"),
+            })?,
+            None => {
+                return Err(QueueError::Credentials {
+                    key: "nats.password_env",
+                    message: "nats.user is set, so name the env var holding its password".into(),
+                })
+            }
+        };
+        opts = opts.user_and_password(user.clone(), pass);
+    }
+    if let Some(name) = &cfg.nkey_seed_env {
+        let seed = env.var(name).ok_or_else(|| QueueError::Credentials {
+            key: "nats.nkey_seed_env",
+            message: format!("env var {name} is not set"),
+        })?;
+        opts = opts.nkey(seed);
+    }
+    if let Some(path) = &cfg.creds_file {
+        opts = opts
+            .credentials_file(path)
+            .await
+            .map_err(|e| QueueError::Credentials {
+                key: "nats.creds_file",
+                message: format!("{}: {e}", path.display()),
+            })?;
+    }
+    if cfg.tls_required {
+        opts = opts.require_tls(true);
+    }
+    if let Some(ca) = &cfg.tls_ca_file {
+        opts = opts.add_root_certificates(ca.clone());
+    }
+    match (&cfg.tls_cert_file, &cfg.tls_key_file) {
+        (Some(cert), Some(key)) => opts = opts.add_client_certificate(cert.clone(), key.clone()),
+        (None, None) => {}
+        _ => {
+            return Err(QueueError::Credentials {
+                key: "nats.tls_cert_file",
+                message: "tls_cert_file and tls_key_file go together".into(),
+            })
+        }
+    }
+    let addrs: Vec<async_nats::ServerAddr> = url
+        .split(',')
+        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| QueueError::Credentials {
+            key: "nats.url",
+            message: e.to_string(),
+        })?;
+    opts.connect(addrs)
+        .await
+        .map_err(|source| QueueError::Connect {
+            url: url.to_string(),
+            source,
+        })
+}
+
+/// Publishes leads and waits for the PubAck within a deadline.
+#[derive(Clone)]
+pub struct Publisher {
+    js: jetstream::Context,
+    timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishFailure {
+    #[error("JetStream did not acknowledge within {0:?}")]
+    Timeout(Duration),
+    #[error("JetStream publish failed: {0}")]
+    Nats(String),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Stored {
+    pub sequence: u64,
+    pub duplicate: bool,
+}
+
+impl Publisher {
+    pub fn new(client: async_nats::Client, timeout: Duration) -> Self {
+        let js = jetstream::ContextBuilder::new()
+            .timeout(timeout)
+            .build(client);
+        Publisher { js, timeout }
+    }
+
+    pub fn context(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.js.client().connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Stores one message; `Ok` means JetStream persisted it (or already had it: `duplicate`).
+    pub async fn publish(
+        &self,
+        subject: String,
+        msg_id: &str,
+        mut headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<Stored, PublishFailure> {
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
+        let fut = async {
+            let ack = self
+                .js
+                .publish_with_headers(subject, headers, payload)
+                .await
+                .map_err(|e| PublishFailure::Nats(e.to_string()))?;
+            ack.await.map_err(|e| PublishFailure::Nats(e.to_string()))
+        };
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(ack)) => Ok(Stored {
+                sequence: ack.sequence,
+                duplicate: ack.duplicate,
+            }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(PublishFailure::Timeout(self.timeout)),
+        }
+    }
+}

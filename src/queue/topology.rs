@@ -1,0 +1,202 @@
+//! Streams and buckets, created idempotently at start-up. Re-running changes nothing; a changed
+//! setting is applied where JetStream allows it, otherwise start-up fails naming the setting.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+
+use super::{QueueError, KV_IDEMPOTENCY, STREAM_DLQ, STREAM_LEADS};
+use crate::config::StreamsConfig;
+
+/// What `ensure` did to each object, for the start-up log and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Created(&'static str),
+    Updated(&'static str, Vec<String>),
+    Unchanged(&'static str),
+}
+
+pub fn leads_stream(cfg: &StreamsConfig) -> stream::Config {
+    stream::Config {
+        name: STREAM_LEADS.into(),
+        description: Some("leadrouter: accepted leads, awaiting the handlers".into()),
+        subjects: vec!["leads.in.>".into()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        max_age: cfg.max_age,
+        duplicate_window: cfg.duplicate_window,
+        num_replicas: cfg.replicas,
+        ..Default::default()
+    }
+}
+
+pub fn dlq_stream(cfg: &StreamsConfig) -> stream::Config {
+    stream::Config {
+        name: STREAM_DLQ.into(),
+        description: Some("leadrouter: dead-lettered leads (payload encrypted)".into()),
+        subjects: vec!["leads.dlq.>".into()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        max_age: cfg.dlq_max_age,
+        // DLQ entries are deduplicated by `LEADS:<seq>`; the window must cover a handler retry
+        // cycle, not the stream's lifetime.
+        duplicate_window: Duration::from_secs(600).min(cfg.dlq_max_age),
+        num_replicas: cfg.replicas,
+        ..Default::default()
+    }
+}
+
+/// Creates or reconciles LEADS, LEADS_DLQ and the idempotency bucket.
+pub async fn ensure(
+    js: &jetstream::Context,
+    cfg: &StreamsConfig,
+) -> Result<Vec<Change>, QueueError> {
+    let mut changes = Vec::new();
+    for (label, want) in [
+        ("stream LEADS", leads_stream(cfg)),
+        ("stream LEADS_DLQ", dlq_stream(cfg)),
+    ] {
+        changes.push(ensure_stream(js, label, want).await?);
+    }
+    changes.push(ensure_kv(js, cfg).await?);
+    Ok(changes)
+}
+
+async fn ensure_stream(
+    js: &jetstream::Context,
+    label: &'static str,
+    want: stream::Config,
+) -> Result<Change, QueueError> {
+    let existing = match js.get_stream(&want.name).await {
+        Ok(mut s) => Some(
+            s.info()
+                .await
+                .map_err(|e| QueueError::Topology(format!("{label}: info: {e}")))?
+                .config
+                .clone(),
+        ),
+        Err(e) if is_not_found(&e) => None,
+        Err(e) => return Err(QueueError::Topology(format!("{label}: {e}"))),
+    };
+    let Some(have) = existing else {
+        js.create_stream(want)
+            .await
+            .map_err(|e| QueueError::Topology(format!("{label}: create: {e}")))?;
+        return Ok(Change::Created(label));
+    };
+    if have.storage != want.storage {
+        return Err(QueueError::Topology(format!(
+            "{label} exists with {:?} storage but leadrouter needs {:?}; JetStream cannot change a stream's storage type: back it up and delete it, or point nats.url elsewhere",
+            have.storage, want.storage
+        )));
+    }
+    if have.retention != want.retention {
+        return Err(QueueError::Topology(format!(
+            "{label} exists with {:?} retention but leadrouter needs {:?}; JetStream cannot change retention",
+            have.retention, want.retention
+        )));
+    }
+    let mut diffs = Vec::new();
+    if have.subjects != want.subjects {
+        diffs.push(format!(
+            "subjects {:?} -> {:?}",
+            have.subjects, want.subjects
+        ));
+    }
+    if have.max_age != want.max_age {
+        diffs.push(format!(
+            "max_age {} -> {}",
+            humantime::format_duration(have.max_age),
+            humantime::format_duration(want.max_age)
+        ));
+    }
+    if have.duplicate_window != want.duplicate_window {
+        diffs.push(format!(
+            "duplicate_window {} -> {}",
+            humantime::format_duration(have.duplicate_window),
+            humantime::format_duration(want.duplicate_window)
+        ));
+    }
+    if have.num_replicas != want.num_replicas {
+        diffs.push(format!(
+            "replicas {} -> {}",
+            have.num_replicas, want.num_replicas
+        ));
+    }
+    if diffs.is_empty() {
+        return Ok(Change::Unchanged(label));
+    }
+    // Keep what we do not manage (metadata, limits an operator added) and change only our keys.
+    let mut next = have;
+    next.subjects = want.subjects;
+    next.max_age = want.max_age;
+    next.duplicate_window = want.duplicate_window;
+    next.num_replicas = want.num_replicas;
+    js.update_stream(next).await.map_err(|e| {
+        QueueError::Topology(format!(
+            "{label}: JetStream refused the change ({}): {e}",
+            diffs.join(", ")
+        ))
+    })?;
+    Ok(Change::Updated(label, diffs))
+}
+
+async fn ensure_kv(js: &jetstream::Context, cfg: &StreamsConfig) -> Result<Change, QueueError> {
+    const LABEL: &str = "kv leads_idempotency";
+    match js.get_key_value(KV_IDEMPOTENCY).await {
+        Ok(store) => {
+            let mut s = store.stream.clone();
+            let info = s
+                .info()
+                .await
+                .map_err(|e| QueueError::Topology(format!("{LABEL}: info: {e}")))?;
+            let mut have = info.config.clone();
+            if have.max_age == cfg.idempotency_ttl && have.num_replicas == cfg.replicas {
+                return Ok(Change::Unchanged(LABEL));
+            }
+            let diffs = vec![format!(
+                "ttl {} -> {}",
+                humantime::format_duration(have.max_age),
+                humantime::format_duration(cfg.idempotency_ttl)
+            )];
+            have.max_age = cfg.idempotency_ttl;
+            have.num_replicas = cfg.replicas;
+            js.update_stream(have)
+                .await
+                .map_err(|e| QueueError::Topology(format!("{LABEL}: update: {e}")))?;
+            Ok(Change::Updated(LABEL, diffs))
+        }
+        Err(_) => {
+            js.create_key_value(kv::Config {
+                bucket: KV_IDEMPOTENCY.into(),
+                description: "leadrouter: per-lead claims and per-sink completion".into(),
+                history: 1,
+                max_age: cfg.idempotency_ttl,
+                storage: stream::StorageType::File,
+                num_replicas: cfg.replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| QueueError::Topology(format!("{LABEL}: create: {e}")))?;
+            Ok(Change::Created(LABEL))
+        }
+    }
+}
+
+fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        e.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(ref inner)
+            if inner.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
+}
+
+/// True when the streams the edge writes to exist (for `/readyz`).
+pub async fn streams_present(js: &jetstream::Context) -> bool {
+    let probe = async {
+        js.get_stream(STREAM_LEADS).await.is_ok() && js.get_stream(STREAM_DLQ).await.is_ok()
+    };
+    tokio::time::timeout(Duration::from_secs(1), probe)
+        .await
+        .unwrap_or(false)
+}

