@@ -11,6 +11,8 @@ use serde::Deserialize;
 
 use crate::intake::mapping::MappingConfig;
 use crate::intake::schemes::{SchemeName, SignatureOptions};
+use crate::pipeline::enrich::EnrichConfig;
+use crate::sinks::SinkConfig;
 
 pub const DEFAULT_CONFIG_PATH: &str = "config/leadrouter.toml";
 
@@ -51,6 +53,87 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub senders: Vec<SenderConfig>,
+    #[serde(default)]
+    pub handlers: HandlersConfig,
+    #[serde(default)]
+    pub enrich: EnrichConfig,
+    #[serde(default)]
+    pub sinks: Vec<SinkConfig>,
+}
+
+/// The handler pool and its consumer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandlersConfig {
+    /// Handler actors; each works on one lead at a time.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    /// Deliveries of one message before it is dead-lettered.
+    #[serde(default = "default_max_deliver")]
+    pub max_deliver: u32,
+    /// Redelivery after this long without an ack or progress; also the claim lease.
+    #[serde(default = "default_ack_wait", with = "humantime_serde")]
+    pub ack_wait: Duration,
+    /// Unacked messages the server hands this consumer at most (in flight + waiting behind a
+    /// busy lead).
+    #[serde(default = "default_max_ack_pending")]
+    pub max_ack_pending: usize,
+    /// Messages asked for per pull.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: usize,
+    #[serde(default = "default_backoff_base", with = "humantime_serde")]
+    pub backoff_base: Duration,
+    #[serde(default = "default_backoff_cap", with = "humantime_serde")]
+    pub backoff_cap: Duration,
+    /// Keys remembered as done in memory, in front of the KV bucket.
+    #[serde(default = "default_cache_capacity")]
+    pub cache_capacity: u64,
+    #[serde(default = "default_schemas_dir")]
+    pub schemas_dir: PathBuf,
+}
+
+fn default_pool_size() -> usize {
+    8
+}
+fn default_max_deliver() -> u32 {
+    5
+}
+fn default_ack_wait() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_ack_pending() -> usize {
+    1024
+}
+fn default_prefetch() -> usize {
+    64
+}
+fn default_backoff_base() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_backoff_cap() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_cache_capacity() -> u64 {
+    100_000
+}
+fn default_schemas_dir() -> PathBuf {
+    PathBuf::from("config/schemas")
+}
+
+impl Default for HandlersConfig {
+    fn default() -> Self {
+        HandlersConfig {
+            pool_size: default_pool_size(),
+            max_deliver: default_max_deliver(),
+            ack_wait: default_ack_wait(),
+            max_ack_pending: default_max_ack_pending(),
+            prefetch: default_prefetch(),
+            backoff_base: default_backoff_base(),
+            backoff_cap: default_backoff_cap(),
+            cache_capacity: default_cache_capacity(),
+            schemas_dir: default_schemas_dir(),
+        }
+    }
 }
 
 fn default_data_dir() -> PathBuf {
@@ -335,6 +418,8 @@ pub struct SendersFile {
 /// process environment.
 pub trait EnvSource {
     fn var(&self, name: &str) -> Option<String>;
+    /// Every variable, for components that resolve secrets by name later.
+    fn snapshot(&self) -> std::collections::HashMap<String, String>;
 }
 
 pub struct ProcessEnv;
@@ -343,11 +428,17 @@ impl EnvSource for ProcessEnv {
     fn var(&self, name: &str) -> Option<String> {
         std::env::var(name).ok().filter(|v| !v.is_empty())
     }
+    fn snapshot(&self) -> std::collections::HashMap<String, String> {
+        std::env::vars().collect()
+    }
 }
 
 impl EnvSource for std::collections::HashMap<String, String> {
     fn var(&self, name: &str) -> Option<String> {
         self.get(name).filter(|v| !v.is_empty()).cloned()
+    }
+    fn snapshot(&self) -> std::collections::HashMap<String, String> {
+        self.clone()
     }
 }
 
@@ -356,6 +447,11 @@ impl<const N: usize> EnvSource for [(&str, &str); N] {
         self.iter()
             .find(|(k, _)| *k == name)
             .map(|(_, v)| v.to_string())
+    }
+    fn snapshot(&self) -> std::collections::HashMap<String, String> {
+        self.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 }
 
@@ -460,6 +556,57 @@ impl Config {
                 "intake.max_body_bytes",
                 "must be greater than zero",
             ));
+        }
+        let h = &self.handlers;
+        if h.pool_size == 0 || h.pool_size > 1024 {
+            return Err(ConfigError::invalid(
+                "handlers.pool_size",
+                "must be between 1 and 1024",
+            ));
+        }
+        if h.max_deliver < 1 {
+            return Err(ConfigError::invalid(
+                "handlers.max_deliver",
+                "must be at least 1",
+            ));
+        }
+        if h.ack_wait < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "handlers.ack_wait",
+                "must be at least 1s",
+            ));
+        }
+        if h.prefetch == 0 {
+            return Err(ConfigError::invalid(
+                "handlers.prefetch",
+                "must be at least 1",
+            ));
+        }
+        // A pull larger than what the server will ever have unacked stalls silently; so does a
+        // pending limit below the pool size (handlers starve while waiting for acks).
+        if h.max_ack_pending < h.prefetch.max(h.pool_size) {
+            return Err(ConfigError::invalid(
+                "handlers.max_ack_pending",
+                format!(
+                    "{} is below handlers.prefetch ({}) or handlers.pool_size ({}); the consumer would stall",
+                    h.max_ack_pending, h.prefetch, h.pool_size
+                ),
+            ));
+        }
+        if h.backoff_base.is_zero() || h.backoff_cap < h.backoff_base {
+            return Err(ConfigError::invalid(
+                "handlers.backoff_cap",
+                "backoff_base must be > 0 and backoff_cap >= backoff_base",
+            ));
+        }
+        let mut sink_names = HashSet::new();
+        for (i, sink) in self.sinks.iter().enumerate() {
+            if !sink_names.insert(sink.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("sinks[{i}].name"),
+                    format!("duplicate sink name `{}`", sink.name),
+                ));
+            }
         }
         let mut seen = HashSet::new();
         for (i, sender) in self.senders.iter().enumerate() {

@@ -3,8 +3,12 @@
 
 pub mod cli;
 pub mod config;
+pub mod dlq;
 pub mod intake;
+pub mod pipeline;
 pub mod queue;
+pub mod sandbox_crm;
 pub mod send;
 pub mod service;
+pub mod sinks;
 pub mod telemetry;

@@ -8,10 +8,16 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use crate::config::{Config, EnvSource};
+use crate::dlq::DlqWriter;
 use crate::intake::{self, IntakeSetupError, IntakeState};
+use crate::pipeline::enrich::{EnrichSetupError, Enricher};
+use crate::pipeline::idempotency::Idempotency;
+use crate::pipeline::schema::{SchemaError, SchemaRegistry};
+use crate::pipeline::{HandlerPool, PipelineStats, PoolError, PoolParts};
 use crate::queue::embedded::{EmbeddedError, EmbeddedNats, EmbeddedSpec};
 use crate::queue::provision::{self, ProvisionError};
 use crate::queue::{self, topology, Publisher, QueueError};
+use crate::sinks::{self, SinkBuildError, SinkContext};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -28,6 +34,16 @@ pub enum ServiceError {
     Queue(#[from] QueueError),
     #[error(transparent)]
     Intake(#[from] IntakeSetupError),
+    #[error("config key `handlers.schemas_dir`: {0}")]
+    Schemas(#[from] SchemaError),
+    #[error(transparent)]
+    Enrich(#[from] EnrichSetupError),
+    #[error(transparent)]
+    Sink(#[from] SinkBuildError),
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    #[error("idempotency bucket: {0}")]
+    Kv(String),
     #[error("cannot listen on {addr} (intake.listen / LEADROUTER_INTAKE_LISTEN): {message}")]
     Bind { addr: SocketAddr, message: String },
 }
@@ -39,6 +55,7 @@ pub struct Service {
     intake_task: tokio::task::JoinHandle<()>,
     intake: Arc<IntakeState>,
     client: async_nats::Client,
+    pool: Option<HandlerPool>,
     embedded: Option<EmbeddedNats>,
 }
 
@@ -75,6 +92,7 @@ impl Service {
         for change in topology::ensure(publisher.context(), &cfg.streams).await? {
             tracing::info!(?change, "topology");
         }
+        let pool = start_pool(cfg, env, &client, &publisher).await?;
         let (state, unconfigured) = IntakeState::build(cfg, env, publisher).await?;
         for u in &unconfigured {
             tracing::warn!(
@@ -107,6 +125,7 @@ impl Service {
             intake_task,
             intake: state,
             client,
+            pool: Some(pool),
             embedded,
         })
     }
@@ -127,6 +146,10 @@ impl Service {
         &self.intake
     }
 
+    pub fn pipeline_stats(&self) -> Option<&Arc<PipelineStats>> {
+        self.pool.as_ref().map(|p| p.stats())
+    }
+
     /// Stops taking requests, lets in-flight ones finish, then stops NATS if we own it.
     pub async fn shutdown(mut self) {
         if let Some(tx) = self.stop_intake.take() {
@@ -134,10 +157,68 @@ impl Service {
         }
         let _ = (&mut self.intake_task).await;
         self.intake.stop();
-        let _ = self.client.flush().await;
+        if let Some(pool) = self.pool.take() {
+            pool.stop(Duration::from_secs(10)).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.client.flush()).await;
         if let Some(e) = self.embedded.take() {
             e.stop().await;
         }
         tracing::info!("leadrouter stopped");
     }
+}
+
+/// A process-unique owner prefix for idempotency claims.
+fn instance_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    format!(
+        "{host}-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
+
+async fn start_pool(
+    cfg: &Config,
+    env: &dyn EnvSource,
+    client: &async_nats::Client,
+    publisher: &Publisher,
+) -> Result<HandlerPool, ServiceError> {
+    let js = publisher.context().clone();
+    let schemas = Arc::new(SchemaRegistry::load(&cfg.handlers.schemas_dir)?);
+    let enricher = Arc::new(Enricher::new(&cfg.enrich)?);
+    let ctx = SinkContext {
+        data_dir: cfg.data_dir.clone(),
+        nats: Some(client.clone()),
+        env: env.snapshot(),
+    };
+    let mut built = Vec::with_capacity(cfg.sinks.len());
+    for (i, s) in cfg.sinks.iter().enumerate() {
+        built.push(sinks::build(i, s, &ctx).await?);
+    }
+    if built.is_empty() {
+        tracing::warn!("no [[sinks]] configured: leads are consumed and acknowledged without being written anywhere");
+    }
+    let kv = js
+        .get_key_value(queue::KV_IDEMPOTENCY)
+        .await
+        .map_err(|e| ServiceError::Kv(e.to_string()))?;
+    let idem = Idempotency::new(
+        kv,
+        cfg.handlers.cache_capacity,
+        cfg.streams.idempotency_ttl,
+        cfg.handlers.ack_wait,
+    );
+    let parts = PoolParts {
+        client: client.clone(),
+        sinks: built,
+        schemas,
+        enricher,
+        idem,
+        dlq: DlqWriter::new(js.clone()),
+        instance: instance_id(),
+    };
+    Ok(HandlerPool::start(js, &cfg.handlers, parts).await?)
 }

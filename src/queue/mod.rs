@@ -17,6 +17,8 @@ pub const SUBJECT_IN_PREFIX: &str = "leads.in.";
 pub const STREAM_DLQ: &str = "LEADS_DLQ";
 pub const SUBJECT_DLQ_PREFIX: &str = "leads.dlq.";
 pub const KV_IDEMPOTENCY: &str = "leads_idempotency";
+/// Captured MAX_DELIVERIES advisories of the router consumer (the DLQ crash net's input).
+pub const STREAM_ADVISORIES: &str = "LEADS_ADVISORIES";
 pub const CONSUMER_ROUTER: &str = "router";
 
 pub const HDR_RECEIVED_AT: &str = "Leadrouter-Received-At";

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
 
-use super::{QueueError, KV_IDEMPOTENCY, STREAM_DLQ, STREAM_LEADS};
+use super::{QueueError, KV_IDEMPOTENCY, STREAM_ADVISORIES, STREAM_DLQ, STREAM_LEADS};
 use crate::config::StreamsConfig;
 
 /// What `ensure` did to each object, for the start-up log and tests.
@@ -41,6 +41,20 @@ pub fn dlq_stream(cfg: &StreamsConfig) -> stream::Config {
         // DLQ entries are deduplicated by `LEADS:<seq>`; the window must cover a handler retry
         // cycle, not the stream's lifetime.
         duplicate_window: Duration::from_secs(600).min(cfg.dlq_max_age),
+        num_replicas: cfg.replicas,
+        ..Default::default()
+    }
+}
+
+pub fn advisories_stream(cfg: &StreamsConfig) -> stream::Config {
+    stream::Config {
+        name: STREAM_ADVISORIES.into(),
+        description: Some("leadrouter: MAX_DELIVERIES advisories of the router consumer".into()),
+        subjects: vec!["$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.LEADS.>".into()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        max_age: cfg.max_age,
+        duplicate_window: Duration::from_secs(120).min(cfg.max_age),
         num_replicas: cfg.replicas,
         ..Default::default()
     }

@@ -1,0 +1,170 @@
+//! The dead-letter queue: where leads that cannot succeed wait, with the reason and the last
+//! error, for an operator to fix the cause and replay them.
+
+pub mod net;
+
+use async_nats::jetstream;
+use async_nats::HeaderMap;
+use bytes::Bytes;
+
+use crate::queue::{HDR_GROUP, HDR_RECEIVED_AT, HDR_SCHEMA, SUBJECT_DLQ_PREFIX};
+
+pub const HDR_REASON: &str = "Leadrouter-Dlq-Reason";
+pub const HDR_LAST_ERROR: &str = "Leadrouter-Dlq-Last-Error";
+pub const HDR_ATTEMPTS: &str = "Leadrouter-Dlq-Attempts";
+pub const HDR_ORIGINAL_SEQ: &str = "Leadrouter-Original-Seq";
+pub const HDR_SENDER: &str = "Leadrouter-Sender";
+pub const HDR_KEY: &str = "Leadrouter-Key";
+pub const HDR_FIRST_ATTEMPT: &str = "Leadrouter-First-Attempt-At";
+pub const HDR_LAST_ATTEMPT: &str = "Leadrouter-Last-Attempt-At";
+
+/// Why a lead was dead-lettered: a small, stable set, so `dlq tail | jq .reason | uniq -c`
+/// groups well. Details go in the last error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    MalformedEnvelope,
+    UnknownSchema,
+    SchemaMismatch,
+    SinkRejected,
+    RetriesExhausted,
+    /// The crash/timeout net: the server gave up redelivering without a verdict from a handler.
+    MaxDeliveries,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::MalformedEnvelope => "malformed_envelope",
+            Reason::UnknownSchema => "unknown_schema",
+            Reason::SchemaMismatch => "schema_mismatch",
+            Reason::SinkRejected => "sink_rejected",
+            Reason::RetriesExhausted => "retries_exhausted",
+            Reason::MaxDeliveries => "max_deliveries",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    #[error("DLQ write failed: {0}")]
+    Write(String),
+}
+
+/// One dead-lettered lead, as written.
+#[derive(Debug, Clone)]
+pub struct DeadLetter<'a> {
+    pub sender: &'a str,
+    pub key: &'a str,
+    pub reason: Reason,
+    pub last_error: &'a str,
+    pub attempts: u32,
+    pub original_seq: u64,
+    pub received_at: Option<&'a str>,
+    pub schema: Option<&'a str>,
+    pub group: Option<&'a str>,
+    pub first_attempt_at: Option<&'a str>,
+    pub payload: Bytes,
+}
+
+/// The id of the DLQ entry for LEADS message `seq`; also its `Nats-Msg-Id`, which is what keeps
+/// the handler and the crash net from writing one lead twice.
+pub fn dlq_id(original_seq: u64) -> String {
+    format!("LEADS:{original_seq}")
+}
+
+#[derive(Clone)]
+pub struct DlqWriter {
+    js: jetstream::Context,
+}
+
+impl DlqWriter {
+    pub fn new(js: jetstream::Context) -> Self {
+        DlqWriter { js }
+    }
+
+    /// Stores the entry; `Ok(true)` if it was new, `Ok(false)` if it was already there.
+    pub async fn put(&self, d: &DeadLetter<'_>) -> Result<bool, DlqError> {
+        let mut h = HeaderMap::new();
+        h.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            dlq_id(d.original_seq).as_str(),
+        );
+        h.insert(HDR_REASON, d.reason.as_str());
+        h.insert(HDR_LAST_ERROR, one_line(d.last_error).as_str());
+        h.insert(HDR_ATTEMPTS, d.attempts.to_string().as_str());
+        h.insert(HDR_ORIGINAL_SEQ, d.original_seq.to_string().as_str());
+        h.insert(HDR_SENDER, d.sender);
+        h.insert(HDR_KEY, d.key);
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        h.insert(HDR_FIRST_ATTEMPT, d.first_attempt_at.unwrap_or(&now));
+        h.insert(HDR_LAST_ATTEMPT, now.as_str());
+        if let Some(v) = d.received_at {
+            h.insert(HDR_RECEIVED_AT, v);
+        }
+        if let Some(v) = d.schema {
+            h.insert(HDR_SCHEMA, v);
+        }
+        if let Some(v) = d.group {
+            h.insert(HDR_GROUP, v);
+        }
+        let subject = format!("{SUBJECT_DLQ_PREFIX}{}", subject_token(d.sender));
+        let ack = self
+            .js
+            .publish_with_headers(subject, h, d.payload.clone())
+            .await
+            .map_err(|e| DlqError::Write(e.to_string()))?
+            .await
+            .map_err(|e| DlqError::Write(e.to_string()))?;
+        Ok(!ack.duplicate)
+    }
+}
+
+/// Header values are single lines; error texts from HTTP bodies may not be.
+fn one_line(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if out.len() > 512 {
+        let mut cut = 512;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push('…');
+    }
+    out
+}
+
+/// Sender ids are validated at config load, but envelopes can come from imports and replays.
+fn subject_token(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        s.to_string()
+    } else {
+        "unknown".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_values_are_single_bounded_lines() {
+        assert_eq!(one_line("a\nb\r\tc"), "a b  c");
+        let long = "é".repeat(600);
+        let out = one_line(&long);
+        assert!(out.len() <= 512 + '…'.len_utf8());
+        assert!(out.ends_with('…'));
+    }
+
+    #[test]
+    fn subject_tokens_are_safe() {
+        assert_eq!(subject_token("demo"), "demo");
+        assert_eq!(subject_token("a.b"), "unknown");
+        assert_eq!(subject_token("*"), "unknown");
+    }
+}

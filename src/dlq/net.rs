@@ -1,0 +1,178 @@
+//! The crash net. Advisories are core NATS, sent once, only to current listeners, so they are
+//! captured in the `LEADS_ADVISORIES` stream (created before the consumer) and worked off from
+//! there: any MAX_DELIVERIES advisory whose lead is neither done nor already dead-lettered
+//! becomes a DLQ entry. This is the path for handlers that died or stalled past `ack_wait` on
+//! the last attempt; the ordinary path is the handler's own dead-lettering.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use super::{dlq_id, DeadLetter, DlqWriter, Reason};
+use crate::intake::envelope::LeadEnvelope;
+use crate::pipeline::idempotency::{Idempotency, LeadState};
+use crate::queue::{HDR_GROUP, HDR_RECEIVED_AT, HDR_SCHEMA, STREAM_ADVISORIES, STREAM_LEADS};
+
+pub const CONSUMER_NET: &str = "dlq-net";
+
+#[derive(Debug, Deserialize)]
+struct MaxDeliveries {
+    stream: String,
+    stream_seq: u64,
+    #[serde(default)]
+    deliveries: u64,
+}
+
+/// Runs until `shutdown` turns true.
+pub async fn run(
+    js: jetstream::Context,
+    idem: Idempotency,
+    dlq: DlqWriter,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let mut inner_stop = shutdown.clone();
+        let work = async {
+            let stream = js
+                .get_stream(STREAM_ADVISORIES)
+                .await
+                .map_err(|e| e.to_string())?;
+            let c: consumer::PullConsumer = stream
+                .create_consumer(consumer::pull::Config {
+                    durable_name: Some(CONSUMER_NET.into()),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(30),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut msgs = c.messages().await.map_err(|e| e.to_string())?;
+            loop {
+                tokio::select! {
+                    _ = inner_stop.changed() => return Ok::<(), String>(()),
+                    next = msgs.next() => match next {
+                        Some(Ok(m)) => {
+                            if handle(&js, &idem, &dlq, &m.payload).await {
+                                let _ = m.ack().await;
+                            } else {
+                                let _ = m.ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(5)))).await;
+                            }
+                        }
+                        Some(Err(e)) => tracing::debug!(error = %e, "advisory consumer"),
+                        None => return Err("advisory consumer ended".into()),
+                    }
+                }
+            }
+        };
+        let result = tokio::select! {
+            _ = shutdown.changed() => return,
+            r = work => r,
+        };
+        match result {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "DLQ crash net restarting");
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// True when the advisory is dealt with (written, or nothing to do).
+async fn handle(
+    js: &jetstream::Context,
+    idem: &Idempotency,
+    dlq: &DlqWriter,
+    payload: &Bytes,
+) -> bool {
+    let Ok(adv) = serde_json::from_slice::<MaxDeliveries>(payload) else {
+        return true;
+    };
+    if adv.stream != STREAM_LEADS {
+        return true;
+    }
+    let stream = match js.get_stream(STREAM_LEADS).await {
+        Ok(s) => s,
+        Err(_) => return false,
+    };
+    let Ok(msg) = stream.get_raw_message(adv.stream_seq).await else {
+        tracing::warn!(
+            seq = adv.stream_seq,
+            "max-deliveries advisory for a message no longer in LEADS"
+        );
+        return true;
+    };
+    let envelope: Option<LeadEnvelope> = serde_json::from_slice(&msg.payload).ok();
+    let key = envelope
+        .as_ref()
+        .map(|e| e.key.clone())
+        .unwrap_or_else(|| dlq_id(adv.stream_seq));
+    let entry = match idem.get(&key).await {
+        Ok(e) => e,
+        Err(_) => return false,
+    };
+    let id = dlq_id(adv.stream_seq);
+    if let Some((entry, _)) = &entry {
+        if entry.state == LeadState::Done {
+            return true;
+        }
+        if entry.state == LeadState::Dead && entry.dlq.as_deref() == Some(id.as_str()) {
+            return true;
+        }
+    }
+    let last_error = entry
+        .as_ref()
+        .and_then(|(e, _)| e.last_error.clone())
+        .unwrap_or_else(|| "no verdict from a handler: it crashed or stalled past ack_wait".into());
+    let header = |name: &str| msg.headers.get(name).map(|v| v.as_str().to_string());
+    let sender = envelope
+        .as_ref()
+        .map(|e| e.sender.clone())
+        .or_else(|| {
+            msg.subject
+                .strip_prefix(crate::queue::SUBJECT_IN_PREFIX)
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    let received_at = header(HDR_RECEIVED_AT);
+    let schema = header(HDR_SCHEMA);
+    let group = header(HDR_GROUP);
+    let dead = DeadLetter {
+        sender: &sender,
+        key: &key,
+        reason: Reason::MaxDeliveries,
+        last_error: &last_error,
+        attempts: u32::try_from(adv.deliveries).unwrap_or(u32::MAX),
+        original_seq: adv.stream_seq,
+        received_at: received_at.as_deref(),
+        schema: schema.as_deref(),
+        group: group.as_deref(),
+        first_attempt_at: None,
+        payload: msg.payload.clone(),
+    };
+    match dlq.put(&dead).await {
+        Ok(new) => {
+            if new {
+                tracing::warn!(key = %key, seq = adv.stream_seq, reason = "max_deliveries", stage = "dlq", "dead-lettered by the crash net");
+            }
+            let _ = idem.force_dead(&key, id).await;
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "crash net could not write the DLQ; will retry");
+            false
+        }
+    }
+}

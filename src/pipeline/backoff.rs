@@ -1,0 +1,71 @@
+//! Exponential backoff with full jitter (AWS architecture blog, "Exponential Backoff And
+//! Jitter"): spreading retries over the whole window is what lets a recovering partner breathe.
+
+use std::time::Duration;
+
+use rand::Rng;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub base: Duration,
+    pub cap: Duration,
+}
+
+impl Backoff {
+    /// The ceiling for `attempt` (1-based): min(cap, base * 2^(attempt-1)).
+    pub fn ceiling(&self, attempt: u32) -> Duration {
+        let exp = attempt.saturating_sub(1).min(30);
+        self.base
+            .checked_mul(1u32 << exp)
+            .unwrap_or(self.cap)
+            .min(self.cap)
+    }
+
+    /// A uniformly random delay in [0, ceiling], never shorter than the sink's `Retry-After`.
+    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        let ceiling = self.ceiling(attempt);
+        let jittered = if ceiling.is_zero() {
+            Duration::ZERO
+        } else {
+            let ms = rand::rng().random_range(0..=ceiling.as_millis() as u64);
+            Duration::from_millis(ms)
+        };
+        match retry_after {
+            Some(ra) if ra > jittered => ra,
+            _ => jittered,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ceiling_grows_and_caps() {
+        let b = Backoff {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(1),
+        };
+        assert_eq!(b.ceiling(1), Duration::from_millis(100));
+        assert_eq!(b.ceiling(2), Duration::from_millis(200));
+        assert_eq!(b.ceiling(4), Duration::from_millis(800));
+        assert_eq!(b.ceiling(5), Duration::from_secs(1));
+        assert_eq!(b.ceiling(60), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn delay_is_jittered_within_ceiling_and_respects_retry_after() {
+        let b = Backoff {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(10),
+        };
+        let delays: Vec<_> = (0..200).map(|_| b.delay(3, None)).collect();
+        assert!(delays.iter().all(|d| *d <= Duration::from_millis(400)));
+        let distinct: std::collections::HashSet<_> = delays.iter().collect();
+        assert!(distinct.len() > 20, "jitter spreads the delays");
+        for _ in 0..50 {
+            assert!(b.delay(1, Some(Duration::from_secs(7))) >= Duration::from_secs(7));
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! What a handler does with one delivery: dedupe, claim, validate, enrich, fan out to every sink
+//! not yet done, then ack, retry later (NAK with backoff), or dead-letter and terminate.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_nats::jetstream::{self, AckKind};
+use bytes::Bytes;
+use serde_json::Value;
+
+use super::idempotency::{Claim, Held};
+use super::PoolDeps;
+use crate::dlq::{dlq_id, DeadLetter, Reason};
+use crate::intake::envelope::LeadEnvelope;
+use crate::queue::{HDR_GROUP, HDR_RECEIVED_AT, HDR_SCHEMA};
+use crate::sinks::{LeadRecord, SinkError};
+
+/// How one delivery ended, for the dispatcher's per-group ordering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every sink confirmed; acked.
+    Delivered,
+    /// Already done earlier; acked without touching a sink.
+    Duplicate,
+    /// NAKed with a delay; the group waits for the redelivery.
+    Retrying,
+    /// In the DLQ and terminated.
+    Dead,
+}
+
+pub struct Delivery<'a> {
+    pub msg: &'a jetstream::Message,
+    pub seq: u64,
+    pub delivered: u32,
+}
+
+pub async fn process(deps: &Arc<PoolDeps>, owner: &str, d: Delivery<'_>) -> Outcome {
+    let started = Instant::now();
+    let msg = d.msg;
+    let replay = msg
+        .headers
+        .as_ref()
+        .is_some_and(|h| h.get(crate::queue::HDR_REPLAY_OF).is_some());
+    let envelope: LeadEnvelope = match serde_json::from_slice(&msg.payload) {
+        Ok(e) => e,
+        Err(e) => {
+            let sender = msg
+                .subject
+                .strip_prefix(crate::queue::SUBJECT_IN_PREFIX)
+                .unwrap_or("unknown")
+                .to_string();
+            return dead_letter(
+                deps,
+                &d,
+                None,
+                &sender,
+                &dlq_id(d.seq),
+                Reason::MalformedEnvelope,
+                &format!("the stored message is not a lead envelope: {e}"),
+            )
+            .await;
+        }
+    };
+    let key = envelope.key.as_str();
+    let span = tracing::info_span!("handle", key = %key, sender = %envelope.sender, seq = d.seq, attempt = d.delivered, replay);
+    let _enter = span.enter();
+
+    if deps.idem.cached_done(key).await {
+        return duplicate(deps, msg, key).await;
+    }
+    let mut held = match deps.idem.claim(key, owner, &dlq_id(d.seq)).await {
+        Ok(Claim::Owned(h)) => h,
+        Ok(Claim::Done) => return duplicate(deps, msg, key).await,
+        Ok(Claim::AlreadyDead) => {
+            // Our earlier TERM was lost; the DLQ already has this very message.
+            term(deps, msg, Reason::MaxDeliveries.as_str()).await;
+            return Outcome::Dead;
+        }
+        Ok(Claim::Busy(wait)) => {
+            tracing::debug!(?wait, "another delivery holds the lead");
+            nak(msg, wait.max(Duration::from_millis(50))).await;
+            return Outcome::Retrying;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, stage = "claim", outcome = "retry", "idempotency store unavailable");
+            nak(msg, deps.backoff.delay(d.delivered, None)).await;
+            return Outcome::Retrying;
+        }
+    };
+
+    // Validation errors are permanent: the same bytes fail the same way every time.
+    let t = Instant::now();
+    let fields = Value::Object(envelope.fields.clone());
+    if let Err(e) = deps.schemas.validate(&envelope.schema, &fields) {
+        let reason = match e {
+            super::schema::SchemaError::Unknown(_) => Reason::UnknownSchema,
+            _ => Reason::SchemaMismatch,
+        };
+        tracing::info!(stage = "validate", outcome = "invalid", duration_ms = ms(t));
+        return dead_letter(
+            deps,
+            &d,
+            Some(&mut held),
+            &envelope.sender,
+            key,
+            reason,
+            &e.to_string(),
+        )
+        .await;
+    }
+    tracing::debug!(stage = "validate", outcome = "ok", duration_ms = ms(t));
+
+    let t = Instant::now();
+    let Value::Object(mut fields) = fields else {
+        unreachable!("built as an object above")
+    };
+    let report = deps.enricher.enrich(&mut fields);
+    if !report.flags.is_empty() {
+        deps.stats
+            .enrich_flags
+            .fetch_add(report.flags.len() as u64, Ordering::Relaxed);
+    }
+    tracing::debug!(stage = "enrich", outcome = "ok", flags = ?report.flags, duration_ms = ms(t));
+
+    let record = LeadRecord {
+        key: envelope.key.clone(),
+        sender: envelope.sender.clone(),
+        source_event_id: envelope.source_event_id.clone(),
+        schema: envelope.schema.clone(),
+        received_at: envelope.received_at.clone(),
+        fields,
+        flags: report.flags.iter().map(|f| f.to_string()).collect(),
+        replay,
+    };
+
+    // Fan out to the sinks this lead still needs, all at once, keeping the message and the lease
+    // alive while slow sinks work.
+    let pending: Vec<_> = deps
+        .sinks
+        .iter()
+        .filter(|s| !held.entry.sinks.contains_key(s.name()))
+        .cloned()
+        .collect();
+    let deliveries = futures::future::join_all(pending.iter().map(|s| {
+        let record = &record;
+        async move {
+            let t = Instant::now();
+            let r = s.deliver(record).await;
+            (s.name().to_string(), r, t.elapsed())
+        }
+    }));
+    tokio::pin!(deliveries);
+    let mut tick = tokio::time::interval(deps.heartbeat);
+    tick.tick().await;
+    let results = loop {
+        tokio::select! {
+            r = &mut deliveries => break r,
+            _ = tick.tick() => {
+                let _ = msg.ack_with(AckKind::Progress).await;
+                if let Err(e) = deps.idem.renew(&mut held).await {
+                    tracing::warn!(error = %e, "lease renewal failed");
+                }
+            }
+        }
+    };
+
+    let mut transient: Option<(String, SinkError)> = None;
+    let mut permanent: Option<(String, SinkError)> = None;
+    let mut latest_persist: Option<SystemTime> = None;
+    for (name, result, took) in results {
+        match result {
+            Ok(done) => {
+                let at = chrono::DateTime::<chrono::Utc>::from(done.persisted_at)
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+                held.entry.sinks.insert(name.clone(), at);
+                latest_persist =
+                    Some(latest_persist.map_or(done.persisted_at, |l| l.max(done.persisted_at)));
+                deps.stats.sink_ok.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(stage = "sink", sink = %name, outcome = "ok", duration_ms = took.as_secs_f64() * 1e3);
+            }
+            Err(e) => {
+                deps.stats.sink_err.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(stage = "sink", sink = %name, outcome = if e.is_permanent() { "rejected" } else { "failed" }, class = e.class(), duration_ms = took.as_secs_f64() * 1e3);
+                if e.is_permanent() {
+                    permanent.get_or_insert((name, e));
+                } else {
+                    // Keep the longest Retry-After: the retry must satisfy every sink.
+                    let replace = match &transient {
+                        None => true,
+                        Some((_, old)) => e.retry_after() > old.retry_after(),
+                    };
+                    if replace {
+                        transient = Some((name, e));
+                    }
+                }
+            }
+        }
+    }
+
+    if let Some((name, e)) = permanent {
+        return dead_letter(
+            deps,
+            &d,
+            Some(&mut held),
+            &envelope.sender,
+            key,
+            Reason::SinkRejected,
+            &format!("{name}: {e}"),
+        )
+        .await;
+    }
+    if let Some((name, e)) = transient {
+        let last_error = format!("{name}: {e}");
+        if d.delivered >= deps.max_deliver {
+            return dead_letter(
+                deps,
+                &d,
+                Some(&mut held),
+                &envelope.sender,
+                key,
+                Reason::RetriesExhausted,
+                &last_error,
+            )
+            .await;
+        }
+        // Record the sinks that did confirm, so the retry goes to the failed ones only.
+        if let Err(err) = deps.idem.release(&mut held, Some(last_error)).await {
+            tracing::warn!(error = %err, "could not release the claim; the lease will expire");
+        }
+        let delay = deps.backoff.delay(d.delivered, e.retry_after());
+        deps.stats.retries.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            stage = "handle",
+            outcome = "retry",
+            delay_ms = delay.as_millis() as u64,
+            duration_ms = ms(started)
+        );
+        nak(msg, delay).await;
+        return Outcome::Retrying;
+    }
+
+    if let Err(e) = deps.idem.mark_done(&mut held).await {
+        // Every sink confirmed; a redelivery will find the sinks' own idempotency. Ack anyway.
+        tracing::warn!(error = %e, "could not mark the lead done");
+    }
+    if let Err(e) = msg.double_ack().await {
+        tracing::warn!(error = %e, "ack not confirmed; a redelivery will be a duplicate");
+    }
+    if let (Some(persisted), Ok(received)) = (
+        latest_persist,
+        chrono::DateTime::parse_from_rfc3339(&envelope.received_at),
+    ) {
+        let received: SystemTime = received.with_timezone(&chrono::Utc).into();
+        if let Ok(e2e) = persisted.duration_since(received) {
+            deps.stats.record_e2e(e2e);
+        }
+    }
+    deps.stats.delivered.fetch_add(1, Ordering::Relaxed);
+    if replay {
+        deps.stats.replayed.fetch_add(1, Ordering::Relaxed);
+    }
+    tracing::info!(
+        stage = "handle",
+        outcome = "delivered",
+        duration_ms = ms(started)
+    );
+    Outcome::Delivered
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+async fn duplicate(deps: &PoolDeps, msg: &jetstream::Message, key: &str) -> Outcome {
+    deps.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(key = %key, stage = "dedupe", outcome = "duplicate");
+    let _ = msg.double_ack().await;
+    Outcome::Duplicate
+}
+
+async fn nak(msg: &jetstream::Message, delay: Duration) {
+    if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
+        tracing::warn!(error = %e, "NAK failed; ack_wait will redeliver");
+    }
+}
+
+/// `+TERM <reason>` (server >= 2.10.4) carries the reason into the server's advisory; the
+/// client's `AckKind::Term` cannot, so the ack is published by hand.
+async fn term(deps: &PoolDeps, msg: &jetstream::Message, reason: &str) {
+    if let Some(reply) = &msg.reply {
+        let body = Bytes::from(format!("+TERM {reason}"));
+        if let Err(e) = deps.client.publish(reply.clone(), body).await {
+            tracing::warn!(error = %e, "TERM failed; the message will be redelivered and recognised as dead");
+        }
+    }
+}
+
+/// Copies the message to the DLQ, records it, then terminates it. If the DLQ write fails the
+/// message is retried instead: it is never terminated without a DLQ copy.
+async fn dead_letter(
+    deps: &PoolDeps,
+    d: &Delivery<'_>,
+    held: Option<&mut Held>,
+    sender: &str,
+    key: &str,
+    reason: Reason,
+    last_error: &str,
+) -> Outcome {
+    let header = |name: &str| {
+        d.msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_string())
+    };
+    let received_at = header(HDR_RECEIVED_AT);
+    let schema = header(HDR_SCHEMA);
+    let group = header(HDR_GROUP);
+    let attempts = held
+        .as_ref()
+        .map(|h| h.entry.attempts + 1)
+        .unwrap_or(d.delivered)
+        .max(d.delivered);
+    let entry = DeadLetter {
+        sender,
+        key,
+        reason,
+        last_error,
+        attempts,
+        original_seq: d.seq,
+        received_at: received_at.as_deref(),
+        schema: schema.as_deref(),
+        group: group.as_deref(),
+        first_attempt_at: None,
+        payload: d.msg.payload.clone(),
+    };
+    match deps.dlq.put(&entry).await {
+        Ok(_) => {
+            if let Some(h) = held {
+                if let Err(e) = deps
+                    .idem
+                    .mark_dead(h, Some(last_error.to_string()), dlq_id(d.seq))
+                    .await
+                {
+                    tracing::warn!(error = %e, "could not record the dead letter in the idempotency store");
+                }
+            }
+            deps.stats.count_dead(reason);
+            tracing::warn!(
+                stage = "dlq",
+                outcome = "dead",
+                reason = reason.as_str(),
+                attempts,
+                "lead dead-lettered"
+            );
+            term(deps, d.msg, reason.as_str()).await;
+            Outcome::Dead
+        }
+        Err(e) => {
+            tracing::error!(error = %e, stage = "dlq", outcome = "retry", "DLQ unavailable; retrying instead of dropping");
+            if let Some(h) = held {
+                let _ = deps.idem.release(h, Some(last_error.to_string())).await;
+            }
+            nak(d.msg, deps.backoff.delay(d.delivered, None)).await;
+            Outcome::Retrying
+        }
+    }
+}

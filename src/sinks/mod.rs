@@ -1,0 +1,910 @@
+//! Sinks: where a validated lead is written (CRM over HTTP, Segment, a JSON-lines file, NATS).
+//!
+//! Every sink is idempotent by the lead's key, so the handler pool may redeliver freely: the
+//! `http` sink sends `Idempotency-Key` (or upserts under the key), `segment` uses the key as
+//! `messageId`, `file` keeps the set of written keys, `nats` sets `Nats-Msg-Id`.
+//!
+//! Errors are classified here, once, so the pipeline only decides *when* to retry:
+//! [`SinkError::Transient`] (timeouts, connection failures, 5xx, 429 with its `Retry-After`, 408)
+//! or [`SinkError::Permanent`] (other 4xx, bad configuration, unserializable records). Error
+//! messages carry a status and a short reason, never lead data.
+
+pub mod file;
+pub mod http;
+pub mod nats;
+pub mod segment;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+
+/// What every sink receives: the validated, enriched lead.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LeadRecord {
+    pub key: String,
+    pub sender: String,
+    pub source_event_id: String,
+    pub schema: String,
+    pub received_at: String,
+    pub fields: Map<String, Value>,
+    #[serde(default)]
+    pub flags: Vec<String>,
+    #[serde(default)]
+    pub replay: bool,
+}
+
+/// A sink confirmed the write.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    /// When the sink confirmed; for a lead the sink already held (a redelivery), the time of
+    /// this confirmation, except for the `file` sink, which remembers the original time.
+    pub persisted_at: SystemTime,
+    /// The sink's own id for the record, when it tells us (CRM `id`, `STREAM:seq` for JetStream).
+    pub remote_id: Option<String>,
+}
+
+/// Error classes, stable strings for metrics labels, DLQ reasons and logs.
+pub mod class {
+    /// No answer within the sink's timeout (also HTTP 408 and a missing PubAck).
+    pub const TIMEOUT: &str = "timeout";
+    /// Connection refused, reset or closed before an answer.
+    pub const CONNECT: &str = "connect";
+    /// HTTP 5xx.
+    pub const HTTP_5XX: &str = "http_5xx";
+    /// HTTP 429; `retry_after` carries the server's `Retry-After`.
+    pub const RATE_LIMITED: &str = "rate_limited";
+    /// HTTP 4xx other than 408, 409-on-create and 429: the request itself is wrong.
+    pub const HTTP_4XX: &str = "http_4xx";
+    /// HTTP 3xx: redirects are not followed (a redirected POST may silently become a GET).
+    pub const HTTP_3XX: &str = "http_3xx";
+    /// Any other unexpected HTTP status (1xx).
+    pub const HTTP_OTHER: &str = "http_other";
+    /// The sink cannot be used as configured (bad subject for this lead, client build failure).
+    pub const CONFIG: &str = "config";
+    /// The record could not be encoded.
+    pub const UNSERIALIZABLE: &str = "unserializable";
+    /// Local I/O failed (file sink): disk full, permissions. Retried, it may heal.
+    pub const IO: &str = "io";
+    /// JetStream: no stream captures the subject (no responders). Retried: the stream may be
+    /// being created; if it never appears the lead ends in the DLQ after the last attempt.
+    pub const NO_STREAM: &str = "no_stream";
+    /// The message is over the server's `max_payload`.
+    pub const TOO_LARGE: &str = "too_large";
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SinkError {
+    #[error("{class}: {message}")]
+    Transient {
+        class: &'static str,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("{class}: {message}")]
+    Permanent {
+        class: &'static str,
+        message: String,
+    },
+}
+
+impl SinkError {
+    pub fn class(&self) -> &'static str {
+        match self {
+            SinkError::Transient { class, .. } | SinkError::Permanent { class, .. } => class,
+        }
+    }
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            SinkError::Transient { retry_after, .. } => *retry_after,
+            SinkError::Permanent { .. } => None,
+        }
+    }
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, SinkError::Permanent { .. })
+    }
+    pub fn transient(class: &'static str, message: impl Into<String>) -> SinkError {
+        SinkError::Transient {
+            class,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+    pub fn permanent(class: &'static str, message: impl Into<String>) -> SinkError {
+        SinkError::Permanent {
+            class,
+            message: message.into(),
+        }
+    }
+    /// The short text without the class prefix.
+    pub fn message(&self) -> &str {
+        match self {
+            SinkError::Transient { message, .. } | SinkError::Permanent { message, .. } => message,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+pub trait Sink: Send + Sync {
+    fn name(&self) -> &str;
+    async fn deliver(&self, lead: &LeadRecord) -> Result<Delivered, SinkError>;
+}
+
+/// The sink kinds, as written in `kind = "..."`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SinkKind {
+    Http,
+    Segment,
+    File,
+    Nats,
+}
+
+impl SinkKind {
+    pub const ALL: [SinkKind; 4] = [
+        SinkKind::Http,
+        SinkKind::Segment,
+        SinkKind::File,
+        SinkKind::Nats,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkKind::Http => "http",
+            SinkKind::Segment => "segment",
+            SinkKind::File => "file",
+            SinkKind::Nats => "nats",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SinkKind> {
+        SinkKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// The kind-specific keys this kind accepts (besides `name` and `kind`).
+    fn keys(self) -> &'static [&'static str] {
+        match self {
+            SinkKind::Http => &[
+                "url",
+                "mode",
+                "timeout",
+                "auth_header",
+                "auth_env",
+                "auth_prefix",
+                "headers",
+            ],
+            SinkKind::Segment => &[
+                "endpoint",
+                "write_key_env",
+                "event",
+                "track_exclude",
+                "timeout",
+            ],
+            SinkKind::File => &["path", "fsync"],
+            SinkKind::Nats => &["subject", "jetstream", "timeout"],
+        }
+    }
+}
+
+impl std::fmt::Display for SinkKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `mode` of the `http` sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpMode {
+    /// `POST {url}` with `Idempotency-Key: {key}`; 409 Conflict counts as already written.
+    #[default]
+    Create,
+    /// `PUT {url}/{key}`: for CRMs without native idempotency the key itself makes it safe.
+    Upsert,
+}
+
+/// One `[[sinks]]` entry. Flat on purpose (TOML-friendly, one table per sink): the keys that
+/// belong to another kind are rejected by [`SinkConfig::spec`] with the key named, and unknown
+/// keys are rejected by the parser. See the README "Sinks" section for every key.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// Unique; used in metrics labels and per-sink completion records.
+    pub name: String,
+    /// `http`, `segment`, `file` or `nats` (checked while parsing, so a typo fails at load).
+    #[serde(deserialize_with = "de_kind")]
+    pub kind: String,
+
+    // --- http ---
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<HttpMode>,
+    /// Per-request deadline (http, segment: whole request; nats: flush / PubAck). Default 5s.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+    /// Header carrying the credential; default `Authorization`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_header: Option<String>,
+    /// Env var holding the credential (the header value, after `auth_prefix`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_env: Option<String>,
+    /// Prepended to the env var's value, e.g. `"Bearer "`; default empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_prefix: Option<String>,
+    /// Static extra headers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<BTreeMap<String, String>>,
+
+    // --- segment ---
+    /// Default `https://api.segment.io`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_key_env: Option<String>,
+    /// Track event name; default `Lead Received`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    /// Fields left out of the track event's properties (they stay in identify traits);
+    /// default `["email", "phone"]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub track_exclude: Option<Vec<String>>,
+
+    // --- file ---
+    /// Default `{data_dir}/sinks/leads.jsonl`; relative paths are relative to the data dir.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// fsync each line (slow, survives an OS crash); default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fsync: Option<bool>,
+
+    // --- nats ---
+    /// Subject; `{sender}` is replaced by the lead's sender id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// Publish via JetStream and await the PubAck; default false (core publish + flush).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jetstream: Option<bool>,
+}
+
+fn de_kind<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if SinkKind::parse(&s).is_none() {
+        return Err(serde::de::Error::custom(format!(
+            "unknown sink kind `{s}`, expected one of http, segment, file, nats"
+        )));
+    }
+    Ok(s)
+}
+
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_SEGMENT_ENDPOINT: &str = "https://api.segment.io";
+pub const DEFAULT_TRACK_EVENT: &str = "Lead Received";
+pub const DEFAULT_FILE_PATH: &str = "sinks/leads.jsonl";
+
+/// A validated sink configuration with defaults applied; secrets are still env var names.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SinkSpec {
+    Http(http::HttpSpec),
+    Segment(segment::SegmentSpec),
+    File(file::FileSpec),
+    Nats(nats::NatsSpec),
+}
+
+impl SinkConfig {
+    /// A `file` sink with defaults (what the shipped config uses).
+    pub fn file(name: impl Into<String>) -> SinkConfig {
+        SinkConfig {
+            name: name.into(),
+            kind: "file".into(),
+            ..SinkConfig::default()
+        }
+    }
+
+    /// The parsed kind, or an error naming `sinks[i].kind`.
+    pub fn sink_kind(&self, index: usize) -> Result<SinkKind, SinkBuildError> {
+        SinkKind::parse(&self.kind).ok_or_else(|| {
+            SinkBuildError::new(
+                index,
+                "kind",
+                format!(
+                    "unknown sink kind `{}`, expected one of http, segment, file, nats",
+                    self.kind
+                ),
+            )
+        })
+    }
+
+    /// Validates everything that does not need the environment or a connection.
+    pub fn spec(&self, index: usize) -> Result<SinkSpec, SinkBuildError> {
+        if !valid_sink_name(&self.name) {
+            return Err(SinkBuildError::new(
+                index,
+                "name",
+                format!(
+                    "`{}` must be 1-64 characters of A-Z, a-z, 0-9, '-' or '_' (it is a metrics label and a record key)",
+                    self.name
+                ),
+            ));
+        }
+        let kind = self.sink_kind(index)?;
+        for key in self.present_keys() {
+            if !kind.keys().contains(&key) {
+                return Err(SinkBuildError::new(
+                    index,
+                    key,
+                    format!(
+                        "not a key of kind `{kind}` (it takes: {})",
+                        kind.keys().join(", ")
+                    ),
+                ));
+            }
+        }
+        if let Some(t) = self.timeout {
+            if t.is_zero() {
+                return Err(SinkBuildError::new(
+                    index,
+                    "timeout",
+                    "must be greater than zero",
+                ));
+            }
+        }
+        Ok(match kind {
+            SinkKind::Http => SinkSpec::Http(http::HttpSpec::from_config(index, self)?),
+            SinkKind::Segment => SinkSpec::Segment(segment::SegmentSpec::from_config(index, self)?),
+            SinkKind::File => SinkSpec::File(file::FileSpec::from_config(index, self)?),
+            SinkKind::Nats => SinkSpec::Nats(nats::NatsSpec::from_config(index, self)?),
+        })
+    }
+
+    fn present_keys(&self) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        let mut add = |present: bool, key: &'static str| {
+            if present {
+                keys.push(key);
+            }
+        };
+        add(self.url.is_some(), "url");
+        add(self.mode.is_some(), "mode");
+        add(self.timeout.is_some(), "timeout");
+        add(self.auth_header.is_some(), "auth_header");
+        add(self.auth_env.is_some(), "auth_env");
+        add(self.auth_prefix.is_some(), "auth_prefix");
+        add(self.headers.is_some(), "headers");
+        add(self.endpoint.is_some(), "endpoint");
+        add(self.write_key_env.is_some(), "write_key_env");
+        add(self.event.is_some(), "event");
+        add(self.track_exclude.is_some(), "track_exclude");
+        add(self.path.is_some(), "path");
+        add(self.fsync.is_some(), "fsync");
+        add(self.subject.is_some(), "subject");
+        add(self.jetstream.is_some(), "jetstream");
+        keys
+    }
+}
+
+pub fn valid_sink_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Validates the whole `[[sinks]]` array without env or connections: each entry, and that
+/// names are unique. Meant for config loading, so a bad sink fails at start with the key named.
+pub fn validate_configs(sinks: &[SinkConfig]) -> Result<(), SinkBuildError> {
+    let mut seen = HashSet::new();
+    for (i, s) in sinks.iter().enumerate() {
+        s.spec(i)?;
+        if !seen.insert(s.name.as_str()) {
+            return Err(SinkBuildError::new(
+                i,
+                "name",
+                format!("duplicate sink name `{}`", s.name),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub struct SinkContext {
+    /// Base for the `file` sink's default and relative paths.
+    pub data_dir: PathBuf,
+    /// Required by the `nats` sink.
+    pub nats: Option<async_nats::Client>,
+    /// Snapshot of the process environment; secrets are looked up here by name.
+    pub env: HashMap<String, String>,
+}
+
+impl SinkContext {
+    /// The value of a secret env var named in `sinks[index].{key}`; empty counts as unset.
+    fn secret(&self, index: usize, key: &str, var: &str) -> Result<String, SinkBuildError> {
+        match self.env.get(var) {
+            Some(v) if !v.is_empty() => Ok(v.clone()),
+            _ => Err(SinkBuildError::new(
+                index,
+                key,
+                format!("env var `{var}` is not set"),
+            )),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("config key `{key}`: {message}")]
+pub struct SinkBuildError {
+    pub key: String,
+    pub message: String,
+}
+
+impl SinkBuildError {
+    /// `key` is the sub-key, e.g. `url` becomes `sinks[1].url`; empty names the entry itself.
+    pub fn new(index: usize, key: &str, message: impl Into<String>) -> SinkBuildError {
+        let key = if key.is_empty() {
+            format!("sinks[{index}]")
+        } else {
+            format!("sinks[{index}].{key}")
+        };
+        SinkBuildError {
+            key,
+            message: message.into(),
+        }
+    }
+}
+
+/// Validates `cfg` (as `sinks[index]`), resolves its secrets from `ctx.env` and returns the
+/// ready sink. Builds are cheap except `file`, which reads its file to load the written keys.
+pub async fn build(
+    index: usize,
+    cfg: &SinkConfig,
+    ctx: &SinkContext,
+) -> Result<Arc<dyn Sink>, SinkBuildError> {
+    let sink: Arc<dyn Sink> = match cfg.spec(index)? {
+        SinkSpec::Http(spec) => Arc::new(http::HttpSink::new(index, &cfg.name, spec, ctx)?),
+        SinkSpec::Segment(spec) => {
+            Arc::new(segment::SegmentSink::new(index, &cfg.name, spec, ctx)?)
+        }
+        SinkSpec::File(spec) => Arc::new(file::FileSink::open(index, &cfg.name, spec, ctx).await?),
+        SinkSpec::Nats(spec) => Arc::new(nats::NatsSink::new(index, &cfg.name, spec, ctx)?),
+    };
+    tracing::info!(sink = %cfg.name, kind = %cfg.kind, "sink ready");
+    Ok(sink)
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP classification, shared by the `http` and `segment` sinks.
+
+/// Longest `Retry-After` we pass on: a misbehaving server must not park a lead for months.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// Parses `Retry-After` as delay-seconds or an HTTP-date (IMF-fixdate, plus the obsolete
+/// RFC 850 and asctime forms RFC 9110 still asks recipients to accept). A date in the past is
+/// zero. Capped at [`MAX_RETRY_AFTER`].
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let v = value.trim();
+    if v.is_empty() {
+        return None;
+    }
+    if v.bytes().all(|b| b.is_ascii_digit()) {
+        // All digits: huge values saturate instead of failing.
+        let secs = v.parse::<u64>().unwrap_or(u64::MAX);
+        return Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
+    }
+    let at = parse_http_date(v)?;
+    let at = SystemTime::from(at);
+    Some(
+        at.duration_since(now)
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_RETRY_AFTER),
+    )
+}
+
+fn parse_http_date(v: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    use chrono::{NaiveDateTime, TimeZone, Utc};
+    // IMF-fixdate: "Sun, 06 Nov 1994 08:49:37 GMT" (RFC 2822 parsing accepts the GMT zone).
+    if let Ok(d) = chrono::DateTime::parse_from_rfc2822(v) {
+        return Some(d.with_timezone(&Utc));
+    }
+    // RFC 850: "Sunday, 06-Nov-94 08:49:37 GMT"; asctime: "Sun Nov  6 08:49:37 1994".
+    for fmt in ["%A, %d-%b-%y %H:%M:%S GMT", "%a %b %e %H:%M:%S %Y"] {
+        if let Ok(n) = NaiveDateTime::parse_from_str(v, fmt) {
+            return Some(Utc.from_utc_datetime(&n));
+        }
+    }
+    None
+}
+
+/// Formats an HTTP-date (IMF-fixdate), e.g. for a `Retry-After` header.
+pub fn format_http_date(t: SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(t)
+        .format("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string()
+}
+
+fn status_text(what: &str, status: reqwest::StatusCode) -> String {
+    let reason = status.canonical_reason().unwrap_or("");
+    if what.is_empty() {
+        format!("HTTP {} {reason}", status.as_u16())
+            .trim_end()
+            .to_string()
+    } else {
+        format!("{what}: HTTP {} {reason}", status.as_u16())
+            .trim_end()
+            .to_string()
+    }
+}
+
+/// Classifies a non-success answer. `what` names the call in the message (`""` for the only
+/// one). 2xx is not an error and is not passed here; 409-on-create is decided by the caller.
+pub(crate) fn classify_status(
+    what: &str,
+    status: reqwest::StatusCode,
+    headers: &reqwest::header::HeaderMap,
+) -> SinkError {
+    let retry_after = || {
+        headers
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()))
+    };
+    let message = status_text(what, status);
+    let code = status.as_u16();
+    match code {
+        429 => SinkError::Transient {
+            class: class::RATE_LIMITED,
+            message,
+            retry_after: retry_after(),
+        },
+        408 => SinkError::Transient {
+            class: class::TIMEOUT,
+            message,
+            retry_after: retry_after(),
+        },
+        500..=599 => SinkError::Transient {
+            class: class::HTTP_5XX,
+            message,
+            // 503 often carries Retry-After too; honour it when present.
+            retry_after: retry_after(),
+        },
+        400..=499 => SinkError::permanent(class::HTTP_4XX, message),
+        300..=399 => SinkError::permanent(
+            class::HTTP_3XX,
+            format!("{message} (redirects are not followed; fix the url)"),
+        ),
+        _ => SinkError::permanent(class::HTTP_OTHER, message),
+    }
+}
+
+/// Classifies a request that got no HTTP answer. The message is the innermost cause (e.g.
+/// "Connection refused (os error 111)"): reqwest's own text would include the URL, which may
+/// carry the lead key or a token.
+pub(crate) fn classify_reqwest(what: &str, err: &reqwest::Error, timeout: Duration) -> SinkError {
+    let prefix = if what.is_empty() {
+        String::new()
+    } else {
+        format!("{what}: ")
+    };
+    if err.is_timeout() {
+        return SinkError::transient(
+            class::TIMEOUT,
+            format!(
+                "{prefix}no answer within {}",
+                humantime::format_duration(timeout)
+            ),
+        );
+    }
+    if err.is_builder() {
+        return SinkError::permanent(class::CONFIG, format!("{prefix}cannot build the request"));
+    }
+    SinkError::transient(class::CONNECT, format!("{prefix}{}", root_cause(err)))
+}
+
+fn root_cause(err: &reqwest::Error) -> String {
+    use std::error::Error as _;
+    // reqwest's own text has the URL; its sources (hyper, io) do not.
+    let Some(mut cur) = err.source() else {
+        return "request failed".into();
+    };
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// `persisted_at` in the form every record uses: RFC 3339, UTC, milliseconds.
+pub fn rfc3339(t: SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Builds a reqwest client for one sink: pooled connections, no redirects (a 301/302 would turn
+/// the POST into a body-less GET that "succeeds"), the sink's deadline on the whole request.
+pub(crate) fn http_client(
+    index: usize,
+    timeout: Duration,
+) -> Result<reqwest::Client, SinkBuildError> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("leadrouter/", env!("CARGO_PKG_VERSION")))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| SinkBuildError::new(index, "", format!("cannot build HTTP client: {e}")))
+}
+
+/// Checks that `url` is an absolute http(s) URL; `key` names it in the error.
+pub(crate) fn parse_http_url(
+    index: usize,
+    key: &str,
+    url: &str,
+) -> Result<reqwest::Url, SinkBuildError> {
+    let u = reqwest::Url::parse(url.trim())
+        .map_err(|e| SinkBuildError::new(index, key, format!("`{url}` is not a URL: {e}")))?;
+    if u.scheme() != "http" && u.scheme() != "https" {
+        return Err(SinkBuildError::new(
+            index,
+            key,
+            format!("`{url}` must be an http:// or https:// URL"),
+        ));
+    }
+    if u.cannot_be_a_base() || u.host_str().is_none() {
+        return Err(SinkBuildError::new(
+            index,
+            key,
+            format!("`{url}` has no host"),
+        ));
+    }
+    Ok(u)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct File {
+        sinks: Vec<SinkConfig>,
+    }
+
+    fn parse(text: &str) -> Result<Vec<SinkConfig>, String> {
+        toml::from_str::<File>(text)
+            .map(|f| f.sinks)
+            .map_err(|e| e.to_string())
+    }
+
+    const ALL_KINDS: &str = r#"
+[[sinks]]
+name = "crm"
+kind = "http"
+url = "https://crm.example.com/api/leads"
+mode = "upsert"
+timeout = "3s"
+auth_env = "CRM_TOKEN"
+auth_prefix = "Bearer "
+[sinks.headers]
+X-Source = "leadrouter"
+
+[[sinks]]
+name = "analytics"
+kind = "segment"
+write_key_env = "SEGMENT_WRITE_KEY"
+event = "Lead Captured"
+
+[[sinks]]
+name = "archive"
+kind = "file"
+path = "archive/leads.jsonl"
+fsync = true
+
+[[sinks]]
+name = "bus"
+kind = "nats"
+subject = "crm.leads.{sender}"
+jetstream = true
+"#;
+
+    #[test]
+    fn every_kind_parses_and_validates() {
+        let sinks = parse(ALL_KINDS).unwrap();
+        validate_configs(&sinks).unwrap();
+        match sinks[0].spec(0).unwrap() {
+            SinkSpec::Http(h) => {
+                assert_eq!(h.mode, HttpMode::Upsert);
+                assert_eq!(h.timeout, Duration::from_secs(3));
+                assert_eq!(h.auth_header, "Authorization");
+                assert_eq!(h.url.as_str(), "https://crm.example.com/api/leads");
+            }
+            other => panic!("{other:?}"),
+        }
+        match sinks[1].spec(1).unwrap() {
+            SinkSpec::Segment(s) => {
+                assert_eq!(s.endpoint.as_str(), "https://api.segment.io/");
+                assert_eq!(s.event, "Lead Captured");
+                assert_eq!(s.track_exclude, vec!["email", "phone"]);
+                assert_eq!(s.timeout, DEFAULT_TIMEOUT);
+            }
+            other => panic!("{other:?}"),
+        }
+        match sinks[2].spec(2).unwrap() {
+            SinkSpec::File(f) => {
+                assert_eq!(f.path, Some(PathBuf::from("archive/leads.jsonl")));
+                assert!(f.fsync);
+            }
+            other => panic!("{other:?}"),
+        }
+        match sinks[3].spec(3).unwrap() {
+            SinkSpec::Nats(n) => {
+                assert_eq!(n.subject, "crm.leads.{sender}");
+                assert!(n.jetstream);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = parse("[[sinks]]\nname = \"a\"\nkind = \"htp\"\n").unwrap_err();
+        assert!(err.contains("unknown sink kind `htp`"), "{err}");
+
+        let err = parse("[[sinks]]\nname = \"a\"\nkind = \"http\"\nurll = \"x\"\n").unwrap_err();
+        assert!(err.contains("urll"), "{err}");
+
+        let sinks = parse(
+            "[[sinks]]\nname = \"f\"\nkind = \"file\"\n[[sinks]]\nname = \"crm\"\nkind = \"http\"\n",
+        )
+        .unwrap();
+        let err = validate_configs(&sinks).unwrap_err();
+        assert_eq!(err.key, "sinks[1].url");
+        assert!(
+            err.to_string().starts_with("config key `sinks[1].url`"),
+            "{err}"
+        );
+
+        let sinks =
+            parse("[[sinks]]\nname = \"crm\"\nkind = \"http\"\nurl = \"ftp://x/y\"\n").unwrap();
+        assert_eq!(validate_configs(&sinks).unwrap_err().key, "sinks[0].url");
+
+        let sinks = parse(
+            "[[sinks]]\nname = \"crm\"\nkind = \"http\"\nurl = \"http://x/\"\nwrite_key_env = \"K\"\n",
+        )
+        .unwrap();
+        let err = validate_configs(&sinks).unwrap_err();
+        assert_eq!(err.key, "sinks[0].write_key_env");
+        assert!(err.message.contains("not a key of kind `http`"), "{err}");
+
+        let sinks = parse(
+            "[[sinks]]\nname = \"a\"\nkind = \"file\"\n[[sinks]]\nname = \"a\"\nkind = \"file\"\n",
+        )
+        .unwrap();
+        let err = validate_configs(&sinks).unwrap_err();
+        assert_eq!(err.key, "sinks[1].name");
+        assert!(err.message.contains("duplicate"), "{err}");
+
+        let sinks = parse("[[sinks]]\nname = \"bad name\"\nkind = \"file\"\n").unwrap();
+        assert_eq!(validate_configs(&sinks).unwrap_err().key, "sinks[0].name");
+
+        let sinks = parse("[[sinks]]\nname = \"n\"\nkind = \"nats\"\nsubject = \"a.*\"\n").unwrap();
+        assert_eq!(
+            validate_configs(&sinks).unwrap_err().key,
+            "sinks[0].subject"
+        );
+
+        let sinks = parse("[[sinks]]\nname = \"s\"\nkind = \"segment\"\n").unwrap();
+        assert_eq!(
+            validate_configs(&sinks).unwrap_err().key,
+            "sinks[0].write_key_env"
+        );
+
+        let sinks = parse(
+            "[[sinks]]\nname = \"crm\"\nkind = \"http\"\nurl = \"http://x/\"\ntimeout = \"0s\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            validate_configs(&sinks).unwrap_err().key,
+            "sinks[0].timeout"
+        );
+
+        let sinks = parse(
+            "[[sinks]]\nname = \"crm\"\nkind = \"http\"\nurl = \"http://x/\"\n[sinks.headers]\n\"bad header\" = \"v\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            validate_configs(&sinks).unwrap_err().key,
+            "sinks[0].headers.bad header"
+        );
+    }
+
+    #[test]
+    fn missing_secret_names_the_key() {
+        let sinks = parse(ALL_KINDS).unwrap();
+        let ctx = SinkContext {
+            data_dir: PathBuf::from("/nonexistent"),
+            nats: None,
+            env: HashMap::new(),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let err = rt.block_on(build(0, &sinks[0], &ctx)).err().unwrap();
+        assert_eq!(err.key, "sinks[0].auth_env");
+        assert!(err.message.contains("CRM_TOKEN"), "{err}");
+        let err = rt.block_on(build(1, &sinks[1], &ctx)).err().unwrap();
+        assert_eq!(err.key, "sinks[1].write_key_env");
+        let err = rt.block_on(build(3, &sinks[3], &ctx)).err().unwrap();
+        assert_eq!(err.key, "sinks[3]");
+        assert!(err.message.contains("NATS"), "{err}");
+    }
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777); // 1994-11-06 08:49:37
+        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:50:37 GMT", now),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            parse_retry_after("Sunday, 06-Nov-94 08:49:47 GMT", now),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            parse_retry_after("Sun Nov  6 08:49:57 1994", now),
+            Some(Duration::from_secs(20))
+        );
+        // In the past: retry now.
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            parse_retry_after("99999999999999999999999", now),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-5", now), None);
+        assert_eq!(parse_retry_after("", now), None);
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_837);
+        assert_eq!(format_http_date(t), "Sun, 06 Nov 1994 08:50:37 GMT");
+    }
+
+    #[test]
+    fn statuses_are_classified() {
+        use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+        use reqwest::StatusCode;
+        let none = HeaderMap::new();
+        let mut ra = HeaderMap::new();
+        ra.insert(RETRY_AFTER, HeaderValue::from_static("7"));
+
+        let e = classify_status("", StatusCode::TOO_MANY_REQUESTS, &ra);
+        assert_eq!(e.class(), class::RATE_LIMITED);
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
+        assert!(!e.is_permanent());
+        assert_eq!(e.to_string(), "rate_limited: HTTP 429 Too Many Requests");
+
+        let e = classify_status("track", StatusCode::SERVICE_UNAVAILABLE, &ra);
+        assert_eq!(e.class(), class::HTTP_5XX);
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
+        assert_eq!(e.message(), "track: HTTP 503 Service Unavailable");
+
+        let e = classify_status("", StatusCode::INTERNAL_SERVER_ERROR, &none);
+        assert_eq!((e.class(), e.retry_after()), (class::HTTP_5XX, None));
+        let e = classify_status("", StatusCode::REQUEST_TIMEOUT, &none);
+        assert_eq!((e.class(), e.is_permanent()), (class::TIMEOUT, false));
+        let e = classify_status("", StatusCode::BAD_REQUEST, &none);
+        assert_eq!((e.class(), e.is_permanent()), (class::HTTP_4XX, true));
+        let e = classify_status("", StatusCode::UNAUTHORIZED, &none);
+        assert_eq!((e.class(), e.is_permanent()), (class::HTTP_4XX, true));
+        let e = classify_status("", StatusCode::FOUND, &none);
+        assert_eq!((e.class(), e.is_permanent()), (class::HTTP_3XX, true));
+    }
+}
