@@ -882,25 +882,21 @@ async fn crm(shared: &Shared, reset: &AtomicBool, req: &Req, rest: &[&str]) -> R
 }
 
 fn key_stats<'a>(d: &'a mut Data, key: &str) -> &'a mut KeyStats {
-    if !d.keys.contains_key(key) {
-        d.stats.keys += 1;
-        d.keys.insert(
-            key.to_string(),
-            KeyStats {
-                key: key.to_string(),
-                requests: 0,
-                writes: 0,
-                created: 0,
-                record_ids: Vec::new(),
-                latest_body: None,
-                first_write: None,
-                last_write: None,
-                last_headers: BTreeMap::new(),
-            },
-        );
-    }
-    // Inserted just above when missing.
-    d.keys.get_mut(key).expect("key stats present")
+    let stats = &mut d.stats;
+    d.keys.entry(key.to_string()).or_insert_with(|| {
+        stats.keys += 1;
+        KeyStats {
+            key: key.to_string(),
+            requests: 0,
+            writes: 0,
+            created: 0,
+            record_ids: Vec::new(),
+            latest_body: None,
+            first_write: None,
+            last_write: None,
+            last_headers: BTreeMap::new(),
+        }
+    })
 }
 
 /// Counts a 2xx write for `key`.
@@ -1169,6 +1165,36 @@ mod tests {
             }
         }
         assert!(matches!(decide(&mut sc).1, Action::Pass));
+    }
+
+    #[test]
+    fn flap_cycles_through_its_phases() {
+        let period = Duration::from_secs(1);
+        let mut sc = ScopeState::new(Faults {
+            flap_period: period,
+            slow: Duration::from_millis(300),
+            ..Faults::mode(FaultMode::Flap)
+        });
+        let phase = |sc: &mut ScopeState, n: u32| {
+            sc.since = Instant::now() - period * n - period / 2;
+            decide(sc)
+        };
+        assert!(matches!(phase(&mut sc, 0), (l, Action::Pass) if l.is_zero()));
+        assert!(matches!(
+            phase(&mut sc, 1).1,
+            Action::Status { code: 500, .. }
+        ));
+        assert!(matches!(
+            phase(&mut sc, 2).1,
+            Action::Status {
+                code: 429,
+                retry_after: Some(1),
+                ..
+            }
+        ));
+        assert!(matches!(phase(&mut sc, 3), (l, Action::Pass) if l == Duration::from_millis(300)));
+        assert!(matches!(phase(&mut sc, 4).1, Action::Hold(h) if h == Duration::from_secs(3600)));
+        assert!(matches!(phase(&mut sc, 5).1, Action::Pass));
     }
 
     #[test]

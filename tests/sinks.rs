@@ -803,3 +803,28 @@ async fn sandbox_http_control_api() {
         .await
         .is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_takes_a_concurrent_burst_with_redeliveries() {
+    use futures::StreamExt as _;
+    let sb = sandbox().await;
+    let sink = http_sink(&sb).await;
+    let started = Instant::now();
+    // 1000 leads, each delivered twice, 50 in flight: the redeliveries must create nothing.
+    let results: Vec<_> = futures::stream::iter((0..2000).map(|i| {
+        let sink = sink.clone();
+        async move { sink.deliver(&lead(&format!("lr_burst_{}", i % 1000))).await }
+    }))
+    .buffer_unordered(50)
+    .collect()
+    .await;
+    let took = started.elapsed();
+    assert!(results.iter().all(Result::is_ok));
+    let stats = sb.stats();
+    assert_eq!(stats.records, 1000);
+    assert_eq!(stats.writes, 2000);
+    assert_eq!(stats.duplicate_keys, 0);
+    assert_eq!(stats.keys, 1000);
+    tracing::info!(?took, "2000 deliveries");
+    assert!(took < Duration::from_secs(20), "{took:?}");
+}

@@ -47,9 +47,20 @@ pub struct PipelineStats {
     pub handler_restarts: AtomicU64,
     dead: Mutex<HashMap<&'static str, u64>>,
     e2e_ms: Mutex<Vec<f64>>,
+    /// Bumped after every finished delivery, so tests and tools can await progress.
+    progress: watch::Sender<u64>,
 }
 
 impl PipelineStats {
+    /// A receiver that changes whenever a delivery finished (delivered, duplicate, retry, dead).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.progress.subscribe()
+    }
+
+    pub(crate) fn bump(&self) {
+        self.progress.send_modify(|n| *n += 1);
+    }
+
     pub fn count_dead(&self, reason: Reason) {
         let mut d = self.dead.lock().unwrap_or_else(|p| p.into_inner());
         *d.entry(reason.as_str()).or_default() += 1;
@@ -404,7 +415,10 @@ impl Actor for Dispatcher {
                 group,
                 seq,
                 outcome,
-            } => state.finished(handler, group, seq, outcome),
+            } => {
+                state.finished(handler, group, seq, outcome);
+                state.deps.stats.bump();
+            }
             DispatchMsg::KeepAlive => {
                 // Waiting messages are healthy work too: keep ack_wait from firing on them.
                 for g in state.groups.values() {
@@ -472,6 +486,7 @@ impl Actor for Dispatcher {
         state.handlers[idx] = Dispatcher::spawn_handler(&myself, &state.deps, idx).await?;
         state.idle.push(idx);
         state.pump();
+        state.deps.stats.bump();
         Ok(())
     }
 }

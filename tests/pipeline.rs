@@ -1,0 +1,586 @@
+//! The handler pool against a real nats-server and real sandbox HTTP servers: exactly one CRM
+//! write per lead through crashes, retries, partner faults and dead letters.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use leadrouter::config::{HandlersConfig, StreamsConfig};
+use leadrouter::dlq::DlqWriter;
+use leadrouter::intake::envelope::{email_hash, idempotency_key, LeadEnvelope};
+use leadrouter::pipeline::enrich::{EnrichConfig, Enricher};
+use leadrouter::pipeline::idempotency::Idempotency;
+use leadrouter::pipeline::schema::SchemaRegistry;
+use leadrouter::pipeline::{HandlerPool, PipelineStats, PoolParts};
+use leadrouter::sandbox_crm::{Faults, SandboxCrm};
+use leadrouter::sinks::{self, Delivered, LeadRecord, Sink, SinkConfig, SinkContext, SinkError};
+use serde_json::{json, Map, Value};
+
+use common::NatsServer;
+
+struct Rig {
+    /// Kept alive for the rig's lifetime; dropping it stops the server.
+    _nats: NatsServer,
+    js: jetstream::Context,
+    pool: Option<HandlerPool>,
+    stats: Arc<PipelineStats>,
+}
+
+fn fast_handlers() -> HandlersConfig {
+    HandlersConfig {
+        pool_size: 4,
+        max_deliver: 3,
+        ack_wait: Duration::from_secs(3),
+        backoff_base: Duration::from_millis(50),
+        backoff_cap: Duration::from_millis(200),
+        schemas_dir: common::manifest_dir().join("config/schemas"),
+        ..HandlersConfig::default()
+    }
+}
+
+async fn sink_from(
+    toml_text: &str,
+    data: &std::path::Path,
+    client: &async_nats::Client,
+) -> Arc<dyn Sink> {
+    let cfg: SinkConfig = toml::from_str(toml_text).expect("sink config");
+    let ctx = SinkContext {
+        data_dir: data.to_path_buf(),
+        nats: Some(client.clone()),
+        env: [("TEST_SEGMENT_KEY".to_string(), "wk_test".to_string())].into(),
+    };
+    sinks::build(0, &cfg, &ctx).await.expect("sink builds")
+}
+
+fn http_sink(url: &str) -> String {
+    format!("name = \"crm\"\nkind = \"http\"\nurl = \"{url}/leads\"\ntimeout = \"2s\"\n")
+}
+
+impl Rig {
+    async fn start(handlers: HandlersConfig, sinks: Vec<Arc<dyn Sink>>) -> Rig {
+        let nats = NatsServer::start();
+        Rig::start_on(nats, handlers, sinks).await
+    }
+
+    async fn start_on(
+        nats: NatsServer,
+        handlers: HandlersConfig,
+        sinks: Vec<Arc<dyn Sink>>,
+    ) -> Rig {
+        let client = async_nats::connect(nats.url()).await.expect("connect");
+        let js = jetstream::new(client.clone());
+        leadrouter::queue::topology::ensure(&js, &StreamsConfig::default())
+            .await
+            .expect("topology");
+        let kv = js.get_key_value("leads_idempotency").await.expect("kv");
+        let parts = PoolParts {
+            client,
+            sinks,
+            schemas: Arc::new(SchemaRegistry::load(&handlers.schemas_dir).expect("schemas")),
+            enricher: Arc::new(Enricher::new(&EnrichConfig::default()).expect("enricher")),
+            idem: Idempotency::new(kv, 1000, Duration::from_secs(3600), handlers.ack_wait),
+            dlq: DlqWriter::new(js.clone()),
+            instance: "test".into(),
+        };
+        let pool = HandlerPool::start(js.clone(), &handlers, parts)
+            .await
+            .expect("pool");
+        let stats = pool.stats().clone();
+        Rig {
+            _nats: nats,
+            js,
+            pool: Some(pool),
+            stats,
+        }
+    }
+
+    /// Publishes an envelope as the edge would; `msg_id` defaults to the key.
+    async fn publish(&self, env: &LeadEnvelope, msg_id: Option<&str>) -> u64 {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Nats-Msg-Id", msg_id.unwrap_or(&env.key));
+        h.insert("Leadrouter-Received-At", env.received_at.as_str());
+        h.insert("Leadrouter-Schema", env.schema.as_str());
+        h.insert("Leadrouter-Group", email_hash(&env.fields).as_str());
+        let ack = self
+            .js
+            .publish_with_headers(
+                format!("leads.in.{}", env.sender),
+                h,
+                serde_json::to_vec(env).unwrap().into(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        ack.sequence
+    }
+
+    /// Waits (on the pool's progress events) until `cond` holds.
+    async fn until(&self, what: &str, cond: impl Fn(&PipelineStats) -> bool) {
+        let mut rx = self.stats.subscribe();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if cond(&self.stats) {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "timed out waiting for: {what}");
+            let _ = tokio::time::timeout(left, rx.changed()).await;
+        }
+    }
+
+    async fn dlq_entries(&self) -> Vec<(async_nats::HeaderMap, Vec<u8>)> {
+        let mut s = self.js.get_stream("LEADS_DLQ").await.unwrap();
+        let info = s.info().await.unwrap().clone();
+        let mut out = Vec::new();
+        if info.state.messages == 0 {
+            return out;
+        }
+        for seq in info.state.first_sequence..=info.state.last_sequence {
+            if let Ok(m) = s.get_raw_message(seq).await {
+                out.push((m.headers, m.payload.to_vec()));
+            }
+        }
+        out
+    }
+
+    async fn stop(mut self) {
+        if let Some(p) = self.pool.take() {
+            p.stop(Duration::from_secs(5)).await;
+        }
+    }
+}
+
+fn envelope(sender: &str, event: &str, fields: Value) -> LeadEnvelope {
+    let fields: Map<String, Value> = fields.as_object().cloned().unwrap();
+    let key = idempotency_key(sender, event, &email_hash(&fields));
+    LeadEnvelope {
+        schema: "lead.v1".into(),
+        sender: sender.into(),
+        source_event_id: event.into(),
+        received_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        key,
+        fields,
+    }
+}
+
+fn header<'a>(h: &'a async_nats::HeaderMap, name: &str) -> &'a str {
+    h.get(name).map(|v| v.as_str()).unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lead_reaches_every_sink_once_and_redelivery_is_a_duplicate() {
+    let crm = SandboxCrm::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let nats = NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let sinks = vec![
+        sink_from(&http_sink(&crm.url()), data.path(), &client).await,
+        sink_from(
+            "name = \"archive\"\nkind = \"file\"\n",
+            data.path(),
+            &client,
+        )
+        .await,
+    ];
+    let rig = Rig::start_on(nats, fast_handlers(), sinks).await;
+
+    let env = envelope(
+        "demo",
+        "evt-1",
+        json!({"email": "Ada@Example.com", "first_name": "Ada", "phone": "+44 20 7946 0958"}),
+    );
+    rig.publish(&env, None).await;
+    rig.until("delivered", |s| s.delivered.load(Ordering::Relaxed) == 1)
+        .await;
+
+    let rec = crm.record(&env.key).expect("CRM has the lead");
+    assert_eq!((rec.requests, rec.created), (1, 1));
+    let body = rec.latest_body.unwrap();
+    assert_eq!(
+        body["fields"]["email"], "ada@example.com",
+        "email normalized"
+    );
+    assert_eq!(body["fields"]["phone"], "+442079460958", "phone in E.164");
+    assert_eq!(
+        rec.last_headers.get("idempotency-key").map(String::as_str),
+        Some(env.key.as_str())
+    );
+    let lines = std::fs::read_to_string(data.path().join("sinks/leads.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 1);
+
+    // The same lead again under a fresh message id (past the stream's dedupe window).
+    rig.publish(&env, Some("another-msg-id")).await;
+    rig.until("duplicate", |s| s.duplicates.load(Ordering::Relaxed) == 1)
+        .await;
+    assert_eq!(
+        crm.record(&env.key).unwrap().requests,
+        1,
+        "no second CRM call"
+    );
+    assert!(rig.stats.e2e_percentile(0.5).is_some());
+    rig.stop().await;
+}
+
+/// Delivers through `inner`, then panics once: the crash between the sink's write and the ack.
+struct CrashAfterWrite {
+    inner: Arc<dyn Sink>,
+    crashed: AtomicBool,
+    before: bool,
+}
+
+#[async_trait::async_trait]
+impl Sink for CrashAfterWrite {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    async fn deliver(&self, lead: &LeadRecord) -> Result<Delivered, SinkError> {
+        if self.before && !self.crashed.swap(true, Ordering::SeqCst) {
+            panic!("simulated handler crash before the sink call");
+        }
+        let r = self.inner.deliver(lead).await;
+        if !self.before && !self.crashed.swap(true, Ordering::SeqCst) {
+            panic!("simulated handler crash after the sink write, before the ack");
+        }
+        r
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_sink_write_redelivers_and_the_crm_creates_once() {
+    let crm = SandboxCrm::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let nats = NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let inner = sink_from(&http_sink(&crm.url()), data.path(), &client).await;
+    let sink = Arc::new(CrashAfterWrite {
+        inner,
+        crashed: AtomicBool::new(false),
+        before: false,
+    });
+    let rig = Rig::start_on(nats, fast_handlers(), vec![sink]).await;
+
+    let env = envelope("demo", "evt-crash", json!({"email": "crash@example.com"}));
+    rig.publish(&env, None).await;
+    rig.until("delivered after restart", |s| {
+        s.delivered.load(Ordering::Relaxed) == 1
+    })
+    .await;
+
+    assert_eq!(
+        rig.stats.handler_restarts.load(Ordering::Relaxed),
+        1,
+        "the handler was restarted"
+    );
+    let rec = crm.record(&env.key).unwrap();
+    assert_eq!(
+        rec.requests, 2,
+        "the redelivery wrote again with the same Idempotency-Key"
+    );
+    assert_eq!(rec.created, 1, "and the CRM created exactly one record");
+    assert_eq!(crm.stats().records, 1);
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_panic_is_restarted_and_its_message_is_not_lost() {
+    let crm = SandboxCrm::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let nats = NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let inner = sink_from(&http_sink(&crm.url()), data.path(), &client).await;
+    let sink = Arc::new(CrashAfterWrite {
+        inner,
+        crashed: AtomicBool::new(false),
+        before: true,
+    });
+    let rig = Rig::start_on(nats, fast_handlers(), vec![sink]).await;
+
+    let env = envelope("demo", "evt-panic", json!({"email": "panic@example.com"}));
+    rig.publish(&env, None).await;
+    rig.until("delivered", |s| s.delivered.load(Ordering::Relaxed) == 1)
+        .await;
+    assert_eq!(rig.stats.handler_restarts.load(Ordering::Relaxed), 1);
+    let rec = crm.record(&env.key).unwrap();
+    assert_eq!((rec.requests, rec.created), (1, 1));
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limited_then_ok_waits_at_least_retry_after() {
+    let crm = SandboxCrm::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let mut f = Faults::fail_next(1, 429);
+    f.retry_after_secs = 2;
+    crm.set_faults(f);
+    let nats = NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let sinks = vec![sink_from(&http_sink(&crm.url()), data.path(), &client).await];
+    let rig = Rig::start_on(nats, fast_handlers(), sinks).await;
+
+    let env = envelope("demo", "evt-429", json!({"email": "slow@example.com"}));
+    let t0 = Instant::now();
+    rig.publish(&env, None).await;
+    rig.until("delivered", |s| s.delivered.load(Ordering::Relaxed) == 1)
+        .await;
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2),
+        "retried after {waited:?}, before Retry-After"
+    );
+    assert_eq!(rig.stats.retries.load(Ordering::Relaxed), 1);
+    let rec = crm.record(&env.key).unwrap();
+    assert_eq!((rec.requests, rec.created), (2, 1));
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_500s_dead_letter_after_exactly_max_deliver_attempts() {
+    let crm = SandboxCrm::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    crm.set_faults(Faults::fail_next(1000, 500));
+    let nats = NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let sinks = vec![sink_from(&http_sink(&crm.url()), data.path(), &client).await];
+    let rig = Rig::start_on(nats, fast_handlers(), sinks).await;
+
+    let env = envelope("demo", "evt-500", json!({"email": "down@example.com"}));
+    let seq = rig.publish(&env, None).await;
+    rig.until("dead-lettered", |s| {
+        s.dead().get("retries_exhausted") == Some(&1)
+    })
+    .await;
+
+    assert_eq!(
+        crm.record(&env.key).unwrap().requests,
+        3,
+        "exactly max_deliver attempts"
+    );
+    let dlq = rig.dlq_entries().await;
+    assert_eq!(dlq.len(), 1);
+    let (h, payload) = &dlq[0];
+    assert_eq!(header(h, "Leadrouter-Dlq-Reason"), "retries_exhausted");
+    assert!(
+        header(h, "Leadrouter-Dlq-Last-Error").contains("500"),
+        "{}",
+        header(h, "Leadrouter-Dlq-Last-Error")
+    );
+    assert_eq!(header(h, "Leadrouter-Dlq-Attempts"), "3");
+    assert_eq!(header(h, "Leadrouter-Original-Seq"), seq.to_string());
+    assert_eq!(header(h, "Nats-Msg-Id"), format!("LEADS:{seq}"));
+    assert_eq!(header(h, "Leadrouter-Sender"), "demo");
+    let stored: LeadEnvelope = serde_json::from_slice(payload).unwrap();
+    assert_eq!(stored.key, env.key, "the DLQ keeps the lead");
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_mismatch_dead_letters_after_one_attempt_without_sink_calls() {
+    let crm = SandboxCrm::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let nats = NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let sinks = vec![sink_from(&http_sink(&crm.url()), data.path(), &client).await];
+    let rig = Rig::start_on(nats, fast_handlers(), sinks).await;
+
+    let env = envelope("demo", "evt-noemail", json!({"first_name": "Nobody"}));
+    rig.publish(&env, None).await;
+    rig.until("dead-lettered", |s| {
+        s.dead().get("schema_mismatch") == Some(&1)
+    })
+    .await;
+    assert_eq!(crm.stats().requests, 0);
+    let dlq = rig.dlq_entries().await;
+    assert_eq!(
+        header(&dlq[0].0, "Leadrouter-Dlq-Reason"),
+        "schema_mismatch"
+    );
+    assert_eq!(header(&dlq[0].0, "Leadrouter-Dlq-Attempts"), "1");
+    assert!(header(&dlq[0].0, "Leadrouter-Dlq-Last-Error").contains("/email"));
+    assert_eq!(rig.stats.retries.load(Ordering::Relaxed), 0);
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crm_ok_and_analytics_failing_retries_analytics_only() {
+    let crm = SandboxCrm::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let analytics = SandboxCrm::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    analytics.set_faults(Faults::fail_next(2, 503));
+    let nats = NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let segment = format!(
+        "name = \"analytics\"\nkind = \"segment\"\nwrite_key_env = \"TEST_SEGMENT_KEY\"\nendpoint = \"{}\"\ntimeout = \"2s\"\n",
+        analytics.url()
+    );
+    let sinks = vec![
+        sink_from(&http_sink(&crm.url()), data.path(), &client).await,
+        sink_from(&segment, data.path(), &client).await,
+    ];
+    let rig = Rig::start_on(nats, fast_handlers(), sinks).await;
+
+    let env = envelope(
+        "demo",
+        "evt-fanout",
+        json!({"email": "fan@example.com", "utm_source": "Google"}),
+    );
+    rig.publish(&env, None).await;
+    rig.until("delivered", |s| s.delivered.load(Ordering::Relaxed) == 1)
+        .await;
+
+    let rec = crm.record(&env.key).unwrap();
+    assert_eq!(
+        rec.requests, 1,
+        "the CRM write is not repeated while analytics retries"
+    );
+    assert_eq!(rig.stats.retries.load(Ordering::Relaxed), 2);
+    let identify = analytics.message(&env.key).expect("identify recorded");
+    assert_eq!(identify.kind, "identify");
+    assert!(
+        analytics.message(&format!("{}:track", env.key)).is_some(),
+        "track recorded"
+    );
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_lead_completes_in_stream_order_while_other_leads_flow() {
+    let crm = SandboxCrm::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    // The create fails once, so without per-lead FIFO the update would overtake it.
+    crm.set_faults(Faults::fail_next(1, 500));
+    let nats = NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let sinks = vec![
+        sink_from(&http_sink(&crm.url()), data.path(), &client).await,
+        sink_from(
+            "name = \"archive\"\nkind = \"file\"\n",
+            data.path(),
+            &client,
+        )
+        .await,
+    ];
+    let rig = Rig::start_on(nats, fast_handlers(), sinks).await;
+
+    let create = envelope(
+        "demo",
+        "evt-create",
+        json!({"email": "grace@example.com", "company": "Old Co"}),
+    );
+    let update = envelope(
+        "demo",
+        "evt-update",
+        json!({"email": "grace@example.com", "company": "New Co"}),
+    );
+    let other = envelope(
+        "demo",
+        "evt-other",
+        json!({"email": "other@example.com", "company": "Elsewhere"}),
+    );
+    rig.publish(&create, None).await;
+    rig.publish(&update, None).await;
+    rig.publish(&other, None).await;
+    rig.until("all three delivered", |s| {
+        s.delivered.load(Ordering::Relaxed) == 3
+    })
+    .await;
+
+    let lines: Vec<Value> = std::fs::read_to_string(data.path().join("sinks/leads.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let order: Vec<&str> = lines.iter().map(|l| l["key"].as_str().unwrap()).collect();
+    let pos = |k: &str| order.iter().position(|o| *o == k).unwrap();
+    assert!(
+        pos(&create.key) < pos(&update.key),
+        "create completes before update: {order:?}"
+    );
+    assert!(
+        pos(&other.key) < pos(&create.key),
+        "another lead is not held up by the retry: {order:?}"
+    );
+    // The lead ends with the update's values at the CRM: the update was written last.
+    let last_create = crm.record(&create.key).unwrap().last_write.unwrap();
+    let last_update = crm.record(&update.key).unwrap().last_write.unwrap();
+    assert!(last_update > last_create);
+    assert_eq!(
+        crm.record(&update.key).unwrap().latest_body.unwrap()["fields"]["company"],
+        "New Co"
+    );
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unparseable_phone_still_reaches_the_crm_flagged() {
+    let crm = SandboxCrm::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let nats = NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let sinks = vec![sink_from(&http_sink(&crm.url()), data.path(), &client).await];
+    let rig = Rig::start_on(nats, fast_handlers(), sinks).await;
+
+    let env = envelope(
+        "demo",
+        "evt-phone",
+        json!({"email": "p@example.com", "phone": "call me maybe"}),
+    );
+    rig.publish(&env, None).await;
+    rig.until("delivered", |s| s.delivered.load(Ordering::Relaxed) == 1)
+        .await;
+    let body = crm.record(&env.key).unwrap().latest_body.unwrap();
+    assert_eq!(body["fields"]["phone"], "call me maybe");
+    assert!(
+        body["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "phone_unparsed"),
+        "{body}"
+    );
+    assert!(rig.stats.enrich_flags.load(Ordering::Relaxed) >= 1);
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_settings_follow_config() {
+    let rig = Rig::start(fast_handlers(), vec![]).await;
+    let env = envelope("demo", "evt-x", json!({"email": "x@example.com"}));
+    rig.publish(&env, None).await;
+    rig.until("delivered", |s| s.delivered.load(Ordering::Relaxed) == 1)
+        .await;
+    let stream = rig.js.get_stream("LEADS").await.unwrap();
+    let info = stream.consumer_info("router").await.unwrap();
+    assert_eq!(info.config.max_deliver, 3);
+    assert_eq!(info.config.ack_wait, Duration::from_secs(3));
+    assert_eq!(info.config.max_ack_pending, 1024);
+    assert!(
+        info.config.backoff.is_empty(),
+        "no consumer backoff: NAK delays rule"
+    );
+    assert_eq!(info.num_ack_pending, 0, "acked");
+    rig.stop().await;
+}
