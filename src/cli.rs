@@ -29,6 +29,15 @@ pub enum Command {
     Serve,
     /// Sign a payload with a sender's scheme and secret, post it, print the answer.
     Send(SendArgs),
+    /// Run a CRM + analytics stand-in with fault injection (for demos, drills and tests).
+    SandboxCrm(SandboxArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SandboxArgs {
+    /// Listen address.
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    pub listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, clap::Args)]
@@ -48,6 +57,13 @@ pub struct SendArgs {
 
 pub fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
+    if let Command::SandboxCrm(args) = &cli.command {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        return rt.block_on(sandbox(args.listen));
+    }
     let cfg = Config::load(&cli.config, &ProcessEnv)
         .with_context(|| format!("loading {}", cli.config.display()))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -57,7 +73,22 @@ pub fn run() -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve => rt.block_on(serve(cfg)),
         Command::Send(args) => rt.block_on(crate::send::run(&cfg, &args)),
+        Command::SandboxCrm(_) => Ok(ExitCode::SUCCESS),
     }
+}
+
+async fn sandbox(addr: std::net::SocketAddr) -> anyhow::Result<ExitCode> {
+    crate::telemetry::init_logging();
+    let crm = crate::sandbox_crm::SandboxCrm::start(addr)
+        .await
+        .with_context(|| format!("starting the sandbox CRM on {addr}"))?;
+    eprintln!(
+        "leadrouter sandbox-crm on {url}: POST {url}/leads, faults via POST {url}/_sandbox/faults, records at {url}/_sandbox/records; Ctrl-C to stop",
+        url = crm.url()
+    );
+    wait_for_signal().await;
+    crm.stop().await;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<ExitCode> {

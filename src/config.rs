@@ -599,15 +599,8 @@ impl Config {
                 "backoff_base must be > 0 and backoff_cap >= backoff_base",
             ));
         }
-        let mut sink_names = HashSet::new();
-        for (i, sink) in self.sinks.iter().enumerate() {
-            if !sink_names.insert(sink.name.as_str()) {
-                return Err(ConfigError::invalid(
-                    format!("sinks[{i}].name"),
-                    format!("duplicate sink name `{}`", sink.name),
-                ));
-            }
-        }
+        crate::sinks::validate_configs(&self.sinks)
+            .map_err(|e| ConfigError::invalid(e.key, e.message))?;
         let mut seen = HashSet::new();
         for (i, sender) in self.senders.iter().enumerate() {
             let key = |k: &str| format!("senders[{i}].{k}");
