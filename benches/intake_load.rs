@@ -240,6 +240,9 @@ port = {port}
 template_dir = {tmpl:?}
 [intake]
 listen = "127.0.0.1:0"
+# Edge only: the handler pool would share the two cores with the edge and the load generator.
+[handlers]
+enabled = false
 [[senders]]
 id = "demo"
 scheme = "standard-webhooks"

@@ -65,6 +65,10 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HandlersConfig {
+    /// Run the handler pool in this process. `false` makes an edge-only node (scale the edge
+    /// and the handlers separately against one NATS cluster).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
     /// Handler actors; each works on one lead at a time.
     #[serde(default = "default_pool_size")]
     pub pool_size: usize,
@@ -92,6 +96,9 @@ pub struct HandlersConfig {
     pub schemas_dir: PathBuf,
 }
 
+fn default_true() -> bool {
+    true
+}
 fn default_pool_size() -> usize {
     8
 }
@@ -123,6 +130,7 @@ fn default_schemas_dir() -> PathBuf {
 impl Default for HandlersConfig {
     fn default() -> Self {
         HandlersConfig {
+            enabled: true,
             pool_size: default_pool_size(),
             max_deliver: default_max_deliver(),
             ack_wait: default_ack_wait(),

@@ -92,7 +92,12 @@ impl Service {
         for change in topology::ensure(publisher.context(), &cfg.streams).await? {
             tracing::info!(?change, "topology");
         }
-        let pool = start_pool(cfg, env, &client, &publisher).await?;
+        let pool = if cfg.handlers.enabled {
+            Some(start_pool(cfg, env, &client, &publisher).await?)
+        } else {
+            tracing::info!("handlers.enabled = false: edge-only node");
+            None
+        };
         let (state, unconfigured) = IntakeState::build(cfg, env, publisher).await?;
         for u in &unconfigured {
             tracing::warn!(
@@ -125,7 +130,7 @@ impl Service {
             intake_task,
             intake: state,
             client,
-            pool: Some(pool),
+            pool,
             embedded,
         })
     }

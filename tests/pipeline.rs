@@ -517,9 +517,13 @@ async fn one_lead_completes_in_stream_order_while_other_leads_flow() {
         pos(&create.key) < pos(&update.key),
         "create completes before update: {order:?}"
     );
+    // The file sink confirmed the create on its first attempt (only the CRM failed), so the
+    // CRM's write times show whether another lead was held up by the create's retry.
+    let other_written = crm.record(&other.key).unwrap().first_write.unwrap();
+    let create_written = crm.record(&create.key).unwrap().first_write.unwrap();
     assert!(
-        pos(&other.key) < pos(&create.key),
-        "another lead is not held up by the retry: {order:?}"
+        other_written < create_written,
+        "another lead is not held up by the retry: {other_written} vs {create_written}"
     );
     // The lead ends with the update's values at the CRM: the update was written last.
     let last_create = crm.record(&create.key).unwrap().last_write.unwrap();
@@ -582,5 +586,112 @@ async fn consumer_settings_follow_config() {
         "no consumer backoff: NAK delays rule"
     );
     assert_eq!(info.num_ack_pending, 0, "acked");
+    rig.stop().await;
+}
+
+/// A sink slower than `ack_wait`: in-progress acks keep the message from being redelivered.
+struct Slow {
+    inner: Arc<dyn Sink>,
+    delay: Duration,
+}
+
+#[async_trait::async_trait]
+impl Sink for Slow {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    async fn deliver(&self, lead: &LeadRecord) -> Result<Delivered, SinkError> {
+        tokio::time::sleep(self.delay).await;
+        self.inner.deliver(lead).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_sink_longer_than_ack_wait_is_not_redelivered() {
+    let crm = SandboxCrm::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let nats = NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let inner = sink_from(&http_sink(&crm.url()), data.path(), &client).await;
+    let sink = Arc::new(Slow {
+        inner,
+        delay: Duration::from_millis(3_500),
+    });
+    let handlers = HandlersConfig {
+        ack_wait: Duration::from_secs(1),
+        ..fast_handlers()
+    };
+    let rig = Rig::start_on(nats, handlers, vec![sink]).await;
+
+    let env = envelope(
+        "demo",
+        "evt-slow",
+        json!({"email": "slow-sink@example.com"}),
+    );
+    rig.publish(&env, None).await;
+    rig.until("delivered", |s| s.delivered.load(Ordering::Relaxed) == 1)
+        .await;
+    assert_eq!(
+        rig.stats.received.load(Ordering::Relaxed),
+        1,
+        "no redelivery while the sink worked"
+    );
+    assert_eq!(crm.record(&env.key).unwrap().requests, 1);
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_net_dead_letters_a_message_the_server_gave_up_on() {
+    let nats = NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client.clone());
+    leadrouter::queue::topology::ensure(&js, &StreamsConfig::default())
+        .await
+        .unwrap();
+    let handlers = HandlersConfig {
+        max_deliver: 1,
+        ack_wait: Duration::from_secs(1),
+        ..fast_handlers()
+    };
+    // A router that took the message and died before any verdict: fetched, never acked.
+    let stream = js.get_stream("LEADS").await.unwrap();
+    let consumer: jetstream::consumer::PullConsumer = stream
+        .create_consumer(leadrouter::pipeline::consumer_config(&handlers))
+        .await
+        .unwrap();
+    let env = envelope(
+        "demo",
+        "evt-lost-verdict",
+        json!({"email": "lost@example.com"}),
+    );
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("Nats-Msg-Id", env.key.as_str());
+    let seq = js
+        .publish_with_headers("leads.in.demo", h, serde_json::to_vec(&env).unwrap().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence;
+    use futures::StreamExt;
+    let mut batch = consumer.fetch().max_messages(1).messages().await.unwrap();
+    let taken = batch.next().await.expect("fetched").unwrap();
+    assert_eq!(taken.info().unwrap().stream_sequence, seq);
+    drop(batch);
+
+    // The pool's waiting pull is what makes the server emit MAX_DELIVERIES once ack_wait passes.
+    let rig = Rig::start_on(nats, handlers, vec![]).await;
+    rig.until("crash net dead-lettered it", |s| {
+        s.dead().get("max_deliveries") == Some(&1)
+    })
+    .await;
+    let dlq = rig.dlq_entries().await;
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(header(&dlq[0].0, "Leadrouter-Dlq-Reason"), "max_deliveries");
+    assert_eq!(header(&dlq[0].0, "Nats-Msg-Id"), format!("LEADS:{seq}"));
+    assert_eq!(header(&dlq[0].0, "Leadrouter-Key"), env.key);
+    assert_eq!(rig.stats.delivered.load(Ordering::Relaxed), 0);
     rig.stop().await;
 }

@@ -4,6 +4,7 @@
 //! becomes a DLQ entry. This is the path for handlers that died or stalled past `ack_wait` on
 //! the last attempt; the ordinary path is the handler's own dead-lettering.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
@@ -15,6 +16,7 @@ use tokio::sync::watch;
 use super::{dlq_id, DeadLetter, DlqWriter, Reason};
 use crate::intake::envelope::LeadEnvelope;
 use crate::pipeline::idempotency::{Idempotency, LeadState};
+use crate::pipeline::PipelineStats;
 use crate::queue::{HDR_GROUP, HDR_RECEIVED_AT, HDR_SCHEMA, STREAM_ADVISORIES, STREAM_LEADS};
 
 pub const CONSUMER_NET: &str = "dlq-net";
@@ -32,6 +34,7 @@ pub async fn run(
     js: jetstream::Context,
     idem: Idempotency,
     dlq: DlqWriter,
+    stats: Arc<PipelineStats>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(200);
@@ -60,7 +63,7 @@ pub async fn run(
                     _ = inner_stop.changed() => return Ok::<(), String>(()),
                     next = msgs.next() => match next {
                         Some(Ok(m)) => {
-                            if handle(&js, &idem, &dlq, &m.payload).await {
+                            if handle(&js, &idem, &dlq, &stats, &m.payload).await {
                                 let _ = m.ack().await;
                             } else {
                                 let _ = m.ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(5)))).await;
@@ -95,6 +98,7 @@ async fn handle(
     js: &jetstream::Context,
     idem: &Idempotency,
     dlq: &DlqWriter,
+    stats: &PipelineStats,
     payload: &Bytes,
 ) -> bool {
     let Ok(adv) = serde_json::from_slice::<MaxDeliveries>(payload) else {
@@ -165,6 +169,8 @@ async fn handle(
     match dlq.put(&dead).await {
         Ok(new) => {
             if new {
+                stats.count_dead(Reason::MaxDeliveries);
+                stats.bump();
                 tracing::warn!(key = %key, seq = adv.stream_seq, reason = "max_deliveries", stage = "dlq", "dead-lettered by the crash net");
             }
             let _ = idem.force_dead(&key, id).await;

@@ -561,6 +561,7 @@ impl HandlerPool {
             js,
             deps.idem.clone(),
             deps.dlq.clone(),
+            stats.clone(),
             stop_rx,
         ));
         Ok(HandlerPool {

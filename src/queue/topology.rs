@@ -60,7 +60,8 @@ pub fn advisories_stream(cfg: &StreamsConfig) -> stream::Config {
     }
 }
 
-/// Creates or reconciles LEADS, LEADS_DLQ and the idempotency bucket.
+/// Creates or reconciles LEADS, LEADS_DLQ, LEADS_ADVISORIES and the idempotency bucket. The
+/// advisory stream exists before any consumer, so no advisory is emitted unheard.
 pub async fn ensure(
     js: &jetstream::Context,
     cfg: &StreamsConfig,
@@ -69,6 +70,7 @@ pub async fn ensure(
     for (label, want) in [
         ("stream LEADS", leads_stream(cfg)),
         ("stream LEADS_DLQ", dlq_stream(cfg)),
+        ("stream LEADS_ADVISORIES", advisories_stream(cfg)),
     ] {
         changes.push(ensure_stream(js, label, want).await?);
     }
