@@ -467,8 +467,11 @@ async fn one_lead_completes_in_stream_order_while_other_leads_flow() {
     let crm = SandboxCrm::start("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    // The create fails once, so without per-lead FIFO the update would overtake it.
-    crm.set_faults(Faults::fail_next(1, 500));
+    // The create is turned away once with a 2 s Retry-After, so without per-lead FIFO the update
+    // would overtake it, and a lead held up behind it would show a 2 s gap.
+    let mut f = Faults::fail_next(1, 429);
+    f.retry_after_secs = 2;
+    crm.set_faults(f);
     let nats = NatsServer::start();
     let client = async_nats::connect(nats.url()).await.unwrap();
     let data = tempfile::tempdir().unwrap();
@@ -499,6 +502,10 @@ async fn one_lead_completes_in_stream_order_while_other_leads_flow() {
         json!({"email": "other@example.com", "company": "Elsewhere"}),
     );
     rig.publish(&create, None).await;
+    rig.until("the create was turned away", |s| {
+        s.retries.load(Ordering::Relaxed) == 1
+    })
+    .await;
     rig.publish(&update, None).await;
     rig.publish(&other, None).await;
     rig.until("all three delivered", |s| {
