@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
 use serde_json::Value;
+use tracing::Instrument;
 
 use super::idempotency::{Claim, Held};
 use super::PoolDeps;
@@ -62,9 +63,23 @@ pub async fn process(deps: &Arc<PoolDeps>, owner: &str, d: Delivery<'_>) -> Outc
             .await;
         }
     };
+    let span = tracing::info_span!("handle", key = %envelope.key, sender = %envelope.sender, seq = d.seq, attempt = d.delivered, replay);
+    // A span entered across awaits would leak into other tasks: instrument the future instead.
+    handle_lead(deps, owner, d, envelope, replay, started)
+        .instrument(span)
+        .await
+}
+
+async fn handle_lead(
+    deps: &Arc<PoolDeps>,
+    owner: &str,
+    d: Delivery<'_>,
+    envelope: LeadEnvelope,
+    replay: bool,
+    started: Instant,
+) -> Outcome {
+    let msg = d.msg;
     let key = envelope.key.as_str();
-    let span = tracing::info_span!("handle", key = %key, sender = %envelope.sender, seq = d.seq, attempt = d.delivered, replay);
-    let _enter = span.enter();
 
     if deps.idem.cached_done(key).await {
         return duplicate(deps, msg, key).await;
