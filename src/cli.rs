@@ -31,6 +31,58 @@ pub enum Command {
     Send(SendArgs),
     /// Run a CRM + analytics stand-in with fault injection (for demos, drills and tests).
     SandboxCrm(SandboxArgs),
+    /// Look at the dead-letter queue (talks to the running service's admin API).
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Replay DLQ entries: one by id, or every entry matching a filter.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// One JSON object per entry (id, sender, reason, last_error, attempts, received_at,
+    /// preview): `leadrouter dlq tail | jq -r .reason | sort | uniq -c`.
+    Tail {
+        /// Only entries dead-lettered within this long (1h, 30m, 7d) or since an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Keep printing new entries as they arrive.
+        #[arg(long)]
+        follow: bool,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        sender: Option<String>,
+        /// Leave out entries that were replayed.
+        #[arg(long)]
+        hide_replayed: bool,
+    },
+    /// Everything about one entry, replays included.
+    Show { id: u64 },
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["id", "filter_reason"])))]
+pub struct ReplayArgs {
+    /// The DLQ entry id (from `dlq tail`).
+    #[arg(long)]
+    pub id: Option<u64>,
+    /// Replay every entry with this reason (replayed ones are skipped).
+    #[arg(long)]
+    pub filter_reason: Option<String>,
+    #[arg(long, requires = "filter_reason")]
+    pub sender: Option<String>,
+    /// Only entries dead-lettered within this long (1h, 7d) or since an RFC 3339 time.
+    #[arg(long, requires = "filter_reason")]
+    pub since: Option<String>,
+    /// Why (what was fixed); recorded with the entry and on the replayed message.
+    #[arg(long)]
+    pub reason: String,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -74,6 +126,8 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Serve => rt.block_on(serve(cfg)),
         Command::Send(args) => rt.block_on(crate::send::run(&cfg, &args)),
         Command::SandboxCrm(_) => Ok(ExitCode::SUCCESS),
+        Command::Dlq { command } => rt.block_on(crate::ops_cli::dlq(&cfg, command)),
+        Command::Replay(args) => rt.block_on(crate::ops_cli::replay(&cfg, &args)),
     }
 }
 

@@ -59,6 +59,9 @@ pub struct Config {
     pub enrich: EnrichConfig,
     #[serde(default)]
     pub sinks: Vec<SinkConfig>,
+    /// DLQ payload encryption keys.
+    #[serde(default)]
+    pub dlq: crate::dlq::crypto::DlqCryptoConfig,
 }
 
 /// The handler pool and its consumer.
@@ -94,6 +97,13 @@ pub struct HandlersConfig {
     pub cache_capacity: u64,
     #[serde(default = "default_schemas_dir")]
     pub schemas_dir: PathBuf,
+    /// How often schema files are re-checked for changes ("fix the schema, replay").
+    #[serde(default = "default_schema_reload", with = "humantime_serde")]
+    pub schema_reload: Duration,
+}
+
+fn default_schema_reload() -> Duration {
+    Duration::from_secs(1)
 }
 
 fn default_true() -> bool {
@@ -140,6 +150,7 @@ impl Default for HandlersConfig {
             backoff_cap: default_backoff_cap(),
             cache_capacity: default_cache_capacity(),
             schemas_dir: default_schemas_dir(),
+            schema_reload: default_schema_reload(),
         }
     }
 }
@@ -609,6 +620,9 @@ impl Config {
         }
         crate::sinks::validate_configs(&self.sinks)
             .map_err(|e| ConfigError::invalid(e.key, e.message))?;
+        self.dlq
+            .validate()
+            .map_err(|e| ConfigError::invalid("dlq.keys", e.to_string()))?;
         let mut seen = HashSet::new();
         for (i, sender) in self.senders.iter().enumerate() {
             let key = |k: &str| format!("senders[{i}].{k}");

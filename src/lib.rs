@@ -1,10 +1,14 @@
 //! leadrouter: a buffered webhook lead router. Signed intake at the edge, NATS JetStream as the
 //! queue, idempotent fan-out to CRM and analytics sinks.
 
+pub mod admin_client;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod dlq;
+pub mod import;
 pub mod intake;
+pub mod ops_cli;
 pub mod pipeline;
 pub mod queue;
 pub mod sandbox_crm;

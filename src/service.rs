@@ -5,9 +5,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::config::{Config, EnvSource};
+use crate::console::{self, AdminState};
+use crate::dlq::crypto::KeyRing;
+use crate::dlq::store::DlqStore;
 use crate::dlq::DlqWriter;
 use crate::intake::{self, IntakeSetupError, IntakeState};
 use crate::pipeline::enrich::{EnrichSetupError, Enricher};
@@ -42,6 +45,8 @@ pub enum ServiceError {
     Sink(#[from] SinkBuildError),
     #[error(transparent)]
     Pool(#[from] PoolError),
+    #[error("config key `dlq.keys`: {0}")]
+    DlqKeys(String),
     #[error("idempotency bucket: {0}")]
     Kv(String),
     #[error("cannot listen on {addr} (intake.listen / LEADROUTER_INTAKE_LISTEN): {message}")]
@@ -56,6 +61,11 @@ pub struct Service {
     intake: Arc<IntakeState>,
     client: async_nats::Client,
     pool: Option<HandlerPool>,
+    admin_addr: Option<SocketAddr>,
+    stop_admin: Option<oneshot::Sender<()>>,
+    admin_task: Option<tokio::task::JoinHandle<()>>,
+    stop_ops: watch::Sender<bool>,
+    ops_task: tokio::task::JoinHandle<()>,
     embedded: Option<EmbeddedNats>,
 }
 
@@ -92,12 +102,34 @@ impl Service {
         for change in topology::ensure(publisher.context(), &cfg.streams).await? {
             tracing::info!(?change, "topology");
         }
+        let keys = {
+            let lookup = |name: &str| env.var(name);
+            let loaded = KeyRing::load_or_create(&cfg.dlq, &cfg.data_dir, &lookup)
+                .map_err(|e| ServiceError::DlqKeys(e.to_string()))?;
+            if let Some(w) = &loaded.warning {
+                tracing::warn!("{w}");
+            }
+            loaded.ring
+        };
+        let kv = publisher
+            .context()
+            .get_key_value(queue::KV_IDEMPOTENCY)
+            .await
+            .map_err(|e| ServiceError::Kv(e.to_string()))?;
+        let idem = Idempotency::new(
+            kv,
+            cfg.handlers.cache_capacity,
+            cfg.streams.idempotency_ttl,
+            cfg.handlers.ack_wait,
+        );
+        let dlq_writer = DlqWriter::new(publisher.context().clone(), keys.clone());
         let pool = if cfg.handlers.enabled {
-            Some(start_pool(cfg, env, &client, &publisher).await?)
+            Some(start_pool(cfg, env, &client, &publisher, idem.clone(), dlq_writer).await?)
         } else {
             tracing::info!("handlers.enabled = false: edge-only node");
             None
         };
+        let publisher_ctx = publisher.context().clone();
         let (state, unconfigured) = IntakeState::build(cfg, env, publisher).await?;
         for u in &unconfigured {
             tracing::warn!(
@@ -111,6 +143,42 @@ impl Service {
                     .unwrap_or("THE_VAR"),
             );
         }
+        let store = DlqStore::open(publisher_ctx.clone(), Arc::new(keys), idem)
+            .await
+            .map_err(|e| ServiceError::Kv(e.to_string()))?;
+        let stats = pool.as_ref().map(|p| p.stats().clone());
+        let (stop_ops, ops_rx) = watch::channel(false);
+        let ops_task = {
+            let (client, store, stats) = (client.clone(), store.clone(), stats.clone());
+            tokio::spawn(async move {
+                if let Err(e) = crate::dlq::ops::run(client, store, stats, ops_rx).await {
+                    tracing::error!(error = %e, "NATS operator service stopped");
+                }
+            })
+        };
+        let (admin_addr, stop_admin, admin_task) = match env.var(&cfg.admin.token_env) {
+            Some(token) => {
+                let admin = Arc::new(AdminState { token, dlq: store, stats });
+                let (tx, rx) = oneshot::channel::<()>();
+                let (addr, server) = console::serve(admin, cfg.admin.listen, async {
+                    let _ = rx.await;
+                })
+                .await
+                .map_err(|e| ServiceError::Bind {
+                    addr: cfg.admin.listen,
+                    message: e.to_string(),
+                })?;
+                tracing::info!(admin = %addr, "admin API listening");
+                (Some(addr), Some(tx), Some(tokio::spawn(server)))
+            }
+            None => {
+                tracing::warn!(
+                    "admin API not started: set {} to enable the DLQ/replay API and the operator commands (the admin listener never runs open)",
+                    cfg.admin.token_env
+                );
+                (None, None, None)
+            }
+        };
         let state = Arc::new(state);
         let (tx, rx) = oneshot::channel::<()>();
         let (addr, server) = intake::serve(state.clone(), cfg.intake.listen, async {
@@ -131,6 +199,11 @@ impl Service {
             intake: state,
             client,
             pool,
+            admin_addr,
+            stop_admin,
+            admin_task,
+            stop_ops,
+            ops_task,
             embedded,
         })
     }
@@ -141,6 +214,11 @@ impl Service {
 
     pub fn nats_url(&self) -> &str {
         &self.nats_url
+    }
+
+    /// Where the admin API listens, when a token is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     pub fn embedded(&self) -> Option<&EmbeddedNats> {
@@ -162,6 +240,14 @@ impl Service {
         }
         let _ = (&mut self.intake_task).await;
         self.intake.stop();
+        if let Some(tx) = self.stop_admin.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.admin_task.take() {
+            let _ = t.await;
+        }
+        let _ = self.stop_ops.send(true);
+        let _ = (&mut self.ops_task).await;
         if let Some(pool) = self.pool.take() {
             pool.stop(Duration::from_secs(10)).await;
         }
@@ -190,9 +276,12 @@ async fn start_pool(
     env: &dyn EnvSource,
     client: &async_nats::Client,
     publisher: &Publisher,
+    idem: Idempotency,
+    dlq: DlqWriter,
 ) -> Result<HandlerPool, ServiceError> {
     let js = publisher.context().clone();
     let schemas = Arc::new(SchemaRegistry::load(&cfg.handlers.schemas_dir)?);
+    schemas.set_check_interval(cfg.handlers.schema_reload);
     let enricher = Arc::new(Enricher::new(&cfg.enrich)?);
     let ctx = SinkContext {
         data_dir: cfg.data_dir.clone(),
@@ -206,23 +295,13 @@ async fn start_pool(
     if built.is_empty() {
         tracing::warn!("no [[sinks]] configured: leads are consumed and acknowledged without being written anywhere");
     }
-    let kv = js
-        .get_key_value(queue::KV_IDEMPOTENCY)
-        .await
-        .map_err(|e| ServiceError::Kv(e.to_string()))?;
-    let idem = Idempotency::new(
-        kv,
-        cfg.handlers.cache_capacity,
-        cfg.streams.idempotency_ttl,
-        cfg.handlers.ack_wait,
-    );
     let parts = PoolParts {
         client: client.clone(),
         sinks: built,
         schemas,
         enricher,
         idem,
-        dlq: DlqWriter::new(js.clone()),
+        dlq,
         instance: instance_id(),
     };
     Ok(HandlerPool::start(js, &cfg.handlers, parts).await?)

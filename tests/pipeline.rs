@@ -82,7 +82,11 @@ impl Rig {
             schemas: Arc::new(SchemaRegistry::load(&handlers.schemas_dir).expect("schemas")),
             enricher: Arc::new(Enricher::new(&EnrichConfig::default()).expect("enricher")),
             idem: Idempotency::new(kv, 1000, Duration::from_secs(3600), handlers.ack_wait),
-            dlq: DlqWriter::new(js.clone()),
+            dlq: DlqWriter::new(
+                js.clone(),
+                leadrouter::dlq::crypto::KeyRing::from_keys([("t".to_string(), [7u8; 32])])
+                    .expect("key ring"),
+            ),
             instance: "test".into(),
         };
         let pool = HandlerPool::start(js.clone(), &handlers, parts)

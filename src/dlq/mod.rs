@@ -1,7 +1,11 @@
 //! The dead-letter queue: where leads that cannot succeed wait, with the reason and the last
 //! error, for an operator to fix the cause and replay them.
 
+pub mod crypto;
 pub mod net;
+pub mod ops;
+pub mod preview;
+pub mod store;
 
 use async_nats::jetstream;
 use async_nats::HeaderMap;
@@ -17,6 +21,8 @@ pub const HDR_SENDER: &str = "Leadrouter-Sender";
 pub const HDR_KEY: &str = "Leadrouter-Key";
 pub const HDR_FIRST_ATTEMPT: &str = "Leadrouter-First-Attempt-At";
 pub const HDR_LAST_ATTEMPT: &str = "Leadrouter-Last-Attempt-At";
+/// The masked preview, a JSON array of lines, readable without the key.
+pub const HDR_PREVIEW: &str = "Leadrouter-Dlq-Preview";
 
 /// Why a lead was dead-lettered: a small, stable set, so `dlq tail | jq .reason | uniq -c`
 /// groups well. Details go in the last error.
@@ -75,22 +81,45 @@ pub fn dlq_id(original_seq: u64) -> String {
 #[derive(Clone)]
 pub struct DlqWriter {
     js: jetstream::Context,
+    keys: crypto::KeyRing,
 }
 
 impl DlqWriter {
-    pub fn new(js: jetstream::Context) -> Self {
-        DlqWriter { js }
+    pub fn new(js: jetstream::Context, keys: crypto::KeyRing) -> Self {
+        DlqWriter { js, keys }
     }
 
     /// Stores the entry; `Ok(true)` if it was new, `Ok(false)` if it was already there.
     pub async fn put(&self, d: &DeadLetter<'_>) -> Result<bool, DlqError> {
+        let id = dlq_id(d.original_seq);
+        // Operators read these without the key: masked here, once, whatever wrote the error.
+        let envelope: Option<crate::intake::envelope::LeadEnvelope> =
+            serde_json::from_slice(&d.payload).ok();
+        let mut lines = vec![
+            format!("sender: {}", d.sender),
+            format!("reason: {}", d.reason.as_str()),
+        ];
+        match &envelope {
+            Some(e) => {
+                lines.push(format!("schema: {}", e.schema));
+                lines.extend(preview::preview(&e.fields));
+            }
+            None => lines.push("payload: not a lead envelope".into()),
+        }
+        lines.truncate(10);
+        let sealed = self.keys.seal(&d.payload, id.as_bytes());
         let mut h = HeaderMap::new();
-        h.insert(
-            async_nats::header::NATS_MESSAGE_ID,
-            dlq_id(d.original_seq).as_str(),
-        );
+        h.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+        h.insert(crypto::HDR_KEY_ID, sealed.key_id.as_str());
         h.insert(HDR_REASON, d.reason.as_str());
-        h.insert(HDR_LAST_ERROR, one_line(d.last_error).as_str());
+        h.insert(
+            HDR_LAST_ERROR,
+            one_line(&preview::mask_text(d.last_error)).as_str(),
+        );
+        h.insert(
+            HDR_PREVIEW,
+            serde_json::to_string(&lines).unwrap_or_default().as_str(),
+        );
         h.insert(HDR_ATTEMPTS, d.attempts.to_string().as_str());
         h.insert(HDR_ORIGINAL_SEQ, d.original_seq.to_string().as_str());
         h.insert(HDR_SENDER, d.sender);
@@ -110,7 +139,7 @@ impl DlqWriter {
         let subject = format!("{SUBJECT_DLQ_PREFIX}{}", subject_token(d.sender));
         let ack = self
             .js
-            .publish_with_headers(subject, h, d.payload.clone())
+            .publish_with_headers(subject, h, Bytes::from(sealed.bytes))
             .await
             .map_err(|e| DlqError::Write(e.to_string()))?
             .await

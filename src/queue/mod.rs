@@ -17,6 +17,8 @@ pub const SUBJECT_IN_PREFIX: &str = "leads.in.";
 pub const STREAM_DLQ: &str = "LEADS_DLQ";
 pub const SUBJECT_DLQ_PREFIX: &str = "leads.dlq.";
 pub const KV_IDEMPOTENCY: &str = "leads_idempotency";
+/// Replays recorded per DLQ entry (the entries themselves are never changed).
+pub const KV_DLQ_AUDIT: &str = "leads_dlq_audit";
 /// Captured MAX_DELIVERIES advisories of the router consumer (the DLQ crash net's input).
 pub const STREAM_ADVISORIES: &str = "LEADS_ADVISORIES";
 pub const CONSUMER_ROUTER: &str = "router";

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
 
-use super::{QueueError, KV_IDEMPOTENCY, STREAM_ADVISORIES, STREAM_DLQ, STREAM_LEADS};
+use super::{
+    QueueError, KV_DLQ_AUDIT, KV_IDEMPOTENCY, STREAM_ADVISORIES, STREAM_DLQ, STREAM_LEADS,
+};
 use crate::config::StreamsConfig;
 
 /// What `ensure` did to each object, for the start-up log and tests.
@@ -75,6 +77,7 @@ pub async fn ensure(
         changes.push(ensure_stream(js, label, want).await?);
     }
     changes.push(ensure_kv(js, cfg).await?);
+    changes.push(ensure_audit(js, cfg).await?);
     Ok(changes)
 }
 
@@ -197,6 +200,26 @@ async fn ensure_kv(js: &jetstream::Context, cfg: &StreamsConfig) -> Result<Chang
             Ok(Change::Created(LABEL))
         }
     }
+}
+
+/// Replay records live as long as the DLQ entries they describe.
+async fn ensure_audit(js: &jetstream::Context, cfg: &StreamsConfig) -> Result<Change, QueueError> {
+    const LABEL: &str = "kv leads_dlq_audit";
+    if js.get_key_value(KV_DLQ_AUDIT).await.is_ok() {
+        return Ok(Change::Unchanged(LABEL));
+    }
+    js.create_key_value(kv::Config {
+        bucket: KV_DLQ_AUDIT.into(),
+        description: "leadrouter: replays of DLQ entries".into(),
+        history: 1,
+        max_age: cfg.dlq_max_age,
+        storage: stream::StorageType::File,
+        num_replicas: cfg.replicas,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| QueueError::Topology(format!("{LABEL}: create: {e}")))?;
+    Ok(Change::Created(LABEL))
 }
 
 fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {

@@ -1,0 +1,445 @@
+//! Reading the DLQ and replaying from it: what the CLI, the admin API and the NATS operator
+//! service all call.
+//!
+//! An entry's public id is its sequence in `LEADS_DLQ`. Entries are never removed by a replay:
+//! the replay is recorded next to the entry (KV bucket `leads_dlq_audit`) and the entry stays
+//! for audit; listings can hide replayed entries.
+
+use std::sync::Arc;
+
+use async_nats::jetstream::{self, consumer, kv};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use super::crypto::{KeyRing, HDR_KEY_ID};
+use super::{
+    dlq_id, HDR_ATTEMPTS, HDR_FIRST_ATTEMPT, HDR_KEY, HDR_LAST_ATTEMPT, HDR_LAST_ERROR,
+    HDR_ORIGINAL_SEQ, HDR_PREVIEW, HDR_REASON, HDR_SENDER,
+};
+use crate::intake::envelope::LeadEnvelope;
+use crate::pipeline::idempotency::{Idempotency, LeadState};
+use crate::queue::{
+    HDR_GROUP, HDR_RECEIVED_AT, HDR_REPLAY_OF, HDR_REPLAY_REASON, HDR_SCHEMA, KV_DLQ_AUDIT,
+    STREAM_DLQ, SUBJECT_DLQ_PREFIX, SUBJECT_IN_PREFIX,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DlqStoreError {
+    #[error("no DLQ entry with id {0}")]
+    NotFound(u64),
+    #[error("a replay needs a reason (what was fixed)")]
+    NoReason,
+    #[error("DLQ entry {id}: {message}")]
+    Unreadable { id: u64, message: String },
+    #[error("NATS: {0}")]
+    Nats(String),
+}
+
+/// One replay of an entry, kept for audit.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReplayMark {
+    pub at: String,
+    pub reason: String,
+    pub by: String,
+    /// Sequence of the republished message in `LEADS`.
+    pub new_seq: u64,
+}
+
+/// What operators see of an entry: everything but the (encrypted) payload.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DlqEntry {
+    pub id: u64,
+    pub sender: String,
+    pub key: String,
+    pub reason: String,
+    pub last_error: String,
+    pub attempts: u32,
+    pub original_seq: u64,
+    pub received_at: Option<String>,
+    pub first_attempt_at: Option<String>,
+    pub last_attempt_at: Option<String>,
+    /// When the entry was written.
+    pub dead_at: String,
+    pub preview: Vec<String>,
+    #[serde(default)]
+    pub replays: Vec<ReplayMark>,
+}
+
+impl DlqEntry {
+    pub fn replayed(&self) -> bool {
+        !self.replays.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct DlqFilter {
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub sender: Option<String>,
+    /// Entries written at or after this time.
+    #[serde(default)]
+    pub since: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub hide_replayed: bool,
+    /// Entries after this id (for `--follow`).
+    #[serde(default)]
+    pub after_id: Option<u64>,
+}
+
+impl DlqFilter {
+    fn matches(&self, e: &DlqEntry) -> bool {
+        self.reason.as_ref().is_none_or(|r| r == &e.reason)
+            && self.sender.as_ref().is_none_or(|s| s == &e.sender)
+            && !(self.hide_replayed && e.replayed())
+    }
+}
+
+/// The outcome of replaying one entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum ReplayResult {
+    Replayed { id: u64, key: String, new_seq: u64 },
+    Skipped { id: u64, key: String, why: String },
+    Failed { id: u64, error: String },
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ReplaySummary {
+    pub replayed: usize,
+    pub skipped: usize,
+    pub failed: usize,
+    pub results: Vec<ReplayResult>,
+}
+
+impl ReplaySummary {
+    fn push(&mut self, r: ReplayResult) {
+        match &r {
+            ReplayResult::Replayed { .. } => self.replayed += 1,
+            ReplayResult::Skipped { .. } => self.skipped += 1,
+            ReplayResult::Failed { .. } => self.failed += 1,
+        }
+        self.results.push(r);
+    }
+}
+
+#[derive(Clone)]
+pub struct DlqStore {
+    js: jetstream::Context,
+    audit: kv::Store,
+    keys: Arc<KeyRing>,
+    idem: Idempotency,
+}
+
+fn header(h: &HeaderMap, name: &str) -> Option<String> {
+    h.get(name).map(|v| v.as_str().to_string())
+}
+
+fn audit_key(id: u64) -> String {
+    format!("dlq-{id}")
+}
+
+impl DlqStore {
+    pub async fn open(
+        js: jetstream::Context,
+        keys: Arc<KeyRing>,
+        idem: Idempotency,
+    ) -> Result<DlqStore, DlqStoreError> {
+        let audit = js
+            .get_key_value(KV_DLQ_AUDIT)
+            .await
+            .map_err(|e| DlqStoreError::Nats(e.to_string()))?;
+        Ok(DlqStore {
+            js,
+            audit,
+            keys,
+            idem,
+        })
+    }
+
+    fn entry_from(
+        &self,
+        id: u64,
+        headers: &HeaderMap,
+        time: DateTime<Utc>,
+    ) -> DlqEntry {
+        let num = |name: &str| header(headers, name).and_then(|v| v.parse::<u64>().ok());
+        DlqEntry {
+            id,
+            sender: header(headers, HDR_SENDER).unwrap_or_default(),
+            key: header(headers, HDR_KEY).unwrap_or_default(),
+            reason: header(headers, HDR_REASON).unwrap_or_default(),
+            last_error: header(headers, HDR_LAST_ERROR).unwrap_or_default(),
+            attempts: num(HDR_ATTEMPTS)
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(0),
+            original_seq: num(HDR_ORIGINAL_SEQ).unwrap_or(0),
+            received_at: header(headers, HDR_RECEIVED_AT),
+            first_attempt_at: header(headers, HDR_FIRST_ATTEMPT),
+            last_attempt_at: header(headers, HDR_LAST_ATTEMPT),
+            dead_at: time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            preview: header(headers, HDR_PREVIEW)
+                .and_then(|p| serde_json::from_str(&p).ok())
+                .unwrap_or_default(),
+            replays: Vec::new(),
+        }
+    }
+
+    async fn replays(&self, id: u64) -> Result<(Vec<ReplayMark>, u64), DlqStoreError> {
+        match self
+            .audit
+            .entry(audit_key(id))
+            .await
+            .map_err(|e| DlqStoreError::Nats(e.to_string()))?
+        {
+            Some(e) if e.operation == kv::Operation::Put => Ok((
+                serde_json::from_slice(&e.value).unwrap_or_default(),
+                e.revision,
+            )),
+            _ => Ok((Vec::new(), 0)),
+        }
+    }
+
+    /// Entries matching `filter`, oldest first.
+    pub async fn list(&self, filter: &DlqFilter) -> Result<Vec<DlqEntry>, DlqStoreError> {
+        let stream = self
+            .js
+            .get_stream(STREAM_DLQ)
+            .await
+            .map_err(|e| DlqStoreError::Nats(e.to_string()))?;
+        let deliver_policy = match (filter.after_id, filter.since) {
+            (Some(after), _) => consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: after + 1,
+            },
+            (None, Some(since)) => consumer::DeliverPolicy::ByStartTime {
+                start_time: time::OffsetDateTime::from_unix_timestamp_nanos(
+                    since.timestamp_nanos_opt().unwrap_or(0) as i128,
+                )
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+            },
+            (None, None) => consumer::DeliverPolicy::All,
+        };
+        let filter_subject = filter
+            .sender
+            .as_ref()
+            .map(|s| format!("{SUBJECT_DLQ_PREFIX}{s}"))
+            .unwrap_or_default();
+        let info = stream
+            .get_info()
+            .await
+            .map_err(|e| DlqStoreError::Nats(e.to_string()))?;
+        let mut out = Vec::new();
+        if info.state.messages == 0 {
+            return Ok(out);
+        }
+        // An ordered consumer streams the range without one request per entry.
+        let c = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                deliver_policy,
+                filter_subject,
+                headers_only: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| DlqStoreError::Nats(e.to_string()))?;
+        let mut msgs = c
+            .messages()
+            .await
+            .map_err(|e| DlqStoreError::Nats(e.to_string()))?;
+        loop {
+            let next =
+                tokio::time::timeout(std::time::Duration::from_secs(2), msgs.next()).await;
+            let Ok(Some(Ok(m))) = next else { break };
+            let Ok(meta) = m.info() else { break };
+            let (seq, pending) = (meta.stream_sequence, meta.pending);
+            let time: DateTime<Utc> = DateTime::from_timestamp(
+                meta.published.unix_timestamp(),
+                meta.published.nanosecond(),
+            )
+            .unwrap_or_default();
+            if let Some(h) = &m.headers {
+                let mut e = self.entry_from(seq, h, time);
+                e.replays = self.replays(seq).await?.0;
+                if filter.matches(&e) {
+                    out.push(e);
+                }
+            }
+            if pending == 0 || seq >= info.state.last_sequence {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn get(&self, id: u64) -> Result<DlqEntry, DlqStoreError> {
+        let (entry, _) = self.get_with_payload(id).await?;
+        Ok(entry)
+    }
+
+    async fn get_with_payload(&self, id: u64) -> Result<(DlqEntry, Bytes), DlqStoreError> {
+        let stream = self
+            .js
+            .get_stream(STREAM_DLQ)
+            .await
+            .map_err(|e| DlqStoreError::Nats(e.to_string()))?;
+        let m = stream
+            .get_raw_message(id)
+            .await
+            .map_err(|_| DlqStoreError::NotFound(id))?;
+        let time: DateTime<Utc> =
+            DateTime::from_timestamp(m.time.unix_timestamp(), m.time.nanosecond())
+                .unwrap_or_default();
+        let mut e = self.entry_from(id, &m.headers, time);
+        e.replays = self.replays(id).await?.0;
+        let key_id = header(&m.headers, HDR_KEY_ID).unwrap_or_default();
+        let plain = self
+            .keys
+            .open(&key_id, &m.payload, dlq_id(e.original_seq).as_bytes())
+            .map_err(|err| DlqStoreError::Unreadable {
+                id,
+                message: err.to_string(),
+            })?;
+        Ok((e, Bytes::from(plain)))
+    }
+
+    /// Republishes one entry with a fresh `Nats-Msg-Id` (so the dedupe window does not swallow
+    /// it) and the same lead key (so a lead that did reach a sink is not written twice).
+    pub async fn replay(&self, id: u64, reason: &str, by: &str) -> Result<ReplayResult, DlqStoreError> {
+        let reason = reason.trim();
+        if reason.is_empty() {
+            return Err(DlqStoreError::NoReason);
+        }
+        let (entry, payload) = match self.get_with_payload(id).await {
+            Ok(v) => v,
+            Err(DlqStoreError::NotFound(id)) => return Err(DlqStoreError::NotFound(id)),
+            Err(e) => {
+                return Ok(ReplayResult::Failed {
+                    id,
+                    error: e.to_string(),
+                })
+            }
+        };
+        if let Ok(Some((state, _))) = self.idem.get(&entry.key).await.map(|o| o.map(|(e, r)| (e.state, r))) {
+            if state == LeadState::Done {
+                return Ok(ReplayResult::Skipped {
+                    id,
+                    key: entry.key,
+                    why: "already delivered to every sink".into(),
+                });
+            }
+        }
+        let envelope: Option<LeadEnvelope> = serde_json::from_slice(&payload).ok();
+        let sender = envelope
+            .as_ref()
+            .map(|e| e.sender.clone())
+            .unwrap_or_else(|| entry.sender.clone());
+        let mut h = HeaderMap::new();
+        let msg_id = format!(
+            "replay:{id}:{}",
+            Utc::now().timestamp_nanos_opt().unwrap_or_default()
+        );
+        h.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
+        h.insert(HDR_REPLAY_OF, id.to_string().as_str());
+        h.insert(HDR_REPLAY_REASON, one_line(reason).as_str());
+        if let Some(r) = &entry.received_at {
+            h.insert(HDR_RECEIVED_AT, r.as_str());
+        }
+        if let Some(env) = &envelope {
+            h.insert(HDR_SCHEMA, env.schema.as_str());
+            h.insert(
+                HDR_GROUP,
+                crate::intake::envelope::email_hash(&env.fields).as_str(),
+            );
+        }
+        let ack = self
+            .js
+            .publish_with_headers(format!("{SUBJECT_IN_PREFIX}{sender}"), h, payload)
+            .await
+            .map_err(|e| DlqStoreError::Nats(e.to_string()))?
+            .await
+            .map_err(|e| DlqStoreError::Nats(e.to_string()))?;
+        let mark = ReplayMark {
+            at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            reason: reason.to_string(),
+            by: by.to_string(),
+            new_seq: ack.sequence,
+        };
+        self.record(id, mark).await?;
+        tracing::info!(dlq_id = id, key = %entry.key, new_seq = ack.sequence, replay = true, stage = "replay", outcome = "replayed", "DLQ entry replayed");
+        Ok(ReplayResult::Replayed {
+            id,
+            key: entry.key,
+            new_seq: ack.sequence,
+        })
+    }
+
+    async fn record(&self, id: u64, mark: ReplayMark) -> Result<(), DlqStoreError> {
+        for _ in 0..8 {
+            let (mut marks, revision) = self.replays(id).await?;
+            marks.push(mark.clone());
+            let value = Bytes::from(serde_json::to_vec(&marks).unwrap_or_default());
+            let res = if revision == 0 {
+                self.audit.create(audit_key(id), value).await.map(|_| ()).map_err(|e| e.to_string())
+            } else {
+                self.audit
+                    .update(audit_key(id), value, revision)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            };
+            if res.is_ok() {
+                return Ok(());
+            }
+        }
+        Err(DlqStoreError::Nats(format!("could not record the replay of {id}")))
+    }
+
+    /// Replays every entry matching `filter` (replayed ones are skipped unless the filter asks
+    /// to include them), calling `progress(done, total)` after each.
+    pub async fn replay_matching(
+        &self,
+        filter: &DlqFilter,
+        reason: &str,
+        by: &str,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<ReplaySummary, DlqStoreError> {
+        if reason.trim().is_empty() {
+            return Err(DlqStoreError::NoReason);
+        }
+        let entries = self.list(filter).await?;
+        let total = entries.len();
+        let mut summary = ReplaySummary::default();
+        for (i, e) in entries.into_iter().enumerate() {
+            // A sweep by filter leaves entries that were replayed before alone (replay one by id
+            // to repeat it): a batch run twice, or while new failures arrive, stays safe.
+            let r = if e.replayed() {
+                ReplayResult::Skipped {
+                    id: e.id,
+                    key: e.key,
+                    why: "replayed before".into(),
+                }
+            } else {
+                match self.replay(e.id, reason, by).await {
+                    Ok(r) => r,
+                    Err(err) => ReplayResult::Failed {
+                        id: e.id,
+                        error: err.to_string(),
+                    },
+                }
+            };
+            summary.push(r);
+            progress(i + 1, total);
+        }
+        Ok(summary)
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(512)
+        .collect()
+}

@@ -1,0 +1,380 @@
+//! `leadrouter import FILE.jsonl`: historical exports go through the real pipeline (nats-server,
+//! handler pool, file sink) idempotently; bad lines are reported, never fatal, never lost.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::{demo_sender_toml, manifest_dir, test_env, App, NatsServer};
+use leadrouter::config::Config;
+use leadrouter::import::{self, ImportError, ImportOptions, ImportSummary, HDR_IMPORT};
+use leadrouter::intake::envelope::{email_hash, idempotency_key};
+use leadrouter::pipeline::PipelineStats;
+use serde_json::{json, Value};
+
+const FILE_SINK: &str = "\n[[sinks]]\nname = \"leads-file\"\nkind = \"file\"\n";
+
+/// `n` envelopes of sender `demo`; every other one carries its key, the rest leave it to the
+/// importer (which must compute the same one).
+fn envelope_export(dir: &Path, name: &str, n: usize) -> PathBuf {
+    let mut text = String::with_capacity(n * 200);
+    for i in 0..n {
+        let fields =
+            json!({"email": format!("Lead{i}@Example.com"), "first_name": format!("Lead {i}")});
+        let mut env = json!({
+            "schema": "lead.v1",
+            "sender": "demo",
+            "source_event_id": format!("hist-{i}"),
+            "received_at": "2025-06-01T12:00:00.000Z",
+            "fields": fields,
+        });
+        if i % 2 == 0 {
+            let map = fields.as_object().expect("object");
+            env["key"] = json!(idempotency_key(
+                "demo",
+                &format!("hist-{i}"),
+                &email_hash(map)
+            ));
+        }
+        text.push_str(&env.to_string());
+        text.push('\n');
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write export");
+    path
+}
+
+fn quiet(file: &Path) -> ImportOptions {
+    let mut o = ImportOptions::new(file);
+    o.quiet = true;
+    o
+}
+
+async fn import_with_harness_client(
+    nats: &NatsServer,
+    cfg: &Config,
+    opts: &ImportOptions,
+) -> ImportSummary {
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let started = Instant::now();
+    let summary = import::import_into(client, cfg, opts)
+        .await
+        .expect("import runs");
+    eprintln!("import took {:?}:\n{summary}", started.elapsed());
+    summary
+}
+
+/// Awaits pool progress events (no fixed sleeps) until `done`, or fails after 60 s.
+async fn wait_until(stats: &PipelineStats, what: &str, done: impl Fn(&PipelineStats) -> bool) {
+    let mut progress = stats.subscribe();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done(stats) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "{what}: not reached in time (delivered {}, duplicates {}, dead {:?})",
+            stats.delivered.load(Ordering::Relaxed),
+            stats.duplicates.load(Ordering::Relaxed),
+            stats.dead()
+        );
+        let _ = tokio::time::timeout(left, progress.changed()).await;
+    }
+}
+
+/// Keys of the file sink, with how many lines each has.
+fn sink_keys(app: &App) -> HashMap<String, usize> {
+    let text =
+        std::fs::read_to_string(app.data.path().join("sinks/leads.jsonl")).unwrap_or_default();
+    let mut keys = HashMap::new();
+    for line in text.lines() {
+        let v: Value = serde_json::from_str(line).expect("sink line is JSON");
+        let key = v["key"].as_str().expect("key").to_string();
+        *keys.entry(key).or_default() += 1;
+    }
+    keys
+}
+
+async fn leads_stream(nats: &NatsServer) -> async_nats::jetstream::stream::Stream {
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    async_nats::jetstream::new(client)
+        .get_stream("LEADS")
+        .await
+        .expect("LEADS exists")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reimporting_10k_envelopes_writes_each_lead_once() {
+    const N: usize = 10_000;
+    let nats = NatsServer::start();
+    let app = App::start(&nats.url(), &format!("{}{FILE_SINK}", demo_sender_toml())).await;
+    let stats = app.service.pipeline_stats().expect("pool runs").clone();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = envelope_export(dir.path(), "export.jsonl", N);
+    let opts = quiet(&file);
+
+    let first = import_with_harness_client(&nats, &app.cfg, &opts).await;
+    assert_eq!(
+        (
+            first.lines_read,
+            first.published,
+            first.duplicates,
+            first.rejected,
+            first.failed
+        ),
+        (N as u64, N as u64, 0, 0, 0),
+        "{first}"
+    );
+    assert!(first.ok && first.aborted.is_none(), "{first}");
+    assert!(
+        first.elapsed_secs < 10.0,
+        "10,000 lines import in a few seconds: {first}"
+    );
+
+    let t = Instant::now();
+    wait_until(&stats, "first import delivered", |s| {
+        s.delivered.load(Ordering::Relaxed) >= N as u64
+    })
+    .await;
+    eprintln!("pool delivered {N} in {:?} after the import", t.elapsed());
+
+    // Within the dedupe window: every PubAck says duplicate, nothing new is stored.
+    let second = import_with_harness_client(&nats, &app.cfg, &opts).await;
+    assert_eq!(
+        (
+            second.lines_read,
+            second.published,
+            second.duplicates,
+            second.rejected
+        ),
+        (N as u64, 0, N as u64, 0),
+        "{second}"
+    );
+    assert!(second.ok, "{second}");
+
+    let mut stream = leads_stream(&nats).await;
+    assert_eq!(stream.info().await.expect("info").state.messages, N as u64);
+    // The pool is drained: nothing pending, nothing unacked, so nothing more can reach a sink.
+    let consumer: async_nats::jetstream::consumer::PullConsumer = stream
+        .get_consumer("router")
+        .await
+        .expect("router consumer");
+    let mut consumer = consumer;
+    let info = consumer.info().await.expect("consumer info");
+    assert_eq!((info.num_pending, info.num_ack_pending), (0, 0));
+    assert_eq!(stats.delivered.load(Ordering::Relaxed), N as u64);
+
+    let keys = sink_keys(&app);
+    assert_eq!(keys.len(), N, "one sink line per lead");
+    assert!(keys.values().all(|&n| n == 1), "no key written twice");
+    app.service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reimport_beyond_the_dedupe_window_is_stopped_by_the_idempotency_record() {
+    const N: usize = 100;
+    let nats = NatsServer::start();
+    let app = App::start(&nats.url(), &format!("{}{FILE_SINK}", demo_sender_toml())).await;
+    let stats = app.service.pipeline_stats().expect("pool runs").clone();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = envelope_export(dir.path(), "export.jsonl", N);
+    let opts = quiet(&file);
+
+    let first = import_with_harness_client(&nats, &app.cfg, &opts).await;
+    assert_eq!((first.published, first.rejected), (N as u64, 0), "{first}");
+    wait_until(&stats, "first import delivered", |s| {
+        s.delivered.load(Ordering::Relaxed) >= N as u64
+    })
+    .await;
+
+    // Purging forgets the stream's dedupe state, as the window expiring would.
+    leads_stream(&nats).await.purge().await.expect("purge");
+    let second = import_with_harness_client(&nats, &app.cfg, &opts).await;
+    assert_eq!(
+        (second.published, second.duplicates, second.rejected),
+        (N as u64, 0, 0),
+        "the stream takes them again: {second}"
+    );
+    wait_until(&stats, "second import short-circuited", |s| {
+        s.duplicates.load(Ordering::Relaxed) >= N as u64
+    })
+    .await;
+    assert_eq!(stats.delivered.load(Ordering::Relaxed), N as u64);
+    let keys = sink_keys(&app);
+    assert_eq!(keys.len(), N);
+    assert!(keys.values().all(|&n| n == 1));
+    app.service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_vendor_lines_map_like_the_edge_and_bad_lines_are_reported() {
+    let nats = NatsServer::start();
+    let typeform_toml =
+        std::fs::read_to_string(manifest_dir().join("config/examples/typeform.toml"))
+            .expect("typeform example");
+    let mut env = test_env();
+    env.insert(
+        "LEADROUTER_TYPEFORM_SECRET".into(),
+        "typeform-test-secret".into(),
+    );
+    let senders = format!("{}\n{typeform_toml}{FILE_SINK}", demo_sender_toml());
+    let app = App::start_with(&nats.url(), &senders, "", env).await;
+    let stats = app.service.pipeline_stats().expect("pool runs").clone();
+
+    let fixture: Value = serde_json::from_str(
+        &std::fs::read_to_string(manifest_dir().join("tests/fixtures/vendors/typeform.json"))
+            .expect("fixture"),
+    )
+    .expect("fixture is JSON");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("typeform-export.jsonl");
+    let lines = [
+        fixture.to_string(),
+        "this line is not JSON".to_string(),
+        json!({"sender": "ghost", "source_event_id": "x", "fields": {"email": "a@b.co"}})
+            .to_string(),
+    ];
+    std::fs::write(&file, lines.join("\n") + "\n").expect("write export");
+    let rejects = dir.path().join("rejects.jsonl");
+    let mut opts = quiet(&file);
+    opts.sender = Some("typeform".into());
+    opts.rejects = Some(rejects.clone());
+    opts.received_at_pointer = Some("/form_response/submitted_at".into());
+
+    let summary = import_with_harness_client(&nats, &app.cfg, &opts).await;
+    assert_eq!(
+        (
+            summary.lines_read,
+            summary.published,
+            summary.rejected,
+            summary.failed
+        ),
+        (3, 1, 2, 0),
+        "{summary}"
+    );
+    assert!(!summary.ok, "rejected lines mean a non-zero exit");
+    assert_eq!(summary.exit_code(), std::process::ExitCode::FAILURE);
+    let listed: Vec<u64> = summary.rejects.iter().map(|r| r.line).collect();
+    assert_eq!(listed, vec![2, 3]);
+    assert!(summary.rejects[0].error.contains("not JSON"), "{summary}");
+    assert!(
+        summary.rejects[1].error.contains("unknown sender `ghost`"),
+        "{summary}"
+    );
+    let json = serde_json::to_value(&summary).expect("summary serializes");
+    assert_eq!(json["rejected"], 2);
+    assert_eq!(json["ok"], false);
+
+    let written: Vec<Value> = std::fs::read_to_string(&rejects)
+        .expect("rejects file")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("reject line is JSON"))
+        .collect();
+    assert_eq!(written.len(), 2);
+    assert_eq!(
+        (written[0]["line"].as_u64(), written[1]["line"].as_u64()),
+        (Some(2), Some(3))
+    );
+    assert!(written.iter().all(|r| r["error"].is_string()));
+
+    // Stored as the edge would have: mapped, allowlisted, the edge's key and headers.
+    let mut stream = leads_stream(&nats).await;
+    let seq = stream.info().await.expect("info").state.last_sequence;
+    let msg = stream.get_raw_message(seq).await.expect("stored lead");
+    let envelope: Value = serde_json::from_slice(&msg.payload).expect("envelope");
+    let fields = envelope["fields"].as_object().expect("fields").clone();
+    let key = idempotency_key(
+        "typeform",
+        "01JD8M9ZK2Q3R4S5T6V7W8X9YZ",
+        &email_hash(&fields),
+    );
+    assert_eq!(envelope["key"], key.as_str());
+    assert_eq!(envelope["source_event_id"], "01JD8M9ZK2Q3R4S5T6V7W8X9YZ");
+    assert_eq!(envelope["received_at"], "2026-11-20T14:03:27.000Z");
+    assert_eq!(fields["company"], "Eckert-Mauchly");
+    assert!(
+        !msg.payload.windows(5).any(|w| w == b"07700"),
+        "unmapped notes never stored"
+    );
+    let header = |name: &str| msg.headers.get(name).map(|v| v.as_str().to_string());
+    assert_eq!(header("Nats-Msg-Id").as_deref(), Some(key.as_str()));
+    assert_eq!(header(HDR_IMPORT).as_deref(), Some("typeform-export.jsonl"));
+    assert_eq!(
+        header("Leadrouter-Received-At").as_deref(),
+        Some("2026-11-20T14:03:27.000Z")
+    );
+    assert_eq!(header("Leadrouter-Schema").as_deref(), Some("lead.v1"));
+    assert_eq!(header("Leadrouter-Group"), Some(email_hash(&fields)));
+
+    wait_until(&stats, "typeform lead delivered", |s| {
+        s.delivered.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    assert_eq!(
+        sink_keys(&app).into_keys().collect::<HashSet<_>>(),
+        HashSet::from([key])
+    );
+    app.service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_nats_is_one_clear_error() {
+    // A port nobody listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("nats://127.0.0.1:{port}");
+    let text = format!("[nats]\nurl = {url:?}\n{}", demo_sender_toml());
+    let env = test_env();
+    let cfg = Config::from_toml(&text, Path::new("test.toml"), &env).expect("config");
+    let file = envelope_export(dir.path(), "export.jsonl", 3);
+
+    let started = Instant::now();
+    let err = tokio::time::timeout(
+        Duration::from_secs(20),
+        import::run(&cfg, &env, &quiet(&file)),
+    )
+    .await
+    .expect("gives up in time")
+    .expect_err("no NATS, no import");
+    assert!(matches!(err, ImportError::Connect(_)), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("cannot connect to NATS") && msg.contains(&url),
+        "{msg}"
+    );
+    assert!(!msg.contains('\n'), "one line: {msg}");
+    eprintln!("after {:?}: {msg}", started.elapsed());
+
+    // Local mistakes are reported before any connection is tried.
+    let mut opts = quiet(&dir.path().join("missing.jsonl"));
+    let err = import::run(&cfg, &env, &opts)
+        .await
+        .expect_err("missing file");
+    assert!(matches!(err, ImportError::Input { .. }), "{err:?}");
+    opts = quiet(&file);
+    opts.sender = Some("ghost".into());
+    let err = import::run(&cfg, &env, &opts)
+        .await
+        .expect_err("unknown sender");
+    assert!(matches!(err, ImportError::UnknownSender(_)), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_without_the_leads_stream_is_refused_up_front() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!("[nats]\nurl = {:?}\n{}", nats.url(), demo_sender_toml());
+    let cfg = Config::from_toml(&text, Path::new("test.toml"), &test_env()).expect("config");
+    let file = envelope_export(dir.path(), "export.jsonl", 3);
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let err = import::import_into(client, &cfg, &quiet(&file))
+        .await
+        .expect_err("no stream");
+    assert!(matches!(err, ImportError::StreamMissing), "{err:?}");
+    assert!(err.to_string().contains("leadrouter serve"), "{err}");
+}

@@ -1,0 +1,324 @@
+//! The DLQ operators trust: encrypted at rest, replayed by id or by filter from the admin API,
+//! the CLI and any NATS client, safely twice.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::{App, NatsServer};
+use leadrouter::sandbox_crm::{Faults, SandboxCrm};
+use serde_json::{json, Value};
+
+const TOKEN: &str = "test-admin-token-0123456789";
+
+fn env() -> HashMap<String, String> {
+    let mut e = common::test_env();
+    e.insert("LEADROUTER_ADMIN_TOKEN".into(), TOKEN.into());
+    e.insert(
+        "TEST_DLQ_KEY".into(),
+        "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into(),
+    );
+    e
+}
+
+struct Setup {
+    app: App,
+    crm: SandboxCrm,
+    nats: NatsServer,
+    admin: String,
+    http: reqwest::Client,
+}
+
+async fn setup(schemas_dir: &Path) -> Setup {
+    let nats = NatsServer::start();
+    let crm = SandboxCrm::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let senders = format!(
+        "{}\n[[sinks]]\nname = \"crm\"\nkind = \"http\"\nurl = \"{}/leads\"\ntimeout = \"2s\"\n",
+        common::demo_sender_toml(),
+        crm.url()
+    );
+    let extra = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[handlers]\nmax_deliver = 2\nack_wait = \"3s\"\nbackoff_base = \"20ms\"\nbackoff_cap = \"50ms\"\nschema_reload = \"0s\"\nschemas_dir = {:?}\n[dlq]\nkeys = [{{ id = \"k1\", env = \"TEST_DLQ_KEY\" }}]\n",
+        schemas_dir.display().to_string()
+    );
+    let app = App::start_with(&nats.url(), &senders, &extra, env()).await;
+    let admin = format!("http://{}", app.service.admin_addr().expect("admin API on"));
+    Setup {
+        app,
+        crm,
+        nats,
+        admin,
+        http: reqwest::Client::new(),
+    }
+}
+
+impl Setup {
+    async fn wait(&self, what: &str, cond: impl Fn(&leadrouter::pipeline::PipelineStats) -> bool) {
+        let stats = self.app.service.pipeline_stats().unwrap().clone();
+        let mut rx = stats.subscribe();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !cond(&stats) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "timed out waiting for {what}");
+            let _ = tokio::time::timeout(left, rx.changed()).await;
+        }
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.admin))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let (s, b, _) = common::read(r).await;
+        (s, b)
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.admin))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let (s, b, _) = common::read(r).await;
+        (s, b)
+    }
+
+    fn dead(&self, reason: &str) -> u64 {
+        self.app
+            .service
+            .pipeline_stats()
+            .unwrap()
+            .dead()
+            .get(reason)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+fn schemas() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        common::manifest_dir().join("config/schemas/lead.v1.json"),
+        dir.path().join("lead.v1.json"),
+    )
+    .unwrap();
+    dir
+}
+
+fn lead(email: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({"email": email, "first_name": "Zelda", "phone": "+1 650 555 4567"})).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_is_encrypted_at_rest_and_replays_once_after_the_fix() {
+    let dir = schemas();
+    let s = setup(dir.path()).await;
+    s.crm.set_faults(Faults::fail_next(1000, 500));
+    let email = "zelda.distinctive@example.org";
+    let (st, b, _) = s.app.post_signed("demo", "evt-dlq-1", &lead(email)).await;
+    assert_eq!(st, 202, "{b}");
+    let key = b["id"].as_str().unwrap().to_string();
+    s.wait("dead-lettered", |_| s.dead("retries_exhausted") == 1).await;
+
+    // Encrypted at rest: no field of the lead in clear in the DLQ stream's files.
+    let mut found = Vec::new();
+    for entry in walk(s.nats.store_dir()) {
+        if entry.to_string_lossy().contains("LEADS_DLQ") {
+            let bytes = std::fs::read(&entry).unwrap_or_default();
+            for needle in [email, "Zelda", "4567"] {
+                if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                    found.push((entry.clone(), needle));
+                }
+            }
+        }
+    }
+    assert!(found.is_empty(), "plaintext in the DLQ store: {found:?}");
+
+    // Listed with reason, masked preview, no clear PII.
+    let (st, list) = s.get("/api/dlq?reason=retries_exhausted").await;
+    assert_eq!(st, 200, "{list}");
+    let entries = list["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1);
+    let e = &entries[0];
+    assert_eq!(e["key"], key.as_str());
+    assert!(e["last_error"].as_str().unwrap().contains("500"));
+    let preview = e["preview"].to_string();
+    assert!(!preview.contains(email) && !preview.contains("Zelda"), "{preview}");
+    assert!(preview.contains("z***@e***.org"), "{preview}");
+    let id = e["id"].as_u64().unwrap();
+
+    // A replay needs a reason.
+    let (st, _) = s.post(&format!("/api/dlq/{id}/replay"), json!({})).await;
+    assert_eq!(st, 400);
+
+    // Fix the CRM, replay twice: one write.
+    s.crm.heal();
+    let (st, r) = s
+        .post(&format!("/api/dlq/{id}/replay"), json!({"reason": "CRM back up"}))
+        .await;
+    assert_eq!((st, r["outcome"].as_str()), (200, Some("replayed")), "{r}");
+    s.wait("replay delivered", |st| st.delivered.load(Ordering::Relaxed) == 1).await;
+    let (st, r2) = s
+        .post(&format!("/api/dlq/{id}/replay"), json!({"reason": "again"}))
+        .await;
+    assert_eq!(st, 200, "{r2}");
+    assert_eq!(r2["outcome"], "skipped", "a delivered lead is not replayed again: {r2}");
+    let rec = s.crm.record(&key).unwrap();
+    assert_eq!(rec.created, 1);
+    assert_eq!(rec.writes, 1);
+
+    // The entry stays, marked.
+    let (_, shown) = s.get(&format!("/api/dlq/{id}")).await;
+    assert_eq!(shown["replays"][0]["reason"], "CRM back up");
+    let (_, hidden) = s.get("/api/dlq?hide_replayed=true").await;
+    assert_eq!(hidden["entries"].as_array().unwrap().len(), 0);
+    assert!(s.app.service.pipeline_stats().unwrap().replayed.load(Ordering::Relaxed) >= 1);
+    s.app.service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_fix_then_batch_replay_delivers_and_failures_return_with_new_reason() {
+    let dir = schemas();
+    // A stricter schema: company required.
+    let path = dir.path().join("lead.v1.json");
+    let mut schema: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    schema["required"] = json!(["email", "company"]);
+    std::fs::write(&path, serde_json::to_vec(&schema).unwrap()).unwrap();
+    let s = setup(dir.path()).await;
+
+    for i in 0..3 {
+        let (st, b, _) = s
+            .app
+            .post_signed("demo", &format!("evt-schema-{i}"), &lead(&format!("s{i}@example.com")))
+            .await;
+        assert_eq!(st, 202, "{b}");
+    }
+    s.wait("three schema dead letters", |_| s.dead("schema_mismatch") == 3).await;
+
+    // Batch replay before the fix: each fails again and returns with its reason.
+    let (st, sum) = s
+        .post("/api/replay", json!({"filter": {"reason": "schema_mismatch"}, "reason": "try"}))
+        .await;
+    assert_eq!((st, sum["replayed"].as_u64()), (200, Some(3)), "{sum}");
+    s.wait("back in the DLQ", |_| s.dead("schema_mismatch") == 6).await;
+
+    // Fix the schema (picked up without restart) and replay the new entries by filter.
+    schema["required"] = json!(["email"]);
+    std::fs::write(&path, serde_json::to_vec(&schema).unwrap()).unwrap();
+    let f = std::fs::File::options().write(true).open(&path).unwrap();
+    f.set_modified(std::time::SystemTime::now() + Duration::from_secs(2)).unwrap();
+    drop(f);
+    let (st, sum) = s
+        .post("/api/replay", json!({"filter": {"reason": "schema_mismatch"}, "reason": "schema fixed"}))
+        .await;
+    assert_eq!(st, 200, "{sum}");
+    assert_eq!(sum["replayed"], 3, "only the not-yet-replayed entries: {sum}");
+    assert_eq!(sum["skipped"], 3, "{sum}");
+    s.wait("delivered", |st| st.delivered.load(Ordering::Relaxed) == 3).await;
+    assert_eq!(s.crm.stats().records, 3);
+    s.app.service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_needs_the_token_and_nats_service_answers_plain_requests() {
+    let dir = schemas();
+    let s = setup(dir.path()).await;
+    s.crm.set_faults(Faults::fail_next(1000, 500));
+    let (st, _, _) = s.app.post_signed("demo", "evt-nats", &lead("n@example.com")).await;
+    assert_eq!(st, 202);
+    s.wait("dead-lettered", |_| s.dead("retries_exhausted") == 1).await;
+
+    for path in ["/api/dlq", "/api/dlq/1", "/api/stats"] {
+        let r = s.http.get(format!("{}{path}", s.admin)).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 401, "{path} without token");
+        let r = s
+            .http
+            .get(format!("{}{path}", s.admin))
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401, "{path} with a wrong token");
+    }
+
+    // Any NATS client: list, stats, replay, and a micro error for a bad request.
+    let client = async_nats::connect(s.nats.url()).await.unwrap();
+    let list = client.request("leadrouter.dlq.list", "{}".into()).await.unwrap();
+    let list: Value = serde_json::from_slice(&list.payload).unwrap();
+    let id = list["entries"][0]["id"].as_u64().expect("entry listed over NATS");
+    let stats = client.request("leadrouter.stats", "".into()).await.unwrap();
+    let stats: Value = serde_json::from_slice(&stats.payload).unwrap();
+    assert_eq!(stats["dead_by_reason"]["retries_exhausted"], 1);
+    let bad = client
+        .request("leadrouter.dlq.replay", format!("{{\"id\":{id}}}").into())
+        .await
+        .unwrap();
+    let h = bad.headers.expect("micro error headers");
+    assert_eq!(h.get("Nats-Service-Error-Code").map(|v| v.as_str()), Some("400"));
+    s.crm.heal();
+    let ok = client
+        .request(
+            "leadrouter.dlq.replay",
+            format!("{{\"id\":{id},\"reason\":\"fixed over NATS\"}}").into(),
+        )
+        .await
+        .unwrap();
+    let ok: Value = serde_json::from_slice(&ok.payload).unwrap();
+    assert_eq!(ok["outcome"], "replayed", "{ok}");
+    s.wait("delivered", |st| st.delivered.load(Ordering::Relaxed) == 1).await;
+
+    // The CLI finds the service from env and prints JSON lines.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_leadrouter"))
+        .args(["dlq", "tail"])
+        .current_dir(common::manifest_dir())
+        .env("LEADROUTER_ADMIN_LISTEN", s.admin.trim_start_matches("http://"))
+        .env("LEADROUTER_ADMIN_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["reason"], "retries_exhausted");
+    assert_eq!(lines[0]["replayed"], true);
+
+    // Unreachable service: one line, non-zero.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_leadrouter"))
+        .args(["dlq", "tail"])
+        .current_dir(common::manifest_dir())
+        .env("LEADROUTER_ADMIN_LISTEN", "127.0.0.1:1")
+        .env("LEADROUTER_ADMIN_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not reachable") && err.trim().lines().count() == 1, "{err}");
+    s.app.service.shutdown().await;
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
