@@ -38,6 +38,33 @@ pub enum Command {
     },
     /// Replay DLQ entries: one by id, or every entry matching a filter.
     Replay(ReplayArgs),
+    /// Push a historical export (JSON lines: lead envelopes or raw vendor payloads) through the
+    /// pipeline; re-importing the same file writes nothing new to the sinks.
+    Import(ImportArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ImportArgs {
+    /// The JSON-lines file (`-` reads stdin).
+    pub file: PathBuf,
+    /// The sender of raw vendor-payload lines (envelope lines name their own).
+    #[arg(long)]
+    pub sender: Option<String>,
+    /// Write every rejected line here as `{"line": N, "error": "..."}` JSON lines.
+    #[arg(long)]
+    pub rejects: Option<PathBuf>,
+    /// JSON pointer to an RFC 3339 receive time inside raw lines (default: import time).
+    #[arg(long)]
+    pub received_at_field: Option<String>,
+    /// PubAcks awaited at once.
+    #[arg(long, default_value_t = crate::import::DEFAULT_CONCURRENCY)]
+    pub concurrency: usize,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -128,7 +155,22 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::SandboxCrm(_) => Ok(ExitCode::SUCCESS),
         Command::Dlq { command } => rt.block_on(crate::ops_cli::dlq(&cfg, command)),
         Command::Replay(args) => rt.block_on(crate::ops_cli::replay(&cfg, &args)),
+        Command::Import(args) => rt.block_on(import(&cfg, args)),
     }
+}
+
+async fn import(cfg: &Config, args: ImportArgs) -> anyhow::Result<ExitCode> {
+    let opts = crate::import::ImportOptions {
+        file: args.file,
+        sender: args.sender,
+        rejects: args.rejects,
+        received_at_pointer: args.received_at_field,
+        quiet: args.quiet,
+        concurrency: args.concurrency,
+    };
+    let summary = crate::import::run(cfg, &ProcessEnv, &opts).await?;
+    crate::import::print_summary(&summary, args.json).context("writing the summary")?;
+    Ok(summary.exit_code())
 }
 
 async fn sandbox(addr: std::net::SocketAddr) -> anyhow::Result<ExitCode> {

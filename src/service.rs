@@ -158,7 +158,11 @@ impl Service {
         };
         let (admin_addr, stop_admin, admin_task) = match env.var(&cfg.admin.token_env) {
             Some(token) => {
-                let admin = Arc::new(AdminState { token, dlq: store, stats });
+                let admin = Arc::new(AdminState {
+                    token,
+                    dlq: store,
+                    stats,
+                });
                 let (tx, rx) = oneshot::channel::<()>();
                 let (addr, server) = console::serve(admin, cfg.admin.listen, async {
                     let _ = rx.await;
@@ -235,27 +239,51 @@ impl Service {
 
     /// Stops taking requests, lets in-flight ones finish, then stops NATS if we own it.
     pub async fn shutdown(mut self) {
+        // Both listeners stop accepting at once; each then gets a bounded drain, because
+        // hyper's graceful shutdown can wait on a client's idle keep-alive connection for as
+        // long as that client keeps it open.
         if let Some(tx) = self.stop_intake.take() {
             let _ = tx.send(());
         }
-        let _ = (&mut self.intake_task).await;
-        self.intake.stop();
         if let Some(tx) = self.stop_admin.take() {
             let _ = tx.send(());
         }
-        if let Some(t) = self.admin_task.take() {
-            let _ = t.await;
+        drain(&mut self.intake_task, INTAKE_DRAIN, "intake").await;
+        self.intake.stop();
+        if let Some(mut t) = self.admin_task.take() {
+            drain(&mut t, ADMIN_DRAIN, "admin API").await;
         }
         let _ = self.stop_ops.send(true);
         let _ = (&mut self.ops_task).await;
+        tracing::debug!("operator service stopped");
         if let Some(pool) = self.pool.take() {
             pool.stop(Duration::from_secs(10)).await;
+            tracing::debug!("handler pool stopped");
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.client.flush()).await;
         if let Some(e) = self.embedded.take() {
             e.stop().await;
         }
         tracing::info!("leadrouter stopped");
+    }
+}
+
+/// In-flight intake requests are bounded by the publish timeout; this covers them with room.
+const INTAKE_DRAIN: Duration = Duration::from_secs(10);
+/// A batch replay cut short here is safe: each entry is marked only once it is republished.
+const ADMIN_DRAIN: Duration = Duration::from_secs(5);
+
+async fn drain(task: &mut tokio::task::JoinHandle<()>, limit: Duration, what: &str) {
+    match tokio::time::timeout(limit, &mut *task).await {
+        Ok(_) => tracing::debug!(listener = what, "listener drained"),
+        Err(_) => {
+            task.abort();
+            tracing::warn!(
+                listener = what,
+                limit_s = limit.as_secs(),
+                "connections still open after the drain limit; closed them"
+            );
+        }
     }
 }
 

@@ -247,11 +247,12 @@ impl KeyRing {
             let material = match (&k.env, &k.file) {
                 (Some(name), None) => {
                     let setting = format!("env var {name}");
-                    let mut value = env(name)
-                        .filter(|v| !v.trim().is_empty())
-                        .ok_or_else(|| KeyError::Missing {
-                            id: k.id.clone(),
-                            setting: setting.clone(),
+                    let mut value =
+                        env(name).filter(|v| !v.trim().is_empty()).ok_or_else(|| {
+                            KeyError::Missing {
+                                id: k.id.clone(),
+                                setting: setting.clone(),
+                            }
                         })?;
                     let parsed = parse_key_material(&value);
                     wipe_string(&mut value);
@@ -503,8 +504,11 @@ fn parse_key_material(raw: &str) -> Result<[u8; KEY_LEN], String> {
     if s.is_empty() {
         return Err("it is empty".into());
     }
-    // Hex first: 64 hex characters are also valid base64 (of 48 bytes).
-    let mut decoded = if s.len() == 2 * KEY_LEN && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+    // Hex first: 64 hex characters are also valid base64 (of 48 bytes). Any even run of hex
+    // digits that is not base64-of-32-bytes length is taken as hex, so a truncated hex key is
+    // reported by its decoded length rather than as gibberish.
+    let looks_hex = s.len() % 2 == 0 && s.len() != 44 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let mut decoded = if looks_hex {
         hex::decode(s).map_err(|_| "it is not valid hex".to_string())?
     } else {
         const B64: GeneralPurpose = GeneralPurpose::new(
@@ -741,12 +745,18 @@ mod tests {
         assert_eq!(rotated.key_ids().collect::<Vec<_>>(), ["k2026a", "k2025"]);
 
         let before = old.seal(b"old entry", AAD);
-        assert_eq!(rotated.open("k2025", &before.bytes, AAD).unwrap(), b"old entry");
+        assert_eq!(
+            rotated.open("k2025", &before.bytes, AAD).unwrap(),
+            b"old entry"
+        );
 
         let after = rotated.seal(b"new entry", AAD);
         assert_eq!(after.key_id, "k2026a");
         assert_eq!(sealed_key_id(&after.bytes).unwrap(), "k2026a");
-        assert_eq!(rotated.open("k2026a", &after.bytes, AAD).unwrap(), b"new entry");
+        assert_eq!(
+            rotated.open("k2026a", &after.bytes, AAD).unwrap(),
+            b"new entry"
+        );
         // The old-only ring cannot read what the new key sealed.
         assert_eq!(
             old.open("k2026a", &after.bytes, AAD).unwrap_err(),
@@ -760,7 +770,12 @@ mod tests {
     fn wrong_key_with_same_id_is_an_auth_error() {
         let s = ring(&[("k1", 1)]).seal(b"x", AAD);
         let err = ring(&[("k1", 2)]).open("k1", &s.bytes, AAD).unwrap_err();
-        assert_eq!(err, CryptoError::Auth { key_id: "k1".into() });
+        assert_eq!(
+            err,
+            CryptoError::Auth {
+                key_id: "k1".into()
+            }
+        );
         assert!(err.to_string().contains("wrong key or tampered entry"));
     }
 
@@ -810,7 +825,9 @@ mod tests {
         t[last] ^= 1;
         assert_eq!(
             r.open("k1", &t, AAD).unwrap_err(),
-            CryptoError::Auth { key_id: "k1".into() }
+            CryptoError::Auth {
+                key_id: "k1".into()
+            }
         );
     }
 
@@ -820,11 +837,15 @@ mod tests {
         let s = r.seal(b"lead of entry 12", b"LEADS:12");
         assert_eq!(
             r.open("k1", &s.bytes, b"LEADS:13").unwrap_err(),
-            CryptoError::Auth { key_id: "k1".into() }
+            CryptoError::Auth {
+                key_id: "k1".into()
+            }
         );
         assert_eq!(
             r.open("k1", &s.bytes, b"LEADS:1").unwrap_err(),
-            CryptoError::Auth { key_id: "k1".into() }
+            CryptoError::Auth {
+                key_id: "k1".into()
+            }
         );
         assert!(r.open("k1", &s.bytes, b"LEADS:12").is_ok());
     }
@@ -915,11 +936,8 @@ mod tests {
         let r = KeyRing::from_config(&c, &env).unwrap();
         assert_eq!(r.key_ids().collect::<Vec<_>>(), ["k2026a", "k2025"]);
         // The file key is the one from the file: a ring built from raw bytes opens its output.
-        let from_file = KeyRing::from_keys([(
-            "k2025".to_string(),
-            std::array::from_fn(|i| i as u8),
-        )])
-        .unwrap();
+        let from_file =
+            KeyRing::from_keys([("k2025".to_string(), std::array::from_fn(|i| i as u8))]).unwrap();
         let s = from_file.seal(b"x", AAD);
         assert_eq!(r.open("k2025", &s.bytes, AAD).unwrap(), b"x");
         assert!(r.contains("k2025") && !r.contains("k2024"));
@@ -1008,7 +1026,10 @@ mod tests {
         let warning = first.warning.clone().unwrap();
         assert!(warning.contains("generated local key at"), "{warning}");
         assert!(warning.contains("dlq.key"), "{warning}");
-        assert!(warning.contains("configure [dlq] keys for production"), "{warning}");
+        assert!(
+            warning.contains("configure [dlq] keys for production"),
+            "{warning}"
+        );
         assert!(!warning.contains("chmod"), "{warning}");
 
         let path = data.join(LOCAL_KEY_FILE);

@@ -100,14 +100,22 @@ async fn replay(store: &DlqStore, payload: &[u8]) -> Result<Bytes, service::erro
         (None, Some(f)) => {
             let filter = filter_of(f)?;
             if filter.reason.is_none() && filter.sender.is_none() && filter.since.is_none() {
-                return Err(err(400, "a batch replay needs a filter: reason, sender or since"));
+                return Err(err(
+                    400,
+                    "a batch replay needs a filter: reason, sender or since",
+                ));
             }
             json!(store
                 .replay_matching(&filter, &r.reason, &by, |_, _| {})
                 .await
                 .map_err(store_err)?)
         }
-        _ => return Err(err(400, "send either \"id\" or \"filter\", and a \"reason\"")),
+        _ => {
+            return Err(err(
+                400,
+                "send either \"id\" or \"filter\", and a \"reason\"",
+            ))
+        }
     };
     Ok(Bytes::from(serde_json::to_vec(&body).unwrap_or_default()))
 }
@@ -124,13 +132,21 @@ pub async fn run(
         .description("leadrouter operator service: DLQ listing, replay, stats")
         .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
         .await?;
-    let mut list_ep = svc.endpoint_builder().name("dlq_list").add("leadrouter.dlq.list").await?;
+    let mut list_ep = svc
+        .endpoint_builder()
+        .name("dlq_list")
+        .add("leadrouter.dlq.list")
+        .await?;
     let mut replay_ep = svc
         .endpoint_builder()
         .name("dlq_replay")
         .add("leadrouter.dlq.replay")
         .await?;
-    let mut stats_ep = svc.endpoint_builder().name("stats").add("leadrouter.stats").await?;
+    let mut stats_ep = svc
+        .endpoint_builder()
+        .name("stats")
+        .add("leadrouter.stats")
+        .await?;
     loop {
         tokio::select! {
             _ = stop.changed() => break,

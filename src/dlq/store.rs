@@ -160,12 +160,7 @@ impl DlqStore {
         })
     }
 
-    fn entry_from(
-        &self,
-        id: u64,
-        headers: &HeaderMap,
-        time: DateTime<Utc>,
-    ) -> DlqEntry {
+    fn entry_from(&self, id: u64, headers: &HeaderMap, time: DateTime<Utc>) -> DlqEntry {
         let num = |name: &str| header(headers, name).and_then(|v| v.parse::<u64>().ok());
         DlqEntry {
             id,
@@ -250,8 +245,7 @@ impl DlqStore {
             .await
             .map_err(|e| DlqStoreError::Nats(e.to_string()))?;
         loop {
-            let next =
-                tokio::time::timeout(std::time::Duration::from_secs(2), msgs.next()).await;
+            let next = tokio::time::timeout(std::time::Duration::from_secs(2), msgs.next()).await;
             let Ok(Some(Ok(m))) = next else { break };
             let Ok(meta) = m.info() else { break };
             let (seq, pending) = (meta.stream_sequence, meta.pending);
@@ -307,7 +301,12 @@ impl DlqStore {
 
     /// Republishes one entry with a fresh `Nats-Msg-Id` (so the dedupe window does not swallow
     /// it) and the same lead key (so a lead that did reach a sink is not written twice).
-    pub async fn replay(&self, id: u64, reason: &str, by: &str) -> Result<ReplayResult, DlqStoreError> {
+    pub async fn replay(
+        &self,
+        id: u64,
+        reason: &str,
+        by: &str,
+    ) -> Result<ReplayResult, DlqStoreError> {
         let reason = reason.trim();
         if reason.is_empty() {
             return Err(DlqStoreError::NoReason);
@@ -322,7 +321,12 @@ impl DlqStore {
                 })
             }
         };
-        if let Ok(Some((state, _))) = self.idem.get(&entry.key).await.map(|o| o.map(|(e, r)| (e.state, r))) {
+        if let Ok(Some((state, _))) = self
+            .idem
+            .get(&entry.key)
+            .await
+            .map(|o| o.map(|(e, r)| (e.state, r)))
+        {
             if state == LeadState::Done {
                 return Ok(ReplayResult::Skipped {
                     id,
@@ -382,7 +386,11 @@ impl DlqStore {
             marks.push(mark.clone());
             let value = Bytes::from(serde_json::to_vec(&marks).unwrap_or_default());
             let res = if revision == 0 {
-                self.audit.create(audit_key(id), value).await.map(|_| ()).map_err(|e| e.to_string())
+                self.audit
+                    .create(audit_key(id), value)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
             } else {
                 self.audit
                     .update(audit_key(id), value, revision)
@@ -394,7 +402,9 @@ impl DlqStore {
                 return Ok(());
             }
         }
-        Err(DlqStoreError::Nats(format!("could not record the replay of {id}")))
+        Err(DlqStoreError::Nats(format!(
+            "could not record the replay of {id}"
+        )))
     }
 
     /// Replays every entry matching `filter` (replayed ones are skipped unless the filter asks

@@ -141,6 +141,26 @@ pub fn test_env() -> HashMap<String, String> {
     HashMap::from([("TEST_DEMO_SECRET".to_string(), DEMO_SECRET.to_string())])
 }
 
+/// A client that keeps no idle connections, so a service's graceful shutdown never waits
+/// on the test's keep-alive pool.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("http client")
+}
+
+/// `TEST_LOG=leadrouter=debug cargo test ... -- --nocapture` shows the service's events, which
+/// is how a hanging or flaky test is diagnosed; silent otherwise.
+pub fn init_test_logs() {
+    if let Ok(filter) = std::env::var("TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 impl App {
     pub async fn start(nats_url: &str, senders_toml: &str) -> App {
         App::start_with(nats_url, senders_toml, "", test_env()).await
@@ -152,6 +172,7 @@ impl App {
         extra_toml: &str,
         env: HashMap<String, String>,
     ) -> App {
+        init_test_logs();
         let data = tempfile::tempdir().expect("tempdir");
         let text = format!(
             "data_dir = {:?}\n[nats]\nurl = {:?}\npublish_timeout = \"1s\"\n[intake]\nlisten = \"127.0.0.1:0\"\n{extra_toml}\n{senders_toml}",
@@ -166,7 +187,7 @@ impl App {
             service,
             base,
             data,
-            http: reqwest::Client::new(),
+            http: http_client(),
             cfg,
             env,
         }
