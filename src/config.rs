@@ -236,6 +236,74 @@ pub struct EmbeddedConfig {
     /// Directory holding the `nats-server.conf.tmpl` template.
     #[serde(default = "default_template_dir")]
     pub template_dir: PathBuf,
+    /// Env var holding the key for nats-server's own encryption at rest. Unset in the config:
+    /// `LEADROUTER_NATS_STORE_KEY`, and encryption is on when that variable is set. Named in the
+    /// config: the variable must be set (someone asked for an encrypted store).
+    #[serde(default)]
+    pub store_key_env: Option<String>,
+    /// nats-server's `jetstream.cipher`.
+    #[serde(default)]
+    pub store_cipher: StoreCipher,
+}
+
+/// The store key's variable when the config names none.
+pub const DEFAULT_STORE_KEY_ENV: &str = "LEADROUTER_NATS_STORE_KEY";
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreCipher {
+    #[default]
+    Chachapoly,
+    Aes,
+}
+
+impl StoreCipher {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreCipher::Chachapoly => "chachapoly",
+            StoreCipher::Aes => "aes",
+        }
+    }
+}
+
+/// The store encryption `serve` should turn on, resolved against the environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreKey {
+    /// The variable the child reads the key from (its value never goes into a file).
+    pub env: String,
+    pub value: String,
+    pub cipher: StoreCipher,
+}
+
+impl EmbeddedConfig {
+    /// `Ok(None)`: no store encryption. An explicitly named variable that is unset is an error,
+    /// not a silent plaintext store.
+    pub fn store_key(&self, env: &dyn EnvSource) -> Result<Option<StoreKey>, ConfigError> {
+        let (name, explicit) = match &self.store_key_env {
+            Some(n) => (n.as_str(), true),
+            None => (DEFAULT_STORE_KEY_ENV, false),
+        };
+        match env.var(name).filter(|v| !v.trim().is_empty()) {
+            Some(value) => {
+                if value.trim().len() < 16 {
+                    return Err(ConfigError::Invalid {
+                        key: "nats.embedded.store_key_env".into(),
+                        message: format!("{name} holds fewer than 16 characters; use a long random key (head -c 32 /dev/urandom | base64)"),
+                    });
+                }
+                Ok(Some(StoreKey {
+                    env: name.to_string(),
+                    value: value.trim().to_string(),
+                    cipher: self.store_cipher,
+                }))
+            }
+            None if explicit => Err(ConfigError::Invalid {
+                key: "nats.embedded.store_key_env".into(),
+                message: format!("env var {name} is not set (it holds the store encryption key; unset store_key_env to run without store encryption)"),
+            }),
+            None => Ok(None),
+        }
+    }
 }
 
 fn default_embedded_port() -> u16 {
@@ -251,6 +319,8 @@ impl Default for EmbeddedConfig {
             port: default_embedded_port(),
             binary: None,
             template_dir: default_template_dir(),
+            store_key_env: None,
+            store_cipher: StoreCipher::default(),
         }
     }
 }

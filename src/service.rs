@@ -49,8 +49,18 @@ pub enum ServiceError {
     DlqKeys(String),
     #[error("idempotency bucket: {0}")]
     Kv(String),
-    #[error("cannot listen on {addr} (intake.listen / LEADROUTER_INTAKE_LISTEN): {message}")]
-    Bind { addr: SocketAddr, message: String },
+    #[error("cannot listen on {addr} ({setting}): {message}")]
+    Bind {
+        addr: SocketAddr,
+        setting: &'static str,
+        message: String,
+    },
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("the embedded nats-server did not load stream(s) {missing} found in its store {store}: it was started with a wrong or missing store key (nats.embedded.store_key_env), or the store was encrypted and the key is now unset. Refusing to start, because starting would create empty streams next to the hidden ones. Set the key that encrypted this store.")]
+    HiddenStreams { missing: String, store: PathBuf },
+    #[error("DLQ key check: {0}")]
+    DlqKeyCheck(String),
 }
 
 pub struct Service {
@@ -75,7 +85,9 @@ impl Service {
             path: cfg.data_dir.clone(),
             source,
         })?;
+        let mut on_disk = Vec::new();
         let embedded = if cfg.nats.is_embedded() {
+            let store_key = cfg.nats.embedded.store_key(env)?;
             let explicit = cfg.nats.embedded.binary.clone();
             let binary = tokio::task::spawn_blocking(move || {
                 provision::ensure_nats_server(explicit.as_deref(), &provision::tools_dir())
@@ -88,7 +100,15 @@ impl Service {
                 port: cfg.nats.embedded.port,
                 dir: cfg.nats_store_dir(),
                 ready_timeout: Duration::from_secs(30),
+                store_key,
             };
+            if spec.store_key.is_some() {
+                tracing::info!(
+                    cipher = cfg.nats.embedded.store_cipher.as_str(),
+                    "nats-server store encryption on"
+                );
+            }
+            on_disk = spec.streams_on_disk();
             Some(EmbeddedNats::start(spec).await?)
         } else {
             None
@@ -99,6 +119,12 @@ impl Service {
         };
         let client = queue::connect(&nats_url, &cfg.nats, env).await?;
         let publisher = Publisher::new(client.clone(), cfg.nats.publish_timeout);
+        if let Err(e) = check_streams_loaded(publisher.context(), &on_disk, cfg).await {
+            if let Some(emb) = embedded {
+                emb.stop().await;
+            }
+            return Err(e);
+        }
         for change in topology::ensure(publisher.context(), &cfg.streams).await? {
             tracing::info!(?change, "topology");
         }
@@ -111,6 +137,12 @@ impl Service {
             }
             loaded.ring
         };
+        let new_checks = crate::dlq::check_keys(publisher.context(), &keys)
+            .await
+            .map_err(ServiceError::DlqKeyCheck)?;
+        if !new_checks.is_empty() {
+            tracing::info!(keys = ?new_checks, "DLQ key-check records written");
+        }
         let kv = publisher
             .context()
             .get_key_value(queue::KV_IDEMPOTENCY)
@@ -170,6 +202,7 @@ impl Service {
                 .await
                 .map_err(|e| ServiceError::Bind {
                     addr: cfg.admin.listen,
+                    setting: "admin.listen / LEADROUTER_ADMIN_LISTEN",
                     message: e.to_string(),
                 })?;
                 tracing::info!(admin = %addr, "admin API listening");
@@ -191,6 +224,7 @@ impl Service {
         .await
         .map_err(|e| ServiceError::Bind {
             addr: cfg.intake.listen,
+            setting: "intake.listen / LEADROUTER_INTAKE_LISTEN",
             message: e.to_string(),
         })?;
         let intake_task = tokio::spawn(server);
@@ -265,6 +299,40 @@ impl Service {
             e.stop().await;
         }
         tracing::info!("leadrouter stopped");
+    }
+}
+
+/// Every stream directory in the embedded store must be a stream the server serves.
+async fn check_streams_loaded(
+    js: &async_nats::jetstream::Context,
+    on_disk: &[String],
+    cfg: &Config,
+) -> Result<(), ServiceError> {
+    if on_disk.is_empty() {
+        return Ok(());
+    }
+    let mut loaded = std::collections::HashSet::new();
+    let mut names = js.stream_names();
+    while let Some(name) = futures::StreamExt::next(&mut names).await {
+        match name {
+            Ok(n) => {
+                loaded.insert(n);
+            }
+            Err(e) => return Err(ServiceError::Kv(format!("listing streams: {e}"))),
+        }
+    }
+    let missing: Vec<&str> = on_disk
+        .iter()
+        .filter(|n| !loaded.contains(*n))
+        .map(String::as_str)
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(ServiceError::HiddenStreams {
+            missing: missing.join(", "),
+            store: cfg.nats_store_dir(),
+        })
     }
 }
 

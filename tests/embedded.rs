@@ -38,6 +38,7 @@ async fn supervisor_restarts_a_dead_child() {
         port: free_port(),
         dir: dir.path().join("nats"),
         ready_timeout: Duration::from_secs(30),
+        store_key: None,
     };
     let nats = EmbeddedNats::start(spec)
         .await
@@ -183,4 +184,117 @@ fn bad_config_names_the_key_and_exits_non_zero() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("streams.duplicate_window"), "{err}");
+}
+
+/// With a store key the embedded server encrypts its whole store; restarted with a wrong key it
+/// would hide the streams and let us create empty ones, so `serve` must refuse instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_encryption_hides_leads_on_disk_and_a_wrong_key_refuses_to_start() {
+    let extra = format!(
+        "[handlers]\nenabled = false\n[nats.embedded]\nport = {}\nbinary = {:?}\ntemplate_dir = {:?}\n",
+        free_port(),
+        common::nats_server_bin().display().to_string(),
+        common::manifest_dir().join("nats").display().to_string(),
+    );
+    let mut env = common::test_env();
+    env.insert(
+        "LEADROUTER_NATS_STORE_KEY".into(),
+        "right-key-7f3a9c0e5b1d4e2f8a6c".into(),
+    );
+    let app =
+        common::App::start_with("embedded", common::demo_sender_toml(), &extra, env.clone()).await;
+    let email = "store.encryption.probe@example.net";
+    let body =
+        serde_json::to_vec(&serde_json::json!({"email": email, "first_name": "Quinella"})).unwrap();
+    let (st, b, _) = app.post_signed("demo", "evt-store-1", &body).await;
+    assert_eq!(st, 202, "{b}");
+    let common::App {
+        service, data, cfg, ..
+    } = app;
+    service.shutdown().await;
+
+    let store = cfg.nats_store_dir();
+    let mut files = Vec::new();
+    walk(&store, &mut files);
+    assert!(
+        files.iter().any(|f| f.to_string_lossy().contains("LEADS")),
+        "the LEADS stream is on disk"
+    );
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap_or_default();
+        for needle in [email.as_bytes(), b"Quinella".as_slice()] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "{} holds a lead field in clear",
+                f.display()
+            );
+        }
+    }
+    let rendered = std::fs::read_to_string(store.join("nats-server.conf")).unwrap();
+    assert!(rendered.contains("cipher: chachapoly"), "{rendered}");
+    assert!(
+        !rendered.contains("right-key"),
+        "the key never goes into the rendered config"
+    );
+
+    // Wrong key: a clear refusal naming the hidden streams, and no empty LEADS created.
+    let mut wrong = env.clone();
+    wrong.insert(
+        "LEADROUTER_NATS_STORE_KEY".into(),
+        "wrong-key-0000000000000000".into(),
+    );
+    let err = match leadrouter::service::Service::start(&cfg, &wrong).await {
+        Ok(_) => panic!("started with a wrong store key"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("LEADS") && err.contains("store key"), "{err}");
+    // No key at all on an encrypted store: the same refusal.
+    let mut none = env.clone();
+    none.remove("LEADROUTER_NATS_STORE_KEY");
+    let err = match leadrouter::service::Service::start(&cfg, &none).await {
+        Ok(_) => panic!("started an encrypted store without its key"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("LEADS"), "{err}");
+
+    // The right key: the lead accepted before is still there.
+    let app = common::App::start_cfg(cfg, env, data).await;
+    let client = async_nats::connect(app.service.nats_url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut leads = js.get_stream("LEADS").await.expect("LEADS loaded");
+    assert_eq!(leads.info().await.unwrap().state.messages, 1);
+    app.service.shutdown().await;
+}
+
+#[test]
+fn explicit_store_key_env_that_is_unset_is_a_config_error() {
+    let cfg = leadrouter::config::Config::from_toml(
+        "[nats.embedded]\nstore_key_env = \"MY_STORE_KEY\"\n",
+        std::path::Path::new("t.toml"),
+        &std::collections::HashMap::<String, String>::new(),
+    )
+    .unwrap();
+    let err = cfg
+        .nats
+        .embedded
+        .store_key(&std::collections::HashMap::<String, String>::new())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("nats.embedded.store_key_env") && err.contains("MY_STORE_KEY"),
+        "{err}"
+    );
+}
+
+fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
 }

@@ -82,11 +82,7 @@ impl Rig {
             schemas: Arc::new(SchemaRegistry::load(&handlers.schemas_dir).expect("schemas")),
             enricher: Arc::new(Enricher::new(&EnrichConfig::default()).expect("enricher")),
             idem: Idempotency::new(kv, 1000, Duration::from_secs(3600), handlers.ack_wait),
-            dlq: DlqWriter::new(
-                js.clone(),
-                leadrouter::dlq::crypto::KeyRing::from_keys([("t".to_string(), [7u8; 32])])
-                    .expect("key ring"),
-            ),
+            dlq: DlqWriter::new(js.clone(), test_keys()),
             instance: "test".into(),
         };
         let pool = HandlerPool::start(js.clone(), &handlers, parts)
@@ -173,6 +169,10 @@ fn envelope(sender: &str, event: &str, fields: Value) -> LeadEnvelope {
 
 fn header<'a>(h: &'a async_nats::HeaderMap, name: &str) -> &'a str {
     h.get(name).map(|v| v.as_str()).unwrap_or("")
+}
+
+fn test_keys() -> leadrouter::dlq::crypto::KeyRing {
+    leadrouter::dlq::crypto::KeyRing::from_keys([("t".to_string(), [7u8; 32])]).expect("key ring")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -386,7 +386,17 @@ async fn persistent_500s_dead_letter_after_exactly_max_deliver_attempts() {
     assert_eq!(header(h, "Leadrouter-Original-Seq"), seq.to_string());
     assert_eq!(header(h, "Nats-Msg-Id"), format!("LEADS:{seq}"));
     assert_eq!(header(h, "Leadrouter-Sender"), "demo");
-    let stored: LeadEnvelope = serde_json::from_slice(payload).unwrap();
+    assert!(
+        !payload
+            .windows(env.key.len())
+            .any(|w| w == env.key.as_bytes()),
+        "the payload is sealed"
+    );
+    assert_eq!(header(h, "Leadrouter-Dlq-Key-Id"), "t");
+    let plain = test_keys()
+        .open("t", payload, format!("LEADS:{seq}").as_bytes())
+        .expect("opens with the key that sealed it");
+    let stored: LeadEnvelope = serde_json::from_slice(&plain).unwrap();
     assert_eq!(stored.key, env.key, "the DLQ keeps the lead");
     rig.stop().await;
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{App, NatsServer};
-use leadrouter::sandbox_crm::{Faults, SandboxCrm};
+use leadrouter::sandbox_crm::{Faults, SandboxCrm, Scope};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "test-admin-token-0123456789";
@@ -17,10 +17,8 @@ const TOKEN: &str = "test-admin-token-0123456789";
 fn env() -> HashMap<String, String> {
     let mut e = common::test_env();
     e.insert("LEADROUTER_ADMIN_TOKEN".into(), TOKEN.into());
-    e.insert(
-        "TEST_DLQ_KEY".into(),
-        "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into(),
-    );
+    e.insert("TEST_DLQ_KEY".into(), KEY_K1.into());
+    e.insert("TEST_SEGMENT_KEY".into(), "seg-write-key".into());
     e
 }
 
@@ -32,21 +30,36 @@ struct Setup {
     http: reqwest::Client,
 }
 
+const KEY_K1: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+const ONE_KEY: &str = r#"keys = [{ id = "k1", env = "TEST_DLQ_KEY" }]"#;
+
 async fn setup(schemas_dir: &Path) -> Setup {
-    let nats = NatsServer::start();
+    setup_on(NatsServer::start(), schemas_dir, "", ONE_KEY, env()).await
+}
+
+/// A service on `nats` with a sandbox CRM sink (plus `more_sinks`), the admin API on, and the
+/// DLQ keys given as the `[dlq]` table's body.
+async fn setup_on(
+    nats: NatsServer,
+    schemas_dir: &Path,
+    more_sinks: &str,
+    dlq_keys: &str,
+    env: HashMap<String, String>,
+) -> Setup {
     let crm = SandboxCrm::start("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let senders = format!(
-        "{}\n[[sinks]]\nname = \"crm\"\nkind = \"http\"\nurl = \"{}/leads\"\ntimeout = \"2s\"\n",
+        "{}\n[[sinks]]\nname = \"crm\"\nkind = \"http\"\nurl = \"{}/leads\"\ntimeout = \"2s\"\n{}",
         common::demo_sender_toml(),
-        crm.url()
+        crm.url(),
+        more_sinks.replace("{crm}", &crm.url()),
     );
     let extra = format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\n[handlers]\nmax_deliver = 2\nack_wait = \"3s\"\nbackoff_base = \"20ms\"\nbackoff_cap = \"50ms\"\nschema_reload = \"0s\"\nschemas_dir = {:?}\n[dlq]\nkeys = [{{ id = \"k1\", env = \"TEST_DLQ_KEY\" }}]\n",
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[handlers]\nmax_deliver = 2\nack_wait = \"3s\"\nbackoff_base = \"20ms\"\nbackoff_cap = \"50ms\"\nschema_reload = \"0s\"\nschemas_dir = {:?}\n[dlq]\n{dlq_keys}\n",
         schemas_dir.display().to_string()
     );
-    let app = App::start_with(&nats.url(), &senders, &extra, env()).await;
+    let app = App::start_with(&nats.url(), &senders, &extra, env).await;
     let admin = format!("http://{}", app.service.admin_addr().expect("admin API on"));
     Setup {
         app,
@@ -379,6 +392,173 @@ async fn admin_api_needs_the_token_and_nats_service_answers_plain_requests() {
         "{err}"
     );
     s.app.service.shutdown().await;
+}
+
+/// A lead that reached the CRM but not analytics is dead-lettered; the replay (from the CLI)
+/// writes analytics only: the CRM, which already had it, is not written again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_a_lead_that_reached_a_sink_writes_only_what_is_missing() {
+    let dir = schemas();
+    let segment = "[[sinks]]\nname = \"analytics\"\nkind = \"segment\"\nwrite_key_env = \"TEST_SEGMENT_KEY\"\nendpoint = \"{crm}\"\ntimeout = \"2s\"\n";
+    let s = setup_on(NatsServer::start(), dir.path(), segment, ONE_KEY, env()).await;
+    s.crm
+        .set_faults_for(Scope::Analytics, Faults::fail_next(1000, 500));
+    let (st, b, _) = s
+        .app
+        .post_signed("demo", "evt-half", &lead("half@example.com"))
+        .await;
+    assert_eq!(st, 202, "{b}");
+    let key = b["id"].as_str().unwrap().to_string();
+    s.wait("dead-lettered", |_| s.dead("retries_exhausted") == 1)
+        .await;
+    assert_eq!(s.crm.record(&key).expect("CRM has it").created, 1);
+
+    s.crm.heal();
+    let (_, list) = s.get("/api/dlq").await;
+    let id = list["entries"][0]["id"].as_u64().expect("listed");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_leadrouter"))
+        .args([
+            "replay",
+            "--id",
+            &id.to_string(),
+            "--reason",
+            "analytics fixed",
+            "--json",
+        ])
+        .current_dir(common::manifest_dir())
+        .env(
+            "LEADROUTER_ADMIN_LISTEN",
+            s.admin.trim_start_matches("http://"),
+        )
+        .env("LEADROUTER_ADMIN_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).expect("JSON summary");
+    assert_eq!(summary["replayed"], 1, "{summary}");
+    s.wait("replay delivered", |st| {
+        st.delivered.load(Ordering::Relaxed) == 1
+    })
+    .await;
+
+    let rec = s.crm.record(&key).unwrap();
+    assert_eq!(
+        (rec.created, rec.writes),
+        (1, 1),
+        "the CRM is not written again"
+    );
+    let identify = s.crm.message(&key).expect("analytics got it");
+    assert_eq!(identify.calls, 1);
+    s.app.service.shutdown().await;
+}
+
+/// Rotation: a new key seals new entries while the old one still opens old entries. A key
+/// dropped from the config leaves its entries listed but unreplayable, with the reason; a key
+/// whose material changed under the same id stops the service at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_keys_rotate_and_a_changed_key_is_refused_at_start() {
+    let dir = schemas();
+    let s = setup(dir.path()).await;
+    s.crm.set_faults(Faults::fail_next(1000, 500));
+    let (st, _, _) = s
+        .app
+        .post_signed("demo", "evt-old", &lead("old@example.com"))
+        .await;
+    assert_eq!(st, 202);
+    s.wait("dead-lettered", |_| s.dead("retries_exhausted") == 1)
+        .await;
+    let Setup { app, nats, .. } = s;
+    app.service.shutdown().await;
+
+    // k2 is new and seals; k1 is kept to open what it sealed.
+    let rotated =
+        r#"keys = [{ id = "k2", env = "TEST_DLQ_KEY2" }, { id = "k1", env = "TEST_DLQ_KEY" }]"#;
+    let mut e2 = env();
+    e2.insert("TEST_DLQ_KEY2".into(), "a".repeat(64));
+    let s = setup_on(nats, dir.path(), "", rotated, e2.clone()).await;
+    s.crm.set_faults(Faults::fail_next(1000, 500));
+    let (st, _, _) = s
+        .app
+        .post_signed("demo", "evt-new", &lead("new@example.com"))
+        .await;
+    assert_eq!(st, 202);
+    s.wait("dead-lettered", |_| s.dead("retries_exhausted") == 1)
+        .await;
+    let (_, list) = s.get("/api/dlq").await;
+    let ids: Vec<(u64, String)> = list["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["id"].as_u64().unwrap(),
+                e["key_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(ids.len(), 2, "{list}");
+    assert_eq!((ids[0].1.as_str(), ids[1].1.as_str()), ("k1", "k2"));
+    s.crm.heal();
+    for (id, _) in &ids {
+        let (st, r) = s
+            .post(
+                &format!("/api/dlq/{id}/replay"),
+                json!({"reason": "rotation check"}),
+            )
+            .await;
+        assert_eq!((st, r["outcome"].as_str()), (200, Some("replayed")), "{r}");
+    }
+    s.wait("both delivered", |st| {
+        st.delivered.load(Ordering::Relaxed) == 2
+    })
+    .await;
+    let Setup { app, nats, .. } = s;
+    app.service.shutdown().await;
+
+    // k1 dropped: its entry is still listed, says why it cannot be opened, and a replay fails
+    // with that reason instead of losing anything.
+    let only_k2 = r#"keys = [{ id = "k2", env = "TEST_DLQ_KEY2" }]"#;
+    let s = setup_on(nats, dir.path(), "", only_k2, e2.clone()).await;
+    let old = ids[0].0;
+    let (st, shown) = s.get(&format!("/api/dlq/{old}")).await;
+    assert_eq!(st, 200, "{shown}");
+    assert!(
+        shown["unreadable"].as_str().unwrap_or("").contains("k1"),
+        "{shown}"
+    );
+    let (_, r) = s
+        .post(
+            &format!("/api/dlq/{old}/replay"),
+            json!({"reason": "without its key"}),
+        )
+        .await;
+    assert_eq!(r["outcome"], "failed", "{r}");
+    let Setup { app, nats, .. } = s;
+    app.service.shutdown().await;
+
+    // Same id, other material: refused at start, naming the key.
+    let mut wrong = e2.clone();
+    wrong.insert("TEST_DLQ_KEY".into(), "b".repeat(64));
+    let data = tempfile::tempdir().unwrap();
+    let text = format!(
+        "data_dir = {:?}\n[nats]\nurl = {:?}\n[intake]\nlisten = \"127.0.0.1:0\"\n[dlq]\n{rotated}\n{}",
+        data.path().display().to_string(),
+        nats.url(),
+        common::demo_sender_toml()
+    );
+    let cfg = leadrouter::config::Config::from_toml(&text, Path::new("t.toml"), &wrong).unwrap();
+    let err = match leadrouter::service::Service::start(&cfg, &wrong).await {
+        Ok(_) => panic!("started with a changed DLQ key"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("`k1`") && err.contains("material changed"),
+        "{err}"
+    );
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {

@@ -332,7 +332,16 @@ impl KeyRing {
     /// are capped far below that (64 MiB at most).
     pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Sealed {
         // Constructors guarantee a non-empty ring.
-        let key = &self.keys[0];
+        Self::seal_with_key(&self.keys[0], plaintext, aad)
+    }
+
+    /// Seals with a named key of the ring rather than the active one (key-check records).
+    pub fn seal_with(&self, key_id: &str, plaintext: &[u8], aad: &[u8]) -> Option<Sealed> {
+        let key = self.keys.iter().find(|k| k.id == key_id)?;
+        Some(Self::seal_with_key(key, plaintext, aad))
+    }
+
+    fn seal_with_key(key: &NamedKey, plaintext: &[u8], aad: &[u8]) -> Sealed {
         let header = header_bytes(&key.id);
         let mut nonce = [0u8; NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);

@@ -177,6 +177,72 @@ fn subject_token(s: &str) -> String {
     }
 }
 
+/// What the key-check records prove: sealing a known text once per key id and opening it at
+/// every start catches a key whose id stayed but whose material changed (a typo'd env var, a
+/// wrong file), before it seals entries that the right key could never open.
+const KEYCHECK_TEXT: &[u8] = b"leadrouter dlq key check v1";
+
+fn keycheck_key(id: &str) -> String {
+    format!("keycheck.{id}")
+}
+
+/// Verifies every key of the ring against its key-check record in `leads_dlq_audit`, writing
+/// records for keys seen for the first time. Returns the ids that got a new record.
+pub async fn check_keys(
+    js: &async_nats::jetstream::Context,
+    ring: &crypto::KeyRing,
+) -> Result<Vec<String>, String> {
+    let kv = js
+        .get_key_value(crate::queue::KV_DLQ_AUDIT)
+        .await
+        .map_err(|e| format!("bucket {}: {e}", crate::queue::KV_DLQ_AUDIT))?;
+    let mut created = Vec::new();
+    for id in ring.key_ids() {
+        let k = keycheck_key(id);
+        let aad = k.as_bytes();
+        match kv.get(&k).await.map_err(|e| format!("reading {k}: {e}"))? {
+            Some(sealed) => {
+                let ok = ring
+                    .open(id, &sealed, aad)
+                    .map(|p| p == KEYCHECK_TEXT)
+                    .unwrap_or(false);
+                if !ok {
+                    return Err(format!(
+                        "key `{id}` does not open the key-check record written when `{id}` was first used: its material changed (wrong env var or file?). Refusing to start, so no entry gets sealed with a key that is not `{id}`; restore the original key, or give the new one a new id"
+                    ));
+                }
+            }
+            None => {
+                let sealed = ring
+                    .seal_with(id, KEYCHECK_TEXT, aad)
+                    .ok_or_else(|| format!("key `{id}` vanished from the ring"))?;
+                // `create` so two nodes starting together with different material for the
+                // same id cannot both believe they wrote the record.
+                match kv.create(&k, sealed.bytes.into()).await {
+                    Ok(_) => created.push(id.to_string()),
+                    Err(e)
+                        if e.kind()
+                            == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists =>
+                    {
+                        let sealed = kv
+                            .get(&k)
+                            .await
+                            .map_err(|e| format!("reading {k}: {e}"))?
+                            .unwrap_or_default();
+                        if ring.open(id, &sealed, aad).ok().as_deref() != Some(KEYCHECK_TEXT) {
+                            return Err(format!(
+                                "key `{id}`: another node wrote its key-check record with different material"
+                            ));
+                        }
+                    }
+                    Err(e) => return Err(format!("writing {k}: {e}")),
+                }
+            }
+        }
+    }
+    Ok(created)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

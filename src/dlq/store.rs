@@ -66,6 +66,13 @@ pub struct DlqEntry {
     pub preview: Vec<String>,
     #[serde(default)]
     pub replays: Vec<ReplayMark>,
+    /// The DLQ key that sealed the payload (rotation: old ids must stay configured).
+    #[serde(default)]
+    pub key_id: String,
+    /// Set by `get` when the payload cannot be opened with the configured keys: the entry is
+    /// still shown, and a replay of it fails with this reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<String>,
 }
 
 impl DlqEntry {
@@ -96,6 +103,10 @@ impl DlqFilter {
             && self.sender.as_ref().is_none_or(|s| s == &e.sender)
             && !(self.hide_replayed && e.replayed())
     }
+}
+
+fn stream_time(m: &jetstream::message::StreamMessage) -> DateTime<Utc> {
+    DateTime::from_timestamp(m.time.unix_timestamp(), m.time.nanosecond()).unwrap_or_default()
 }
 
 /// The outcome of replaying one entry.
@@ -180,6 +191,8 @@ impl DlqStore {
                 .and_then(|p| serde_json::from_str(&p).ok())
                 .unwrap_or_default(),
             replays: Vec::new(),
+            key_id: header(headers, HDR_KEY_ID).unwrap_or_default(),
+            unreadable: None,
         }
     }
 
@@ -268,25 +281,37 @@ impl DlqStore {
         Ok(out)
     }
 
+    /// The entry's metadata, which needs no key; whether the payload opens is reported in
+    /// `unreadable` rather than hiding the entry.
     pub async fn get(&self, id: u64) -> Result<DlqEntry, DlqStoreError> {
-        let (entry, _) = self.get_with_payload(id).await?;
-        Ok(entry)
+        match self.get_with_payload(id).await {
+            Ok((entry, _)) => Ok(entry),
+            Err(DlqStoreError::Unreadable { message, .. }) => {
+                let m = self.raw(id).await?;
+                let mut e = self.entry_from(id, &m.headers, stream_time(&m));
+                e.replays = self.replays(id).await?.0;
+                e.unreadable = Some(message);
+                Ok(e)
+            }
+            Err(e) => Err(e),
+        }
     }
 
-    async fn get_with_payload(&self, id: u64) -> Result<(DlqEntry, Bytes), DlqStoreError> {
+    async fn raw(&self, id: u64) -> Result<jetstream::message::StreamMessage, DlqStoreError> {
         let stream = self
             .js
             .get_stream(STREAM_DLQ)
             .await
             .map_err(|e| DlqStoreError::Nats(e.to_string()))?;
-        let m = stream
+        stream
             .get_raw_message(id)
             .await
-            .map_err(|_| DlqStoreError::NotFound(id))?;
-        let time: DateTime<Utc> =
-            DateTime::from_timestamp(m.time.unix_timestamp(), m.time.nanosecond())
-                .unwrap_or_default();
-        let mut e = self.entry_from(id, &m.headers, time);
+            .map_err(|_| DlqStoreError::NotFound(id))
+    }
+
+    async fn get_with_payload(&self, id: u64) -> Result<(DlqEntry, Bytes), DlqStoreError> {
+        let m = self.raw(id).await?;
+        let mut e = self.entry_from(id, &m.headers, stream_time(&m));
         e.replays = self.replays(id).await?.0;
         let key_id = header(&m.headers, HDR_KEY_ID).unwrap_or_default();
         let plain = self

@@ -15,6 +15,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
+use crate::config::StoreKey;
+
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedError {
     #[error("cannot prepare {path}: {source}")]
@@ -33,7 +35,12 @@ pub enum EmbeddedError {
     NotReady { timeout: Duration, log: String },
     #[error("embedded nats-server supervisor: {0}")]
     Actor(String),
+    #[error("a store key is set but the nats config template {0} has no {{{{jetstream_encryption}}}} placeholder inside its jetstream block; add it (see nats/nats-server.conf.tmpl) or unset the key")]
+    TemplateLacksEncryption(PathBuf),
 }
+
+/// The variable the child reads its store key from; the key itself never goes into a file.
+const CHILD_STORE_KEY_ENV: &str = "LEADROUTER_NATS_STORE_KEY";
 
 /// Everything needed to run the embedded server.
 #[derive(Debug, Clone)]
@@ -44,6 +51,8 @@ pub struct EmbeddedSpec {
     /// Parent of the JetStream store, the rendered config and the pid file.
     pub dir: PathBuf,
     pub ready_timeout: Duration,
+    /// Turns on nats-server's encryption at rest (`jetstream.cipher`/`key`).
+    pub store_key: Option<StoreKey>,
 }
 
 impl EmbeddedSpec {
@@ -58,6 +67,28 @@ impl EmbeddedSpec {
     }
     fn store_dir(&self) -> PathBuf {
         self.dir.join("jetstream")
+    }
+
+    /// Names of the streams whose directories are in the store, whatever the server makes of
+    /// them. nats-server started with a wrong or missing store key only logs a warning and
+    /// hides such streams; comparing this list with what it loaded catches that.
+    pub fn streams_on_disk(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let Ok(accounts) = std::fs::read_dir(self.store_dir().join("jetstream")) else {
+            return out;
+        };
+        for account in accounts.flatten() {
+            let Ok(streams) = std::fs::read_dir(account.path().join("streams")) else {
+                continue;
+            };
+            for st in streams.flatten() {
+                if st.path().is_dir() {
+                    out.push(st.file_name().to_string_lossy().into_owned());
+                }
+            }
+        }
+        out.sort();
+        out
     }
 }
 
@@ -149,6 +180,21 @@ fn render_config(spec: &EmbeddedSpec) -> Result<(), EmbeddedError> {
         )
         .replace("{{pid_file}}", &abs(spec.pid_path()).display().to_string())
         .replace("{{server_name}}", &format!("leadrouter_{}", spec.port));
+    let rendered = match &spec.store_key {
+        Some(_) if !rendered.contains("{{jetstream_encryption}}") => {
+            return Err(EmbeddedError::TemplateLacksEncryption(
+                spec.template.clone(),
+            ));
+        }
+        Some(k) => rendered.replace(
+            "{{jetstream_encryption}}",
+            &format!(
+                "cipher: {}\n  key: ${CHILD_STORE_KEY_ENV}",
+                k.cipher.as_str()
+            ),
+        ),
+        None => rendered.replace("{{jetstream_encryption}}", ""),
+    };
     std::fs::write(spec.conf_path(), rendered).map_err(io_err(&spec.conf_path()))
 }
 
@@ -191,7 +237,11 @@ async fn spawn_child(spec: &EmbeddedSpec) -> Result<Child, EmbeddedError> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
+        .env_remove(CHILD_STORE_KEY_ENV)
         .kill_on_drop(true);
+    if let Some(k) = &spec.store_key {
+        cmd.env(CHILD_STORE_KEY_ENV, &k.value);
+    }
     #[cfg(target_os = "linux")]
     // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
     unsafe {

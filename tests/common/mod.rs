@@ -181,6 +181,15 @@ impl App {
         );
         let cfg =
             Config::from_toml(&text, Path::new("test.toml"), &env).expect("valid test config");
+        App::start_cfg(cfg, env, data).await
+    }
+
+    /// Starts a service on an existing config and data dir (a restart, as an operator would).
+    pub async fn start_cfg(
+        cfg: Config,
+        env: HashMap<String, String>,
+        data: tempfile::TempDir,
+    ) -> App {
         let service = Service::start(&cfg, &env).await.expect("service starts");
         let base = format!("http://{}", service.intake_addr());
         App {
