@@ -96,10 +96,12 @@ pub async fn replay(cfg: &Config, args: &ReplayArgs) -> anyhow::Result<ExitCode>
         bail!("--reason must say what was fixed");
     }
     let client = AdminClient::from_config(cfg, &ProcessEnv)?;
-    let ids: Vec<u64> = match (args.id, &args.filter_reason) {
-        (Some(id), _) => vec![id],
+    // (id, replayed before): a sweep by filter reports earlier-replayed entries as skipped,
+    // as the API and the NATS service do, and leaves them alone.
+    let ids: Vec<(u64, String, bool)> = match (args.id, &args.filter_reason) {
+        (Some(id), _) => vec![(id, String::new(), false)],
         (None, Some(reason)) => {
-            let mut q = vec![("reason", reason.clone()), ("hide_replayed", "true".into())];
+            let mut q = vec![("reason", reason.clone())];
             if let Some(s) = &args.sender {
                 q.push(("sender", s.clone()));
             }
@@ -107,7 +109,11 @@ pub async fn replay(cfg: &Config, args: &ReplayArgs) -> anyhow::Result<ExitCode>
                 q.push(("since", s.clone()));
             }
             let listing: Listing = client.get("/api/dlq", &q).await?;
-            listing.entries.iter().map(|e| e.id).collect()
+            listing
+                .entries
+                .iter()
+                .map(|e| (e.id, e.key.clone(), e.replayed()))
+                .collect()
         }
         (None, None) => bail!("give --id or --filter-reason"),
     };
@@ -125,13 +131,21 @@ pub async fn replay(cfg: &Config, args: &ReplayArgs) -> anyhow::Result<ExitCode>
     };
     let (mut replayed, mut skipped, mut failed) = (0usize, 0usize, 0usize);
     let mut results = Vec::with_capacity(ids.len());
-    for id in &ids {
-        let r: Result<ReplayResult, _> = client
-            .post(
-                &format!("/api/dlq/{id}/replay"),
-                &json!({"reason": args.reason}),
-            )
-            .await;
+    for (id, key, before) in &ids {
+        let r: Result<ReplayResult, _> = if *before {
+            Ok(ReplayResult::Skipped {
+                id: *id,
+                key: key.clone(),
+                why: "replayed before".into(),
+            })
+        } else {
+            client
+                .post(
+                    &format!("/api/dlq/{id}/replay"),
+                    &json!({"reason": args.reason}),
+                )
+                .await
+        };
         let r = match r {
             Ok(r) => r,
             // One entry failing does not stop the batch; a dead service does.

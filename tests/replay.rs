@@ -170,6 +170,12 @@ async fn dead_letter_is_encrypted_at_rest_and_replays_once_after_the_fix() {
     let e = &entries[0];
     assert_eq!(e["key"], key.as_str());
     assert!(e["last_error"].as_str().unwrap().contains("500"));
+    // Two attempts 20 ms or more apart: the first attempt time is the first claim's.
+    assert!(
+        e["first_attempt_at"].as_str().unwrap() < e["last_attempt_at"].as_str().unwrap(),
+        "{e}"
+    );
+    assert!(e["preview"].as_array().unwrap().len() >= 5, "{e}");
     let preview = e["preview"].to_string();
     assert!(
         !preview.contains(email) && !preview.contains("Zelda"),
@@ -283,6 +289,37 @@ async fn schema_fix_then_batch_replay_delivers_and_failures_return_with_new_reas
     s.wait("delivered", |st| st.delivered.load(Ordering::Relaxed) == 3)
         .await;
     assert_eq!(s.crm.stats().records, 3);
+
+    // The same sweep from the CLI: everything was replayed before, so all skipped, none sent.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_leadrouter"))
+        .args([
+            "replay",
+            "--filter-reason",
+            "schema_mismatch",
+            "--reason",
+            "again",
+            "--json",
+        ])
+        .current_dir(common::manifest_dir())
+        .env(
+            "LEADROUTER_ADMIN_LISTEN",
+            s.admin.trim_start_matches("http://"),
+        )
+        .env("LEADROUTER_ADMIN_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sum: Value = serde_json::from_slice(&out.stdout).expect("JSON summary");
+    assert_eq!(
+        (sum["replayed"].as_u64(), sum["skipped"].as_u64()),
+        (Some(0), Some(6)),
+        "{sum}"
+    );
+    assert_eq!(s.crm.stats().records, 3);
     s.app.service.shutdown().await;
 }
 
@@ -316,6 +353,34 @@ async fn admin_api_needs_the_token_and_nats_service_answers_plain_requests() {
             .unwrap();
         assert_eq!(r.status().as_u16(), 401, "{path} with a wrong token");
     }
+
+    // Clear errors for the wrong route, method and body type.
+    let r = s
+        .http
+        .get(format!("{}/api/nope", s.admin))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let r = s
+        .http
+        .delete(format!("{}/api/dlq", s.admin))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    let r = s
+        .http
+        .post(format!("{}/api/dlq/1/replay", s.admin))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("reason=x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 415);
 
     // Any NATS client: list, stats, replay, and a micro error for a bad request.
     let client = async_nats::connect(s.nats.url()).await.unwrap();

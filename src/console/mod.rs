@@ -163,8 +163,8 @@ pub fn routes(
     }
     .untuple_one();
 
-    let list = warp::get()
-        .and(warp::path!("api" / "dlq"))
+    let list = warp::path!("api" / "dlq")
+        .and(warp::get())
         .and(warp::query::<ListQuery>())
         .and(with_state.clone())
         .then(|q: ListQuery, state: Arc<AdminState>| async move {
@@ -177,8 +177,8 @@ pub fn routes(
                 Err(e) => store_error(e),
             }
         });
-    let show = warp::get()
-        .and(warp::path!("api" / "dlq" / u64))
+    let show = warp::path!("api" / "dlq" / u64)
+        .and(warp::get())
         .and(with_state.clone())
         .then(|id: u64, state: Arc<AdminState>| async move {
             match state.dlq.get(id).await {
@@ -186,8 +186,8 @@ pub fn routes(
                 Err(e) => store_error(e),
             }
         });
-    let replay_one = warp::post()
-        .and(warp::path!("api" / "dlq" / u64 / "replay"))
+    let replay_one = warp::path!("api" / "dlq" / u64 / "replay")
+        .and(warp::post())
         .and(warp::header::optional::<String>("x-leadrouter-actor"))
         .and(warp::body::content_length_limit(64 * 1024))
         .and(warp::body::json::<ReplayOne>())
@@ -201,8 +201,8 @@ pub fn routes(
                 }
             },
         );
-    let replay_batch = warp::post()
-        .and(warp::path!("api" / "replay"))
+    let replay_batch = warp::path!("api" / "replay")
+        .and(warp::post())
         .and(warp::header::optional::<String>("x-leadrouter-actor"))
         .and(warp::body::content_length_limit(64 * 1024))
         .and(warp::body::json::<ReplayBatch>())
@@ -234,8 +234,8 @@ pub fn routes(
                 }
             },
         );
-    let stats = warp::get()
-        .and(warp::path!("api" / "stats"))
+    let stats = warp::path!("api" / "stats")
+        .and(warp::get())
         .and(with_state)
         .then(|state: Arc<AdminState>| async move {
             json_response(StatusCode::OK, stats_json(state.stats.as_deref()))
@@ -295,6 +295,23 @@ fn rejection(rej: warp::Rejection) -> Response<Body> {
     }
     if rej.find::<warp::reject::InvalidQuery>().is_some() {
         return error(StatusCode::BAD_REQUEST, "invalid_query", "bad query string");
+    }
+    if rej.find::<warp::reject::UnsupportedMediaType>().is_some() {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as JSON with content-type: application/json",
+        );
+    }
+    if rej.find::<warp::reject::PayloadTooLarge>().is_some() {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "request bodies are limited to 64 KiB",
+        );
+    }
+    if rej.is_not_found() {
+        return error(StatusCode::NOT_FOUND, "not_found", "no such route");
     }
     if rej.find::<warp::reject::MethodNotAllowed>().is_some() {
         return error(

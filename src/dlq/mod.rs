@@ -95,18 +95,22 @@ impl DlqWriter {
         // Operators read these without the key: masked here, once, whatever wrote the error.
         let envelope: Option<crate::intake::envelope::LeadEnvelope> =
             serde_json::from_slice(&d.payload).ok();
-        let mut lines = vec![
-            format!("sender: {}", d.sender),
-            format!("reason: {}", d.reason.as_str()),
-        ];
-        match &envelope {
-            Some(e) => {
-                lines.push(format!("schema: {}", e.schema));
-                lines.extend(preview::preview(&e.fields));
-            }
-            None => lines.push("payload: not a lead envelope".into()),
-        }
-        lines.truncate(10);
+        // Field lines first (they are what an operator needs), topped up with context to the
+        // 5-line minimum; the reason and sender have their own fields in every listing.
+        let lines = match &envelope {
+            Some(e) => preview::with_context(
+                preview::preview(&e.fields),
+                &[
+                    ("sender", d.sender),
+                    ("schema", e.schema.as_str()),
+                    ("reason", d.reason.as_str()),
+                ],
+            ),
+            None => preview::with_context(
+                vec!["payload: not a lead envelope".into()],
+                &[("sender", d.sender), ("reason", d.reason.as_str())],
+            ),
+        };
         let sealed = self.keys.seal(&d.payload, id.as_bytes());
         let mut h = HeaderMap::new();
         h.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
@@ -186,16 +190,16 @@ fn keycheck_key(id: &str) -> String {
     format!("keycheck.{id}")
 }
 
-/// Verifies every key of the ring against its key-check record in `leads_dlq_audit`, writing
+/// Verifies every key of the ring against its key-check record in `leads_dlq_keys`, writing
 /// records for keys seen for the first time. Returns the ids that got a new record.
 pub async fn check_keys(
     js: &async_nats::jetstream::Context,
     ring: &crypto::KeyRing,
 ) -> Result<Vec<String>, String> {
     let kv = js
-        .get_key_value(crate::queue::KV_DLQ_AUDIT)
+        .get_key_value(crate::queue::KV_DLQ_KEYS)
         .await
-        .map_err(|e| format!("bucket {}: {e}", crate::queue::KV_DLQ_AUDIT))?;
+        .map_err(|e| format!("bucket {}: {e}", crate::queue::KV_DLQ_KEYS))?;
     let mut created = Vec::new();
     for id in ring.key_ids() {
         let k = keycheck_key(id);

@@ -147,24 +147,35 @@ pub async fn run(
         .name("stats")
         .add("leadrouter.stats")
         .await?;
+    // List and replay requests run as tasks, so a long batch replay does not hold up a listing
+    // or stats; in-flight ones finish before the service stops.
+    let mut inflight = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             _ = stop.changed() => break,
             Some(req) = list_ep.next() => {
-                let r = list(&store, &req.message.payload).await;
-                let _ = req.respond(r).await;
+                let store = store.clone();
+                inflight.spawn(async move {
+                    let r = list(&store, &req.message.payload).await;
+                    let _ = req.respond(r).await;
+                });
             }
             Some(req) = replay_ep.next() => {
-                let r = replay(&store, &req.message.payload).await;
-                let _ = req.respond(r).await;
+                let store = store.clone();
+                inflight.spawn(async move {
+                    let r = replay(&store, &req.message.payload).await;
+                    let _ = req.respond(r).await;
+                });
             }
             Some(req) = stats_ep.next() => {
                 let body = Bytes::from(serde_json::to_vec(&stats_json(stats.as_deref())).unwrap_or_default());
                 let _ = req.respond(Ok(body)).await;
             }
+            Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
             else => break,
         }
     }
+    while inflight.join_next().await.is_some() {}
     let _ = svc.stop().await;
     Ok(())
 }

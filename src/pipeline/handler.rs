@@ -337,6 +337,11 @@ async fn dead_letter(
         .map(|h| h.entry.attempts + 1)
         .unwrap_or(d.delivered)
         .max(d.delivered);
+    let first_attempt_at = held
+        .as_ref()
+        .and_then(|h| h.entry.first_attempt_ms)
+        .and_then(|ms| chrono::DateTime::from_timestamp_millis(ms as i64))
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
     let entry = DeadLetter {
         sender,
         key,
@@ -347,7 +352,7 @@ async fn dead_letter(
         received_at: received_at.as_deref(),
         schema: schema.as_deref(),
         group: group.as_deref(),
-        first_attempt_at: None,
+        first_attempt_at: first_attempt_at.as_deref(),
         payload: d.msg.payload.clone(),
     };
     match deps.dlq.put(&entry).await {

@@ -48,6 +48,9 @@ pub struct LeadEntry {
     /// Stream sequence of the DLQ entry, once dead-lettered.
     #[serde(default)]
     pub dlq: Option<String>,
+    /// When the first claim was made (ms since the epoch): the DLQ's first attempt time.
+    #[serde(default)]
+    pub first_attempt_ms: Option<u64>,
 }
 
 impl LeadEntry {
@@ -60,6 +63,7 @@ impl LeadEntry {
             attempts: 0,
             last_error: None,
             dlq: None,
+            first_attempt_ms: Some(now_ms()),
         }
     }
 

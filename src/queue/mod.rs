@@ -19,6 +19,9 @@ pub const SUBJECT_DLQ_PREFIX: &str = "leads.dlq.";
 pub const KV_IDEMPOTENCY: &str = "leads_idempotency";
 /// Replays recorded per DLQ entry (the entries themselves are never changed).
 pub const KV_DLQ_AUDIT: &str = "leads_dlq_audit";
+/// One key-check record per DLQ key id; kept forever, unlike the audit records, because an
+/// entry sealed on a key's last day outlives any age we could give the record.
+pub const KV_DLQ_KEYS: &str = "leads_dlq_keys";
 /// Captured MAX_DELIVERIES advisories of the router consumer (the DLQ crash net's input).
 pub const STREAM_ADVISORIES: &str = "LEADS_ADVISORIES";
 pub const CONSUMER_ROUTER: &str = "router";

@@ -6,7 +6,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv, stream};
 
 use super::{
-    QueueError, KV_DLQ_AUDIT, KV_IDEMPOTENCY, STREAM_ADVISORIES, STREAM_DLQ, STREAM_LEADS,
+    QueueError, KV_DLQ_AUDIT, KV_DLQ_KEYS, KV_IDEMPOTENCY, STREAM_ADVISORIES, STREAM_DLQ,
+    STREAM_LEADS,
 };
 use crate::config::StreamsConfig;
 
@@ -78,6 +79,7 @@ pub async fn ensure(
     }
     changes.push(ensure_kv(js, cfg).await?);
     changes.push(ensure_audit(js, cfg).await?);
+    changes.push(ensure_keys(js, cfg).await?);
     Ok(changes)
 }
 
@@ -213,6 +215,25 @@ async fn ensure_audit(js: &jetstream::Context, cfg: &StreamsConfig) -> Result<Ch
         description: "leadrouter: replays of DLQ entries".into(),
         history: 1,
         max_age: cfg.dlq_max_age,
+        storage: stream::StorageType::File,
+        num_replicas: cfg.replicas,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| QueueError::Topology(format!("{LABEL}: create: {e}")))?;
+    Ok(Change::Created(LABEL))
+}
+
+/// Key-check records (a few hundred bytes per key id), never aged out.
+async fn ensure_keys(js: &jetstream::Context, cfg: &StreamsConfig) -> Result<Change, QueueError> {
+    const LABEL: &str = "kv leads_dlq_keys";
+    if js.get_key_value(KV_DLQ_KEYS).await.is_ok() {
+        return Ok(Change::Unchanged(LABEL));
+    }
+    js.create_key_value(kv::Config {
+        bucket: KV_DLQ_KEYS.into(),
+        description: "leadrouter: DLQ key-check records".into(),
+        history: 1,
         storage: stream::StorageType::File,
         num_replicas: cfg.replicas,
         ..Default::default()
