@@ -19,3 +19,6 @@ pub fn init_logging() {
             .try_init()
     };
 }
+
+pub mod metrics;
+pub mod traces;

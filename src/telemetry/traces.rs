@@ -1,0 +1,1 @@
+//! OTLP traces (filled in by the traces work).
