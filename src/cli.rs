@@ -41,6 +41,34 @@ pub enum Command {
     /// Push a historical export (JSON lines: lead envelopes or raw vendor payloads) through the
     /// pipeline; re-importing the same file writes nothing new to the sinks.
     Import(ImportArgs),
+    /// End-to-end latency (received -> sink persisted) percentile over a window, from the
+    /// running service.
+    Latency(LatencyArgs),
+    /// Intake rate, queue depth, success and duplicate rates, DLQ counts by reason.
+    Stats(StatsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LatencyArgs {
+    /// How far back: 30s, 15m, 1h ... up to 24h.
+    #[arg(long, default_value = "15m")]
+    pub window: String,
+    /// Which percentile (0-100].
+    #[arg(long, default_value = "95")]
+    pub percentile: String,
+    /// Print the answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatsArgs {
+    /// How far back: 30s, 15m, 1h ... up to 24h.
+    #[arg(long, default_value = "15m")]
+    pub window: String,
+    /// Print the figures as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -156,6 +184,8 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Dlq { command } => rt.block_on(crate::ops_cli::dlq(&cfg, command)),
         Command::Replay(args) => rt.block_on(crate::ops_cli::replay(&cfg, &args)),
         Command::Import(args) => rt.block_on(import(&cfg, args)),
+        Command::Latency(args) => rt.block_on(crate::ops_cli::latency(&cfg, &args)),
+        Command::Stats(args) => rt.block_on(crate::ops_cli::stats(&cfg, &args)),
     }
 }
 
@@ -190,11 +220,14 @@ async fn sandbox(addr: std::net::SocketAddr) -> anyhow::Result<ExitCode> {
 async fn serve(cfg: Config) -> anyhow::Result<ExitCode> {
     crate::telemetry::init_logging();
     let service = Service::start(&cfg, &ProcessEnv).await?;
-    eprintln!(
-        "leadrouter: intake on http://{} (NATS {}); Ctrl-C to stop",
-        service.intake_addr(),
-        service.nats_url()
-    );
+    // A person at a terminal gets the one line that matters; a log pipeline gets only JSON.
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprintln!(
+            "leadrouter: intake on http://{} (NATS {}); Ctrl-C to stop",
+            service.intake_addr(),
+            service.nats_url()
+        );
+    }
     wait_for_signal().await;
     tracing::info!("shutting down");
     service.shutdown().await;

@@ -62,6 +62,9 @@ pub struct Config {
     /// DLQ payload encryption keys.
     #[serde(default)]
     pub dlq: crate::dlq::crypto::DlqCryptoConfig,
+    /// OTLP trace export (off unless an endpoint is set here or in `OTEL_EXPORTER_OTLP_*`).
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
 }
 
 /// The handler pool and its consumer.
@@ -419,6 +422,150 @@ impl Default for AdminConfig {
     }
 }
 
+/// `[telemetry]`: OTLP traces. The standard `OTEL_EXPORTER_OTLP_*` / `OTEL_SERVICE_NAME`
+/// variables override the file (see `Config::apply_env`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Collector base URL, like `OTEL_EXPORTER_OTLP_ENDPOINT` (`http://127.0.0.1:4317` for
+    /// gRPC, `http://127.0.0.1:4318` for HTTP, where `/v1/traces` is appended). Unset: no traces.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// The full traces URL, used as is (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`); env only.
+    #[serde(skip)]
+    pub otlp_traces_endpoint: Option<String>,
+    #[serde(default)]
+    pub otlp_protocol: OtlpProtocol,
+    /// `service.name` of the exported spans.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Share of new traces recorded (0.0 to 1.0); a sampled or unsampled incoming
+    /// `traceparent` decides for its own trace.
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum OtlpProtocol {
+    #[default]
+    #[serde(rename = "grpc")]
+    Grpc,
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
+impl OtlpProtocol {
+    pub fn parse(s: &str) -> Option<OtlpProtocol> {
+        match s.trim() {
+            "grpc" => Some(OtlpProtocol::Grpc),
+            "http/protobuf" => Some(OtlpProtocol::HttpProtobuf),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OtlpProtocol::Grpc => "grpc",
+            OtlpProtocol::HttpProtobuf => "http/protobuf",
+        }
+    }
+}
+
+fn default_service_name() -> String {
+    "leadrouter".into()
+}
+fn default_sample_ratio() -> f64 {
+    1.0
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp_endpoint: None,
+            otlp_traces_endpoint: None,
+            otlp_protocol: OtlpProtocol::default(),
+            service_name: default_service_name(),
+            sample_ratio: default_sample_ratio(),
+        }
+    }
+}
+
+impl TelemetryConfig {
+    /// Where spans go, or `None` when traces are off. A base URL gets `/v1/traces` for HTTP
+    /// (as the OTLP spec does with `OTEL_EXPORTER_OTLP_ENDPOINT`); gRPC needs no path.
+    pub fn traces_endpoint(&self) -> Option<String> {
+        if let Some(e) = self.otlp_traces_endpoint.as_deref().map(str::trim) {
+            return Some(e.to_string());
+        }
+        let base = self.otlp_endpoint.as_deref()?.trim();
+        Some(match self.otlp_protocol {
+            OtlpProtocol::Grpc => base.to_string(),
+            OtlpProtocol::HttpProtobuf if base.trim_end_matches('/').ends_with("/v1/traces") => {
+                base.to_string()
+            }
+            OtlpProtocol::HttpProtobuf => format!("{}/v1/traces", base.trim_end_matches('/')),
+        })
+    }
+
+    fn apply_env(&mut self, env: &dyn EnvSource) -> Result<(), ConfigError> {
+        if let Some(v) = env.var("OTEL_EXPORTER_OTLP_ENDPOINT") {
+            self.otlp_endpoint = Some(v);
+        }
+        if let Some(v) = env.var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+            self.otlp_traces_endpoint = Some(v);
+        }
+        for name in ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"] {
+            if let Some(v) = env.var(name) {
+                self.otlp_protocol = OtlpProtocol::parse(&v).ok_or_else(|| {
+                    ConfigError::invalid(name, format!("`{v}`: use grpc or http/protobuf"))
+                })?;
+                break;
+            }
+        }
+        if let Some(v) = env.var("OTEL_SERVICE_NAME") {
+            self.service_name = v;
+        }
+        let off = |name: &str, value: &str| {
+            env.var(name)
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case(value))
+        };
+        if off("OTEL_SDK_DISABLED", "true") || off("OTEL_TRACES_EXPORTER", "none") {
+            self.otlp_endpoint = None;
+            self.otlp_traces_endpoint = None;
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, url) in [
+            ("telemetry.otlp_endpoint", &self.otlp_endpoint),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &self.otlp_traces_endpoint),
+        ] {
+            if let Some(u) = url.as_deref().map(str::trim) {
+                if !(u.starts_with("http://") || u.starts_with("https://")) {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!("`{u}` is not an http:// or https:// URL"),
+                    ));
+                }
+            }
+        }
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            return Err(ConfigError::invalid(
+                "telemetry.sample_ratio",
+                "must be between 0.0 and 1.0",
+            ));
+        }
+        if self.service_name.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "telemetry.service_name",
+                "must not be empty",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// One webhook source. See README "Senders" for every key.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -585,6 +732,7 @@ impl Config {
         if let Some(v) = env.var("LEADROUTER_NATS_SERVER_BIN") {
             self.nats.embedded.binary = Some(PathBuf::from(v));
         }
+        self.telemetry.apply_env(env)?;
         Ok(())
     }
 
@@ -693,6 +841,7 @@ impl Config {
         self.dlq
             .validate()
             .map_err(|e| ConfigError::invalid("dlq.keys", e.to_string()))?;
+        self.telemetry.validate()?;
         let mut seen = HashSet::new();
         for (i, sender) in self.senders.iter().enumerate() {
             let key = |k: &str| format!("senders[{i}].{k}");
@@ -899,5 +1048,63 @@ email = "$.email"
         let demo = cfg.sender("demo").expect("demo sender");
         assert_eq!(demo.scheme, SchemeName::StandardWebhooks);
         assert_eq!(demo.secret_env, vec!["LEADROUTER_DEMO_SECRET".to_string()]);
+    }
+
+    #[test]
+    fn telemetry_is_off_by_default_and_follows_the_otel_env() {
+        let load = |toml: &str, env: &[(&str, &str)]| {
+            let env: std::collections::HashMap<String, String> = env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let text = format!("{toml}\n{}", minimal_sender());
+            Config::from_toml(&text, Path::new("t.toml"), &env)
+        };
+        let cfg = load("", &[]).unwrap();
+        assert_eq!(cfg.telemetry.traces_endpoint(), None);
+        assert_eq!(cfg.telemetry.service_name, "leadrouter");
+        assert_eq!(cfg.telemetry.otlp_protocol, OtlpProtocol::Grpc);
+
+        let file = "[telemetry]\notlp_endpoint = \"http://c:4317\"\nsample_ratio = 0.5";
+        let cfg = load(file, &[]).unwrap();
+        assert_eq!(cfg.telemetry.traces_endpoint().as_deref(), Some("http://c:4317"));
+        let cfg = load(file, &[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")]).unwrap();
+        assert_eq!(
+            cfg.telemetry.traces_endpoint().as_deref(),
+            Some("http://c:4317/v1/traces")
+        );
+        let cfg = load(
+            file,
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://env:4318/"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+                ("OTEL_SERVICE_NAME", "lr-edge"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.telemetry.traces_endpoint().as_deref(),
+            Some("http://env:4318/v1/traces")
+        );
+        assert_eq!(cfg.telemetry.service_name, "lr-edge");
+        let cfg = load(
+            "",
+            &[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "https://x/custom/path")],
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.telemetry.traces_endpoint().as_deref(),
+            Some("https://x/custom/path")
+        );
+        let cfg = load(file, &[("OTEL_SDK_DISABLED", "true")]).unwrap();
+        assert_eq!(cfg.telemetry.traces_endpoint(), None);
+
+        let err = load(file, &[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")]).unwrap_err();
+        assert!(err.to_string().contains("OTEL_EXPORTER_OTLP_PROTOCOL"), "{err}");
+        let err = load("[telemetry]\nsample_ratio = 2.0", &[]).unwrap_err();
+        assert!(err.to_string().contains("telemetry.sample_ratio"), "{err}");
+        let err = load("[telemetry]\notlp_endpoint = \"c:4317\"", &[]).unwrap_err();
+        assert!(err.to_string().contains("telemetry.otlp_endpoint"), "{err}");
     }
 }

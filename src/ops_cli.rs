@@ -9,8 +9,9 @@ use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
 use crate::admin_client::AdminClient;
-use crate::cli::{DlqCommand, ReplayArgs};
+use crate::cli::{DlqCommand, LatencyArgs, ReplayArgs, StatsArgs};
 use crate::config::{Config, ProcessEnv};
+use crate::console::stats::{parse_percentile, parse_window};
 use crate::dlq::store::{DlqEntry, ReplayResult};
 
 #[derive(serde::Deserialize)]
@@ -190,4 +191,122 @@ pub async fn replay(cfg: &Config, args: &ReplayArgs) -> anyhow::Result<ExitCode>
     } else {
         ExitCode::SUCCESS
     })
+}
+
+pub async fn latency(cfg: &Config, args: &LatencyArgs) -> anyhow::Result<ExitCode> {
+    // Local mistakes first, with the same words the API would use.
+    parse_window(&args.window).map_err(anyhow::Error::msg)?;
+    let p = parse_percentile(&args.percentile).map_err(anyhow::Error::msg)?;
+    let client = AdminClient::from_config(cfg, &ProcessEnv)?;
+    let v: Value = client
+        .get(
+            "/api/latency",
+            &[
+                ("window", args.window.clone()),
+                ("percentile", p.to_string()),
+            ],
+        )
+        .await?;
+    if args.json {
+        println!("{v}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if v["handlers"] == "disabled" {
+        println!("no handlers run on this node (handlers.enabled = false): no latency to report");
+        return Ok(ExitCode::SUCCESS);
+    }
+    match v["latency_ms"].as_f64() {
+        Some(ms) => println!(
+            "p{} end-to-end latency over the last {}: {} ({} deliveries; SLO {}: {})",
+            p,
+            args.window,
+            fmt_ms(ms),
+            v["samples"],
+            fmt_ms(v["slo_ms"].as_f64().unwrap_or(0.0)),
+            if v["within_slo"] == true {
+                "met"
+            } else {
+                "MISSED"
+            },
+        ),
+        None => println!("no deliveries in the last {}", args.window),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn stats(cfg: &Config, args: &StatsArgs) -> anyhow::Result<ExitCode> {
+    parse_window(&args.window).map_err(anyhow::Error::msg)?;
+    let client = AdminClient::from_config(cfg, &ProcessEnv)?;
+    let v: Value = client
+        .get("/api/stats", &[("window", args.window.clone())])
+        .await?;
+    if args.json {
+        println!("{v}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let pct = |x: &Value| {
+        x.as_f64()
+            .map_or("-".to_string(), |r| format!("{:.2}%", r * 100.0))
+    };
+    let mut out = String::new();
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "window          {} (figures cover {} s)",
+        args.window, v["covered_s"]
+    );
+    let _ = writeln!(
+        out,
+        "intake          {:.2} leads/s ({} accepted)",
+        v["intake"]["rate_per_s"].as_f64().unwrap_or(0.0),
+        v["intake"]["accepted"]
+    );
+    let q = &v["queue"];
+    if q.is_null() {
+        let _ = writeln!(out, "queue           unknown (consumer info unavailable)");
+    } else {
+        let _ = writeln!(
+            out,
+            "queue           {} pending, {} ack pending (limit {})",
+            q["pending"], q["ack_pending"], q["max_ack_pending"]
+        );
+    }
+    let d = &v["deliveries"];
+    let _ = writeln!(
+        out,
+        "deliveries      {} delivered, {} duplicates, {} retries, {} dead-lettered",
+        d["delivered"], d["duplicates"], d["retries"], d["dead"]
+    );
+    let _ = writeln!(out, "success rate    {}", pct(&v["success_rate"]));
+    let _ = writeln!(out, "duplicate rate  {}", pct(&v["duplicate_rate"]));
+    match v["e2e_p95_ms"].as_f64() {
+        Some(ms) => {
+            let _ = writeln!(out, "e2e p95         {}", fmt_ms(ms));
+        }
+        None if v["handlers"] == "disabled" => {
+            let _ = writeln!(out, "e2e p95         - (handlers disabled on this node)");
+        }
+        None => {
+            let _ = writeln!(out, "e2e p95         - (no deliveries)");
+        }
+    }
+    let by = v["dlq_by_reason"].as_object().cloned().unwrap_or_default();
+    if by.is_empty() {
+        let _ = writeln!(out, "dlq             nothing dead-lettered in the window");
+    } else {
+        for (i, (reason, n)) in by.iter().enumerate() {
+            let label = if i == 0 { "dlq by reason" } else { "" };
+            let _ = writeln!(out, "{label:<15} {n} {reason}");
+        }
+    }
+    print!("{out}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn fmt_ms(ms: f64) -> String {
+    if ms >= 1000.0 {
+        format!("{:.2} s", ms / 1000.0)
+    } else {
+        format!("{ms:.1} ms")
+    }
 }

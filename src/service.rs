@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 
 use crate::config::{Config, EnvSource};
-use crate::console::{self, AdminState};
+use crate::console::{self, stats::Observed, AdminState};
 use crate::dlq::crypto::KeyRing;
 use crate::dlq::store::DlqStore;
 use crate::dlq::DlqWriter;
@@ -76,6 +76,9 @@ pub struct Service {
     admin_task: Option<tokio::task::JoinHandle<()>>,
     stop_ops: watch::Sender<bool>,
     ops_task: tokio::task::JoinHandle<()>,
+    /// Refreshes the queue gauges from the `router` consumer's info; stops with `stop_ops`.
+    metrics_task: tokio::task::JoinHandle<()>,
+    sampler_task: tokio::task::JoinHandle<()>,
     embedded: Option<EmbeddedNats>,
 }
 
@@ -175,25 +178,54 @@ impl Service {
                     .unwrap_or("THE_VAR"),
             );
         }
+        let state = Arc::new(state);
         let store = DlqStore::open(publisher_ctx.clone(), Arc::new(keys), idem)
             .await
             .map_err(|e| ServiceError::Kv(e.to_string()))?;
         let stats = pool.as_ref().map(|p| p.stats().clone());
+        let observed = Arc::new(Observed {
+            pipeline: stats.clone(),
+            intake: state.clone(),
+            windows: Default::default(),
+            js: publisher_ctx.clone(),
+            dlq: store.clone(),
+            consumer: crate::queue::CONSUMER_ROUTER.to_string(),
+        });
         let (stop_ops, ops_rx) = watch::channel(false);
+        let sampler_task = {
+            let observed = observed.clone();
+            let mut stop = stop_ops.subscribe();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(console::stats::SAMPLE_EVERY);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => observed.sample(),
+                        _ = stop.changed() => break,
+                    }
+                }
+            })
+        };
         let ops_task = {
-            let (client, store, stats) = (client.clone(), store.clone(), stats.clone());
+            let (client, stats) = (client.clone(), observed.clone());
+            let store = store
+                .clone()
+                .with_replay_source(crate::telemetry::metrics::replay_source::NATS);
             tokio::spawn(async move {
                 if let Err(e) = crate::dlq::ops::run(client, store, stats, ops_rx).await {
                     tracing::error!(error = %e, "NATS operator service stopped");
                 }
             })
         };
+        let metrics_task = tokio::spawn(crate::telemetry::metrics::poll_queue(
+            publisher_ctx.clone(),
+            stop_ops.subscribe(),
+        ));
         let (admin_addr, stop_admin, admin_task) = match env.var(&cfg.admin.token_env) {
             Some(token) => {
                 let admin = Arc::new(AdminState {
                     token,
                     dlq: store,
-                    stats,
+                    observed: observed.clone(),
                 });
                 let (tx, rx) = oneshot::channel::<()>();
                 let (addr, server) = console::serve(admin, cfg.admin.listen, async {
@@ -216,7 +248,6 @@ impl Service {
                 (None, None, None)
             }
         };
-        let state = Arc::new(state);
         let (tx, rx) = oneshot::channel::<()>();
         let (addr, server) = intake::serve(state.clone(), cfg.intake.listen, async {
             let _ = rx.await;
@@ -242,6 +273,8 @@ impl Service {
             admin_task,
             stop_ops,
             ops_task,
+            metrics_task,
+            sampler_task,
             embedded,
         })
     }
@@ -289,6 +322,8 @@ impl Service {
         }
         let _ = self.stop_ops.send(true);
         let _ = (&mut self.ops_task).await;
+        let _ = (&mut self.metrics_task).await;
+        let _ = (&mut self.sampler_task).await;
         tracing::debug!("operator service stopped");
         if let Some(pool) = self.pool.take() {
             pool.stop(Duration::from_secs(10)).await;
@@ -387,6 +422,9 @@ async fn start_pool(
     let mut built = Vec::with_capacity(cfg.sinks.len());
     for (i, s) in cfg.sinks.iter().enumerate() {
         built.push(sinks::build(i, s, &ctx).await?);
+    }
+    for s in &built {
+        crate::telemetry::metrics::metrics().sink(s.name());
     }
     if built.is_empty() {
         tracing::warn!("no [[sinks]] configured: leads are consumed and acknowledged without being written anywhere");

@@ -13,12 +13,19 @@ use warp::hyper::Body;
 use warp::Filter;
 
 use crate::dlq::store::{DlqFilter, DlqStore, DlqStoreError};
-use crate::pipeline::PipelineStats;
+
+pub mod stats;
 
 pub struct AdminState {
     pub token: String,
     pub dlq: DlqStore,
-    pub stats: Option<Arc<PipelineStats>>,
+    pub observed: Arc<stats::Observed>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WindowQuery {
+    window: Option<String>,
+    percentile: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -236,9 +243,29 @@ pub fn routes(
         );
     let stats = warp::path!("api" / "stats")
         .and(warp::get())
+        .and(warp::query::<WindowQuery>())
+        .and(with_state.clone())
+        .then(|q: WindowQuery, state: Arc<AdminState>| async move {
+            let window = match stats::parse_window(q.window.as_deref().unwrap_or("15m")) {
+                Ok(w) => w,
+                Err(e) => return error(StatusCode::BAD_REQUEST, "bad_window", e),
+            };
+            json_response(StatusCode::OK, state.observed.stats(window).await)
+        });
+    let latency = warp::path!("api" / "latency")
+        .and(warp::get())
+        .and(warp::query::<WindowQuery>())
         .and(with_state)
-        .then(|state: Arc<AdminState>| async move {
-            json_response(StatusCode::OK, stats_json(state.stats.as_deref()))
+        .then(|q: WindowQuery, state: Arc<AdminState>| async move {
+            let window = match stats::parse_window(q.window.as_deref().unwrap_or("15m")) {
+                Ok(w) => w,
+                Err(e) => return error(StatusCode::BAD_REQUEST, "bad_window", e),
+            };
+            let p = match stats::parse_percentile(q.percentile.as_deref().unwrap_or("95")) {
+                Ok(p) => p,
+                Err(e) => return error(StatusCode::BAD_REQUEST, "bad_percentile", e),
+            };
+            json_response(StatusCode::OK, state.observed.latency(window, p))
         });
 
     auth.and(
@@ -249,28 +276,14 @@ pub fn routes(
             .or(replay_batch)
             .unify()
             .or(stats)
+            .unify()
+            .or(latency)
             .unify(),
     )
     .recover(
         |rej: warp::Rejection| async move { Ok::<_, std::convert::Infallible>(rejection(rej)) },
     )
     .unify()
-}
-
-pub fn stats_json(stats: Option<&PipelineStats>) -> serde_json::Value {
-    use std::sync::atomic::Ordering::Relaxed;
-    match stats {
-        None => json!({"handlers": "disabled"}),
-        Some(s) => json!({
-            "received": s.received.load(Relaxed),
-            "delivered": s.delivered.load(Relaxed),
-            "duplicates": s.duplicates.load(Relaxed),
-            "retries": s.retries.load(Relaxed),
-            "replayed": s.replayed.load(Relaxed),
-            "dead_by_reason": s.dead(),
-            "e2e_p95_ms": s.e2e_percentile(0.95),
-        }),
-    }
 }
 
 #[derive(Debug)]

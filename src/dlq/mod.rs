@@ -69,6 +69,8 @@ pub struct DeadLetter<'a> {
     pub schema: Option<&'a str>,
     pub group: Option<&'a str>,
     pub first_attempt_at: Option<&'a str>,
+    /// The lead's W3C `traceparent`, kept so a replay can link its new trace to this one.
+    pub traceparent: Option<&'a str>,
     pub payload: Bytes,
 }
 
@@ -140,6 +142,9 @@ impl DlqWriter {
         if let Some(v) = d.group {
             h.insert(HDR_GROUP, v);
         }
+        if let Some(v) = d.traceparent {
+            h.insert(crate::queue::HDR_TRACEPARENT, v);
+        }
         let subject = format!("{SUBJECT_DLQ_PREFIX}{}", subject_token(d.sender));
         let ack = self
             .js
@@ -148,6 +153,9 @@ impl DlqWriter {
             .map_err(|e| DlqError::Write(e.to_string()))?
             .await
             .map_err(|e| DlqError::Write(e.to_string()))?;
+        if !ack.duplicate {
+            crate::telemetry::metrics::metrics().dlq_placed(d.reason.as_str());
+        }
         Ok(!ack.duplicate)
     }
 }

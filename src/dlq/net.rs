@@ -153,6 +153,7 @@ async fn handle(
     let received_at = header(HDR_RECEIVED_AT);
     let schema = header(HDR_SCHEMA);
     let group = header(HDR_GROUP);
+    let traceparent = header(crate::queue::HDR_TRACEPARENT);
     let dead = DeadLetter {
         sender: &sender,
         key: &key,
@@ -164,6 +165,7 @@ async fn handle(
         schema: schema.as_deref(),
         group: group.as_deref(),
         first_attempt_at: None,
+        traceparent: traceparent.as_deref(),
         payload: msg.payload.clone(),
     };
     match dlq.put(&dead).await {

@@ -12,8 +12,8 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use super::store::{DlqFilter, DlqStore, DlqStoreError};
-use crate::console::{parse_since, stats_json};
-use crate::pipeline::PipelineStats;
+use crate::console::parse_since;
+use crate::console::stats::{parse_window, Observed};
 
 pub const SERVICE_NAME: &str = "leadrouter";
 
@@ -120,11 +120,26 @@ async fn replay(store: &DlqStore, payload: &[u8]) -> Result<Bytes, service::erro
     Ok(Bytes::from(serde_json::to_vec(&body).unwrap_or_default()))
 }
 
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct StatsRequest {
+    #[serde(default)]
+    window: Option<String>,
+}
+
+async fn stats(observed: &Observed, payload: &[u8]) -> Result<Bytes, service::error::Error> {
+    let r: StatsRequest = parse(payload)?;
+    let window = parse_window(r.window.as_deref().unwrap_or("15m")).map_err(|e| err(400, e))?;
+    Ok(Bytes::from(
+        serde_json::to_vec(&observed.stats(window).await).unwrap_or_default(),
+    ))
+}
+
 /// Runs the service until `stop` turns true.
 pub async fn run(
     client: async_nats::Client,
     store: DlqStore,
-    stats: Option<Arc<PipelineStats>>,
+    observed: Arc<Observed>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), async_nats::Error> {
     let svc = client
@@ -168,8 +183,11 @@ pub async fn run(
                 });
             }
             Some(req) = stats_ep.next() => {
-                let body = Bytes::from(serde_json::to_vec(&stats_json(stats.as_deref())).unwrap_or_default());
-                let _ = req.respond(Ok(body)).await;
+                let observed = observed.clone();
+                inflight.spawn(async move {
+                    let r = stats(&observed, &req.message.payload).await;
+                    let _ = req.respond(r).await;
+                });
             }
             Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
             else => break,

@@ -668,6 +668,11 @@ fn mask_ip(ip: IpAddr) -> String {
 }
 
 fn mask_ipv4(ip: Ipv4Addr) -> String {
+    // Loopback and the unspecified address identify nobody, and operators need them in log
+    // lines (listen addresses, the embedded NATS URL).
+    if ip.is_loopback() || ip.is_unspecified() {
+        return ip.to_string();
+    }
     let [a, b, _, _] = ip.octets();
     format!("{a}.{b}.x.x")
 }
@@ -689,6 +694,24 @@ fn mask_ipv6(ip: Ipv6Addr) -> String {
 /// `lr_...` keys, UUIDs), dates (`2026-11-20`, `20/11/2026`), times, short numbers (HTTP
 /// statuses, counts). It cannot find names or street addresses in prose: free-text *fields* are
 /// never shown in previews for that reason. Runs in time linear in the input.
+/// Masks one named value the way a preview line would, when its name says it is personal data
+/// (email, phone, IP, a person's name, postal code, secrets); `None` for other names, whose
+/// values the caller can still pass through [`mask_text`]. Used by the log writer, which sees
+/// field names but not lead schemas.
+pub fn mask_named(name: &str, value: &Value) -> Option<String> {
+    let norm = normalize_name(&clean(name));
+    let kind = classify(&norm);
+    match kind {
+        Kind::Sensitive
+        | Kind::Email
+        | Kind::Ip
+        | Kind::Phone
+        | Kind::Name
+        | Kind::PostalCode => Some(mask_value(kind, &norm, value)),
+        _ => None,
+    }
+}
+
 pub fn mask_text(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut pos = 0;
@@ -1256,6 +1279,10 @@ mod tests {
             "from 81.2.x.x:443 and [2001:db8:x:x:x:x:x:x]"
         );
         assert_eq!(mask_text("card 4111 1111 1111 1111"), "card [16 digits]");
+        assert_eq!(
+            mask_text("listening on 127.0.0.1:8080 and 0.0.0.0:9091"),
+            "listening on 127.0.0.1:8080 and 0.0.0.0:9091"
+        );
         assert_eq!(
             mask_text("ip=10.1.2.3, 1 2.3.4.5"),
             "ip=10.1.x.x, 1 2.3.x.x"

@@ -143,6 +143,8 @@ pub struct DlqStore {
     audit: kv::Store,
     keys: Arc<KeyRing>,
     idem: Idempotency,
+    /// The `source` label of `leadrouter_replays_total` for replays through this handle.
+    replay_source: &'static str,
 }
 
 fn header(h: &HeaderMap, name: &str) -> Option<String> {
@@ -168,7 +170,15 @@ impl DlqStore {
             audit,
             keys,
             idem,
+            replay_source: crate::telemetry::metrics::replay_source::ADMIN,
         })
+    }
+
+    /// The same store, counting its replays under `source` in `leadrouter_replays_total`
+    /// (`admin` by default; replays whose `by` is `cli:<user>` count as `cli`).
+    pub fn with_replay_source(mut self, source: &'static str) -> Self {
+        self.replay_source = source;
+        self
     }
 
     fn entry_from(&self, id: u64, headers: &HeaderMap, time: DateTime<Utc>) -> DlqEntry {
@@ -396,6 +406,8 @@ impl DlqStore {
             by: by.to_string(),
             new_seq: ack.sequence,
         };
+        let source = crate::telemetry::metrics::replay_source_of(self.replay_source, by);
+        crate::telemetry::metrics::metrics().replayed(source);
         self.record(id, mark).await?;
         tracing::info!(dlq_id = id, key = %entry.key, new_seq = ack.sequence, replay = true, stage = "replay", outcome = "replayed", "DLQ entry replayed");
         Ok(ReplayResult::Replayed {

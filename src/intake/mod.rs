@@ -16,6 +16,7 @@ use serde::Serialize;
 use serde_json::Value;
 use warp::http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use warp::hyper::Body;
+use tracing::Instrument;
 use warp::Filter;
 
 use crate::config::{resolve_secrets, Config, EnvSource, SenderConfig};
@@ -54,9 +55,13 @@ struct SenderRuntime {
     event_id: EventIdSource,
     /// Named in the 503 body so whoever sees it knows what to set.
     missing_secrets: Vec<String>,
+    /// This sender's metric handles, looked up once.
+    metrics: crate::telemetry::metrics::SenderMetrics,
 }
 
 pub struct IntakeState {
+    /// 202s answered since start (the `stats` intake rate).
+    accepted: std::sync::atomic::AtomicU64,
     senders: HashMap<String, SenderRuntime>,
     actors: Senders,
     publisher: Publisher,
@@ -95,6 +100,7 @@ impl IntakeState {
         let actors = Senders::start(rates).await?;
         Ok((
             IntakeState {
+                accepted: Default::default(),
                 senders,
                 actors,
                 publisher,
@@ -114,6 +120,11 @@ impl IntakeState {
 
     pub fn stop(&self) {
         self.actors.stop();
+    }
+
+    /// 202s answered since start.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -164,6 +175,7 @@ fn build_sender(
         mapper,
         event_id,
         missing_secrets: secrets.missing,
+        metrics: crate::telemetry::metrics::metrics().sender(&s.id),
     })
 }
 
@@ -257,10 +269,17 @@ pub fn routes(
              state: Arc<IntakeState>| async move {
                 let received = SystemTime::now();
                 let started = Instant::now();
-                let answer = handle_intake(&state, &sender, &full, &query, &headers, body, received).await;
+                // Trace-only (Span::none() while traces are off); a vendor's `traceparent` is honoured.
+                let span = crate::telemetry::traces::trace_span!("intake", sender = %sender, otel.kind = "server", http.request.method = "POST", http.route = "/v1/intake/{sender}", http.response.status_code = tracing::field::Empty, key = tracing::field::Empty, leadrouter.duplicate = tracing::field::Empty, error.type = tracing::field::Empty);
+                crate::telemetry::traces::set_parent(&span, crate::telemetry::traces::from_http(&headers));
+                let answer = handle_intake(&state, &sender, &full, &query, &headers, body, received).instrument(span.clone()).await;
+                trace_answer(&span, &answer);
+                let known = state.senders.get(&sender).map(|s| (s.id.as_str(), &s.metrics));
                 let resp = match answer {
                     Ok((key, duplicate)) => {
                         state.actors.record(&sender, Outcome::Accepted { duplicate });
+                        state.accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        crate::telemetry::metrics::metrics().intake(known, 202, None, duplicate, started.elapsed());
                         tracing::info!(target: "leadrouter::intake", sender = %sender, key = %key, duplicate, stage = "intake", outcome = "accepted", duration_ms = started.elapsed().as_secs_f64() * 1e3);
                         let body = serde_json::to_vec(&Accepted { id: &key, duplicate }).unwrap_or_default();
                         json_response(StatusCode::ACCEPTED, body)
@@ -269,6 +288,7 @@ pub fn routes(
                         if state.senders.contains_key(&sender) {
                             state.actors.record(&sender, Outcome::Rejected(a.code));
                         }
+                        crate::telemetry::metrics::metrics().intake(known, a.status.as_u16(), Some(a.code), false, started.elapsed());
                         tracing::info!(target: "leadrouter::intake", sender = %sender, status = a.status.as_u16(), error = a.code, stage = "intake", outcome = "rejected", duration_ms = started.elapsed().as_secs_f64() * 1e3);
                         a.into_response()
                     }
@@ -297,10 +317,20 @@ pub fn routes(
             json_response(status, serde_json::to_vec(&body).unwrap_or_default())
         },
     );
+    let metrics = warp::get().and(warp::path!("metrics")).map(|| {
+        let mut resp = Response::new(Body::from(crate::telemetry::metrics::metrics().encode()));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(crate::telemetry::metrics::CONTENT_TYPE),
+        );
+        resp
+    });
     intake
         .or(healthz)
         .unify()
         .or(readyz)
+        .unify()
+        .or(metrics)
         .unify()
         .recover(
             |rej: warp::Rejection| async move { Ok::<_, std::convert::Infallible>(rejection(rej)) },
@@ -372,7 +402,8 @@ where
         doc = Some(parse_body(sender, &body)?);
     }
     // Scoped: the request view borrows non-Sync data and must not live across an await.
-    let verified = {
+    let verify_span = crate::telemetry::traces::trace_span!("verify", error.type = tracing::field::Empty);
+    let verified = verify_span.in_scope(|| {
         let path_and_query = full_path_and_query(full, query);
         let req = Request {
             method: "POST",
@@ -384,8 +415,9 @@ where
             body_doc: doc.as_ref(),
         };
         sender.verifier.verify(&req, received)
-    };
+    });
     if let Err(e) = verified {
+        verify_span.record("error.type", e.code());
         return Err(Answer::err(
             StatusCode::UNAUTHORIZED,
             e.code(),
@@ -443,6 +475,7 @@ where
     nats_headers.insert(HDR_RECEIVED_AT, envelope.received_at.as_str());
     nats_headers.insert(HDR_SCHEMA, envelope.schema.as_str());
     nats_headers.insert(HDR_GROUP, group.as_str());
+    let publish_span = crate::telemetry::traces::trace_span!("publish", otel.kind = "producer", messaging.system = "nats", messaging.operation.type = "send", messaging.destination.name = %sender.subject);
     match state
         .publisher
         .publish(
@@ -451,10 +484,12 @@ where
             nats_headers,
             Bytes::from(payload),
         )
+        .instrument(publish_span.clone())
         .await
     {
         Ok(stored) => Ok((envelope.key, stored.duplicate)),
         Err(e) => {
+            crate::telemetry::traces::set_error(&publish_span, "queue_unavailable");
             tracing::warn!(target: "leadrouter::intake", sender = %sender.id, key = %envelope.key, error = %e, "lead not stored; answering 503");
             Err(Answer::err(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -462,6 +497,27 @@ where
                 format!("the lead was not stored ({e}); retry later with the same request"),
             )
             .retry_after(Duration::from_secs(2)))
+        }
+    }
+}
+
+/// The intake span's outcome attributes (ids and codes only).
+fn trace_answer(span: &tracing::Span, answer: &Result<(String, bool), Answer>) {
+    if span.is_none() {
+        return;
+    }
+    match answer {
+        Ok((key, duplicate)) => {
+            span.record("http.response.status_code", 202u16);
+            span.record("key", key.as_str());
+            span.record("leadrouter.duplicate", *duplicate);
+        }
+        Err(a) => {
+            span.record("http.response.status_code", a.status.as_u16());
+            span.record("error.type", a.code);
+            if a.status.is_server_error() {
+                crate::telemetry::traces::set_error(span, a.code);
+            }
         }
     }
 }

@@ -16,6 +16,8 @@ use crate::dlq::{dlq_id, DeadLetter, Reason};
 use crate::intake::envelope::LeadEnvelope;
 use crate::queue::{HDR_GROUP, HDR_RECEIVED_AT, HDR_SCHEMA};
 use crate::sinks::{LeadRecord, SinkError};
+use crate::telemetry::metrics::{metrics, retry};
+use crate::telemetry::traces::{self, trace_span};
 
 /// How one delivery ended, for the dispatcher's per-group ordering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,10 +66,57 @@ pub async fn process(deps: &Arc<PoolDeps>, owner: &str, d: Delivery<'_>) -> Outc
         }
     };
     let span = tracing::info_span!("handle", key = %envelope.key, sender = %envelope.sender, seq = d.seq, attempt = d.delivered, replay);
+    trace_handle(&span, msg, replay);
     // A span entered across awaits would leak into other tasks: instrument the future instead.
-    handle_lead(deps, owner, d, envelope, replay, started)
-        .instrument(span)
-        .await
+    let outcome = handle_lead(deps, owner, d, envelope, replay, started)
+        .instrument(span.clone())
+        .await;
+    if traces::enabled() {
+        traces::set_attribute(&span, "leadrouter.outcome", outcome.as_str());
+        if outcome == Outcome::Dead {
+            traces::set_error(&span, "dead_lettered");
+        }
+    }
+    outcome
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Delivered => "delivered",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Retrying => "retrying",
+            Outcome::Dead => "dead",
+        }
+    }
+}
+
+/// Traces: the handle span continues the trace in the message's `traceparent` (the edge's
+/// publish span, or a replay's root span), and a replay also links to the original lead's trace.
+fn trace_handle(span: &tracing::Span, msg: &jetstream::Message, replay: bool) {
+    if !traces::enabled() || span.is_none() {
+        return;
+    }
+    let headers = msg.headers.as_ref();
+    traces::set_parent(span, traces::from_nats(headers));
+    traces::set_attribute(span, "leadrouter.replay", replay);
+    traces::set_attribute(span, "messaging.system", "nats");
+    traces::set_attribute(span, "messaging.destination.name", msg.subject.to_string());
+    if replay {
+        let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
+        if let Some(id) = header(crate::queue::HDR_REPLAY_OF) {
+            traces::set_attribute(span, "leadrouter.replay_of", id.to_string());
+        }
+        traces::link(span, header(traces::HDR_REPLAY_TRACEPARENT));
+    }
+}
+
+/// A sink span's outcome: the error class only (a sink's message may quote lead data).
+fn trace_sink<T>(span: &tracing::Span, r: &Result<T, SinkError>) {
+    if let (false, Err(e)) = (span.is_none(), r) {
+        span.record("error.type", e.class());
+        traces::set_error(span, if e.is_permanent() { "rejected" } else { "failed" });
+    }
 }
 
 async fn handle_lead(
@@ -81,6 +130,7 @@ async fn handle_lead(
     let msg = d.msg;
     let key = envelope.key.as_str();
 
+    let t = Instant::now();
     if deps.idem.cached_done(key).await {
         return duplicate(deps, msg, key).await;
     }
@@ -94,25 +144,35 @@ async fn handle_lead(
         }
         Ok(Claim::Busy(wait)) => {
             tracing::debug!(?wait, "another delivery holds the lead");
+            metrics().retry(retry::CLAIM_BUSY);
             nak(msg, wait.max(Duration::from_millis(50))).await;
             return Outcome::Retrying;
         }
         Err(e) => {
             tracing::warn!(error = %e, stage = "claim", outcome = "retry", "idempotency store unavailable");
+            metrics().retry(retry::KV_UNAVAILABLE);
             nak(msg, deps.backoff.delay(d.delivered, None)).await;
             return Outcome::Retrying;
         }
     };
+    metrics().stage("claim", "", t.elapsed());
 
     // Validation errors are permanent: the same bytes fail the same way every time.
     let t = Instant::now();
     let fields = Value::Object(envelope.fields.clone());
-    if let Err(e) = deps.schemas.validate(&envelope.schema, &fields) {
+    let validate_span = trace_span!("validate", leadrouter.schema = %envelope.schema);
+    let validated = validate_span.in_scope(|| deps.schemas.validate(&envelope.schema, &fields));
+    if validated.is_err() {
+        traces::set_error(&validate_span, "invalid");
+    }
+    drop(validate_span);
+    if let Err(e) = validated {
         let reason = match e {
             super::schema::SchemaError::Unknown(_) => Reason::UnknownSchema,
             _ => Reason::SchemaMismatch,
         };
-        tracing::info!(stage = "validate", outcome = "invalid", duration_ms = ms(t));
+        metrics().stage("validate", "", t.elapsed());
+        tracing::info!(stage = "validate", outcome = "invalid", error = %e, duration_ms = ms(t));
         return dead_letter(
             deps,
             &d,
@@ -124,18 +184,20 @@ async fn handle_lead(
         )
         .await;
     }
+    metrics().stage("validate", "", t.elapsed());
     tracing::debug!(stage = "validate", outcome = "ok", duration_ms = ms(t));
 
     let t = Instant::now();
     let Value::Object(mut fields) = fields else {
         unreachable!("built as an object above")
     };
-    let report = deps.enricher.enrich(&mut fields);
+    let report = trace_span!("enrich").in_scope(|| deps.enricher.enrich(&mut fields));
     if !report.flags.is_empty() {
         deps.stats
             .enrich_flags
             .fetch_add(report.flags.len() as u64, Ordering::Relaxed);
     }
+    metrics().stage("enrich", "", t.elapsed());
     tracing::debug!(stage = "enrich", outcome = "ok", flags = ?report.flags, duration_ms = ms(t));
 
     let record = LeadRecord {
@@ -159,9 +221,11 @@ async fn handle_lead(
         .collect();
     let deliveries = futures::future::join_all(pending.iter().map(|s| {
         let record = &record;
+        let span = trace_span!("sink", sink = s.name(), otel.kind = "client", error.type = tracing::field::Empty);
         async move {
             let t = Instant::now();
-            let r = s.deliver(record).await;
+            let r = s.deliver(record).instrument(span.clone()).await;
+            trace_sink(&span, &r);
             (s.name().to_string(), r, t.elapsed())
         }
     }));
@@ -192,11 +256,20 @@ async fn handle_lead(
                 latest_persist =
                     Some(latest_persist.map_or(done.persisted_at, |l| l.max(done.persisted_at)));
                 deps.stats.sink_ok.fetch_add(1, Ordering::Relaxed);
+                metrics().sink_outcome(&name, "ok", None, replay, took);
                 tracing::info!(stage = "sink", sink = %name, outcome = "ok", duration_ms = took.as_secs_f64() * 1e3);
             }
             Err(e) => {
                 deps.stats.sink_err.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(stage = "sink", sink = %name, outcome = if e.is_permanent() { "rejected" } else { "failed" }, class = e.class(), duration_ms = took.as_secs_f64() * 1e3);
+                let outcome = if e.is_permanent() {
+                    "rejected"
+                } else {
+                    "failed"
+                };
+                metrics().sink_outcome(&name, outcome, Some(e.class()), replay, took);
+                // The sink's words (often echoing the record) go to the log: the log writer
+                // masks any personal data in them.
+                tracing::info!(stage = "sink", sink = %name, outcome, class = e.class(), error = %e, duration_ms = took.as_secs_f64() * 1e3);
                 if e.is_permanent() {
                     permanent.get_or_insert((name, e));
                 } else {
@@ -245,6 +318,7 @@ async fn handle_lead(
         }
         let delay = deps.backoff.delay(d.delivered, e.retry_after());
         deps.stats.retries.fetch_add(1, Ordering::Relaxed);
+        metrics().retry(retry::SINK);
         tracing::info!(
             stage = "handle",
             outcome = "retry",
@@ -262,6 +336,7 @@ async fn handle_lead(
     if let Err(e) = msg.double_ack().await {
         tracing::warn!(error = %e, "ack not confirmed; a redelivery will be a duplicate");
     }
+    let mut e2e_seen = None;
     if let (Some(persisted), Ok(received)) = (
         latest_persist,
         chrono::DateTime::parse_from_rfc3339(&envelope.received_at),
@@ -269,8 +344,10 @@ async fn handle_lead(
         let received: SystemTime = received.with_timezone(&chrono::Utc).into();
         if let Ok(e2e) = persisted.duration_since(received) {
             deps.stats.record_e2e(e2e);
+            e2e_seen = Some(e2e);
         }
     }
+    metrics().delivered(replay, e2e_seen);
     deps.stats.delivered.fetch_add(1, Ordering::Relaxed);
     if replay {
         deps.stats.replayed.fetch_add(1, Ordering::Relaxed);
@@ -289,6 +366,7 @@ fn ms(t: Instant) -> f64 {
 
 async fn duplicate(deps: &PoolDeps, msg: &jetstream::Message, key: &str) -> Outcome {
     deps.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+    metrics().handler_duplicates.inc();
     tracing::info!(key = %key, stage = "dedupe", outcome = "duplicate");
     let _ = msg.double_ack().await;
     Outcome::Duplicate
@@ -332,6 +410,7 @@ async fn dead_letter(
     let received_at = header(HDR_RECEIVED_AT);
     let schema = header(HDR_SCHEMA);
     let group = header(HDR_GROUP);
+    let traceparent = header(crate::queue::HDR_TRACEPARENT);
     let attempts = held
         .as_ref()
         .map(|h| h.entry.attempts + 1)
@@ -353,9 +432,11 @@ async fn dead_letter(
         schema: schema.as_deref(),
         group: group.as_deref(),
         first_attempt_at: first_attempt_at.as_deref(),
+        traceparent: traceparent.as_deref(),
         payload: d.msg.payload.clone(),
     };
-    match deps.dlq.put(&entry).await {
+    let dlq_span = trace_span!("dead_letter", leadrouter.reason = reason.as_str());
+    match deps.dlq.put(&entry).instrument(dlq_span).await {
         Ok(_) => {
             if let Some(h) = held {
                 if let Err(e) = deps
@@ -379,6 +460,7 @@ async fn dead_letter(
         }
         Err(e) => {
             tracing::error!(error = %e, stage = "dlq", outcome = "retry", "DLQ unavailable; retrying instead of dropping");
+            metrics().retry(retry::DLQ_UNAVAILABLE);
             if let Some(h) = held {
                 let _ = deps.idem.release(h, Some(last_error.to_string())).await;
             }

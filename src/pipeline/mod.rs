@@ -47,6 +47,8 @@ pub struct PipelineStats {
     pub handler_restarts: AtomicU64,
     dead: Mutex<HashMap<&'static str, u64>>,
     e2e_ms: Mutex<Vec<f64>>,
+    /// Per-minute latency for `leadrouter latency` (the samples above are for tests/benches).
+    pub latency: crate::telemetry::windows::LatencyWindows,
     /// Bumped after every finished delivery, so tests and tools can await progress.
     progress: watch::Sender<u64>,
 }
@@ -77,6 +79,8 @@ impl PipelineStats {
             v.drain(..50_000);
         }
         v.push(d.as_secs_f64() * 1e3);
+        drop(v);
+        self.latency.record(d);
     }
 
     /// End-to-end latency percentile (ms) over the recent samples.
@@ -467,6 +471,7 @@ impl Actor for Dispatcher {
             .stats
             .handler_restarts
             .fetch_add(1, Ordering::Relaxed);
+        crate::telemetry::metrics::metrics().handler_restarts.inc();
         tracing::error!(handler = idx, error = %err, "handler crashed; restarting it and redelivering its message");
         // Its message was not acked. Free the lease it held and ask for the redelivery now
         // rather than after ack_wait; the group waits for exactly that message.

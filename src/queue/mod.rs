@@ -31,6 +31,8 @@ pub const HDR_SCHEMA: &str = "Leadrouter-Schema";
 pub const HDR_GROUP: &str = "Leadrouter-Group";
 pub const HDR_REPLAY_OF: &str = "Leadrouter-Replay-Of";
 pub const HDR_REPLAY_REASON: &str = "Leadrouter-Replay-Reason";
+/// W3C trace context of the lead's trace (set only while traces are exported).
+pub const HDR_TRACEPARENT: &str = crate::telemetry::traces::HDR_TRACEPARENT;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -178,6 +180,8 @@ impl Publisher {
         payload: Bytes,
     ) -> Result<Stored, PublishFailure> {
         headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
+        // `traceparent` of the current (publish) span: the handler continues this trace.
+        crate::telemetry::traces::inject_current(&mut headers);
         let fut = async {
             let ack = self
                 .js

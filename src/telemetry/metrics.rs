@@ -1,1 +1,633 @@
-//! Prometheus metrics (filled in by the metrics work).
+//! Prometheus metrics for every stage, served as text on the public listener's `GET /metrics`.
+//!
+//! One process-wide [`Registry`] behind [`metrics()`], with typed handles. Label values are
+//! bounded: sender ids and sink names come from the configuration (an unknown sender is
+//! [`UNKNOWN_SENDER`]), everything else is a fixed set of static strings (status codes, error
+//! classes, DLQ reasons). Keys, emails, addresses and error texts never become labels.
+//!
+//! Names follow the Prometheus conventions: counters end in `_total`, durations are `_seconds`,
+//! everything in base units. The README's "Metrics and alerts" section lists every series;
+//! `config/alerts.yml` holds the alerting rules and `docs/runbook.md` what to do about each.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use tokio::sync::watch;
+
+use crate::queue::{CONSUMER_ROUTER, STREAM_DLQ, STREAM_LEADS};
+
+/// The `sender` label of requests for a sender that is not configured (404): the path segment
+/// is caller-controlled and must not become a label value.
+pub const UNKNOWN_SENDER: &str = "_unknown";
+
+/// How often the queue gauges are refreshed from the `router` consumer's info.
+pub const QUEUE_POLL_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The `Content-Type` of the text exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Edge latencies: sub-millisecond 202s up to the 2 s publish timeout and beyond.
+const INTAKE_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Handler stages: microsecond validation up to sink calls that run into their timeout.
+const STAGE_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+/// End to end (received_at -> last sink confirmed): fine below 10 ms for the fast path, dense
+/// around the 2 s SLO (a bucket bound exactly at 2 s makes "share over the SLO" exact), and
+/// long tails for retries and replays (whose `received_at` is the original receipt).
+const E2E_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 120.0, 300.0,
+];
+
+/// Every `reason` label value of `leadrouter_retries_total`.
+pub mod retry {
+    /// A sink answered with a transient error (timeout, connect, 5xx, 429, ...).
+    pub const SINK: &str = "sink";
+    /// Another delivery of the same lead holds the claim.
+    pub const CLAIM_BUSY: &str = "claim_busy";
+    /// The idempotency KV bucket could not be read or written.
+    pub const KV_UNAVAILABLE: &str = "kv_unavailable";
+    /// The DLQ write failed, so the lead is retried instead of dropped.
+    pub const DLQ_UNAVAILABLE: &str = "dlq_unavailable";
+    pub const ALL: &[&str] = &[SINK, CLAIM_BUSY, KV_UNAVAILABLE, DLQ_UNAVAILABLE];
+}
+
+/// Every `source` label value of `leadrouter_replays_total`.
+pub mod replay_source {
+    /// The admin HTTP API (and the console).
+    pub const ADMIN: &str = "admin";
+    /// The `leadrouter replay` command (it calls the admin API and names itself `cli:<user>`).
+    pub const CLI: &str = "cli";
+    /// The NATS operator service (`leadrouter.dlq.replay`).
+    pub const NATS: &str = "nats";
+    pub const ALL: &[&str] = &[ADMIN, CLI, NATS];
+}
+
+/// The DLQ reasons, so their series exist at zero from the start (an alert on `increase()`
+/// then sees the very first placement).
+const DLQ_REASONS: &[&str] = &[
+    "malformed_envelope",
+    "unknown_schema",
+    "schema_mismatch",
+    "sink_rejected",
+    "retries_exhausted",
+    "max_deliveries",
+];
+
+/// The `replay` label value.
+pub fn replay_label(replay: bool) -> &'static str {
+    if replay {
+        "true"
+    } else {
+        "false"
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    /// `leadrouter_build_info{version}`: always 1.
+    pub build_info: IntGaugeVec,
+    /// `leadrouter_intake_requests_total{sender,status}`.
+    pub intake_requests: IntCounterVec,
+    /// `leadrouter_intake_duration_seconds{sender}`: request received -> answer ready.
+    pub intake_duration: HistogramVec,
+    /// `leadrouter_intake_rate_limited_total{sender}`.
+    pub intake_rate_limited: IntCounterVec,
+    /// `leadrouter_intake_signature_failures_total{sender,reason}`.
+    pub intake_signature_failures: IntCounterVec,
+    /// `leadrouter_intake_duplicates_total{sender}`: the PubAck said duplicate.
+    pub intake_duplicates: IntCounterVec,
+    /// `leadrouter_queue_pending_messages`: `router` consumer's `num_pending`.
+    pub queue_pending: IntGauge,
+    /// `leadrouter_queue_ack_pending_messages`: `router` consumer's `num_ack_pending`.
+    pub queue_ack_pending: IntGauge,
+    /// `leadrouter_queue_max_ack_pending`: the `router` consumer's configured limit.
+    pub queue_max_ack_pending: IntGauge,
+    /// `leadrouter_dlq_messages`: entries in `LEADS_DLQ`.
+    pub dlq_messages: IntGauge,
+    /// `leadrouter_queue_info_up`: 1 if the last consumer-info poll succeeded.
+    pub queue_info_up: IntGauge,
+    /// `leadrouter_handler_stage_duration_seconds{stage,sink}`.
+    pub stage_duration: HistogramVec,
+    /// `leadrouter_handler_duplicates_total`: done keys short-circuited (moka cache or KV).
+    pub handler_duplicates: IntCounter,
+    /// `leadrouter_handler_restarts_total`: handler actors restarted after a panic.
+    pub handler_restarts: IntCounter,
+    /// `leadrouter_sink_requests_total{sink,outcome,class,replay}`.
+    pub sink_requests: IntCounterVec,
+    /// `leadrouter_retries_total{reason}`: deliveries NAKed with a delay.
+    pub retries: IntCounterVec,
+    /// `leadrouter_dlq_placements_total{reason}`: new DLQ entries.
+    pub dlq_placements: IntCounterVec,
+    /// `leadrouter_replays_total{source}`: DLQ entries republished.
+    pub replays: IntCounterVec,
+    /// `leadrouter_delivered_total{replay}`: leads every sink confirmed.
+    pub delivered: IntCounterVec,
+    /// `leadrouter_e2e_latency_seconds{replay}`: received_at -> last sink persisted.
+    pub e2e_latency: HistogramVec,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::with_opts(Opts::new(name, help)).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::with_opts(Opts::new(name, help)).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn histogram_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+    labels: &[&str],
+) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+    .expect("valid metric");
+    r.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let r = Registry::new();
+        let build_info = {
+            let g = IntGaugeVec::new(
+                Opts::new(
+                    "leadrouter_build_info",
+                    "Always 1; the version label says which leadrouter runs.",
+                ),
+                &["version"],
+            )
+            .expect("valid metric");
+            r.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        let m = Metrics {
+            build_info,
+            intake_requests: counter_vec(
+                &r,
+                "leadrouter_intake_requests_total",
+                "Intake requests answered, by sender and HTTP status.",
+                &["sender", "status"],
+            ),
+            intake_duration: histogram_vec(
+                &r,
+                "leadrouter_intake_duration_seconds",
+                "Time from receiving an intake request to its answer (202 after the PubAck).",
+                INTAKE_BUCKETS,
+                &["sender"],
+            ),
+            intake_rate_limited: counter_vec(
+                &r,
+                "leadrouter_intake_rate_limited_total",
+                "Intake requests refused with 429 by the sender's token bucket.",
+                &["sender"],
+            ),
+            intake_signature_failures: counter_vec(
+                &r,
+                "leadrouter_intake_signature_failures_total",
+                "Intake requests refused with 401, by sender and reason (signature_missing, signature_malformed, signature_invalid, signature_stale, signature_future).",
+                &["sender", "reason"],
+            ),
+            intake_duplicates: counter_vec(
+                &r,
+                "leadrouter_intake_duplicates_total",
+                "Accepted intake requests that JetStream's dedupe window recognised (PubAck duplicate).",
+                &["sender"],
+            ),
+            queue_pending: gauge(
+                &r,
+                "leadrouter_queue_pending_messages",
+                "Messages in LEADS not yet delivered to the router consumer (num_pending).",
+            ),
+            queue_ack_pending: gauge(
+                &r,
+                "leadrouter_queue_ack_pending_messages",
+                "Messages delivered to the router consumer and not yet acknowledged (num_ack_pending).",
+            ),
+            queue_max_ack_pending: gauge(
+                &r,
+                "leadrouter_queue_max_ack_pending",
+                "The router consumer's max_ack_pending: the server stops delivering at this many unacknowledged messages.",
+            ),
+            dlq_messages: gauge(
+                &r,
+                "leadrouter_dlq_messages",
+                "Entries in the LEADS_DLQ stream (replayed ones included: a replay removes nothing).",
+            ),
+            queue_info_up: gauge(
+                &r,
+                "leadrouter_queue_info_up",
+                "1 if the last poll of the router consumer's info succeeded (the queue gauges are fresh), else 0.",
+            ),
+            stage_duration: histogram_vec(
+                &r,
+                "leadrouter_handler_stage_duration_seconds",
+                "Time a handler spends per stage: claim (dedupe + KV claim), validate, enrich, sink (one per sink, sink label set).",
+                STAGE_BUCKETS,
+                &["stage", "sink"],
+            ),
+            handler_duplicates: counter(
+                &r,
+                "leadrouter_handler_duplicates_total",
+                "Deliveries of leads already done, acknowledged without touching a sink (idempotency cache or KV).",
+            ),
+            handler_restarts: counter(
+                &r,
+                "leadrouter_handler_restarts_total",
+                "Handler actors restarted after a panic (their message is redelivered).",
+            ),
+            sink_requests: counter_vec(
+                &r,
+                "leadrouter_sink_requests_total",
+                "Sink writes by sink, outcome (ok, failed = transient, rejected = permanent), error class (none when ok) and whether the lead is a replay.",
+                &["sink", "outcome", "class", "replay"],
+            ),
+            retries: counter_vec(
+                &r,
+                "leadrouter_retries_total",
+                "Deliveries handed back for a later retry (NAK with delay), by reason.",
+                &["reason"],
+            ),
+            dlq_placements: counter_vec(
+                &r,
+                "leadrouter_dlq_placements_total",
+                "Leads written to the DLQ, by reason.",
+                &["reason"],
+            ),
+            replays: counter_vec(
+                &r,
+                "leadrouter_replays_total",
+                "DLQ entries republished to LEADS, by where the replay was asked for (admin, cli, nats).",
+                &["source"],
+            ),
+            delivered: counter_vec(
+                &r,
+                "leadrouter_delivered_total",
+                "Leads every sink confirmed, by whether they were replays.",
+                &["replay"],
+            ),
+            e2e_latency: histogram_vec(
+                &r,
+                "leadrouter_e2e_latency_seconds",
+                "End-to-end latency: received_at at the edge to the last sink's confirmation, by whether the lead was a replay (the SLO is on replay=\"false\").",
+                E2E_BUCKETS,
+                &["replay"],
+            ),
+            registry: r,
+        };
+        // Series that alerts and dashboards rate() over exist at zero from the start.
+        for reason in DLQ_REASONS {
+            m.dlq_placements.with_label_values(&[reason]);
+        }
+        for reason in retry::ALL {
+            m.retries.with_label_values(&[reason]);
+        }
+        for source in replay_source::ALL {
+            m.replays.with_label_values(&[source]);
+        }
+        for replay in ["false", "true"] {
+            m.delivered.with_label_values(&[replay]);
+            m.e2e_latency.with_label_values(&[replay]);
+        }
+        m
+    }
+
+    /// The registry's current state in the text exposition format.
+    pub fn encode(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "metrics encoding failed");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// The registry, for callers that want to add their own collectors.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Creates a configured sender's series at zero and returns its cached handles.
+    pub fn sender(&self, id: &str) -> SenderMetrics {
+        for status in ["202", "503"] {
+            self.intake_requests.with_label_values(&[id, status]);
+        }
+        SenderMetrics {
+            accepted: self.intake_requests.with_label_values(&[id, "202"]),
+            duration: self.intake_duration.with_label_values(&[id]),
+            duplicates: self.intake_duplicates.with_label_values(&[id]),
+            rate_limited: self.intake_rate_limited.with_label_values(&[id]),
+        }
+    }
+
+    /// Creates a configured sink's success series at zero.
+    pub fn sink(&self, name: &str) {
+        for replay in ["false", "true"] {
+            self.sink_requests
+                .with_label_values(&[name, "ok", "none", replay]);
+        }
+    }
+
+    /// One answered intake request. `sender` is `None` for a sender that is not configured;
+    /// `error` is the answer's error code (`None` for a 202).
+    pub fn intake(
+        &self,
+        sender: Option<(&str, &SenderMetrics)>,
+        status: u16,
+        error: Option<&'static str>,
+        duplicate: bool,
+        took: Duration,
+    ) {
+        let secs = took.as_secs_f64();
+        let Some((id, sm)) = sender else {
+            self.intake_requests
+                .with_label_values(&[UNKNOWN_SENDER, status_str(status)])
+                .inc();
+            self.intake_duration
+                .with_label_values(&[UNKNOWN_SENDER])
+                .observe(secs);
+            return;
+        };
+        sm.duration.observe(secs);
+        if status == 202 {
+            sm.accepted.inc();
+            if duplicate {
+                sm.duplicates.inc();
+            }
+            return;
+        }
+        self.intake_requests
+            .with_label_values(&[id, status_str(status)])
+            .inc();
+        match (status, error) {
+            (429, _) => sm.rate_limited.inc(),
+            (401, Some(reason)) => self
+                .intake_signature_failures
+                .with_label_values(&[id, reason])
+                .inc(),
+            _ => {}
+        }
+    }
+
+    /// One handler stage took `took` (`sink` is "" for non-sink stages).
+    pub fn stage(&self, stage: &str, sink: &str, took: Duration) {
+        self.stage_duration
+            .with_label_values(&[stage, sink])
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn retry(&self, reason: &'static str) {
+        self.retries.with_label_values(&[reason]).inc();
+    }
+
+    /// One sink write's outcome; `class` is `None` when it succeeded.
+    pub fn sink_outcome(
+        &self,
+        sink: &str,
+        outcome: &str,
+        class: Option<&str>,
+        replay: bool,
+        took: Duration,
+    ) {
+        self.sink_requests
+            .with_label_values(&[sink, outcome, class.unwrap_or("none"), replay_label(replay)])
+            .inc();
+        self.stage("sink", sink, took);
+    }
+
+    /// A lead every sink confirmed, with its end-to-end latency when known.
+    pub fn delivered(&self, replay: bool, e2e: Option<Duration>) {
+        let r = replay_label(replay);
+        self.delivered.with_label_values(&[r]).inc();
+        if let Some(d) = e2e {
+            self.e2e_latency
+                .with_label_values(&[r])
+                .observe(d.as_secs_f64());
+        }
+    }
+
+    pub fn dlq_placed(&self, reason: &'static str) {
+        self.dlq_placements.with_label_values(&[reason]).inc();
+    }
+
+    pub fn replayed(&self, source: &'static str) {
+        self.replays.with_label_values(&[source]).inc();
+    }
+}
+
+/// A configured sender's handles for the common path (a 202), looked up once at start-up.
+#[derive(Clone)]
+pub struct SenderMetrics {
+    accepted: IntCounter,
+    duration: Histogram,
+    duplicates: IntCounter,
+    rate_limited: IntCounter,
+}
+
+/// Status codes as label values without allocating for the ones the edge answers.
+fn status_str(status: u16) -> &'static str {
+    match status {
+        200 => "200",
+        202 => "202",
+        400 => "400",
+        401 => "401",
+        404 => "404",
+        405 => "405",
+        413 => "413",
+        415 => "415",
+        429 => "429",
+        500 => "500",
+        503 => "503",
+        s if (500..600).contains(&s) => "5xx",
+        s if (400..500).contains(&s) => "4xx",
+        _ => "other",
+    }
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+/// The replay source for a replay requested by `by` through a surface whose default source is
+/// `surface`: the CLI names itself `cli:<user>` on the admin API.
+pub fn replay_source_of(surface: &'static str, by: &str) -> &'static str {
+    if by.starts_with("cli:") {
+        replay_source::CLI
+    } else {
+        surface
+    }
+}
+
+/// Reads the `router` consumer's info (and the DLQ's size) into the queue gauges once.
+pub async fn refresh_queue_gauges(js: &jetstream::Context) -> Result<(), String> {
+    let m = metrics();
+    let result = async {
+        let leads = js
+            .get_stream_no_info(STREAM_LEADS)
+            .await
+            .map_err(|e| format!("stream {STREAM_LEADS}: {e}"))?;
+        let info = leads
+            .consumer_info(CONSUMER_ROUTER)
+            .await
+            .map_err(|e| format!("consumer {STREAM_LEADS}/{CONSUMER_ROUTER}: {e}"))?;
+        m.queue_pending
+            .set(i64::try_from(info.num_pending).unwrap_or(i64::MAX));
+        m.queue_ack_pending
+            .set(i64::try_from(info.num_ack_pending).unwrap_or(i64::MAX));
+        m.queue_max_ack_pending.set(info.config.max_ack_pending);
+        let dlq = js
+            .get_stream(STREAM_DLQ)
+            .await
+            .map_err(|e| format!("stream {STREAM_DLQ}: {e}"))?;
+        m.dlq_messages
+            .set(i64::try_from(dlq.cached_info().state.messages).unwrap_or(i64::MAX));
+        Ok(())
+    }
+    .await;
+    m.queue_info_up.set(i64::from(result.is_ok()));
+    result
+}
+
+/// Refreshes the queue gauges every [`QUEUE_POLL_INTERVAL`] until `stop` turns true.
+pub async fn poll_queue(js: jetstream::Context, mut stop: watch::Receiver<bool>) {
+    // The first read after one interval: at start-up the pool is still creating the consumer.
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + QUEUE_POLL_INTERVAL,
+        QUEUE_POLL_INTERVAL,
+    );
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+        }
+        match refresh_queue_gauges(&js).await {
+            Ok(()) => failing = false,
+            Err(e) => {
+                // Once per failure streak: an edge-only node before any router exists would
+                // otherwise log every 5 s.
+                if !failing {
+                    tracing::warn!(error = %e, "queue gauges not refreshed (leadrouter_queue_info_up = 0)");
+                }
+                failing = true;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_format_has_build_info_and_the_slo_bucket() {
+        let text = metrics().encode();
+        assert!(
+            text.contains(&format!(
+                "leadrouter_build_info{{version=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE leadrouter_e2e_latency_seconds histogram"));
+        assert!(
+            text.contains("leadrouter_e2e_latency_seconds_bucket{replay=\"false\",le=\"2\"}"),
+            "{text}"
+        );
+        assert!(text.contains("leadrouter_dlq_placements_total{reason=\"max_deliveries\"}"));
+    }
+
+    #[test]
+    fn intake_labels_are_bounded() {
+        let m = metrics();
+        let sm = m.sender("unit-sender");
+        m.intake(
+            Some(("unit-sender", &sm)),
+            202,
+            None,
+            true,
+            Duration::from_millis(1),
+        );
+        m.intake(
+            Some(("unit-sender", &sm)),
+            401,
+            Some("signature_invalid"),
+            false,
+            Duration::from_millis(1),
+        );
+        m.intake(
+            Some(("unit-sender", &sm)),
+            429,
+            Some("rate_limited"),
+            false,
+            Duration::from_millis(1),
+        );
+        m.intake(None, 404, Some("unknown_sender"), false, Duration::ZERO);
+        let text = m.encode();
+        for line in [
+            "leadrouter_intake_requests_total{sender=\"unit-sender\",status=\"202\"} 1",
+            "leadrouter_intake_requests_total{sender=\"unit-sender\",status=\"401\"} 1",
+            "leadrouter_intake_requests_total{sender=\"unit-sender\",status=\"429\"} 1",
+            "leadrouter_intake_requests_total{sender=\"unit-sender\",status=\"503\"} 0",
+            "leadrouter_intake_duplicates_total{sender=\"unit-sender\"} 1",
+            "leadrouter_intake_rate_limited_total{sender=\"unit-sender\"} 1",
+            "leadrouter_intake_signature_failures_total{reason=\"signature_invalid\",sender=\"unit-sender\"} 1",
+            "leadrouter_intake_duration_seconds_count{sender=\"unit-sender\"} 3",
+        ] {
+            assert!(text.contains(line), "missing `{line}` in\n{text}");
+        }
+        assert!(
+            text.contains("leadrouter_intake_requests_total{sender=\"_unknown\",status=\"404\"}")
+        );
+    }
+
+    #[test]
+    fn status_labels_never_allocate_unbounded_values() {
+        assert_eq!(status_str(202), "202");
+        assert_eq!(status_str(502), "5xx");
+        assert_eq!(status_str(418), "4xx");
+        assert_eq!(status_str(302), "other");
+    }
+
+    #[test]
+    fn cli_replays_are_told_apart() {
+        assert_eq!(replay_source_of(replay_source::ADMIN, "cli:ada"), "cli");
+        assert_eq!(replay_source_of(replay_source::ADMIN, "api"), "admin");
+        assert_eq!(replay_source_of(replay_source::NATS, "ops-bot"), "nats");
+    }
+}
