@@ -218,8 +218,25 @@ async fn sandbox(addr: std::net::SocketAddr) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<ExitCode> {
+    // Before the log set-up, which adds the span layer when an exporter is installed.
+    let traces = crate::telemetry::traces::init(&cfg.telemetry).context("config `[telemetry]`")?;
     crate::telemetry::init_logging();
-    let service = Service::start(&cfg, &ProcessEnv).await?;
+    if let Some(t) = &traces {
+        tracing::info!(
+            endpoint = t.endpoint(),
+            protocol = t.protocol(),
+            "exporting traces over OTLP"
+        );
+    }
+    let service = match Service::start(&cfg, &ProcessEnv).await {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(t) = traces {
+                t.shutdown().await;
+            }
+            return Err(e.into());
+        }
+    };
     // A person at a terminal gets the one line that matters; a log pipeline gets only JSON.
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         eprintln!(
@@ -231,6 +248,10 @@ async fn serve(cfg: Config) -> anyhow::Result<ExitCode> {
     wait_for_signal().await;
     tracing::info!("shutting down");
     service.shutdown().await;
+    // Spans still buffered in the batch processor go out before the process ends.
+    if let Some(t) = traces {
+        t.shutdown().await;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -514,7 +514,10 @@ impl TelemetryConfig {
         if let Some(v) = env.var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
             self.otlp_traces_endpoint = Some(v);
         }
-        for name in ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"] {
+        for name in [
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ] {
             if let Some(v) = env.var(name) {
                 self.otlp_protocol = OtlpProtocol::parse(&v).ok_or_else(|| {
                     ConfigError::invalid(name, format!("`{v}`: use grpc or http/protobuf"))
@@ -539,7 +542,10 @@ impl TelemetryConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         for (key, url) in [
             ("telemetry.otlp_endpoint", &self.otlp_endpoint),
-            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &self.otlp_traces_endpoint),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                &self.otlp_traces_endpoint,
+            ),
         ] {
             if let Some(u) = url.as_deref().map(str::trim) {
                 if !(u.starts_with("http://") || u.starts_with("https://")) {
@@ -1067,7 +1073,10 @@ email = "$.email"
 
         let file = "[telemetry]\notlp_endpoint = \"http://c:4317\"\nsample_ratio = 0.5";
         let cfg = load(file, &[]).unwrap();
-        assert_eq!(cfg.telemetry.traces_endpoint().as_deref(), Some("http://c:4317"));
+        assert_eq!(
+            cfg.telemetry.traces_endpoint().as_deref(),
+            Some("http://c:4317")
+        );
         let cfg = load(file, &[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")]).unwrap();
         assert_eq!(
             cfg.telemetry.traces_endpoint().as_deref(),
@@ -1090,7 +1099,10 @@ email = "$.email"
         assert_eq!(cfg.telemetry.service_name, "lr-edge");
         let cfg = load(
             "",
-            &[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "https://x/custom/path")],
+            &[(
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "https://x/custom/path",
+            )],
         )
         .unwrap();
         assert_eq!(
@@ -1101,7 +1113,10 @@ email = "$.email"
         assert_eq!(cfg.telemetry.traces_endpoint(), None);
 
         let err = load(file, &[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")]).unwrap_err();
-        assert!(err.to_string().contains("OTEL_EXPORTER_OTLP_PROTOCOL"), "{err}");
+        assert!(
+            err.to_string().contains("OTEL_EXPORTER_OTLP_PROTOCOL"),
+            "{err}"
+        );
         let err = load("[telemetry]\nsample_ratio = 2.0", &[]).unwrap_err();
         assert!(err.to_string().contains("telemetry.sample_ratio"), "{err}");
         let err = load("[telemetry]\notlp_endpoint = \"c:4317\"", &[]).unwrap_err();

@@ -237,12 +237,12 @@ impl Service {
                     setting: "admin.listen / LEADROUTER_ADMIN_LISTEN",
                     message: e.to_string(),
                 })?;
-                tracing::info!(admin = %addr, "admin API listening");
+                tracing::info!(admin = %addr, "admin API and operator console listening on http://{addr}/");
                 (Some(addr), Some(tx), Some(tokio::spawn(server)))
             }
             None => {
                 tracing::warn!(
-                    "admin API not started: set {} to enable the DLQ/replay API and the operator commands (the admin listener never runs open)",
+                    "admin API not started: set {} to enable the operator console, the DLQ/replay API and the operator commands (the admin listener never runs open; everything else runs as usual)",
                     cfg.admin.token_env
                 );
                 (None, None, None)

@@ -9,13 +9,7 @@ use std::time::Duration;
 
 use leadrouter::queue::embedded::{EmbeddedNats, EmbeddedSpec};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::free_port;
 
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))

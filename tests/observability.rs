@@ -29,13 +29,7 @@ const PII: &[&str] = &[
     "Wolfgangina",
 ];
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::free_port;
 
 /// The child's log lines, as they arrive, with a way to await one.
 #[derive(Clone, Default)]

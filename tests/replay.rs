@@ -107,6 +107,20 @@ impl Setup {
         (s, b)
     }
 
+    /// Runs the `leadrouter` binary against this service's admin API, as an operator would.
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_leadrouter"))
+            .args(args)
+            .current_dir(common::manifest_dir())
+            .env(
+                "LEADROUTER_ADMIN_LISTEN",
+                self.admin.trim_start_matches("http://"),
+            )
+            .env("LEADROUTER_ADMIN_TOKEN", TOKEN)
+            .output()
+            .expect("run leadrouter")
+    }
+
     fn dead(&self, reason: &str) -> u64 {
         self.app
             .service
@@ -291,23 +305,14 @@ async fn schema_fix_then_batch_replay_delivers_and_failures_return_with_new_reas
     assert_eq!(s.crm.stats().records, 3);
 
     // The same sweep from the CLI: everything was replayed before, so all skipped, none sent.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_leadrouter"))
-        .args([
-            "replay",
-            "--filter-reason",
-            "schema_mismatch",
-            "--reason",
-            "again",
-            "--json",
-        ])
-        .current_dir(common::manifest_dir())
-        .env(
-            "LEADROUTER_ADMIN_LISTEN",
-            s.admin.trim_start_matches("http://"),
-        )
-        .env("LEADROUTER_ADMIN_TOKEN", TOKEN)
-        .output()
-        .unwrap();
+    let out = s.cli(&[
+        "replay",
+        "--filter-reason",
+        "schema_mismatch",
+        "--reason",
+        "again",
+        "--json",
+    ]);
     assert!(
         out.status.success(),
         "{}",
@@ -418,16 +423,7 @@ async fn admin_api_needs_the_token_and_nats_service_answers_plain_requests() {
         .await;
 
     // The CLI finds the service from env and prints JSON lines.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_leadrouter"))
-        .args(["dlq", "tail"])
-        .current_dir(common::manifest_dir())
-        .env(
-            "LEADROUTER_ADMIN_LISTEN",
-            s.admin.trim_start_matches("http://"),
-        )
-        .env("LEADROUTER_ADMIN_TOKEN", TOKEN)
-        .output()
-        .unwrap();
+    let out = s.cli(&["dlq", "tail"]);
     assert!(
         out.status.success(),
         "{}",
@@ -481,23 +477,14 @@ async fn replaying_a_lead_that_reached_a_sink_writes_only_what_is_missing() {
     s.crm.heal();
     let (_, list) = s.get("/api/dlq").await;
     let id = list["entries"][0]["id"].as_u64().expect("listed");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_leadrouter"))
-        .args([
-            "replay",
-            "--id",
-            &id.to_string(),
-            "--reason",
-            "analytics fixed",
-            "--json",
-        ])
-        .current_dir(common::manifest_dir())
-        .env(
-            "LEADROUTER_ADMIN_LISTEN",
-            s.admin.trim_start_matches("http://"),
-        )
-        .env("LEADROUTER_ADMIN_TOKEN", TOKEN)
-        .output()
-        .unwrap();
+    let out = s.cli(&[
+        "replay",
+        "--id",
+        &id.to_string(),
+        "--reason",
+        "analytics fixed",
+        "--json",
+    ]);
     assert!(
         out.status.success(),
         "{}",

@@ -1,31 +1,43 @@
-//! The admin listener: the JSON API the CLI (and, later, the web console) use. Loopback by
-//! default and always behind the admin token; with no token configured it does not start.
+//! The admin listener: the operator console (pages under `/`, served from this binary) and the
+//! JSON API that the console and the CLI use. Loopback by default and always behind the admin
+//! token; with no token configured the service does not start it at all (see `service.rs`).
+//!
+//! One hand-written router rather than a tree of warp filters: every request passes the same
+//! steps in a visible order (route, authenticate, CSRF check for state changes, handle), and
+//! every response, error or not, gets the same security headers.
+//!
+//! - [`auth`]: the admin token (Bearer), login sessions (HttpOnly, SameSite=Strict cookie),
+//!   CSRF tokens, the failed-attempt gate.
+//! - [`api`]: the JSON API (`/api/...`).
+//! - [`pages`]: the HTML pages and their static assets (`assets/`, embedded with
+//!   `include_str!`).
+//! - [`overview`]: the figures and time series behind the overview page.
+//! - [`lookup`]: the lead index (`leads_index` bucket) and lead lookup.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::{Buf, Bytes, BytesMut};
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
+use futures::{Stream, StreamExt};
 use serde_json::json;
-use subtle::ConstantTimeEq;
-use warp::http::{header, HeaderValue, Response, StatusCode};
+use warp::http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 use warp::hyper::Body;
 use warp::Filter;
 
-use crate::dlq::store::{DlqFilter, DlqStore, DlqStoreError};
+use crate::dlq::store::DlqStore;
 
+mod api;
+mod auth;
+pub mod lookup;
+mod overview;
+mod pages;
 pub mod stats;
 
 pub struct AdminState {
     pub token: String,
     pub dlq: DlqStore,
     pub observed: Arc<stats::Observed>,
-}
-
-#[derive(Debug, Deserialize)]
-struct WindowQuery {
-    window: Option<String>,
-    percentile: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,297 +55,211 @@ pub fn parse_since(s: &str) -> Result<DateTime<Utc>, BadSince> {
         .map_err(|_| BadSince(s.to_string()))
 }
 
-fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Body> {
+/// Request bodies (login form, replay requests) are small.
+const BODY_LIMIT: usize = 64 * 1024;
+
+/// The Content-Security-Policy of every response: scripts and styles only from this origin's
+/// files (no inline code), nothing framed, forms and fetches to this origin only.
+pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+
+/// What every request handler shares: the state the service built, plus the console's own.
+pub(crate) struct Ctx {
+    pub state: Arc<AdminState>,
+    pub sessions: auth::Sessions,
+    pub samples: overview::Samples,
+}
+
+impl Ctx {
+    fn new(state: Arc<AdminState>) -> Ctx {
+        Ctx {
+            state,
+            sessions: auth::Sessions::default(),
+            samples: overview::Samples::default(),
+        }
+    }
+}
+
+/// One request, read in full.
+pub(crate) struct Req {
+    pub method: Method,
+    /// Decoded path segments, empty ones dropped (`/api/dlq/` is `["api", "dlq"]`).
+    pub segments: Vec<String>,
+    /// The raw query string (without `?`).
+    pub query: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Req {
+    pub fn header(&self, name: impl header::AsHeaderName) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub(crate) fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Body> {
     let mut resp = Response::new(Body::from(serde_json::to_vec(&body).unwrap_or_default()));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
 
-fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response<Body> {
+pub(crate) fn error(
+    status: StatusCode,
+    code: &str,
+    message: impl std::fmt::Display,
+) -> Response<Body> {
     json_response(
         status,
         json!({"error": code, "message": message.to_string()}),
     )
 }
 
-fn store_error(e: DlqStoreError) -> Response<Body> {
-    match e {
-        DlqStoreError::NotFound(_) => error(StatusCode::NOT_FOUND, "not_found", e),
-        DlqStoreError::NoReason => error(StatusCode::BAD_REQUEST, "reason_required", e),
-        DlqStoreError::Unreadable { .. } => {
-            error(StatusCode::UNPROCESSABLE_ENTITY, "unreadable", e)
+/// Headers every answer carries, pages, assets, API and errors alike.
+fn secure(mut r: Response<Body>) -> Response<Body> {
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        "cross-origin-opener-policy",
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert(
+        "cross-origin-resource-policy",
+        HeaderValue::from_static("same-origin"),
+    );
+    // Operator data must not linger in caches; the assets are a few KiB, so they too.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// `%XX` decoding of one path segment (`+` stays `+`: this is a path, not a form).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(hi), Some(lo)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push(hi << 4 | lo);
+                i += 3;
+                continue;
+            }
         }
-        DlqStoreError::Nats(_) => error(StatusCode::SERVICE_UNAVAILABLE, "nats_unavailable", e),
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn read_body<S, B>(body: S) -> Result<Bytes, Response<Body>>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    futures::pin_mut!(body);
+    let mut out = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_body", e))?;
+        if out.len() + chunk.remaining() > BODY_LIMIT {
+            return Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "request bodies are limited to 64 KiB",
+            ));
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            out.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(out.freeze())
+}
+
+async fn handle(ctx: Arc<Ctx>, req: Req) -> Response<Body> {
+    let segs: Vec<&str> = req.segments.iter().map(String::as_str).collect();
+    match segs.as_slice() {
+        ["login"] => auth::login_route(&ctx, &req).await,
+        ["logout"] => auth::logout_route(&ctx, &req).await,
+        ["assets", name] => pages::asset(&req, name),
+        [] | ["dlq"] | ["leads"] => pages::page(&ctx, &req).await,
+        ["api", rest @ ..] => match auth::authenticate(&ctx, &req).await {
+            Ok(caller) => api::handle(&ctx, &caller, rest, &req).await,
+            Err(resp) => resp,
+        },
+        _ => error(StatusCode::NOT_FOUND, "not_found", "no such route"),
     }
 }
 
-#[derive(Debug, Default)]
-struct ListQuery {
-    reason: Option<String>,
-    sender: Option<String>,
-    since: Option<String>,
-    hide_replayed: Option<bool>,
-    after_id: Option<u64>,
-}
-
-fn filter_from(q: ListQuery) -> Result<DlqFilter, BadSince> {
-    let nonempty = |o: Option<String>| o.filter(|v| !v.trim().is_empty());
-    Ok(DlqFilter {
-        reason: nonempty(q.reason),
-        sender: nonempty(q.sender),
-        since: nonempty(q.since).map(|s| parse_since(&s)).transpose()?,
-        hide_replayed: q.hide_replayed.unwrap_or(false),
-        after_id: q.after_id,
-    })
-}
-
-#[derive(Debug, Deserialize)]
-struct ReplayOne {
-    reason: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ReplayBatch {
-    #[serde(default)]
-    filter: ListQuery,
-    reason: Option<String>,
-}
-
-impl<'de> Deserialize<'de> for ListQuery {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        struct Raw {
-            reason: Option<String>,
-            sender: Option<String>,
-            since: Option<String>,
-            hide_replayed: Option<serde_json::Value>,
-            after_id: Option<serde_json::Value>,
-        }
-        let r = Raw::deserialize(d)?;
-        // Query strings carry everything as text; JSON bodies carry real types. Accept both.
-        let as_bool = |v: Option<serde_json::Value>| match v {
-            Some(serde_json::Value::Bool(b)) => Some(b),
-            Some(serde_json::Value::String(s)) => Some(s == "true" || s == "1"),
-            _ => None,
-        };
-        let as_u64 = |v: Option<serde_json::Value>| match v {
-            Some(serde_json::Value::Number(n)) => n.as_u64(),
-            Some(serde_json::Value::String(s)) => s.parse().ok(),
-            _ => None,
-        };
-        Ok(ListQuery {
-            reason: r.reason,
-            sender: r.sender,
-            since: r.since,
-            hide_replayed: as_bool(r.hide_replayed),
-            after_id: as_u64(r.after_id),
+fn router(
+    ctx: Arc<Ctx>,
+) -> impl Filter<Extract = (Response<Body>,), Error = std::convert::Infallible> + Clone {
+    warp::method()
+        .and(warp::path::full())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .then(
+            move |method: Method,
+                  path: warp::path::FullPath,
+                  query: String,
+                  headers: HeaderMap,
+                  body| {
+                let ctx = ctx.clone();
+                async move {
+                    let body = match read_body(body).await {
+                        Ok(b) => b,
+                        Err(resp) => return secure(resp),
+                    };
+                    let segments = path
+                        .as_str()
+                        .split('/')
+                        .filter(|s| !s.is_empty())
+                        .map(percent_decode)
+                        .collect();
+                    let req = Req {
+                        method,
+                        segments,
+                        query,
+                        headers,
+                        body,
+                    };
+                    secure(handle(ctx, req).await)
+                }
+            },
+        )
+        .recover(|_| async {
+            Ok::<_, std::convert::Infallible>(secure(error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "the request could not be read",
+            )))
         })
-    }
+        .unify()
 }
 
-/// Who asked, for the replay audit: the caller may name itself; the default says "api".
-fn actor(h: Option<String>) -> String {
-    h.map(|v| v.chars().filter(|c| !c.is_control()).take(64).collect())
-        .filter(|v: &String| !v.is_empty())
-        .unwrap_or_else(|| "api".into())
-}
-
+/// The admin listener's routes (console pages, login, JSON API) without the background
+/// sampler that [`serve`] runs for the overview's queue chart.
 pub fn routes(
     state: Arc<AdminState>,
 ) -> impl Filter<Extract = (Response<Body>,), Error = std::convert::Infallible> + Clone {
-    let with_state = {
-        let state = state.clone();
-        warp::any().map(move || state.clone())
-    };
-    let auth = {
-        let state = state.clone();
-        warp::header::optional::<String>("authorization").and_then(move |h: Option<String>| {
-            let state = state.clone();
-            async move {
-                let ok = h
-                    .as_deref()
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .is_some_and(|t| bool::from(t.as_bytes().ct_eq(state.token.as_bytes())));
-                if ok {
-                    Ok(())
-                } else {
-                    Err(warp::reject::custom(Unauthorized))
-                }
-            }
-        })
-    }
-    .untuple_one();
-
-    let list = warp::path!("api" / "dlq")
-        .and(warp::get())
-        .and(warp::query::<ListQuery>())
-        .and(with_state.clone())
-        .then(|q: ListQuery, state: Arc<AdminState>| async move {
-            let filter = match filter_from(q) {
-                Ok(f) => f,
-                Err(e) => return error(StatusCode::BAD_REQUEST, "bad_since", e),
-            };
-            match state.dlq.list(&filter).await {
-                Ok(entries) => json_response(StatusCode::OK, json!({ "entries": entries })),
-                Err(e) => store_error(e),
-            }
-        });
-    let show = warp::path!("api" / "dlq" / u64)
-        .and(warp::get())
-        .and(with_state.clone())
-        .then(|id: u64, state: Arc<AdminState>| async move {
-            match state.dlq.get(id).await {
-                Ok(e) => json_response(StatusCode::OK, json!(e)),
-                Err(e) => store_error(e),
-            }
-        });
-    let replay_one = warp::path!("api" / "dlq" / u64 / "replay")
-        .and(warp::post())
-        .and(warp::header::optional::<String>("x-leadrouter-actor"))
-        .and(warp::body::content_length_limit(64 * 1024))
-        .and(warp::body::json::<ReplayOne>())
-        .and(with_state.clone())
-        .then(
-            |id: u64, who: Option<String>, body: ReplayOne, state: Arc<AdminState>| async move {
-                let reason = body.reason.unwrap_or_default();
-                match state.dlq.replay(id, &reason, &actor(who)).await {
-                    Ok(r) => json_response(StatusCode::OK, json!(r)),
-                    Err(e) => store_error(e),
-                }
-            },
-        );
-    let replay_batch = warp::path!("api" / "replay")
-        .and(warp::post())
-        .and(warp::header::optional::<String>("x-leadrouter-actor"))
-        .and(warp::body::content_length_limit(64 * 1024))
-        .and(warp::body::json::<ReplayBatch>())
-        .and(with_state.clone())
-        .then(
-            |who: Option<String>, body: ReplayBatch, state: Arc<AdminState>| async move {
-                let reason = body.reason.unwrap_or_default();
-                if reason.trim().is_empty() {
-                    return store_error(DlqStoreError::NoReason);
-                }
-                let filter = match filter_from(body.filter) {
-                    Ok(f) => f,
-                    Err(e) => return error(StatusCode::BAD_REQUEST, "bad_since", e),
-                };
-                if filter.reason.is_none() && filter.sender.is_none() && filter.since.is_none() {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "filter_required",
-                        "a batch replay needs a filter: reason, sender or since",
-                    );
-                }
-                match state
-                    .dlq
-                    .replay_matching(&filter, &reason, &actor(who), |_, _| {})
-                    .await
-                {
-                    Ok(s) => json_response(StatusCode::OK, json!(s)),
-                    Err(e) => store_error(e),
-                }
-            },
-        );
-    let stats = warp::path!("api" / "stats")
-        .and(warp::get())
-        .and(warp::query::<WindowQuery>())
-        .and(with_state.clone())
-        .then(|q: WindowQuery, state: Arc<AdminState>| async move {
-            let window = match stats::parse_window(q.window.as_deref().unwrap_or("15m")) {
-                Ok(w) => w,
-                Err(e) => return error(StatusCode::BAD_REQUEST, "bad_window", e),
-            };
-            json_response(StatusCode::OK, state.observed.stats(window).await)
-        });
-    let latency = warp::path!("api" / "latency")
-        .and(warp::get())
-        .and(warp::query::<WindowQuery>())
-        .and(with_state)
-        .then(|q: WindowQuery, state: Arc<AdminState>| async move {
-            let window = match stats::parse_window(q.window.as_deref().unwrap_or("15m")) {
-                Ok(w) => w,
-                Err(e) => return error(StatusCode::BAD_REQUEST, "bad_window", e),
-            };
-            let p = match stats::parse_percentile(q.percentile.as_deref().unwrap_or("95")) {
-                Ok(p) => p,
-                Err(e) => return error(StatusCode::BAD_REQUEST, "bad_percentile", e),
-            };
-            json_response(StatusCode::OK, state.observed.latency(window, p))
-        });
-
-    auth.and(
-        list.or(show)
-            .unify()
-            .or(replay_one)
-            .unify()
-            .or(replay_batch)
-            .unify()
-            .or(stats)
-            .unify()
-            .or(latency)
-            .unify(),
-    )
-    .recover(
-        |rej: warp::Rejection| async move { Ok::<_, std::convert::Infallible>(rejection(rej)) },
-    )
-    .unify()
-}
-
-#[derive(Debug)]
-struct Unauthorized;
-impl warp::reject::Reject for Unauthorized {}
-
-fn rejection(rej: warp::Rejection) -> Response<Body> {
-    if rej.find::<Unauthorized>().is_some() {
-        let mut r = error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "send Authorization: Bearer <admin token>",
-        );
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"leadrouter\""),
-        );
-        return r;
-    }
-    if let Some(e) = rej.find::<warp::filters::body::BodyDeserializeError>() {
-        return error(StatusCode::BAD_REQUEST, "invalid_body", e);
-    }
-    if rej.find::<warp::reject::InvalidQuery>().is_some() {
-        return error(StatusCode::BAD_REQUEST, "invalid_query", "bad query string");
-    }
-    if rej.find::<warp::reject::UnsupportedMediaType>().is_some() {
-        return error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send the body as JSON with content-type: application/json",
-        );
-    }
-    if rej.find::<warp::reject::PayloadTooLarge>().is_some() {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            "request bodies are limited to 64 KiB",
-        );
-    }
-    if rej.is_not_found() {
-        return error(StatusCode::NOT_FOUND, "not_found", "no such route");
-    }
-    if rej.find::<warp::reject::MethodNotAllowed>().is_some() {
-        return error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "wrong method",
-        );
-    }
-    error(StatusCode::NOT_FOUND, "not_found", "no such route")
+    router(Arc::new(Ctx::new(state)))
 }
 
 pub async fn serve(
@@ -341,5 +267,30 @@ pub async fn serve(
     addr: SocketAddr,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(SocketAddr, impl std::future::Future<Output = ()>), warp::Error> {
-    warp::serve(routes(state)).try_bind_with_graceful_shutdown(addr, shutdown)
+    if state.token.trim().chars().count() < 16 {
+        tracing::warn!("the admin token is shorter than 16 characters: anyone who can reach the admin listener can guess it; use e.g. head -c 24 /dev/urandom | base64");
+    }
+    let ctx = Arc::new(Ctx::new(state));
+    let (addr, server) =
+        warp::serve(router(ctx.clone())).try_bind_with_graceful_shutdown(addr, shutdown)?;
+    let sampler = tokio::spawn(overview::run_sampler(ctx));
+    Ok((addr, async move {
+        server.await;
+        sampler.abort();
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_segments_are_percent_decoded() {
+        assert_eq!(percent_decode("ada%40example.com"), "ada@example.com");
+        assert_eq!(percent_decode("a+b%20c"), "a+b c");
+        assert_eq!(percent_decode("bad%zz%4"), "bad%zz%4");
+        assert_eq!(percent_decode("%"), "%");
+        assert_eq!(percent_decode("%e2%82%ac"), "€");
+        assert_eq!(percent_decode("%é%"), "%é%");
+    }
 }

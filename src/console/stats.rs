@@ -71,6 +71,12 @@ impl Observed {
         }
     }
 
+    /// The `router` consumer's queue figures now (`null` when they cannot be read within 2 s),
+    /// for the console's queue chart.
+    pub async fn queue_info(&self) -> Value {
+        self.queue().await
+    }
+
     /// The `stats` figures over `window`.
     pub async fn stats(&self, window: Duration) -> Value {
         let now = SystemTime::now();

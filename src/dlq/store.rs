@@ -295,7 +295,7 @@ impl DlqStore {
     /// `unreadable` rather than hiding the entry.
     pub async fn get(&self, id: u64) -> Result<DlqEntry, DlqStoreError> {
         match self.get_with_payload(id).await {
-            Ok((entry, _)) => Ok(entry),
+            Ok((entry, _, _)) => Ok(entry),
             Err(DlqStoreError::Unreadable { message, .. }) => {
                 let m = self.raw(id).await?;
                 let mut e = self.entry_from(id, &m.headers, stream_time(&m));
@@ -319,7 +319,11 @@ impl DlqStore {
             .map_err(|_| DlqStoreError::NotFound(id))
     }
 
-    async fn get_with_payload(&self, id: u64) -> Result<(DlqEntry, Bytes), DlqStoreError> {
+    /// The entry, its opened payload and the lead's `traceparent` (for a replay's trace link).
+    async fn get_with_payload(
+        &self,
+        id: u64,
+    ) -> Result<(DlqEntry, Bytes, Option<String>), DlqStoreError> {
         let m = self.raw(id).await?;
         let mut e = self.entry_from(id, &m.headers, stream_time(&m));
         e.replays = self.replays(id).await?.0;
@@ -331,7 +335,8 @@ impl DlqStore {
                 id,
                 message: err.to_string(),
             })?;
-        Ok((e, Bytes::from(plain)))
+        let traceparent = header(&m.headers, crate::queue::HDR_TRACEPARENT);
+        Ok((e, Bytes::from(plain), traceparent))
     }
 
     /// Republishes one entry with a fresh `Nats-Msg-Id` (so the dedupe window does not swallow
@@ -346,7 +351,7 @@ impl DlqStore {
         if reason.is_empty() {
             return Err(DlqStoreError::NoReason);
         }
-        let (entry, payload) = match self.get_with_payload(id).await {
+        let (entry, payload, traceparent) = match self.get_with_payload(id).await {
             Ok(v) => v,
             Err(DlqStoreError::NotFound(id)) => return Err(DlqStoreError::NotFound(id)),
             Err(e) => {
@@ -392,6 +397,20 @@ impl DlqStore {
                 HDR_GROUP,
                 crate::intake::envelope::email_hash(&env.fields).as_str(),
             );
+        }
+        // Traces: a replay starts a new trace (a root span) linked to the original lead's trace;
+        // the republished lead carries the new `traceparent`, and the original one for the
+        // handler's own link.
+        let span = crate::telemetry::traces::trace_span!(parent: None, "replay", otel.kind = "producer", leadrouter.dlq_id = id as i64, leadrouter.key = %entry.key, leadrouter.replay = true);
+        if !span.is_none() {
+            crate::telemetry::traces::link(&span, traceparent.as_deref());
+            crate::telemetry::traces::inject(&span, &mut h);
+            if let Some(tp) = &traceparent {
+                h.insert(
+                    crate::telemetry::traces::HDR_REPLAY_TRACEPARENT,
+                    tp.as_str(),
+                );
+            }
         }
         let ack = self
             .js

@@ -14,9 +14,9 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use serde::Serialize;
 use serde_json::Value;
+use tracing::Instrument;
 use warp::http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use warp::hyper::Body;
-use tracing::Instrument;
 use warp::Filter;
 
 use crate::config::{resolve_secrets, Config, EnvSource, SenderConfig};
@@ -402,7 +402,8 @@ where
         doc = Some(parse_body(sender, &body)?);
     }
     // Scoped: the request view borrows non-Sync data and must not live across an await.
-    let verify_span = crate::telemetry::traces::trace_span!("verify", error.type = tracing::field::Empty);
+    let verify_span =
+        crate::telemetry::traces::trace_span!("verify", error.type = tracing::field::Empty);
     let verified = verify_span.in_scope(|| {
         let path_and_query = full_path_and_query(full, query);
         let req = Request {
@@ -508,12 +509,13 @@ fn trace_answer(span: &tracing::Span, answer: &Result<(String, bool), Answer>) {
     }
     match answer {
         Ok((key, duplicate)) => {
-            span.record("http.response.status_code", 202u16);
+            // i64: the trace layer exports unsigned integers as strings.
+            span.record("http.response.status_code", 202i64);
             span.record("key", key.as_str());
             span.record("leadrouter.duplicate", *duplicate);
         }
         Err(a) => {
-            span.record("http.response.status_code", a.status.as_u16());
+            span.record("http.response.status_code", i64::from(a.status.as_u16()));
             span.record("error.type", a.code);
             if a.status.is_server_error() {
                 crate::telemetry::traces::set_error(span, a.code);

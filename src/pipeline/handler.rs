@@ -65,14 +65,19 @@ pub async fn process(deps: &Arc<PoolDeps>, owner: &str, d: Delivery<'_>) -> Outc
             .await;
         }
     };
-    let span = tracing::info_span!("handle", key = %envelope.key, sender = %envelope.sender, seq = d.seq, attempt = d.delivered, replay);
+    if d.delivered == 1 {
+        // The console's lookup index: fire-and-forget, never waited for.
+        crate::console::lookup::record(&deps.client, &envelope, d.seq, replay);
+    }
+    let span = tracing::info_span!("handle", key = %envelope.key, sender = %envelope.sender, seq = d.seq as i64, attempt = i64::from(d.delivered), replay);
+    // (seq and attempt as i64: the trace layer would export unsigned integers as strings.)
     trace_handle(&span, msg, replay);
     // A span entered across awaits would leak into other tasks: instrument the future instead.
     let outcome = handle_lead(deps, owner, d, envelope, replay, started)
         .instrument(span.clone())
         .await;
     if traces::enabled() {
-        traces::set_attribute(&span, "leadrouter.outcome", outcome.as_str());
+        traces::set_attribute(&span, "leadrouter.outcome", outcome_name(outcome));
         if outcome == Outcome::Dead {
             traces::set_error(&span, "dead_lettered");
         }
@@ -80,14 +85,12 @@ pub async fn process(deps: &Arc<PoolDeps>, owner: &str, d: Delivery<'_>) -> Outc
     outcome
 }
 
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Delivered => "delivered",
-            Outcome::Duplicate => "duplicate",
-            Outcome::Retrying => "retrying",
-            Outcome::Dead => "dead",
-        }
+fn outcome_name(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Delivered => "delivered",
+        Outcome::Duplicate => "duplicate",
+        Outcome::Retrying => "retrying",
+        Outcome::Dead => "dead",
     }
 }
 
@@ -115,7 +118,12 @@ fn trace_handle(span: &tracing::Span, msg: &jetstream::Message, replay: bool) {
 fn trace_sink<T>(span: &tracing::Span, r: &Result<T, SinkError>) {
     if let (false, Err(e)) = (span.is_none(), r) {
         span.record("error.type", e.class());
-        traces::set_error(span, if e.is_permanent() { "rejected" } else { "failed" });
+        let status = if e.is_permanent() {
+            "rejected"
+        } else {
+            "failed"
+        };
+        traces::set_error(span, status);
     }
 }
 
@@ -185,7 +193,7 @@ async fn handle_lead(
         .await;
     }
     metrics().stage("validate", "", t.elapsed());
-    tracing::debug!(stage = "validate", outcome = "ok", duration_ms = ms(t));
+    tracing::info!(stage = "validate", outcome = "ok", duration_ms = ms(t));
 
     let t = Instant::now();
     let Value::Object(mut fields) = fields else {
@@ -198,7 +206,7 @@ async fn handle_lead(
             .fetch_add(report.flags.len() as u64, Ordering::Relaxed);
     }
     metrics().stage("enrich", "", t.elapsed());
-    tracing::debug!(stage = "enrich", outcome = "ok", flags = ?report.flags, duration_ms = ms(t));
+    tracing::info!(stage = "enrich", outcome = "ok", flags = ?report.flags, duration_ms = ms(t));
 
     let record = LeadRecord {
         key: envelope.key.clone(),

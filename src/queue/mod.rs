@@ -22,6 +22,10 @@ pub const KV_DLQ_AUDIT: &str = "leads_dlq_audit";
 /// One key-check record per DLQ key id; kept forever, unlike the audit records, because an
 /// entry sealed on a key's last day outlives any age we could give the record.
 pub const KV_DLQ_KEYS: &str = "leads_dlq_keys";
+/// Lookup index for the console and `GET /api/leads/{lookup}`: `event.<event id hash>.<key>` and
+/// `email.<email hash>.<key>`, written by the handler when it first sees a lead; kept as long as
+/// `LEADS` keeps leads.
+pub const KV_LEAD_INDEX: &str = "leads_index";
 /// Captured MAX_DELIVERIES advisories of the router consumer (the DLQ crash net's input).
 pub const STREAM_ADVISORIES: &str = "LEADS_ADVISORIES";
 pub const CONSUMER_ROUTER: &str = "router";

@@ -6,8 +6,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv, stream};
 
 use super::{
-    QueueError, KV_DLQ_AUDIT, KV_DLQ_KEYS, KV_IDEMPOTENCY, STREAM_ADVISORIES, STREAM_DLQ,
-    STREAM_LEADS,
+    QueueError, KV_DLQ_AUDIT, KV_DLQ_KEYS, KV_IDEMPOTENCY, KV_LEAD_INDEX, STREAM_ADVISORIES,
+    STREAM_DLQ, STREAM_LEADS,
 };
 use crate::config::StreamsConfig;
 
@@ -80,6 +80,7 @@ pub async fn ensure(
     changes.push(ensure_kv(js, cfg).await?);
     changes.push(ensure_audit(js, cfg).await?);
     changes.push(ensure_keys(js, cfg).await?);
+    changes.push(ensure_index(js, cfg).await?);
     Ok(changes)
 }
 
@@ -206,41 +207,91 @@ async fn ensure_kv(js: &jetstream::Context, cfg: &StreamsConfig) -> Result<Chang
 
 /// Replay records live as long as the DLQ entries they describe.
 async fn ensure_audit(js: &jetstream::Context, cfg: &StreamsConfig) -> Result<Change, QueueError> {
-    const LABEL: &str = "kv leads_dlq_audit";
-    if js.get_key_value(KV_DLQ_AUDIT).await.is_ok() {
+    ensure_bucket(
+        js,
+        "kv leads_dlq_audit",
+        KV_DLQ_AUDIT,
+        "leadrouter: replays of DLQ entries",
+        cfg.dlq_max_age,
+        cfg.replicas,
+    )
+    .await
+}
+
+/// The lead lookup index lives as long as the leads it points at (`streams.max_age`).
+async fn ensure_index(js: &jetstream::Context, cfg: &StreamsConfig) -> Result<Change, QueueError> {
+    const LABEL: &str = "kv leads_index";
+    let Ok(store) = js.get_key_value(KV_LEAD_INDEX).await else {
+        return ensure_bucket(
+            js,
+            LABEL,
+            KV_LEAD_INDEX,
+            "leadrouter: lead lookup index (event id / email hash -> key)",
+            cfg.max_age,
+            cfg.replicas,
+        )
+        .await;
+    };
+    let mut s = store.stream.clone();
+    let mut have = s
+        .info()
+        .await
+        .map_err(|e| QueueError::Topology(format!("{LABEL}: info: {e}")))?
+        .config
+        .clone();
+    if have.max_age == cfg.max_age {
         return Ok(Change::Unchanged(LABEL));
     }
-    js.create_key_value(kv::Config {
-        bucket: KV_DLQ_AUDIT.into(),
-        description: "leadrouter: replays of DLQ entries".into(),
-        history: 1,
-        max_age: cfg.dlq_max_age,
-        storage: stream::StorageType::File,
-        num_replicas: cfg.replicas,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| QueueError::Topology(format!("{LABEL}: create: {e}")))?;
-    Ok(Change::Created(LABEL))
+    let diffs = vec![format!(
+        "ttl {} -> {}",
+        humantime::format_duration(have.max_age),
+        humantime::format_duration(cfg.max_age)
+    )];
+    have.max_age = cfg.max_age;
+    js.update_stream(have)
+        .await
+        .map_err(|e| QueueError::Topology(format!("{LABEL}: update: {e}")))?;
+    Ok(Change::Updated(LABEL, diffs))
 }
 
 /// Key-check records (a few hundred bytes per key id), never aged out.
 async fn ensure_keys(js: &jetstream::Context, cfg: &StreamsConfig) -> Result<Change, QueueError> {
-    const LABEL: &str = "kv leads_dlq_keys";
-    if js.get_key_value(KV_DLQ_KEYS).await.is_ok() {
-        return Ok(Change::Unchanged(LABEL));
+    ensure_bucket(
+        js,
+        "kv leads_dlq_keys",
+        KV_DLQ_KEYS,
+        "leadrouter: DLQ key-check records",
+        Duration::ZERO,
+        cfg.replicas,
+    )
+    .await
+}
+
+/// A history-1 file bucket created when missing and otherwise left as it is (these buckets
+/// have no setting an operator tunes after creation). `max_age` zero: kept forever.
+pub(crate) async fn ensure_bucket(
+    js: &jetstream::Context,
+    label: &'static str,
+    bucket: &str,
+    description: &str,
+    max_age: Duration,
+    replicas: usize,
+) -> Result<Change, QueueError> {
+    if js.get_key_value(bucket).await.is_ok() {
+        return Ok(Change::Unchanged(label));
     }
     js.create_key_value(kv::Config {
-        bucket: KV_DLQ_KEYS.into(),
-        description: "leadrouter: DLQ key-check records".into(),
+        bucket: bucket.into(),
+        description: description.into(),
         history: 1,
+        max_age,
         storage: stream::StorageType::File,
-        num_replicas: cfg.replicas,
+        num_replicas: replicas,
         ..Default::default()
     })
     .await
-    .map_err(|e| QueueError::Topology(format!("{LABEL}: create: {e}")))?;
-    Ok(Change::Created(LABEL))
+    .map_err(|e| QueueError::Topology(format!("{label}: create: {e}")))?;
+    Ok(Change::Created(label))
 }
 
 fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {

@@ -314,7 +314,11 @@ pub fn link(span: &tracing::Span, traceparent: Option<&str>) {
 }
 
 /// An OTel-only attribute (not a `tracing` field, so log lines do not change).
-pub fn set_attribute(span: &tracing::Span, key: &'static str, value: impl Into<opentelemetry::Value>) {
+pub fn set_attribute(
+    span: &tracing::Span,
+    key: &'static str,
+    value: impl Into<opentelemetry::Value>,
+) {
     if enabled() && !span.is_none() {
         span.set_attribute(key, value);
     }
@@ -352,11 +356,14 @@ impl RuntimeHttpClient {
 
 /// `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` / `OTEL_EXPORTER_OTLP_TIMEOUT` (ms), default 10 s.
 fn export_timeout() -> Duration {
-    ["OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"]
-        .iter()
-        .find_map(|k| std::env::var(k).ok()?.trim().parse::<u64>().ok())
-        .map(Duration::from_millis)
-        .unwrap_or(Duration::from_secs(10))
+    [
+        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+    ]
+    .iter()
+    .find_map(|k| std::env::var(k).ok()?.trim().parse::<u64>().ok())
+    .map(Duration::from_millis)
+    .unwrap_or(Duration::from_secs(10))
 }
 
 #[async_trait::async_trait]
@@ -364,8 +371,10 @@ impl opentelemetry_http::HttpClient for RuntimeHttpClient {
     async fn send_bytes(
         &self,
         request: opentelemetry_http::Request<opentelemetry_http::Bytes>,
-    ) -> Result<opentelemetry_http::Response<opentelemetry_http::Bytes>, opentelemetry_http::HttpError>
-    {
+    ) -> Result<
+        opentelemetry_http::Response<opentelemetry_http::Bytes>,
+        opentelemetry_http::HttpError,
+    > {
         let (parts, body) = request.into_parts();
         let req = self
             .client

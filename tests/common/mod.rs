@@ -2,6 +2,8 @@
 //! and the leadrouter service embedded in the test process.
 #![allow(dead_code)]
 
+pub mod otlp;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -287,4 +289,13 @@ pub async fn stream_messages(nats_url: &str, stream: &str) -> Vec<(String, Vec<u
         }
     }
     out
+}
+
+/// A loopback port free right now (for servers that must be told their port up front).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .expect("local addr")
+        .port()
 }

@@ -1,0 +1,520 @@
+//! Lead lookup: where is the lead with this event id, idempotency key or email, and what
+//! happened to it.
+//!
+//! **The index** is the KV bucket `leads_index` (kept `streams.max_age`, like `LEADS`). When a
+//! handler first gets a message (delivery 1 of an original or of a replay), it publishes two
+//! entries, fire-and-forget in a task of their own (a core NATS publish into the bucket's
+//! subjects, no ack awaited), so indexing can never delay or fail a delivery:
+//!
+//! - `event.<first 32 hex of SHA-256(source event id)>.<key>`
+//! - `email.<SHA-256 of the normalized email, the edge's group hash>.<key>` (when the lead has
+//!   an email)
+//!
+//! each holding `{"key", "sender", "seq", "received_at", "replay"}`. The key sits in the entry
+//! name, so a lookup is one stream-info request listing the subjects under a prefix
+//! (`info_with_subjects`), then one read per lead found; nothing is read-modify-written, so
+//! concurrent handlers never race. An email given to a lookup is normalized and hashed here
+//! with the edge's function and then dropped: it is not stored, logged or echoed back.
+//!
+//! **The answer** comes from the lead's idempotency record (`leads_idempotency`: state, sinks
+//! with their confirmation times, attempts, last error), its DLQ entries (reason, replays) and
+//! the index entry (sender, `LEADS` sequence, when the edge accepted it). What it cannot know,
+//! it says: a lead still waiting in `LEADS` for its first delivery is not indexed yet (JetStream
+//! cannot find a message by its `Nats-Msg-Id`), and after `streams.idempotency_ttl` (24h) the
+//! idempotency record, and with it the delivery state, is gone.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::AdminState;
+use crate::dlq::store::{DlqEntry, DlqFilter};
+use crate::intake::envelope::{email_hash, LeadEnvelope};
+use crate::pipeline::idempotency::{now_ms, Idempotency, LeadEntry, LeadState};
+use crate::queue::{KV_IDEMPOTENCY, KV_LEAD_INDEX};
+
+/// Leads one lookup shows at most (an email can have many).
+const MAX_LEADS: usize = 20;
+
+/// The index entry's value.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct IndexValue {
+    pub key: String,
+    pub sender: String,
+    /// Sequence of the message in `LEADS` (the latest one indexed: a replay re-indexes).
+    pub seq: u64,
+    pub received_at: String,
+    #[serde(default)]
+    pub replay: bool,
+}
+
+/// A KV-safe token for a lead key (the idempotency bucket's mapping): `lr_...` stays itself.
+fn key_token(key: &str) -> String {
+    if !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        key.to_string()
+    } else {
+        format!("x-{}", hex::encode(key.as_bytes()))
+    }
+}
+
+fn event_token(event_id: &str) -> String {
+    hex::encode(&Sha256::digest(event_id.as_bytes())[..16])
+}
+
+fn subject(kind: &str, hash: &str, key_tok: &str) -> String {
+    format!("$KV.{KV_LEAD_INDEX}.{kind}.{hash}.{key_tok}")
+}
+
+/// The index entries for one lead: (subject, value).
+pub fn index_entries(envelope: &LeadEnvelope, seq: u64, replay: bool) -> Vec<(String, Bytes)> {
+    let tok = key_token(&envelope.key);
+    if tok.len() > 160 {
+        return Vec::new();
+    }
+    let value = IndexValue {
+        key: envelope.key.clone(),
+        sender: envelope.sender.clone(),
+        seq,
+        received_at: envelope.received_at.clone(),
+        replay,
+    };
+    let value = Bytes::from(serde_json::to_vec(&value).unwrap_or_default());
+    let mut out = vec![(
+        subject("event", &event_token(&envelope.source_event_id), &tok),
+        value.clone(),
+    )];
+    let has_email = envelope
+        .fields
+        .get("email")
+        .and_then(Value::as_str)
+        .is_some_and(|e| !e.trim().is_empty());
+    if has_email {
+        out.push((subject("email", &email_hash(&envelope.fields), &tok), value));
+    }
+    out
+}
+
+/// Indexes a lead the handler just got, without waiting: a task of its own publishes the
+/// entries; a failure is logged at debug and changes nothing else.
+pub fn record(client: &async_nats::Client, envelope: &LeadEnvelope, seq: u64, replay: bool) {
+    let entries = index_entries(envelope, seq, replay);
+    if entries.is_empty() {
+        return;
+    }
+    let client = client.clone();
+    tokio::spawn(async move {
+        for (subject, value) in entries {
+            if let Err(e) = client.publish(subject, value).await {
+                tracing::debug!(error = %e, "lead index entry not written");
+                return;
+            }
+        }
+    });
+}
+
+/// What to look up.
+#[derive(Debug, Clone, PartialEq)]
+pub enum By {
+    Key(String),
+    EventId(String),
+    /// The hash only: the email itself is dropped as soon as it is hashed.
+    Email(String),
+}
+
+impl By {
+    /// `by` (`key`, `event_id`, `email`) says what `raw` is; without it, `lr_...` is a key,
+    /// anything with an `@` an email, and everything else an event id.
+    pub fn parse(raw: &str, by: Option<&str>) -> Result<By, String> {
+        let raw = raw.trim();
+        if raw.is_empty() || raw.len() > 512 {
+            return Err("give an event id, an idempotency key (lr_...) or an email".into());
+        }
+        let hashed = |email: &str| {
+            let mut m = Map::new();
+            m.insert("email".into(), Value::String(email.to_string()));
+            By::Email(email_hash(&m))
+        };
+        match by.map(str::trim).filter(|b| !b.is_empty()) {
+            Some("key") => Ok(By::Key(raw.to_string())),
+            Some("event_id" | "event") => Ok(By::EventId(raw.to_string())),
+            Some("email") => Ok(hashed(raw)),
+            Some(other) => Err(format!(
+                "`by`: `{other}` is not one of key, event_id, email"
+            )),
+            None if raw.starts_with("lr_") => Ok(By::Key(raw.to_string())),
+            None if raw.contains('@') => Ok(hashed(raw)),
+            None => Ok(By::EventId(raw.to_string())),
+        }
+    }
+
+    fn describe(&self) -> Value {
+        match self {
+            By::Key(k) => json!({"by": "key", "value": k}),
+            By::EventId(e) => json!({"by": "event_id", "value": e}),
+            By::Email(_) => json!({"by": "email", "value": null}),
+        }
+    }
+
+    pub fn not_found(&self) -> String {
+        let what = match self {
+            By::Key(_) => "this idempotency key",
+            By::EventId(_) => "this event id",
+            By::Email(_) => "this email",
+        };
+        format!(
+            "no lead known for {what}. Leads are indexed when a handler first picks them up, so a lead still waiting in LEADS is not found yet; leads older than streams.max_age are gone"
+        )
+    }
+
+    fn filter(&self) -> String {
+        match self {
+            By::Key(k) => format!("$KV.{KV_LEAD_INDEX}.event.*.{}", key_token(k)),
+            By::EventId(e) => format!("$KV.{KV_LEAD_INDEX}.event.{}.*", event_token(e)),
+            By::Email(h) => format!("$KV.{KV_LEAD_INDEX}.email.{h}.*"),
+        }
+    }
+}
+
+async fn indexed(js: &jetstream::Context, filter: &str) -> Result<Vec<IndexValue>, String> {
+    use futures::TryStreamExt;
+    let stream = match js.get_stream(format!("KV_{KV_LEAD_INDEX}")).await {
+        Ok(s) => s,
+        // No bucket (an older topology): nothing indexed.
+        Err(_) => return Ok(Vec::new()),
+    };
+    let mut subjects = Vec::new();
+    let mut info = stream
+        .info_with_subjects(filter)
+        .await
+        .map_err(|e| format!("lead index: {e}"))?;
+    while let Some((subject, _)) = info
+        .try_next()
+        .await
+        .map_err(|e| format!("lead index: {e}"))?
+    {
+        subjects.push(subject);
+        if subjects.len() >= 4 * MAX_LEADS {
+            break;
+        }
+    }
+    let mut out = Vec::new();
+    for s in subjects {
+        let Ok(m) = stream.get_last_raw_message_by_subject(&s).await else {
+            continue;
+        };
+        let deleted = m
+            .headers
+            .get("KV-Operation")
+            .is_some_and(|v| v.as_str() != "PUT");
+        if deleted {
+            continue;
+        }
+        if let Ok(v) = serde_json::from_slice::<IndexValue>(&m.payload) {
+            out.push(v);
+        }
+    }
+    out.sort_by_key(|v| std::cmp::Reverse(v.seq));
+    out.dedup_by(|a, b| a.key == b.key);
+    out.truncate(MAX_LEADS);
+    Ok(out)
+}
+
+fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// One line, masked like DLQ errors (a sink's words can quote the lead).
+fn masked(s: &str) -> String {
+    crate::dlq::preview::mask_text(s)
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(512)
+        .collect()
+}
+
+/// Looks the lead(s) up; `None` when nothing is known.
+pub async fn lookup(state: &AdminState, by: &By) -> Result<Option<Value>, String> {
+    let js = &state.observed.js;
+    let index = indexed(js, &by.filter()).await?;
+    let kv = js
+        .get_key_value(KV_IDEMPOTENCY)
+        .await
+        .map_err(|e| format!("idempotency bucket: {e}"))?;
+    // Used for its key mapping and reads only.
+    let idem = Idempotency::new(kv, 1, Duration::from_secs(1), Duration::from_secs(1));
+    let mut leads = Vec::new();
+    match by {
+        By::Key(key) => {
+            let ix = index.into_iter().find(|v| &v.key == key);
+            if let Some(v) = lead(state, &idem, key, ix.as_ref()).await? {
+                leads.push(v);
+            }
+        }
+        _ => {
+            for ix in &index {
+                if let Some(v) = lead(state, &idem, &ix.key, Some(ix)).await? {
+                    leads.push(v);
+                }
+            }
+        }
+    }
+    if leads.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(json!({
+        "lookup": by.describe(),
+        "leads": leads,
+        "truncated": leads.len() >= MAX_LEADS,
+    })))
+}
+
+async fn lead(
+    state: &AdminState,
+    idem: &Idempotency,
+    key: &str,
+    ix: Option<&IndexValue>,
+) -> Result<Option<Value>, String> {
+    let entry: Option<LeadEntry> = idem
+        .get(key)
+        .await
+        .map_err(|e| e.to_string())?
+        .map(|(e, _)| e);
+    if entry.is_none() && ix.is_none() {
+        // Unknown key: no reason to scan the DLQ for it.
+        return Ok(None);
+    }
+    let first_attempt = entry
+        .as_ref()
+        .and_then(|e| e.first_attempt_ms)
+        .and_then(|ms| DateTime::from_timestamp_millis(ms as i64));
+    let received = ix.and_then(|v| parse_time(&v.received_at));
+    // The DLQ is read only when the lead may be in it, from shortly before it arrived.
+    let may_be_dead = entry
+        .as_ref()
+        .is_none_or(|e| e.dlq.is_some() || e.state == LeadState::Dead);
+    let dlq: Vec<DlqEntry> = if may_be_dead {
+        let since = received
+            .or(first_attempt)
+            .map(|t| t - chrono::Duration::minutes(5));
+        let filter = DlqFilter {
+            sender: ix.map(|v| v.sender.clone()),
+            since,
+            ..DlqFilter::default()
+        };
+        state
+            .dlq
+            .list(&filter)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|d| d.key == key)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let sender = ix
+        .map(|v| v.sender.clone())
+        .or_else(|| dlq.first().map(|d| d.sender.clone()));
+    let received_at = ix
+        .map(|v| v.received_at.clone())
+        .or_else(|| dlq.iter().find_map(|d| d.received_at.clone()));
+
+    let latest_dlq = dlq.last();
+    let (status, summary) = match &entry {
+        Some(e) => match e.state {
+            LeadState::Done => (
+                "delivered",
+                format!(
+                    "delivered to every sink ({})",
+                    e.sinks.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ),
+            LeadState::Dead => match latest_dlq {
+                Some(d) if d.replayed() => (
+                    "replayed",
+                    format!(
+                        "DLQ entry #{} was replayed; waiting for a handler to pick it up",
+                        d.id
+                    ),
+                ),
+                Some(d) => (
+                    "dead_lettered",
+                    format!("in the DLQ as entry #{} ({})", d.id, d.reason),
+                ),
+                None => (
+                    "dead_lettered",
+                    "dead-lettered (the DLQ entry is no longer listed)".to_string(),
+                ),
+            },
+            LeadState::Claimed if e.lease_until_ms > now_ms() => (
+                "processing",
+                format!("a handler is working on it (attempt {})", e.attempts + 1),
+            ),
+            LeadState::Claimed | LeadState::Pending => (
+                "retrying",
+                format!(
+                    "waiting for attempt {} after a failure",
+                    e.attempts + 1
+                ),
+            ),
+        },
+        None => match latest_dlq {
+            Some(d) if !d.replayed() => (
+                "dead_lettered",
+                format!("in the DLQ as entry #{} ({})", d.id, d.reason),
+            ),
+            _ => (
+                "unknown",
+                "a handler picked it up, but there is no idempotency record (yet, or any more: it is kept streams.idempotency_ttl, 24h by default)".to_string(),
+            ),
+        },
+    };
+
+    let mut timeline: Vec<(DateTime<Utc>, Value)> = Vec::new();
+    let mut at = |t: Option<DateTime<Utc>>, what: &str, detail: String| {
+        if let Some(t) = t {
+            timeline.push((t, json!({"at": rfc3339(t), "what": what, "detail": detail})));
+        }
+    };
+    at(
+        received_at.as_deref().and_then(parse_time),
+        "received",
+        format!(
+            "accepted at the edge from sender {}",
+            sender.as_deref().unwrap_or("?")
+        ),
+    );
+    at(
+        first_attempt,
+        "first_attempt",
+        "first handler attempt".into(),
+    );
+    for d in &dlq {
+        at(
+            parse_time(&d.dead_at),
+            "dead_lettered",
+            format!(
+                "DLQ entry #{}: {} after {} attempt(s): {}",
+                d.id, d.reason, d.attempts, d.last_error
+            ),
+        );
+        for r in &d.replays {
+            at(
+                parse_time(&r.at),
+                "replayed",
+                format!("entry #{} replayed by {}: {}", d.id, r.by, r.reason),
+            );
+        }
+    }
+    if let Some(e) = &entry {
+        for (sink, t) in &e.sinks {
+            at(
+                parse_time(t),
+                "delivered",
+                format!("confirmed by sink {sink}"),
+            );
+        }
+    }
+    timeline.sort_by_key(|e| e.0);
+
+    Ok(Some(json!({
+        "key": key,
+        "sender": sender,
+        "status": status,
+        "summary": summary,
+        "received_at": received_at,
+        "seq": ix.map(|v| v.seq),
+        "attempts": entry.as_ref().map(|e| e.attempts),
+        "last_error": entry.as_ref().and_then(|e| e.last_error.as_deref()).map(masked),
+        "sinks": entry.as_ref().map(|e| e.sinks.iter().map(|(name, at)| json!({"name": name, "at": at})).collect::<Vec<_>>()).unwrap_or_default(),
+        "dlq": dlq.iter().map(|d| json!({
+            "id": d.id,
+            "reason": d.reason,
+            "last_error": d.last_error,
+            "attempts": d.attempts,
+            "dead_at": d.dead_at,
+            "replays": d.replays,
+        })).collect::<Vec<_>>(),
+        "timeline": timeline.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(email: Option<&str>) -> LeadEnvelope {
+        let mut fields = Map::new();
+        if let Some(e) = email {
+            fields.insert("email".into(), json!(e));
+        }
+        LeadEnvelope {
+            schema: "lead.v1".into(),
+            sender: "demo".into(),
+            source_event_id: "evt 1/ü".into(),
+            received_at: "2026-11-24T21:00:00.000Z".into(),
+            key: "lr_0123456789abcdef0123456789abcdef".into(),
+            fields,
+        }
+    }
+
+    #[test]
+    fn index_entries_name_the_key_and_never_the_email() {
+        let e = envelope(Some(" Ada@Example.com "));
+        let entries = index_entries(&e, 7, false);
+        assert_eq!(entries.len(), 2);
+        for (s, v) in &entries {
+            assert!(s.starts_with("$KV.leads_index."), "{s}");
+            assert!(s.ends_with(".lr_0123456789abcdef0123456789abcdef"), "{s}");
+            assert!(!s.to_lowercase().contains("ada"), "{s}");
+            let v: IndexValue = serde_json::from_slice(v).unwrap();
+            assert_eq!((v.seq, v.sender.as_str()), (7, "demo"));
+            assert!(!String::from_utf8_lossy(&serde_json::to_vec(&v).unwrap()).contains("ada"));
+        }
+        // The lookup of the same email, typed differently, finds the same entry.
+        let by = By::parse("ada@example.COM", None).unwrap();
+        let prefix = by.filter().trim_end_matches('*').to_string();
+        assert!(entries[1].0.starts_with(&prefix), "{prefix}");
+        let by = By::parse("evt 1/ü", Some("event_id")).unwrap();
+        assert!(entries[0].0.starts_with(by.filter().trim_end_matches('*')));
+        // No email, no email entry.
+        assert_eq!(index_entries(&envelope(None), 1, false).len(), 1);
+    }
+
+    #[test]
+    fn lookups_are_classified() {
+        assert!(matches!(By::parse("lr_abc", None), Ok(By::Key(_))));
+        assert!(matches!(By::parse("a@b.co", None), Ok(By::Email(_))));
+        assert!(matches!(By::parse("evt_1", None), Ok(By::EventId(_))));
+        assert!(matches!(
+            By::parse("lr_abc", Some("event_id")),
+            Ok(By::EventId(_))
+        ));
+        assert!(By::parse("", None).is_err());
+        assert!(By::parse("x", Some("phone")).is_err());
+        // The answer never carries the email back.
+        let by = By::parse("a@b.co", None).unwrap();
+        assert!(!by.describe().to_string().contains("a@b.co"));
+    }
+
+    #[test]
+    fn odd_keys_get_safe_tokens() {
+        assert_eq!(key_token("lr_ab-c"), "lr_ab-c");
+        assert_eq!(key_token("a.b"), format!("x-{}", hex::encode("a.b")));
+    }
+}
