@@ -100,16 +100,17 @@ fn serve_runs_its_own_nats_server_and_stops_it() {
         .expect("serve starts");
     let stderr = serve.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
-    // The banner is printed once the intake listens.
-    let mut saw_banner = false;
+    // The JSON log line `leadrouter serving` is written once the intake listens (the human
+    // banner is only for a terminal). A serve that dies first ends the loop with EOF.
+    let mut saw_ready = false;
     for line in lines.by_ref() {
         let line = line.unwrap();
-        if line.contains("intake on http://") {
-            saw_banner = true;
+        if line.contains("\"message\":\"leadrouter serving\"") {
+            saw_ready = true;
             break;
         }
     }
-    assert!(saw_banner, "serve printed its banner");
+    assert!(saw_ready, "serve logged that it is serving");
     std::thread::spawn(move || for _ in lines {});
 
     let pid_file = dir.path().join("nats/nats-server.pid");

@@ -536,7 +536,12 @@ pub async fn poll_queue(js: jetstream::Context, mut stop: watch::Receiver<bool>)
             _ = stop.changed() => return,
             _ = tick.tick() => {}
         }
-        match refresh_queue_gauges(&js).await {
+        // A NATS that stopped answering must not hold up shutdown for a request timeout.
+        let refreshed = tokio::select! {
+            _ = stop.changed() => return,
+            r = refresh_queue_gauges(&js) => r,
+        };
+        match refreshed {
             Ok(()) => failing = false,
             Err(e) => {
                 // Once per failure streak: an edge-only node before any router exists would

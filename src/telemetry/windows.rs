@@ -256,7 +256,8 @@ mod tests {
     #[test]
     fn old_minutes_fall_out_of_short_windows() {
         let w = LatencyWindows::default();
-        let t0 = 1_800_000_000 - 1_800_000_000 % 60;
+        // A whole minute (1_800_000_000 is one), so +3600 s lands in a fresh one.
+        let t0 = 1_800_000_000;
         w.record_at(at(t0), Duration::from_secs(10));
         w.record_at(at(t0 + 3600), Duration::from_millis(5));
         let now = at(t0 + 3600);
