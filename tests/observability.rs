@@ -188,6 +188,14 @@ impl Serve {
     }
 }
 
+impl Drop for Serve {
+    /// A failed assertion must not leave `serve` running after the test.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn lead(email: &str) -> Value {
     json!({
         "email": email,
