@@ -53,17 +53,9 @@ pub struct IndexValue {
     pub replay: bool,
 }
 
-/// A KV-safe token for a lead key (the idempotency bucket's mapping): `lr_...` stays itself.
+/// A KV-safe token for a lead key: the idempotency bucket's own mapping (`lr_...` stays itself).
 fn key_token(key: &str) -> String {
-    if !key.is_empty()
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    {
-        key.to_string()
-    } else {
-        format!("x-{}", hex::encode(key.as_bytes()))
-    }
+    crate::pipeline::idempotency::kv_key(key)
 }
 
 fn event_token(event_id: &str) -> String {

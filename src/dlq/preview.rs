@@ -702,12 +702,9 @@ pub fn mask_named(name: &str, value: &Value) -> Option<String> {
     let norm = normalize_name(&clean(name));
     let kind = classify(&norm);
     match kind {
-        Kind::Sensitive
-        | Kind::Email
-        | Kind::Ip
-        | Kind::Phone
-        | Kind::Name
-        | Kind::PostalCode => Some(mask_value(kind, &norm, value)),
+        Kind::Sensitive | Kind::Email | Kind::Ip | Kind::Phone | Kind::Name | Kind::PostalCode => {
+            Some(mask_value(kind, &norm, value))
+        }
         _ => None,
     }
 }

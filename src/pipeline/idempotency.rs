@@ -333,8 +333,9 @@ impl Idempotency {
 }
 
 /// KV keys allow `[-/_=.a-zA-Z0-9]`; our keys are `lr_<hex>` already, but replayed or imported
-/// envelopes may carry anything, so anything else is hex-escaped.
-fn kv_key(key: &str) -> String {
+/// envelopes may carry anything, so anything else is hex-escaped. The lead index uses the same
+/// mapping, so both name a lead alike.
+pub(crate) fn kv_key(key: &str) -> String {
     if !key.is_empty()
         && key
             .bytes()
