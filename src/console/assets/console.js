@@ -320,7 +320,11 @@
     const slo = d.slo_ms;
     const p95 = now.e2e_p95_ms;
     const dlqTotal = d.dlq_by_hour && d.dlq_by_hour.total;
-    const win = d.window_s >= 3600 ? d.window_s / 3600 + ' h' : d.window_s / 60 + ' min';
+    const span = (secs) => secs >= 3600 ? Math.round(secs / 360) / 10 + ' h'
+      : secs >= 60 ? Math.round(secs / 60) + ' min' : Math.max(1, Math.round(secs)) + ' s';
+    // Right after a start the counters cover less than the window: say what they cover.
+    const covered = Math.min(d.covered_s || 0, d.window_s);
+    const win = covered < d.window_s ? span(covered) + ' (since start)' : span(d.window_s);
     clear(tiles);
     append(tiles, [
       tile('Intake', fmtNum(now.intake_per_s) + '/s', now.accepted + ' accepted in ' + win),
