@@ -627,3 +627,66 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// `dlq tail --follow` prints what is there, then each new entry as it is dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_tail_follow_streams_new_entries() {
+    use std::io::BufRead;
+    let dir = schemas();
+    let s = setup(dir.path()).await;
+    s.crm.set_faults(Faults::fail_next(1000, 500));
+    let (st, _, _) = s
+        .app
+        .post_signed("demo", "evt-f1", &lead("f1@example.com"))
+        .await;
+    assert_eq!(st, 202);
+    s.wait("first dead", |_| s.dead("retries_exhausted") == 1)
+        .await;
+
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_leadrouter"))
+        .args(["dlq", "tail", "--follow"])
+        .current_dir(common::manifest_dir())
+        .env(
+            "LEADROUTER_ADMIN_LISTEN",
+            s.admin.trim_start_matches("http://"),
+        )
+        .env("LEADROUTER_ADMIN_TOKEN", TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx
+                .send(serde_json::from_str(&l).expect("a JSON line"))
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let next = |what: &str| {
+        rx.recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no line for {what}"))
+    };
+    let first = tokio::task::block_in_place(|| next("the existing entry"));
+    assert_eq!(first["reason"], "retries_exhausted");
+
+    let (st, _, _) = s
+        .app
+        .post_signed("demo", "evt-f2", &lead("f2@example.com"))
+        .await;
+    assert_eq!(st, 202);
+    s.wait("second dead", |_| s.dead("retries_exhausted") == 2)
+        .await;
+    let second = tokio::task::block_in_place(|| next("the new entry"));
+    assert!(second["id"].as_u64() > first["id"].as_u64(), "{second}");
+    assert_eq!(second["replayed"], false);
+    let _ = child.kill();
+    let _ = child.wait();
+    s.app.service.shutdown().await;
+}
