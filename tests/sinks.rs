@@ -187,7 +187,11 @@ async fn http_500_is_transient_and_n_failures_then_success_is_deterministic() {
     assert_eq!(err.class(), "http_5xx");
     assert!(!err.is_permanent());
     assert_eq!(err.retry_after(), None);
-    assert_eq!(err.to_string(), "http_5xx: HTTP 500 Internal Server Error");
+    assert_eq!(
+        err.to_string(),
+        "http_5xx: HTTP 500 Internal Server Error: {\"error\":\"sandbox_fault\",\"status\":500}",
+        "the CRM's own words come with the status"
+    );
     assert!(!err.to_string().contains(EMAIL));
 
     sb.set_faults(Faults::fail_next(2, 500));
@@ -226,7 +230,7 @@ async fn http_429_retry_after_seconds() {
     assert_eq!(err.class(), "rate_limited");
     assert!(!err.is_permanent());
     assert_eq!(err.retry_after(), Some(Duration::from_secs(7)));
-    assert_eq!(err.to_string(), "rate_limited: HTTP 429 Too Many Requests");
+    assert_eq!(err.to_string(), "rate_limited: HTTP 429 Too Many Requests: {\"error\":\"sandbox_fault\",\"status\":429}");
 }
 
 #[tokio::test]
@@ -330,7 +334,7 @@ async fn http_400_is_permanent() {
     assert!(err.is_permanent());
     assert_eq!(err.class(), "http_4xx");
     assert_eq!(err.retry_after(), None);
-    assert_eq!(err.to_string(), "http_4xx: HTTP 400 Bad Request");
+    assert_eq!(err.to_string(), "http_4xx: HTTP 400 Bad Request: {\"error\":\"sandbox_fault\",\"status\":400}");
 
     sb.set_faults(Faults::fail_next(1, 408));
     let err = sink.deliver(&lead("lr_408")).await.expect_err("408");

@@ -203,6 +203,10 @@ impl Sink for HttpSink {
         let already = status == StatusCode::CONFLICT && self.mode == HttpMode::Create;
         if !status.is_success() && !already {
             let err = classify_status("", status, resp.headers());
+            // The CRM's reason ("email invalid", "rate limit for org") is what an operator needs
+            // in the DLQ; an unreadable body just leaves it out.
+            let detail = resp.bytes().await.ok().and_then(|b| super::body_excerpt(&b));
+            let err = err.with_detail(detail);
             tracing::debug!(sink = %self.name, key = %lead.key, status = status.as_u16(), "sink refused");
             return Err(err);
         }

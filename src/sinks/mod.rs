@@ -541,6 +541,45 @@ fn status_text(what: &str, status: reqwest::StatusCode) -> String {
     }
 }
 
+/// What the remote said with a refusal, for the operator: the first bytes of the answer body on
+/// one line, masked here at the source because the message is stored (idempotency record, DLQ)
+/// and CRMs like to echo the record they refused.
+pub(crate) fn body_excerpt(body: &[u8]) -> Option<String> {
+    const MAX: usize = 200;
+    let text = String::from_utf8_lossy(&body[..body.len().min(MAX * 4)]);
+    let one_line: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    if one_line.is_empty() {
+        return None;
+    }
+    let masked = crate::dlq::preview::mask_text(&one_line);
+    let mut out: String = masked.chars().take(MAX).collect();
+    if masked.chars().count() > MAX {
+        out.push('…');
+    }
+    Some(out)
+}
+
+impl SinkError {
+    /// Appends the remote's own words (see [`body_excerpt`]) to the message.
+    pub(crate) fn with_detail(mut self, detail: Option<String>) -> SinkError {
+        if let Some(d) = detail {
+            match &mut self {
+                SinkError::Transient { message, .. } | SinkError::Permanent { message, .. } => {
+                    message.push_str(": ");
+                    message.push_str(&d);
+                }
+            }
+        }
+        self
+    }
+}
+
 /// Classifies a non-success answer. `what` names the call in the message (`""` for the only
 /// one). 2xx is not an error and is not passed here; 409-on-create is decided by the caller.
 pub(crate) fn classify_status(
@@ -905,6 +944,16 @@ jetstream = true
         let e = classify_status("", StatusCode::UNAUTHORIZED, &none);
         assert_eq!((e.class(), e.is_permanent()), (class::HTTP_4XX, true));
         let e = classify_status("", StatusCode::FOUND, &none);
+        let detail = body_excerpt(
+            b"{\"error\":\"invalid\",\n \"email\":\"Grace.Hopper@Example.COM\",\"phone\":\"+44 20 7946 0958\"}",
+        );
+        let with = classify_status("", StatusCode::UNPROCESSABLE_ENTITY, &none).with_detail(detail);
+        assert_eq!(
+            with.to_string(),
+            "http_4xx: HTTP 422 Unprocessable Entity: {\"error\":\"invalid\", \"email\":\"g***@e***.com\",\"phone\":\"+44 *** *** 0958\"}"
+        );
+        assert_eq!(body_excerpt(b" \n "), None);
+        assert_eq!(body_excerpt("x".repeat(500).as_bytes()).map(|s| s.chars().count()), Some(201));
         assert_eq!((e.class(), e.is_permanent()), (class::HTTP_3XX, true));
     }
 }
