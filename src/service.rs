@@ -321,7 +321,8 @@ impl Service {
             drain(&mut t, ADMIN_DRAIN, "admin API").await;
         }
         let _ = self.stop_ops.send(true);
-        let _ = (&mut self.ops_task).await;
+        // In-flight NATS requests (a batch replay) get the same bounded drain.
+        drain(&mut self.ops_task, ADMIN_DRAIN, "operator service").await;
         let _ = (&mut self.metrics_task).await;
         let _ = (&mut self.sampler_task).await;
         tracing::debug!("operator service stopped");
@@ -378,13 +379,13 @@ const ADMIN_DRAIN: Duration = Duration::from_secs(5);
 
 async fn drain(task: &mut tokio::task::JoinHandle<()>, limit: Duration, what: &str) {
     match tokio::time::timeout(limit, &mut *task).await {
-        Ok(_) => tracing::debug!(listener = what, "listener drained"),
+        Ok(_) => tracing::debug!(task = what, "drained"),
         Err(_) => {
             task.abort();
             tracing::warn!(
-                listener = what,
+                task = what,
                 limit_s = limit.as_secs(),
-                "connections still open after the drain limit; closed them"
+                "still busy after the drain limit; stopped it"
             );
         }
     }
