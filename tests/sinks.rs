@@ -230,7 +230,10 @@ async fn http_429_retry_after_seconds() {
     assert_eq!(err.class(), "rate_limited");
     assert!(!err.is_permanent());
     assert_eq!(err.retry_after(), Some(Duration::from_secs(7)));
-    assert_eq!(err.to_string(), "rate_limited: HTTP 429 Too Many Requests: {\"error\":\"sandbox_fault\",\"status\":429}");
+    assert_eq!(
+        err.to_string(),
+        "rate_limited: HTTP 429 Too Many Requests: {\"error\":\"sandbox_fault\",\"status\":429}"
+    );
 }
 
 #[tokio::test]
@@ -334,7 +337,10 @@ async fn http_400_is_permanent() {
     assert!(err.is_permanent());
     assert_eq!(err.class(), "http_4xx");
     assert_eq!(err.retry_after(), None);
-    assert_eq!(err.to_string(), "http_4xx: HTTP 400 Bad Request: {\"error\":\"sandbox_fault\",\"status\":400}");
+    assert_eq!(
+        err.to_string(),
+        "http_4xx: HTTP 400 Bad Request: {\"error\":\"sandbox_fault\",\"status\":400}"
+    );
 
     sb.set_faults(Faults::fail_next(1, 408));
     let err = sink.deliver(&lead("lr_408")).await.expect_err("408");

@@ -67,7 +67,7 @@ pub async fn process(deps: &Arc<PoolDeps>, owner: &str, d: Delivery<'_>) -> Outc
     };
     if d.delivered == 1 {
         // The console's lookup index: fire-and-forget, never waited for.
-        crate::console::lookup::record(&deps.client, &envelope, d.seq, replay);
+        crate::console::lookup::record(&deps.parts.client, &envelope, d.seq, replay);
     }
     let span = tracing::info_span!("handle", key = %envelope.key, sender = %envelope.sender, seq = d.seq as i64, attempt = i64::from(d.delivered), replay);
     // (seq and attempt as i64: the trace layer would export unsigned integers as strings.)
@@ -139,10 +139,10 @@ async fn handle_lead(
     let key = envelope.key.as_str();
 
     let t = Instant::now();
-    if deps.idem.cached_done(key).await {
+    if deps.parts.idem.cached_done(key).await {
         return duplicate(deps, msg, key).await;
     }
-    let mut held = match deps.idem.claim(key, owner, &dlq_id(d.seq)).await {
+    let mut held = match deps.parts.idem.claim(key, owner, &dlq_id(d.seq)).await {
         Ok(Claim::Owned(h)) => h,
         Ok(Claim::Done) => return duplicate(deps, msg, key).await,
         Ok(Claim::AlreadyDead) => {
@@ -169,7 +169,8 @@ async fn handle_lead(
     let t = Instant::now();
     let fields = Value::Object(envelope.fields.clone());
     let validate_span = trace_span!("validate", leadrouter.schema = %envelope.schema);
-    let validated = validate_span.in_scope(|| deps.schemas.validate(&envelope.schema, &fields));
+    let validated =
+        validate_span.in_scope(|| deps.parts.schemas.validate(&envelope.schema, &fields));
     if validated.is_err() {
         traces::set_error(&validate_span, "invalid");
     }
@@ -199,7 +200,7 @@ async fn handle_lead(
     let Value::Object(mut fields) = fields else {
         unreachable!("built as an object above")
     };
-    let report = trace_span!("enrich").in_scope(|| deps.enricher.enrich(&mut fields));
+    let report = trace_span!("enrich").in_scope(|| deps.parts.enricher.enrich(&mut fields));
     if !report.flags.is_empty() {
         deps.stats
             .enrich_flags
@@ -222,6 +223,7 @@ async fn handle_lead(
     // Fan out to the sinks this lead still needs, all at once, keeping the message and the lease
     // alive while slow sinks work.
     let pending: Vec<_> = deps
+        .parts
         .sinks
         .iter()
         .filter(|s| !held.entry.sinks.contains_key(s.name()))
@@ -245,7 +247,7 @@ async fn handle_lead(
             r = &mut deliveries => break r,
             _ = tick.tick() => {
                 let _ = msg.ack_with(AckKind::Progress).await;
-                if let Err(e) = deps.idem.renew(&mut held).await {
+                if let Err(e) = deps.parts.idem.renew(&mut held).await {
                     tracing::warn!(error = %e, "lease renewal failed");
                 }
             }
@@ -321,7 +323,7 @@ async fn handle_lead(
             .await;
         }
         // Record the sinks that did confirm, so the retry goes to the failed ones only.
-        if let Err(err) = deps.idem.release(&mut held, Some(last_error)).await {
+        if let Err(err) = deps.parts.idem.release(&mut held, Some(last_error)).await {
             tracing::warn!(error = %err, "could not release the claim; the lease will expire");
         }
         let delay = deps.backoff.delay(d.delivered, e.retry_after());
@@ -337,7 +339,7 @@ async fn handle_lead(
         return Outcome::Retrying;
     }
 
-    if let Err(e) = deps.idem.mark_done(&mut held).await {
+    if let Err(e) = deps.parts.idem.mark_done(&mut held).await {
         // Every sink confirmed; a redelivery will find the sinks' own idempotency. Ack anyway.
         tracing::warn!(error = %e, "could not mark the lead done");
     }
@@ -391,7 +393,7 @@ async fn nak(msg: &jetstream::Message, delay: Duration) {
 async fn term(deps: &PoolDeps, msg: &jetstream::Message, reason: &str) {
     if let Some(reply) = &msg.reply {
         let body = Bytes::from(format!("+TERM {reason}"));
-        if let Err(e) = deps.client.publish(reply.clone(), body).await {
+        if let Err(e) = deps.parts.client.publish(reply.clone(), body).await {
             tracing::warn!(error = %e, "TERM failed; the message will be redelivered and recognised as dead");
         }
     }
@@ -444,10 +446,11 @@ async fn dead_letter(
         payload: d.msg.payload.clone(),
     };
     let dlq_span = trace_span!("dead_letter", leadrouter.reason = reason.as_str());
-    match deps.dlq.put(&entry).instrument(dlq_span).await {
+    match deps.parts.dlq.put(&entry).instrument(dlq_span).await {
         Ok(_) => {
             if let Some(h) = held {
                 if let Err(e) = deps
+                    .parts
                     .idem
                     .mark_dead(h, Some(last_error.to_string()), dlq_id(d.seq))
                     .await
@@ -470,7 +473,11 @@ async fn dead_letter(
             tracing::error!(error = %e, stage = "dlq", outcome = "retry", "DLQ unavailable; retrying instead of dropping");
             metrics().retry(retry::DLQ_UNAVAILABLE);
             if let Some(h) = held {
-                let _ = deps.idem.release(h, Some(last_error.to_string())).await;
+                let _ = deps
+                    .parts
+                    .idem
+                    .release(h, Some(last_error.to_string()))
+                    .await;
             }
             nak(d.msg, deps.backoff.delay(d.delivered, None)).await;
             Outcome::Retrying

@@ -99,21 +99,14 @@ impl PipelineStats {
     }
 }
 
-/// What every handler shares.
+/// What every handler shares: the service's parts plus what `[handlers]` derives.
 pub struct PoolDeps {
-    pub client: async_nats::Client,
-    pub sinks: Vec<Arc<dyn Sink>>,
-    pub schemas: Arc<SchemaRegistry>,
-    pub enricher: Arc<Enricher>,
-    pub idem: Idempotency,
-    pub dlq: DlqWriter,
+    pub parts: PoolParts,
     pub backoff: Backoff,
     pub max_deliver: u32,
     /// How often a busy message gets an in-progress ack and its lease renewed.
     pub heartbeat: Duration,
     pub stats: Arc<PipelineStats>,
-    /// Distinguishes this process's claims from another router's.
-    pub instance: String,
     pub pool_size: usize,
 }
 
@@ -125,6 +118,7 @@ pub struct PoolParts {
     pub enricher: Arc<Enricher>,
     pub idem: Idempotency,
     pub dlq: DlqWriter,
+    /// Distinguishes this process's claims from another router's.
     pub instance: String,
 }
 
@@ -233,7 +227,7 @@ struct DispatchState {
 }
 
 fn owner_of(deps: &PoolDeps, idx: usize) -> String {
-    format!("{}/h{idx}", deps.instance)
+    format!("{}/h{idx}", deps.parts.instance)
 }
 
 impl Dispatcher {
@@ -481,6 +475,7 @@ impl Actor for Dispatcher {
             {
                 let _ = state
                     .deps
+                    .parts
                     .idem
                     .expire_lease(&env.key, &owner_of(&state.deps, idx))
                     .await;
@@ -534,12 +529,7 @@ impl HandlerPool {
     ) -> Result<HandlerPool, PoolError> {
         let stats = Arc::new(PipelineStats::default());
         let deps = Arc::new(PoolDeps {
-            client: parts.client,
-            sinks: parts.sinks,
-            schemas: parts.schemas,
-            enricher: parts.enricher,
-            idem: parts.idem,
-            dlq: parts.dlq,
+            parts,
             backoff: Backoff {
                 base: cfg.backoff_base,
                 cap: cfg.backoff_cap,
@@ -548,7 +538,6 @@ impl HandlerPool {
             // Three beats per ack_wait: one lost beat never lets a healthy message expire.
             heartbeat: cfg.ack_wait / 3,
             stats: stats.clone(),
-            instance: parts.instance,
             pool_size: cfg.pool_size,
         });
         let (dispatcher, dispatcher_task) = Actor::spawn(None, Dispatcher, deps.clone())
@@ -564,8 +553,8 @@ impl HandlerPool {
         ));
         let net_task = tokio::spawn(crate::dlq::net::run(
             js,
-            deps.idem.clone(),
-            deps.dlq.clone(),
+            deps.parts.idem.clone(),
+            deps.parts.dlq.clone(),
             stats.clone(),
             stop_rx,
         ));

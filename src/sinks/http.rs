@@ -170,15 +170,8 @@ impl Sink for HttpSink {
     }
 
     async fn deliver(&self, lead: &LeadRecord) -> Result<Delivered, SinkError> {
-        if lead.key.is_empty() {
-            return Err(SinkError::permanent(
-                class::UNSERIALIZABLE,
-                "lead has an empty key",
-            ));
-        }
-        let body = serde_json::to_vec(lead).map_err(|_| {
-            SinkError::permanent(class::UNSERIALIZABLE, "cannot encode the lead as JSON")
-        })?;
+        lead.require_key()?;
+        let body = lead.to_json()?;
         let req = match self.mode {
             HttpMode::Create => {
                 let key = HeaderValue::from_str(&lead.key).map_err(|_| {
@@ -205,7 +198,11 @@ impl Sink for HttpSink {
             let err = classify_status("", status, resp.headers());
             // The CRM's reason ("email invalid", "rate limit for org") is what an operator needs
             // in the DLQ; an unreadable body just leaves it out.
-            let detail = resp.bytes().await.ok().and_then(|b| super::body_excerpt(&b));
+            let detail = resp
+                .bytes()
+                .await
+                .ok()
+                .and_then(|b| super::body_excerpt(&b));
             let err = err.with_detail(detail);
             tracing::debug!(sink = %self.name, key = %lead.key, status = status.as_u16(), "sink refused");
             return Err(err);

@@ -37,6 +37,26 @@ pub struct LeadRecord {
     pub replay: bool,
 }
 
+impl LeadRecord {
+    /// Every sink's idempotency rests on the key: a lead without one is refused, not sent.
+    pub(crate) fn require_key(&self) -> Result<(), SinkError> {
+        if self.key.is_empty() {
+            return Err(SinkError::permanent(
+                class::UNSERIALIZABLE,
+                "lead has an empty key",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The record as the JSON body the `http` and `nats` sinks send.
+    pub(crate) fn to_json(&self) -> Result<Vec<u8>, SinkError> {
+        serde_json::to_vec(self).map_err(|_| {
+            SinkError::permanent(class::UNSERIALIZABLE, "cannot encode the lead as JSON")
+        })
+    }
+}
+
 /// A sink confirmed the write.
 #[derive(Debug, Clone)]
 pub struct Delivered {
@@ -953,7 +973,10 @@ jetstream = true
             "http_4xx: HTTP 422 Unprocessable Entity: {\"error\":\"invalid\", \"email\":\"g***@e***.com\",\"phone\":\"+44 *** *** 0958\"}"
         );
         assert_eq!(body_excerpt(b" \n "), None);
-        assert_eq!(body_excerpt("x".repeat(500).as_bytes()).map(|s| s.chars().count()), Some(201));
+        assert_eq!(
+            body_excerpt("x".repeat(500).as_bytes()).map(|s| s.chars().count()),
+            Some(201)
+        );
         assert_eq!((e.class(), e.is_permanent()), (class::HTTP_3XX, true));
     }
 }

@@ -146,16 +146,9 @@ impl Sink for NatsSink {
     }
 
     async fn deliver(&self, lead: &LeadRecord) -> Result<Delivered, SinkError> {
-        if lead.key.is_empty() {
-            return Err(SinkError::permanent(
-                class::UNSERIALIZABLE,
-                "lead has an empty key",
-            ));
-        }
+        lead.require_key()?;
         let subject = self.subject_for(lead)?;
-        let payload = Bytes::from(serde_json::to_vec(lead).map_err(|_| {
-            SinkError::permanent(class::UNSERIALIZABLE, "cannot encode the lead as JSON")
-        })?);
+        let payload = Bytes::from(lead.to_json()?);
         let timeout = self.timeout;
         match &self.js {
             Some(js) => {

@@ -194,12 +194,7 @@ impl Sink for SegmentSink {
     }
 
     async fn deliver(&self, lead: &LeadRecord) -> Result<Delivered, SinkError> {
-        if lead.key.is_empty() {
-            return Err(SinkError::permanent(
-                class::UNSERIALIZABLE,
-                "lead has an empty key",
-            ));
-        }
+        lead.require_key()?;
         self.call("identify", &self.identify_url, &self.identify_body(lead))
             .await?;
         self.call("track", &self.track_url, &self.track_body(lead))
