@@ -46,6 +46,55 @@ pub enum Command {
     Latency(LatencyArgs),
     /// Intake rate, queue depth, success and duplicate rates, DLQ counts by reason.
     Stats(StatsArgs),
+    /// The chaos drill: a retrying, double-submitting vendor, a flapping CRM, kill -9 of the
+    /// router and a nats-server restart; then every lead is reconciled. Run it from the
+    /// checkout. Exit 1 when a lead was lost or duplicated.
+    Drill(DrillArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DrillArgs {
+    /// Leads the vendor sends.
+    #[arg(long, default_value_t = 100_000)]
+    pub leads: usize,
+    /// Leads per second the vendor offers (retries and duplicate submits come on top).
+    #[arg(long, default_value_t = 500.0)]
+    pub rate: f64,
+    /// Share of leads submitted twice or three times at once (double clicks, retry storms).
+    #[arg(long, default_value_t = 0.30)]
+    pub duplicates: f64,
+    /// Share of payloads that are malformed: most fail the schema (-> DLQ), a fifth is not JSON
+    /// (-> refused with 400 at the edge).
+    #[arg(long, default_value_t = 0.005)]
+    pub malformed: f64,
+    /// Share of good leads that reuse an earlier lead's email (shared inboxes).
+    #[arg(long, default_value_t = 0.01)]
+    pub shared_inbox: f64,
+    /// Seed of the lead generator (same seed, same leads).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Run the same storm first against another design and show both.
+    #[arg(long, value_enum)]
+    pub baseline: Option<crate::drill::Baseline>,
+    /// Leave out the kill -9s and the nats-server restart (the CRM still flaps).
+    #[arg(long)]
+    pub no_process_faults: bool,
+    /// How long to wait after the storm for every lead to be placed.
+    #[arg(long, default_value = "3m")]
+    pub drain_timeout: humantime::Duration,
+    /// The vendor's patience per request.
+    #[arg(long, default_value = "5s")]
+    pub vendor_timeout: humantime::Duration,
+    /// Where the router's config, data and log go (default: a temp dir, removed when the
+    /// drill passes).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Keep the temp work dir even when the drill passes.
+    #[arg(long)]
+    pub keep: bool,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -171,6 +220,14 @@ pub fn run() -> anyhow::Result<ExitCode> {
             .context("starting the async runtime")?;
         return rt.block_on(sandbox(args.listen));
     }
+    if let Command::Drill(args) = &cli.command {
+        // The drill writes its own router config; it needs none from the operator.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        return rt.block_on(drill(args));
+    }
     let cfg = Config::load(&cli.config, &ProcessEnv)
         .with_context(|| format!("loading {}", cli.config.display()))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -180,7 +237,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve => rt.block_on(serve(cfg)),
         Command::Send(args) => rt.block_on(crate::send::run(&cfg, &args)),
-        Command::SandboxCrm(_) => Ok(ExitCode::SUCCESS),
+        Command::SandboxCrm(_) | Command::Drill(_) => Ok(ExitCode::SUCCESS),
         Command::Dlq { command } => rt.block_on(crate::ops_cli::dlq(&cfg, command)),
         Command::Replay(args) => rt.block_on(crate::ops_cli::replay(&cfg, &args)),
         Command::Import(args) => rt.block_on(import(&cfg, args)),
@@ -201,6 +258,38 @@ async fn import(cfg: &Config, args: ImportArgs) -> anyhow::Result<ExitCode> {
     let summary = crate::import::run(cfg, &ProcessEnv, &opts).await?;
     crate::import::print_summary(&summary, args.json).context("writing the summary")?;
     Ok(summary.exit_code())
+}
+
+async fn drill(args: &DrillArgs) -> anyhow::Result<ExitCode> {
+    let opts = crate::drill::DrillOptions {
+        leads: args.leads,
+        rate: args.rate,
+        duplicate_share: args.duplicates,
+        malformed_share: args.malformed,
+        shared_inbox_share: args.shared_inbox,
+        seed: args.seed,
+        baseline: args.baseline,
+        no_process_faults: args.no_process_faults,
+        drain_timeout: args.drain_timeout.into(),
+        work_dir: args.work_dir.clone(),
+        keep: args.keep,
+        json: args.json,
+        vendor: crate::drill::vendor::RetryPolicy {
+            timeout: args.vendor_timeout.into(),
+            ..Default::default()
+        },
+    };
+    let report = crate::drill::run(&opts).await.context("drill")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", crate::drill::render_summary(&report));
+    }
+    Ok(if report.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn sandbox(addr: std::net::SocketAddr) -> anyhow::Result<ExitCode> {

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod console;
 pub mod dlq;
+pub mod drill;
 pub mod import;
 pub mod intake;
 pub mod ops_cli;

@@ -1,0 +1,192 @@
+//! `--baseline direct`: the seed's "before" design, rebuilt inside the drill only, so one command
+//! shows before and after under the same storm.
+//!
+//! A synchronous pass-through: parse, validate, check a naive "same email in the last hour"
+//! dedupe, POST to the CRM (no idempotency key) and only then answer the vendor: 200 when the
+//! CRM wrote, 502 when it did not (so the vendor retries). The dedupe table stands for the seed's
+//! database: it outlives a crash of the pass-through, and an email is recorded in it once the CRM
+//! write succeeded. A "kill -9" aborts the accept loop and every in-flight request at once,
+//! exactly where they are, CRM calls included.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use warp::http::{Method, Response, StatusCode};
+use warp::hyper::{self, Body, Request};
+
+use super::DrillError;
+
+/// The seed's dedupe window.
+const DEDUPE_WINDOW: Duration = Duration::from_secs(3600);
+/// The seed's CRM client timeout.
+const CRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Shared {
+    crm_url: String,
+    http: reqwest::Client,
+    /// email -> when its CRM write succeeded.
+    seen: Mutex<HashMap<String, Instant>>,
+}
+
+pub struct DirectPassThrough {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl DirectPassThrough {
+    pub async fn start(crm_url: &str) -> Result<DirectPassThrough, DrillError> {
+        let http = reqwest::Client::builder()
+            .timeout(CRM_TIMEOUT)
+            .build()
+            .map_err(|e| DrillError::Setup(format!("baseline HTTP client: {e}")))?;
+        let shared = Arc::new(Shared {
+            crm_url: format!("{}/leads", crm_url.trim_end_matches('/')),
+            http,
+            seen: Mutex::new(HashMap::new()),
+        });
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| DrillError::Setup(format!("baseline listener: {e}")))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| DrillError::Setup(format!("baseline listener: {e}")))?;
+        let mut me = DirectPassThrough {
+            addr,
+            shared,
+            task: None,
+        };
+        me.task = Some(tokio::spawn(accept_loop(listener, me.shared.clone())));
+        Ok(me)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/v1/intake/drill", self.addr)
+    }
+
+    /// The crash: the accept loop and every connection task die where they stand.
+    pub fn kill(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+
+    /// Comes back on the same port with the same dedupe table (it lives in a database).
+    pub async fn restart(&mut self) -> Result<(), DrillError> {
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+        let listener = TcpListener::bind(self.addr)
+            .await
+            .map_err(|e| DrillError::Setup(format!("baseline listener {}: {e}", self.addr)))?;
+        self.task = Some(tokio::spawn(accept_loop(listener, self.shared.clone())));
+        Ok(())
+    }
+}
+
+impl Drop for DirectPassThrough {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    // Connections live in this set: aborting the loop drops the set, which aborts them all.
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            r = listener.accept() => {
+                let Ok((stream, _)) = r else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let shared = shared.clone();
+                conns.spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let shared = shared.clone();
+                        async move { Ok::<_, Infallible>(handle(&shared, req).await) }
+                    });
+                    let _ = hyper::server::conn::Http::new()
+                        .http1_only(true)
+                        .serve_connection(stream, svc)
+                        .await;
+                });
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+}
+
+fn answer(status: StatusCode, v: Value) -> Response<Body> {
+    let mut r = Response::new(Body::from(v.to_string()));
+    *r.status_mut() = status;
+    r
+}
+
+async fn handle(shared: &Shared, req: Request<Body>) -> Response<Body> {
+    if req.method() != Method::POST {
+        return answer(
+            StatusCode::METHOD_NOT_ALLOWED,
+            json!({"error": "POST only"}),
+        );
+    }
+    let event_id = req
+        .headers()
+        .get("webhook-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let Ok(body) = hyper::body::to_bytes(req.into_body()).await else {
+        return answer(StatusCode::BAD_REQUEST, json!({"error": "body"}));
+    };
+    let Ok(doc) = serde_json::from_slice::<Value>(&body) else {
+        return answer(StatusCode::BAD_REQUEST, json!({"error": "not JSON"}));
+    };
+    let raw_email = doc.get("email").and_then(Value::as_str).unwrap_or_default();
+    let email = raw_email.trim().to_lowercase();
+    if !email.contains('@') {
+        return answer(StatusCode::UNPROCESSABLE_ENTITY, json!({"error": "email"}));
+    }
+    let fresh = |t: &Instant| t.elapsed() < DEDUPE_WINDOW;
+    let duplicate = shared
+        .seen
+        .lock()
+        .map(|seen| seen.get(&email).is_some_and(fresh))
+        .unwrap_or(false);
+    if duplicate {
+        return answer(StatusCode::OK, json!({"status": "duplicate"}));
+    }
+    // The drill keys the CRM's bookkeeping by the lead's key; the seed sent no idempotency key,
+    // and the drill's CRM for this run creates a record on every POST.
+    let key = super::lead_key(&event_id, raw_email);
+    let record = json!({
+        "key": key,
+        "email": email,
+        "first_name": doc.get("first_name"),
+        "last_name": doc.get("last_name"),
+        "phone": doc.get("phone"),
+    });
+    match shared.http.post(&shared.crm_url).json(&record).send().await {
+        Ok(r) if r.status().is_success() => {
+            if let Ok(mut seen) = shared.seen.lock() {
+                seen.insert(email, Instant::now());
+            }
+            answer(StatusCode::OK, json!({"status": "created"}))
+        }
+        Ok(r) => answer(
+            StatusCode::BAD_GATEWAY,
+            json!({"error": "crm", "status": r.status().as_u16()}),
+        ),
+        Err(e) => answer(
+            StatusCode::BAD_GATEWAY,
+            json!({"error": "crm", "why": e.to_string()}),
+        ),
+    }
+}

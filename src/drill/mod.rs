@@ -1,0 +1,865 @@
+//! `leadrouter drill`: the seed's outage, reproduced on one machine, with the books balanced at
+//! the end.
+//!
+//! The drill starts a sandbox CRM that flaps on a schedule ([`storm`]), the router as a real child
+//! process ([`router`]), and a simulated form vendor ([`vendor`]) that posts signed leads at a
+//! fixed rate, retries like a vendor and double-submits a share of them. While the vendor sends,
+//! the router is killed with SIGKILL three times and its nats-server once; the drill restarts the
+//! router like a process supervisor would and measures how long intake was unavailable. When the
+//! vendor is done and the queue has drained, every lead is looked up at the CRM and in the DLQ
+//! ([`report`]). `--baseline direct` runs the same storm first against the seed's synchronous
+//! design ([`baseline`]).
+
+pub mod baseline;
+pub mod report;
+pub mod router;
+pub mod storm;
+pub mod vendor;
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::Rng;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tokio::sync::watch;
+
+use crate::admin_client::AdminClient;
+use crate::config::Config;
+use crate::dlq::store::DlqEntry;
+use crate::intake::envelope::{email_hash, idempotency_key};
+use crate::intake::schemes::Verifier;
+use crate::sandbox_crm::{IdempotencyMode, SandboxCrm};
+use report::{Evidence, RunReport};
+use storm::{FaultKind, FaultRecord};
+use vendor::{LeadSpec, RetryPolicy, Vendor};
+
+/// The sender id the drill's router is configured with.
+pub const SENDER: &str = "drill";
+/// Restart delay of the drill's "process supervisor" after a kill.
+const RESTART_DELAY: Duration = Duration::from_millis(100);
+/// How long a component may take to come back before the drill calls it a failure.
+const RECOVERY_LIMIT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DrillError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start {exe}: {why}")]
+    Spawn { exe: PathBuf, why: String },
+    #[error("leadrouter exited during start-up ({status}); its log: {log}")]
+    RouterExited { status: String, log: PathBuf },
+    #[error("{what} was not ready after {waited:?}; its log: {log}")]
+    NotReady {
+        what: String,
+        waited: Duration,
+        log: PathBuf,
+    },
+    #[error("reading the DLQ from the router's admin API: {0}")]
+    Dlq(String),
+}
+
+impl DrillError {
+    fn io(path: &Path, source: std::io::Error) -> DrillError {
+        DrillError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Baseline {
+    /// The seed's synchronous pass-through with a naive 1-hour email dedupe.
+    Direct,
+}
+
+#[derive(Debug, Clone)]
+pub struct DrillOptions {
+    pub leads: usize,
+    pub rate: f64,
+    pub duplicate_share: f64,
+    pub malformed_share: f64,
+    pub shared_inbox_share: f64,
+    pub seed: u64,
+    pub baseline: Option<Baseline>,
+    /// No kills or nats-server restart (the CRM still flaps).
+    pub no_process_faults: bool,
+    pub drain_timeout: Duration,
+    pub work_dir: Option<PathBuf>,
+    pub keep: bool,
+    pub json: bool,
+    pub vendor: RetryPolicy,
+}
+
+impl DrillOptions {
+    pub fn validate(&self) -> Result<(), DrillError> {
+        let share = |name: &str, v: f64| {
+            if (0.0..=1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(DrillError::Setup(format!(
+                    "{name} must be a share between 0 and 1, got {v}"
+                )))
+            }
+        };
+        share("--duplicates", self.duplicate_share)?;
+        share("--malformed", self.malformed_share)?;
+        share("--shared-inbox", self.shared_inbox_share)?;
+        if self.leads == 0 {
+            return Err(DrillError::Setup("--leads must be at least 1".into()));
+        }
+        if !(self.rate > 0.0 && self.rate.is_finite()) {
+            return Err(DrillError::Setup(format!(
+                "--rate must be a positive number of leads per second, got {}",
+                self.rate
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Everything the drill measured; `--json` prints this.
+#[derive(Debug, Serialize)]
+pub struct DrillReport {
+    pub leads: usize,
+    pub rate: f64,
+    pub duplicate_share: f64,
+    pub malformed_share: f64,
+    pub seed: u64,
+    pub process_faults: bool,
+    pub runs: Vec<RunReport>,
+    /// The leadrouter run lost nothing, duplicated nothing and needed nobody.
+    pub passed: bool,
+    pub table: String,
+    pub work_dir: String,
+}
+
+/// The key leadrouter derives for a drill lead (the CRM's bookkeeping is keyed by it).
+pub fn lead_key(event_id: &str, email: &str) -> String {
+    let mut fields = Map::new();
+    if !email.is_empty() {
+        fields.insert("email".into(), Value::String(email.to_string()));
+    }
+    idempotency_key(SENDER, event_id, &email_hash(&fields))
+}
+
+/// Progress on a terminal, event lines otherwise (unless `--json`).
+struct Ui {
+    bar: Option<ProgressBar>,
+    lines: bool,
+}
+
+impl Ui {
+    fn new(json: bool, total: u64) -> Ui {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = ProgressBar::new(total);
+            let style = ProgressStyle::with_template(
+                "{spinner} {prefix:>10} [{bar:30}] {pos}/{len} leads {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+            b.set_style(style);
+            b
+        });
+        Ui {
+            lines: bar.is_none() && !json,
+            bar,
+        }
+    }
+
+    fn event(&self, msg: &str) {
+        match &self.bar {
+            Some(b) => b.println(format!("  {msg}")),
+            None if self.lines => eprintln!("drill: {msg}"),
+            None => {}
+        }
+    }
+
+    fn stage(&self, prefix: &str, total: u64) {
+        if let Some(b) = &self.bar {
+            b.reset();
+            b.set_length(total);
+            b.set_prefix(prefix.to_string());
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+fn run_id() -> String {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    format!("d{ms:x}")
+}
+
+fn free_port() -> Result<u16, DrillError> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| DrillError::Setup(format!("no free loopback port: {e}")))
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    rand::rng().fill(&mut b[..]);
+    hex::encode(b)
+}
+
+/// The assets the router's config points at, from the checkout the drill runs in.
+fn checkout_dirs() -> Result<(PathBuf, PathBuf), DrillError> {
+    let cwd = std::env::current_dir().map_err(|e| DrillError::Setup(e.to_string()))?;
+    let tmpl = cwd.join("nats");
+    let schemas = cwd.join("config/schemas");
+    if !tmpl.join("nats-server.conf.tmpl").is_file() || !schemas.join("lead.v1.json").is_file() {
+        return Err(DrillError::Setup(format!(
+            "run the drill from the leadrouter checkout: {} needs nats/nats-server.conf.tmpl and config/schemas/lead.v1.json",
+            cwd.display()
+        )));
+    }
+    Ok((tmpl, schemas))
+}
+
+/// Runs the drill and returns its report (the caller prints it and picks the exit code).
+pub async fn run(opts: &DrillOptions) -> Result<DrillReport, DrillError> {
+    opts.validate()?;
+    let id = run_id();
+    let work = match &opts.work_dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("leadrouter-drill-{id}")),
+    };
+    std::fs::create_dir_all(&work).map_err(|e| DrillError::io(&work, e))?;
+    let plan = vendor::Plan {
+        leads: opts.leads,
+        duplicate_share: opts.duplicate_share,
+        malformed_share: opts.malformed_share,
+        shared_inbox_share: opts.shared_inbox_share,
+        seed: opts.seed,
+        run_id: id,
+    };
+    let leads = Arc::new(vendor::generate(&plan, SENDER));
+    let ui = Ui::new(opts.json, opts.leads as u64);
+    let mut runs = Vec::new();
+    if opts.baseline == Some(Baseline::Direct) {
+        ui.event("storm 1 of 2: the seed's direct pass-through (before)");
+        runs.push(run_direct(opts, leads.clone(), &ui).await?);
+        ui.event("storm 2 of 2: leadrouter (after)");
+    }
+    let result = run_leadrouter(opts, leads, &work, &ui).await;
+    ui.finish();
+    runs.push(result?);
+    let passed = runs.last().is_some_and(RunReport::clean);
+    let table = report::render_table(&runs.iter().collect::<Vec<_>>());
+    if passed && opts.work_dir.is_none() && !opts.keep {
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    Ok(DrillReport {
+        leads: opts.leads,
+        rate: opts.rate,
+        duplicate_share: opts.duplicate_share,
+        malformed_share: opts.malformed_share,
+        seed: opts.seed,
+        process_faults: !opts.no_process_faults,
+        runs,
+        passed,
+        table,
+        work_dir: work.display().to_string(),
+    })
+}
+
+/// What the storm does to the design under test.
+trait Target {
+    /// Kills the front door (SIGKILL or its equivalent), restarts it, and reports.
+    async fn kill_and_restart(&mut self) -> FaultRecord;
+    async fn restart_nats(&mut self) -> FaultRecord;
+}
+
+struct Storm {
+    crm: Arc<SandboxCrm>,
+    phase: Arc<Mutex<&'static str>>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Storm {
+    fn start(crm: Arc<SandboxCrm>) -> Storm {
+        let phase = Arc::new(Mutex::new("healthy"));
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(storm::flap(crm.clone(), phase.clone(), rx));
+        Storm {
+            crm,
+            phase,
+            stop,
+            task,
+        }
+    }
+
+    async fn calm(self) -> Arc<SandboxCrm> {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+        self.crm
+    }
+}
+
+/// Sends the leads through `vendor` while the CRM flaps and the faults strike; returns the
+/// outcomes, the fault records and the send time.
+async fn storm_run(
+    opts: &DrillOptions,
+    leads: &Arc<Vec<LeadSpec>>,
+    vendor: Arc<Vendor>,
+    crm: Arc<SandboxCrm>,
+    target: &mut impl Target,
+    ui: &Ui,
+    label: &str,
+) -> (
+    Vec<vendor::LeadOutcome>,
+    Vec<FaultRecord>,
+    f64,
+    Arc<SandboxCrm>,
+) {
+    ui.stage(label, leads.len() as u64);
+    let storm = Storm::start(crm);
+    let started = Instant::now();
+    let counters = vendor.counters.clone();
+    let sender = tokio::spawn(vendor.run(leads.clone(), opts.rate));
+    let ticker = ui.bar.clone().map(|bar| {
+        let counters = counters.clone();
+        let phase = storm.phase.clone();
+        tokio::spawn(async move {
+            loop {
+                let c = counters.snapshot();
+                let p = phase.lock().map(|p| *p).unwrap_or("?");
+                bar.set_position(counters.leads_done.load(Relaxed));
+                bar.set_message(format!(
+                    "| sent {} | 2xx {} | retries {} | gave up {} | CRM: {p}",
+                    counters.scheduled.load(Relaxed),
+                    c.accepted_answers,
+                    c.retries,
+                    c.gave_up
+                ));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    });
+    let window = Duration::from_secs_f64(leads.len() as f64 / opts.rate);
+    let mut faults = Vec::new();
+    if !opts.no_process_faults {
+        for (at, kind) in storm::fault_plan(window) {
+            tokio::time::sleep_until((started + at).into()).await;
+            if sender.is_finished() {
+                break;
+            }
+            let mut rec = match kind {
+                FaultKind::KillRouter => target.kill_and_restart().await,
+                FaultKind::RestartNats => target.restart_nats().await,
+            };
+            rec.at_s = at.as_secs_f64();
+            let what = match kind {
+                FaultKind::KillRouter => "kill -9 of the router",
+                FaultKind::RestartNats => "nats-server restart",
+            };
+            match (&rec.skipped, rec.recovered) {
+                (Some(why), _) => ui.event(&format!("{what}: skipped ({why})")),
+                (None, true) => ui.event(&format!(
+                    "{what} at {:.1} s: intake back after {} ms",
+                    rec.at_s, rec.unavailable_ms
+                )),
+                (None, false) => ui.event(&format!(
+                    "{what} at {:.1} s: NOT back after {} ms",
+                    rec.at_s, rec.unavailable_ms
+                )),
+            }
+            let stop = !rec.recovered;
+            faults.push(rec);
+            if stop {
+                break;
+            }
+        }
+    }
+    // A vendor task that died leaves every lead unsent: counted as lost, never passed over.
+    let outcomes = sender.await.unwrap_or_else(|_| {
+        let unsent = vendor::LeadOutcome {
+            answer: vendor::Answer::GaveUp,
+            first_sent: SystemTime::now(),
+            attempts: 0,
+        };
+        vec![unsent; leads.len()]
+    });
+    let send_seconds = started.elapsed().as_secs_f64();
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    let crm = storm.calm().await;
+    ui.event(&format!(
+        "{label}: vendor done in {send_seconds:.1} s; CRM healthy; draining"
+    ));
+    (outcomes, faults, send_seconds, crm)
+}
+
+// ---------------------------------------------------------------------------------------------
+// leadrouter.
+
+struct Leadrouter {
+    proc: router::RouterProcess,
+}
+
+impl Target for Leadrouter {
+    async fn kill_and_restart(&mut self) -> FaultRecord {
+        let old_nats = self.proc.nats_pid();
+        let t0 = Instant::now();
+        self.proc.kill9();
+        tokio::time::sleep(RESTART_DELAY).await;
+        let ready = match self.proc.spawn() {
+            Ok(()) => self.proc.wait_ready(RECOVERY_LIMIT).await.is_ok(),
+            Err(_) => false,
+        };
+        let unavailable_ms = t0.elapsed().as_millis() as u64;
+        // The old nats-server went down with its parent (PR_SET_PDEATHSIG) or was stopped as
+        // stale by the new router; either way it must be gone now.
+        let orphan = match (old_nats, self.proc.nats_pid()) {
+            (Some(old), new) if new != Some(old) => !router::wait_gone(old, RECOVERY_LIMIT).await,
+            (Some(old), Some(_)) => !router::alive(old),
+            _ => false,
+        };
+        FaultRecord {
+            kind: FaultKind::KillRouter,
+            at_s: 0.0,
+            unavailable_ms,
+            recovered: ready && !orphan,
+            nats_orphan_left: Some(orphan),
+            skipped: None,
+        }
+    }
+
+    async fn restart_nats(&mut self) -> FaultRecord {
+        let mut rec = FaultRecord {
+            kind: FaultKind::RestartNats,
+            at_s: 0.0,
+            unavailable_ms: 0,
+            recovered: false,
+            nats_orphan_left: None,
+            skipped: None,
+        };
+        let Some(old) = self.proc.nats_pid() else {
+            rec.skipped = Some("no embedded nats-server pid file".into());
+            rec.recovered = true;
+            return rec;
+        };
+        let t0 = Instant::now();
+        router::signal(old, libc::SIGKILL);
+        // Back means: a new nats-server wrote its pid file and the router is ready on it.
+        let mut back = false;
+        while t0.elapsed() < RECOVERY_LIMIT {
+            let new = self.proc.nats_pid();
+            if new.is_some_and(|p| p != old && router::alive(p)) {
+                back = self.proc.wait_ready(RECOVERY_LIMIT).await.is_ok();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        rec.unavailable_ms = t0.elapsed().as_millis() as u64;
+        rec.recovered = back;
+        rec
+    }
+}
+
+fn router_config(
+    work: &Path,
+    ports: (u16, u16, u16),
+    crm_url: &str,
+    tmpl: &Path,
+    schemas: &Path,
+) -> String {
+    let (intake, admin, nats) = ports;
+    format!(
+        r#"# Written by `leadrouter drill`: the router under test.
+data_dir = {data:?}
+
+[nats]
+url = "embedded"
+publish_timeout = "2s"
+
+[nats.embedded]
+port = {nats}
+template_dir = {tmpl:?}
+
+[intake]
+listen = "127.0.0.1:{intake}"
+
+[admin]
+listen = "127.0.0.1:{admin}"
+token_env = "LEADROUTER_DRILL_ADMIN_TOKEN"
+
+# The storm's CRM outages recur for the whole run: twenty attempts with backoff capped at 4 s
+# outlast any one of them, so no good lead needs a replay. A killed handler's lead comes back
+# after ack_wait.
+[handlers]
+pool_size = 32
+max_deliver = 20
+ack_wait = "10s"
+backoff_base = "250ms"
+backoff_cap = "4s"
+schemas_dir = {schemas:?}
+
+[[sinks]]
+name = "crm"
+kind = "http"
+url = "{crm_url}/leads"
+timeout = "2s"
+
+[[senders]]
+id = "{SENDER}"
+scheme = "standard-webhooks"
+secret_env = ["LEADROUTER_DRILL_SECRET"]
+event_id = {{ header = "webhook-id" }}
+rate = {{ per_second = 100000, burst = 100000 }}
+
+[senders.mapping.fields]
+email = "$.email"
+first_name = "$.first_name"
+last_name = "$.last_name"
+phone = "$.phone"
+company = "$.company"
+utm_source = "$.utm_source"
+utm_campaign = "$.utm_campaign"
+"#,
+        data = work.join("data").display().to_string(),
+        tmpl = tmpl.display().to_string(),
+        schemas = schemas.display().to_string(),
+    )
+}
+
+async fn run_leadrouter(
+    opts: &DrillOptions,
+    leads: Arc<Vec<LeadSpec>>,
+    work: &Path,
+    ui: &Ui,
+) -> Result<RunReport, DrillError> {
+    let (tmpl, schemas) = checkout_dirs()?;
+    let crm = SandboxCrm::start(([127, 0, 0, 1], 0).into())
+        .await
+        .map_err(|e| DrillError::Setup(e.to_string()))?;
+    crm.set_idempotency(IdempotencyMode::Honor);
+    let crm = Arc::new(crm);
+    let ports = (free_port()?, free_port()?, free_port()?);
+    let secret = format!("whsec_{}", base64_of(&random_hex(24)));
+    let token = random_hex(24);
+    let env: HashMap<String, String> = HashMap::from([
+        ("LEADROUTER_DRILL_SECRET".to_string(), secret.clone()),
+        ("LEADROUTER_DRILL_ADMIN_TOKEN".to_string(), token),
+    ]);
+    let text = router_config(work, ports, &crm.url(), &tmpl, &schemas);
+    let config_path = work.join("leadrouter.toml");
+    std::fs::write(&config_path, &text).map_err(|e| DrillError::io(&config_path, e))?;
+    let cfg = Config::from_toml(&text, &config_path, &env)
+        .map_err(|e| DrillError::Setup(format!("the drill's router config: {e}")))?;
+    let sender = cfg
+        .sender(SENDER)
+        .ok_or_else(|| DrillError::Setup("the drill's sender is missing".into()))?;
+    let verifier = Verifier::new(
+        sender.scheme,
+        &sender.signature,
+        vec![secret],
+        sender.tolerance,
+    )
+    .map_err(|e| DrillError::Setup(format!("signing: {e}")))?;
+    let exe = std::env::current_exe().map_err(|e| DrillError::Setup(e.to_string()))?;
+    let mut proc = router::RouterProcess::new(
+        exe,
+        config_path,
+        env.clone().into_iter().collect(),
+        work.join("router.log"),
+        work.join("data"),
+        &cfg.intake.listen.to_string(),
+    );
+    proc.spawn()?;
+    let waited = proc.wait_ready(Duration::from_secs(120)).await?;
+    ui.event(&format!(
+        "leadrouter up in {} ms (pid {}, log {})",
+        waited.as_millis(),
+        proc.pid().unwrap_or(0),
+        proc.log_path().display()
+    ));
+    let url = format!("http://{}/v1/intake/{SENDER}", cfg.intake.listen);
+    let vendor = Arc::new(
+        Vendor::new(url, verifier, opts.vendor.clone())
+            .map_err(|e| DrillError::Setup(format!("vendor HTTP client: {e}")))?,
+    );
+    let counters = vendor.counters.clone();
+    let mut target = Leadrouter { proc };
+    let (outcomes, faults, send_seconds, crm) =
+        storm_run(opts, &leads, vendor, crm, &mut target, ui, "leadrouter").await;
+
+    let admin = AdminClient::from_config(&cfg, &env).map_err(|e| DrillError::Dlq(e.to_string()))?;
+    let drain_started = Instant::now();
+    let dlq = drain(&admin, &leads, &outcomes, &crm, opts.drain_timeout, ui).await;
+    let drain_seconds = drain_started.elapsed().as_secs_f64();
+    target.proc.stop().await;
+    let dlq = dlq?;
+    Ok(report::reconcile(Evidence {
+        design: "leadrouter",
+        leads: &leads,
+        outcomes: &outcomes,
+        vendor: counters.snapshot(),
+        crm: crm.keys().into_iter().map(|k| (k.key.clone(), k)).collect(),
+        dlq: Some(dlq),
+        faults,
+        send_seconds,
+        drain_seconds,
+    }))
+}
+
+fn base64_of(hex_text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(hex::decode(hex_text).unwrap_or_default())
+}
+
+#[derive(serde::Deserialize)]
+struct Listing {
+    entries: Vec<DlqEntry>,
+}
+
+/// Waits until every accepted lead is at the CRM or in the DLQ and the router's queue is empty
+/// (nothing pending, nothing unacknowledged, so no late write can follow), or `limit` passes.
+/// Returns the DLQ by lead key.
+async fn drain(
+    admin: &AdminClient,
+    leads: &[LeadSpec],
+    outcomes: &[vendor::LeadOutcome],
+    crm: &SandboxCrm,
+    limit: Duration,
+    ui: &Ui,
+) -> Result<HashMap<String, String>, DrillError> {
+    let start = Instant::now();
+    let accepted: Vec<&LeadSpec> = leads
+        .iter()
+        .zip(outcomes)
+        .filter(|(_, o)| o.answer == vendor::Answer::Accepted)
+        .map(|(l, _)| l)
+        .collect();
+    ui.stage("draining", accepted.len() as u64);
+    let mut dlq = HashMap::new();
+    loop {
+        let at_crm: std::collections::HashSet<String> = crm
+            .keys()
+            .into_iter()
+            .filter(|k| k.created > 0)
+            .map(|k| k.key)
+            .collect();
+        let listing: Result<Listing, _> = admin.get("/api/dlq", &[]).await;
+        if let Ok(l) = listing {
+            dlq = l.entries.into_iter().map(|e| (e.key, e.reason)).collect();
+        }
+        let placed = accepted
+            .iter()
+            .filter(|l| at_crm.contains(&l.key) || dlq.contains_key(&l.key))
+            .count();
+        if let Some(b) = &ui.bar {
+            b.set_position(placed as u64);
+            b.set_message(format!(
+                "| at the CRM {} | in the DLQ {}",
+                at_crm.len(),
+                dlq.len()
+            ));
+        }
+        if placed == accepted.len() && queue_empty(admin).await {
+            return Ok(dlq);
+        }
+        if start.elapsed() > limit {
+            ui.event(&format!(
+                "drain timeout after {limit:?}: {} accepted leads are neither at the CRM nor in the DLQ",
+                accepted.len() - placed
+            ));
+            return Ok(dlq);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn queue_empty(admin: &AdminClient) -> bool {
+    let stats: Result<Value, _> = admin.get("/api/stats", &[("window", "1m".into())]).await;
+    match stats {
+        Ok(v) => {
+            v["queue"]["pending"].as_u64() == Some(0)
+                && v["queue"]["ack_pending"].as_u64() == Some(0)
+        }
+        Err(_) => false,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The seed's direct pass-through.
+
+struct Direct {
+    server: baseline::DirectPassThrough,
+}
+
+impl Target for Direct {
+    async fn kill_and_restart(&mut self) -> FaultRecord {
+        let t0 = Instant::now();
+        self.server.kill();
+        tokio::time::sleep(RESTART_DELAY).await;
+        let recovered = self.server.restart().await.is_ok();
+        FaultRecord {
+            kind: FaultKind::KillRouter,
+            at_s: 0.0,
+            unavailable_ms: t0.elapsed().as_millis() as u64,
+            recovered,
+            nats_orphan_left: None,
+            skipped: None,
+        }
+    }
+
+    async fn restart_nats(&mut self) -> FaultRecord {
+        FaultRecord {
+            kind: FaultKind::RestartNats,
+            at_s: 0.0,
+            unavailable_ms: 0,
+            recovered: true,
+            nats_orphan_left: None,
+            skipped: Some("the direct design has no queue".into()),
+        }
+    }
+}
+
+async fn run_direct(
+    opts: &DrillOptions,
+    leads: Arc<Vec<LeadSpec>>,
+    ui: &Ui,
+) -> Result<RunReport, DrillError> {
+    let crm = SandboxCrm::start(([127, 0, 0, 1], 0).into())
+        .await
+        .map_err(|e| DrillError::Setup(e.to_string()))?;
+    // The seed sent no idempotency key: every POST is a new record.
+    crm.set_idempotency(IdempotencyMode::Ignore);
+    let crm = Arc::new(crm);
+    let server = baseline::DirectPassThrough::start(&crm.url()).await?;
+    // The pass-through does not check signatures; the vendor signs anyway, as it always does.
+    let verifier = Verifier::new(
+        crate::intake::schemes::SchemeName::StandardWebhooks,
+        &Default::default(),
+        vec![format!("whsec_{}", base64_of(&random_hex(24)))],
+        Duration::from_secs(300),
+    )
+    .map_err(|e| DrillError::Setup(format!("signing: {e}")))?;
+    let vendor = Arc::new(
+        Vendor::new(server.url(), verifier, opts.vendor.clone())
+            .map_err(|e| DrillError::Setup(format!("vendor HTTP client: {e}")))?,
+    );
+    let counters = vendor.counters.clone();
+    let mut target = Direct { server };
+    let (outcomes, faults, send_seconds, crm) =
+        storm_run(opts, &leads, vendor, crm, &mut target, ui, "direct").await;
+    // Synchronous: when the vendor is done, so is the design (nothing is queued).
+    target.server.kill();
+    Ok(report::reconcile(Evidence {
+        design: "direct",
+        leads: &leads,
+        outcomes: &outcomes,
+        vendor: counters.snapshot(),
+        crm: crm.keys().into_iter().map(|k| (k.key.clone(), k)).collect(),
+        dlq: None,
+        faults,
+        send_seconds,
+        drain_seconds: 0.0,
+    }))
+}
+
+/// The human report: the table, the faults, and the verdict.
+pub fn render_summary(r: &DrillReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nleadrouter drill: {} leads at {}/s, {:.0}% submitted more than once, {:.1}% malformed, seed {}{}\n",
+        r.leads,
+        r.rate,
+        r.duplicate_share * 100.0,
+        r.malformed_share * 100.0,
+        r.seed,
+        if r.process_faults { "" } else { ", no process faults" }
+    );
+    out.push_str(&r.table);
+    for run in &r.runs {
+        let _ = writeln!(out, "\n{}:", run.design);
+        let _ = writeln!(
+            out,
+            "  leads: {} good, {} schema-invalid, {} not JSON; vendor answers: {} accepted, {} refused, {} gave up",
+            run.valid, run.schema_invalid, run.unparseable, run.accepted, run.refused, run.vendor_gave_up
+        );
+        let _ = writeln!(
+            out,
+            "  CRM: {} records, {} duplicates, {} repeat writes absorbed by its idempotency key; intake -> CRM p50 {:.0} ms, p99 {:.0} ms",
+            run.crm_records,
+            run.duplicates,
+            run.repeat_writes_absorbed,
+            run.intake_to_crm_ms.p50,
+            run.intake_to_crm_ms.p99
+        );
+        let _ = writeln!(
+            out,
+            "  vendor sent for {:.1} s; queue drained {:.1} s after",
+            run.send_seconds, run.drain_seconds
+        );
+        for f in &run.faults {
+            let what = match f.kind {
+                FaultKind::KillRouter => "kill -9",
+                FaultKind::RestartNats => "nats-server restart",
+            };
+            match &f.skipped {
+                Some(why) => {
+                    let _ = writeln!(out, "  {what} at {:.1} s: skipped ({why})", f.at_s);
+                }
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "  {what} at {:.1} s: {} after {} ms{}",
+                        f.at_s,
+                        if f.recovered { "back" } else { "NOT back" },
+                        f.unavailable_ms,
+                        match f.nats_orphan_left {
+                            Some(true) => ", its nats-server was left behind",
+                            Some(false) => ", no nats-server left behind",
+                            None => "",
+                        }
+                    );
+                }
+            }
+        }
+        if !run.lost_examples.is_empty() {
+            let _ = writeln!(out, "  lost, e.g.: {}", run.lost_examples.join(", "));
+        }
+        for n in &run.intervention_notes {
+            let _ = writeln!(out, "  operator would have to: {n}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\n{}",
+        if r.passed {
+            "PASS: every accepted lead is at the CRM exactly once or in the DLQ with a reason; nothing lost, nothing duplicated, no manual step."
+        } else {
+            "FAIL: see above; the router's log and data are kept in the work dir."
+        }
+    );
+    if !r.passed {
+        let _ = writeln!(out, "work dir: {}", r.work_dir);
+    }
+    out
+}

@@ -1,0 +1,431 @@
+//! Reconciliation: what the vendor was told against what the CRM and the DLQ hold, lead by
+//! lead, and the seed's table rendered from it.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use super::storm::FaultRecord;
+use super::vendor::{Answer, CounterSnapshot, LeadKind, LeadOutcome, LeadSpec};
+use crate::sandbox_crm::KeyStats;
+
+/// One run of the storm against one design.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// `leadrouter` or `direct`.
+    pub design: String,
+    pub leads: usize,
+    pub valid: usize,
+    pub schema_invalid: usize,
+    pub unparseable: usize,
+    /// Leads the vendor submitted more than once at the same moment.
+    pub duplicate_submitted: usize,
+    /// Vendor answers: leads with a 2xx, refused with a 4xx, and given up after retries.
+    pub accepted: usize,
+    pub refused: usize,
+    pub vendor_gave_up: usize,
+    pub vendor: CounterSnapshot,
+    /// CRM records for the drill's leads, and the extra ones (a lead's second, third ... record).
+    pub crm_records: u64,
+    pub duplicates: u64,
+    pub duplicates_per_10k: f64,
+    /// Repeat writes the CRM absorbed by idempotency key (not records; shown for honesty).
+    pub repeat_writes_absorbed: u64,
+    /// `None` for a design without a DLQ.
+    pub dlq_entries: Option<usize>,
+    pub dlq_placement_pct: Option<f64>,
+    /// Good leads that ended in the DLQ: each needs an operator's replay.
+    pub valid_in_dlq: usize,
+    /// Schema-invalid leads accepted by the design but not in its DLQ (at the CRM or nowhere).
+    pub malformed_misplaced: usize,
+    /// Good leads neither at the CRM nor in the DLQ: told "accepted" and gone, refused, or never
+    /// accepted before the vendor gave up.
+    pub lost: usize,
+    /// Up to five event ids of lost leads, to start the search.
+    pub lost_examples: Vec<String>,
+    /// Records or DLQ entries that belong to no lead of the run: must be 0.
+    pub unexpected: usize,
+    /// Vendor's first send -> first CRM write, over good leads at the CRM.
+    pub intake_to_crm_ms: Percentiles,
+    pub interventions: usize,
+    pub intervention_notes: Vec<String>,
+    pub faults: Vec<FaultRecord>,
+    pub intake_unavailable_ms: u64,
+    pub send_seconds: f64,
+    pub drain_seconds: f64,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    pub fn of(mut v: Vec<f64>) -> Percentiles {
+        if v.is_empty() {
+            return Percentiles::default();
+        }
+        v.sort_by(|a, b| a.total_cmp(b));
+        let at = |p: f64| v[(((v.len() - 1) as f64) * p).round() as usize];
+        Percentiles {
+            p50: at(0.50),
+            p95: at(0.95),
+            p99: at(0.99),
+            max: v[v.len() - 1],
+        }
+    }
+}
+
+impl RunReport {
+    /// Nothing lost, nothing duplicated, nothing misplaced, nobody had to step in.
+    pub fn clean(&self) -> bool {
+        self.lost == 0
+            && self.duplicates == 0
+            && self.malformed_misplaced == 0
+            && self.unexpected == 0
+            && self.interventions == 0
+    }
+}
+
+/// What the run left behind, gathered after the drain.
+pub struct Evidence<'a> {
+    pub design: &'a str,
+    pub leads: &'a [LeadSpec],
+    pub outcomes: &'a [LeadOutcome],
+    pub vendor: CounterSnapshot,
+    /// CRM bookkeeping by lead key.
+    pub crm: HashMap<String, KeyStats>,
+    /// Lead key -> DLQ reason; `None` for a design without a DLQ.
+    pub dlq: Option<HashMap<String, String>>,
+    pub faults: Vec<FaultRecord>,
+    pub send_seconds: f64,
+    pub drain_seconds: f64,
+}
+
+pub fn reconcile(ev: Evidence<'_>) -> RunReport {
+    let mut r = RunReport {
+        design: ev.design.to_string(),
+        leads: ev.leads.len(),
+        valid: 0,
+        schema_invalid: 0,
+        unparseable: 0,
+        duplicate_submitted: 0,
+        accepted: 0,
+        refused: 0,
+        vendor_gave_up: 0,
+        vendor: ev.vendor,
+        crm_records: 0,
+        duplicates: 0,
+        duplicates_per_10k: 0.0,
+        repeat_writes_absorbed: 0,
+        dlq_entries: ev.dlq.as_ref().map(HashMap::len),
+        dlq_placement_pct: None,
+        valid_in_dlq: 0,
+        malformed_misplaced: 0,
+        lost: 0,
+        lost_examples: Vec::new(),
+        unexpected: 0,
+        intake_to_crm_ms: Percentiles::default(),
+        interventions: 0,
+        intervention_notes: Vec::new(),
+        intake_unavailable_ms: ev.faults.iter().map(|f| f.unavailable_ms).sum(),
+        faults: ev.faults,
+        send_seconds: ev.send_seconds,
+        drain_seconds: ev.drain_seconds,
+    };
+    let mut latencies = Vec::new();
+    let mut matched_dlq = 0;
+    let mut matched_keys = 0;
+    for (lead, out) in ev.leads.iter().zip(ev.outcomes) {
+        if lead.copies > 1 {
+            r.duplicate_submitted += 1;
+        }
+        match out.answer {
+            Answer::Accepted => r.accepted += 1,
+            Answer::Refused(_) => r.refused += 1,
+            Answer::GaveUp => r.vendor_gave_up += 1,
+        }
+        let at_crm = ev.crm.get(&lead.key).filter(|k| k.created > 0);
+        if let Some(k) = ev.crm.get(&lead.key) {
+            matched_keys += 1;
+            r.crm_records += k.created;
+            r.duplicates += k.created.saturating_sub(1);
+            r.repeat_writes_absorbed += k.writes.saturating_sub(k.created);
+        }
+        let in_dlq = ev.dlq.as_ref().and_then(|d| d.get(&lead.key));
+        if in_dlq.is_some() {
+            matched_dlq += 1;
+        }
+        match lead.kind {
+            LeadKind::Valid => {
+                r.valid += 1;
+                if let Some(k) = at_crm {
+                    if let Some(ms) = k
+                        .first_write
+                        .as_deref()
+                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                        .map(SystemTime::from)
+                        .and_then(|w| w.duration_since(out.first_sent).ok())
+                    {
+                        latencies.push(ms.as_secs_f64() * 1000.0);
+                    }
+                } else if in_dlq.is_some() {
+                    r.valid_in_dlq += 1;
+                } else {
+                    r.lost += 1;
+                    if r.lost_examples.len() < 5 {
+                        r.lost_examples.push(lead.event_id.clone());
+                    }
+                }
+            }
+            LeadKind::SchemaInvalid => {
+                r.schema_invalid += 1;
+                // Refused at the edge is a fine answer too: the vendor was told.
+                let placed = match (out.answer, &ev.dlq) {
+                    (Answer::Accepted, Some(_)) => in_dlq.is_some() && at_crm.is_none(),
+                    (Answer::Accepted, None) => at_crm.is_none(),
+                    (Answer::Refused(_), _) => at_crm.is_none() && in_dlq.is_none(),
+                    (Answer::GaveUp, _) => false,
+                };
+                if !placed {
+                    r.malformed_misplaced += 1;
+                }
+            }
+            LeadKind::Unparseable => {
+                r.unparseable += 1;
+                if !matches!(out.answer, Answer::Refused(400)) || at_crm.is_some() {
+                    r.malformed_misplaced += 1;
+                }
+            }
+        }
+    }
+    r.unexpected = ev.crm.len().saturating_sub(matched_keys)
+        + ev.dlq
+            .as_ref()
+            .map_or(0, |d| d.len().saturating_sub(matched_dlq));
+    r.duplicates_per_10k = r.duplicates as f64 * 10_000.0 / r.valid.max(1) as f64;
+    r.dlq_placement_pct = r
+        .dlq_entries
+        .map(|n| n as f64 * 100.0 / r.accepted.max(1) as f64);
+    r.intake_to_crm_ms = Percentiles::of(latencies);
+    let mut step = |cond: bool, note: String| {
+        if cond {
+            r.interventions += 1;
+            r.intervention_notes.push(note);
+        }
+    };
+    step(
+        r.valid_in_dlq > 0,
+        format!("replay {} good leads from the DLQ", r.valid_in_dlq),
+    );
+    step(
+        r.duplicates > 0,
+        format!("find and delete {} duplicate CRM records", r.duplicates),
+    );
+    step(
+        r.lost > 0,
+        format!("recover {} lost leads from the vendor's export", r.lost),
+    );
+    let unrecovered = r.faults.iter().filter(|f| !f.recovered).count();
+    step(
+        unrecovered > 0,
+        format!("bring back {unrecovered} component(s) that did not recover on their own"),
+    );
+    r
+}
+
+fn ms(v: f64) -> String {
+    if v >= 10_000.0 {
+        format!("{:.1} s", v / 1000.0)
+    } else if v >= 100.0 {
+        format!("{v:.0} ms")
+    } else {
+        format!("{v:.1} ms")
+    }
+}
+
+/// The seed's table, one column per run; the seed's own "before" figures alongside.
+pub fn render_table(runs: &[&RunReport]) -> String {
+    let mut out = String::new();
+    let mut header = "| metric | seed before (production) |".to_string();
+    let mut rule = "|---|---:|".to_string();
+    for r in runs {
+        let name = if r.design == "direct" {
+            "direct pass-through (drill)"
+        } else {
+            "leadrouter (drill)"
+        };
+        let _ = write!(header, " {name} |");
+        rule.push_str("---:|");
+    }
+    let _ = writeln!(out, "{header}\n{rule}");
+    let mut row = |metric: &str, seed: &str, f: &dyn Fn(&RunReport) -> String| {
+        let mut line = format!("| {metric} | {seed} |");
+        for r in runs {
+            let _ = write!(line, " {} |", f(r));
+        }
+        let _ = writeln!(out, "{line}");
+    };
+    row("p95 intake -> CRM", "7.2 s", &|r| {
+        ms(r.intake_to_crm_ms.p95)
+    });
+    row("duplicates per 10k leads", "83", &|r| {
+        format!("{:.1} ({})", r.duplicates_per_10k, r.duplicates)
+    });
+    row(
+        "DLQ placement rate",
+        "n.a.",
+        &|r| match r.dlq_placement_pct {
+            Some(p) => format!("{p:.2}% ({})", r.dlq_entries.unwrap_or(0)),
+            None => "n.a. (no DLQ)".into(),
+        },
+    );
+    row("leads lost", "unknown", &|r| r.lost.to_string());
+    row("operator interventions", "3 per week", &|r| {
+        r.interventions.to_string()
+    });
+    row("malformed leads not in the DLQ / refused", "", &|r| {
+        r.malformed_misplaced.to_string()
+    });
+    row("intake unavailable (faults)", "", &|r| {
+        ms(r.intake_unavailable_ms as f64)
+    });
+    row("vendor requests / retries / gave up", "", &|r| {
+        format!(
+            "{} / {} / {}",
+            r.vendor.requests, r.vendor.retries, r.vendor_gave_up
+        )
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drill::vendor::{generate, Plan};
+    use std::collections::BTreeMap;
+
+    fn stats(key: &str, created: u64, writes: u64) -> KeyStats {
+        KeyStats {
+            key: key.into(),
+            requests: writes,
+            writes,
+            created,
+            record_ids: Vec::new(),
+            latest_body: None,
+            first_write: Some(crate::sinks::rfc3339(SystemTime::now())),
+            last_write: None,
+            last_headers: BTreeMap::new(),
+        }
+    }
+
+    fn leads() -> Vec<LeadSpec> {
+        generate(
+            &Plan {
+                leads: 400,
+                duplicate_share: 0.3,
+                malformed_share: 0.1,
+                shared_inbox_share: 0.0,
+                seed: 3,
+                run_id: "r".into(),
+            },
+            "drill",
+        )
+    }
+
+    fn accepted(leads: &[LeadSpec]) -> Vec<LeadOutcome> {
+        leads
+            .iter()
+            .map(|l| LeadOutcome {
+                answer: if l.kind == LeadKind::Unparseable {
+                    Answer::Refused(400)
+                } else {
+                    Answer::Accepted
+                },
+                first_sent: SystemTime::now() - std::time::Duration::from_millis(50),
+                attempts: 1,
+            })
+            .collect()
+    }
+
+    fn perfect(leads: &[LeadSpec]) -> (HashMap<String, KeyStats>, HashMap<String, String>) {
+        let mut crm = HashMap::new();
+        let mut dlq = HashMap::new();
+        for l in leads {
+            match l.kind {
+                LeadKind::Valid => {
+                    crm.insert(l.key.clone(), stats(&l.key, 1, 2));
+                }
+                LeadKind::SchemaInvalid => {
+                    dlq.insert(l.key.clone(), "schema".into());
+                }
+                LeadKind::Unparseable => {}
+            }
+        }
+        (crm, dlq)
+    }
+
+    fn evidence<'a>(
+        leads: &'a [LeadSpec],
+        outcomes: &'a [LeadOutcome],
+        crm: HashMap<String, KeyStats>,
+        dlq: HashMap<String, String>,
+    ) -> Evidence<'a> {
+        Evidence {
+            design: "leadrouter",
+            leads,
+            outcomes,
+            vendor: CounterSnapshot::default(),
+            crm,
+            dlq: Some(dlq),
+            faults: Vec::new(),
+            send_seconds: 1.0,
+            drain_seconds: 1.0,
+        }
+    }
+
+    #[test]
+    fn a_perfect_run_is_clean() {
+        let leads = leads();
+        let outcomes = accepted(&leads);
+        let (crm, dlq) = perfect(&leads);
+        let r = reconcile(evidence(&leads, &outcomes, crm, dlq));
+        assert!(r.clean(), "{r:?}");
+        assert_eq!(r.valid + r.schema_invalid + r.unparseable, 400);
+        assert_eq!(r.repeat_writes_absorbed as usize, r.valid);
+        assert!(r.intake_to_crm_ms.p95 >= 40.0);
+        assert!(render_table(&[&r]).contains("| leads lost | unknown | 0 |"));
+    }
+
+    #[test]
+    fn loss_duplicates_misplacement_and_strangers_are_each_caught() {
+        let leads = leads();
+        let outcomes = accepted(&leads);
+        let (mut crm, mut dlq) = perfect(&leads);
+        let valid: Vec<&LeadSpec> = leads.iter().filter(|l| l.kind == LeadKind::Valid).collect();
+        crm.remove(&valid[0].key);
+        crm.insert(valid[1].key.clone(), stats(&valid[1].key, 2, 2));
+        crm.remove(&valid[2].key);
+        dlq.insert(valid[2].key.clone(), "sink_exhausted".into());
+        let bad = leads
+            .iter()
+            .find(|l| l.kind == LeadKind::SchemaInvalid)
+            .expect("a schema-invalid lead");
+        dlq.remove(&bad.key);
+        crm.insert("lr_stranger".into(), stats("lr_stranger", 1, 1));
+        let r = reconcile(evidence(&leads, &outcomes, crm, dlq));
+        assert_eq!(r.lost, 1);
+        assert_eq!(r.lost_examples, vec![valid[0].event_id.clone()]);
+        assert_eq!(r.duplicates, 1);
+        assert_eq!(r.valid_in_dlq, 1);
+        assert_eq!(r.malformed_misplaced, 1);
+        assert_eq!(r.unexpected, 1);
+        assert_eq!(r.interventions, 3, "{:?}", r.intervention_notes);
+        assert!(!r.clean());
+    }
+}

@@ -1,0 +1,184 @@
+//! The storm's schedule: how the CRM flaps, and when the process faults strike.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::sandbox_crm::{FaultMode, Faults, SandboxCrm};
+
+/// A CRM's ordinary answer time.
+pub const CRM_LATENCY: Duration = Duration::from_millis(20);
+
+/// One phase of the CRM's flapping.
+pub struct Phase {
+    pub name: &'static str,
+    pub length: Duration,
+    pub faults: Faults,
+}
+
+/// The CRM's cycle (18 s), repeated for as long as the vendor sends: healthy stretches between
+/// a slow spell (6 s answers, past the vendor's 5 s patience), 500s, 429s with `Retry-After: 1`
+/// and requests held 5 s then refused.
+pub fn crm_cycle() -> Vec<Phase> {
+    let healthy = || Faults {
+        latency: CRM_LATENCY,
+        ..Faults::healthy()
+    };
+    let with = |mode: FaultMode| Faults {
+        mode,
+        latency: CRM_LATENCY,
+        retry_after_secs: 1,
+        hold: Duration::from_secs(5),
+        ..Faults::healthy()
+    };
+    let s = Duration::from_secs;
+    vec![
+        Phase {
+            name: "healthy",
+            length: s(4),
+            faults: healthy(),
+        },
+        Phase {
+            name: "slow",
+            length: s(2),
+            faults: Faults {
+                latency: s(6),
+                ..Faults::healthy()
+            },
+        },
+        Phase {
+            name: "healthy",
+            length: s(2),
+            faults: healthy(),
+        },
+        Phase {
+            name: "500s",
+            length: s(2),
+            faults: with(FaultMode::Error500),
+        },
+        Phase {
+            name: "healthy",
+            length: s(2),
+            faults: healthy(),
+        },
+        Phase {
+            name: "429s",
+            length: s(2),
+            faults: with(FaultMode::Rate429),
+        },
+        Phase {
+            name: "healthy",
+            length: s(2),
+            faults: healthy(),
+        },
+        Phase {
+            name: "timeouts",
+            length: s(2),
+            faults: with(FaultMode::Timeout),
+        },
+    ]
+}
+
+/// Runs the cycle on `crm` until `stop` flips, then leaves it healthy. `now` shows the phase.
+pub async fn flap(
+    crm: Arc<SandboxCrm>,
+    now: Arc<Mutex<&'static str>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let cycle = crm_cycle();
+    'outer: loop {
+        for p in &cycle {
+            crm.set_faults(p.faults.clone());
+            if let Ok(mut n) = now.lock() {
+                *n = p.name;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(p.length) => {}
+                _ = stop.changed() => break 'outer,
+            }
+        }
+    }
+    crm.set_faults(Faults {
+        latency: CRM_LATENCY,
+        ..Faults::healthy()
+    });
+    if let Ok(mut n) = now.lock() {
+        *n = "healthy (storm over)";
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    /// SIGKILL of the router, then a restart like a process supervisor's.
+    KillRouter,
+    /// SIGKILL of the embedded nats-server; the router's supervisor must restart it.
+    RestartNats,
+}
+
+/// When the faults strike, as shares of the vendor's send window: three kills and one
+/// nats-server restart, spread so that each recovery finishes before the next fault.
+pub fn fault_plan(window: Duration) -> Vec<(Duration, FaultKind)> {
+    [
+        (0.20, FaultKind::KillRouter),
+        (0.40, FaultKind::KillRouter),
+        (0.55, FaultKind::RestartNats),
+        (0.70, FaultKind::KillRouter),
+    ]
+    .into_iter()
+    .map(|(share, kind)| (window.mul_f64(share), kind))
+    .collect()
+}
+
+/// What one fault did.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultRecord {
+    pub kind: FaultKind,
+    /// Seconds into the vendor's send window.
+    pub at_s: f64,
+    /// From the kill until intake answered `/readyz` 200 again.
+    pub unavailable_ms: u64,
+    pub recovered: bool,
+    /// For a router kill in embedded mode: its nats-server went away with it (no orphan left
+    /// holding the port and the store).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_orphan_left: Option<bool>,
+    /// Skipped, and why (e.g. no nats-server in the baseline design).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cycle_visits_every_kind_of_trouble() {
+        let names: Vec<&str> = crm_cycle().iter().map(|p| p.name).collect();
+        for n in ["healthy", "slow", "500s", "429s", "timeouts"] {
+            assert!(names.contains(&n), "{n} missing from {names:?}");
+        }
+        let total: Duration = crm_cycle().iter().map(|p| p.length).sum();
+        assert_eq!(total, Duration::from_secs(18));
+    }
+
+    #[test]
+    fn faults_are_three_kills_and_one_nats_restart_in_order() {
+        let plan = fault_plan(Duration::from_secs(100));
+        let kills = plan
+            .iter()
+            .filter(|(_, k)| *k == FaultKind::KillRouter)
+            .count();
+        assert_eq!(kills, 3);
+        assert_eq!(
+            plan.iter()
+                .filter(|(_, k)| *k == FaultKind::RestartNats)
+                .count(),
+            1
+        );
+        assert!(plan.windows(2).all(|w| w[0].0 < w[1].0));
+        assert!(plan.iter().all(|(at, _)| *at < Duration::from_secs(100)));
+    }
+}
