@@ -95,6 +95,11 @@ pub struct DrillArgs {
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Run the router against this NATS (a cluster, a leaf node) instead of the embedded
+    /// default; the nats-server restart is then skipped. Use a NATS account of its own: the
+    /// drill's router creates and uses the standard streams and buckets there.
+    #[arg(long)]
+    pub nats_url: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -278,6 +283,7 @@ async fn drill(args: &DrillArgs) -> anyhow::Result<ExitCode> {
             timeout: args.vendor_timeout.into(),
             ..Default::default()
         },
+        nats_url: args.nats_url.clone(),
     };
     let report = crate::drill::run(&opts).await.context("drill")?;
     if args.json {

@@ -120,3 +120,80 @@ fn bad_drill_options_are_refused_with_a_reason() {
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
 }
+
+fn drill_json(args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_leadrouter"))
+        .current_dir(common::manifest_dir())
+        .env(
+            "LEADROUTER_TOOLS_DIR",
+            common::manifest_dir().join(".tools"),
+        )
+        .arg("drill")
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("drill runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON report ({e}); stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(
+        out.status.success(),
+        report["passed"] == true,
+        "exit status follows the verdict"
+    );
+    report
+}
+
+#[test]
+fn against_an_external_nats_a_second_drill_counts_only_its_own_leads() {
+    let nats = common::NatsServer::start();
+    let url = nats.url();
+    // A first run leaves DLQ entries and CRM-less history on the shared NATS.
+    let first = drill_json(&[
+        "--nats-url",
+        &url,
+        "--leads",
+        "400",
+        "--rate",
+        "100",
+        "--malformed",
+        "0.05",
+        "--no-process-faults",
+    ]);
+    let lr = &first["runs"][0];
+    assert_eq!(first["passed"], true, "{}", first["table"]);
+    assert!(lr["dlq_entries"].as_u64() > Some(0));
+
+    // The second, with router kills, must not count the first run's DLQ entries as strangers.
+    let second = drill_json(&["--nats-url", &url, "--leads", "1200", "--rate", "100"]);
+    let lr = &second["runs"][0];
+    let table = second["table"].as_str().unwrap_or_default();
+    assert_eq!(
+        lr["unexpected"], 0,
+        "{table}\n{:#}",
+        lr["unexpected_examples"]
+    );
+    assert_eq!(lr["lost"], 0, "{table}");
+    assert_eq!(lr["duplicates"], 0, "{table}");
+    assert_eq!(lr["dlq_entries"], lr["schema_invalid"], "{table}");
+    let faults = lr["faults"].as_array().expect("faults");
+    assert!(
+        faults
+            .iter()
+            .any(|f| f["kind"] == "kill_router" && f["recovered"] == true),
+        "{faults:?}"
+    );
+    for f in faults.iter().filter(|f| f["kind"] == "restart_nats") {
+        assert!(
+            f["skipped"]
+                .as_str()
+                .is_some_and(|s| s.contains("external")),
+            "{f}"
+        );
+    }
+    assert_eq!(second["passed"], true, "{table}");
+}

@@ -100,6 +100,9 @@ pub struct DrillOptions {
     pub keep: bool,
     pub json: bool,
     pub vendor: RetryPolicy,
+    /// Run the router against this NATS instead of the embedded default (its nats-server is
+    /// not the drill's to restart).
+    pub nats_url: Option<String>,
 }
 
 impl DrillOptions {
@@ -251,7 +254,7 @@ pub async fn run(opts: &DrillOptions) -> Result<DrillReport, DrillError> {
         malformed_share: opts.malformed_share,
         shared_inbox_share: opts.shared_inbox_share,
         seed: opts.seed,
-        run_id: id,
+        run_id: id.clone(),
     };
     let leads = Arc::new(vendor::generate(&plan, SENDER));
     let ui = Ui::new(opts.json, opts.leads as u64);
@@ -261,7 +264,7 @@ pub async fn run(opts: &DrillOptions) -> Result<DrillReport, DrillError> {
         runs.push(run_direct(opts, leads.clone(), &ui).await?);
         ui.event("storm 2 of 2: leadrouter (after)");
     }
-    let result = run_leadrouter(opts, leads, &work, &ui).await;
+    let result = run_leadrouter(opts, leads, &work, &id, &ui).await;
     ui.finish();
     runs.push(result?);
     let passed = runs.last().is_some_and(RunReport::clean);
@@ -417,6 +420,7 @@ async fn storm_run(
 
 struct Leadrouter {
     proc: router::RouterProcess,
+    external_nats: bool,
 }
 
 impl Target for Leadrouter {
@@ -433,6 +437,7 @@ impl Target for Leadrouter {
         // The old nats-server went down with its parent (PR_SET_PDEATHSIG) or was stopped as
         // stale by the new router; either way it must be gone now.
         let orphan = match (old_nats, self.proc.nats_pid()) {
+            _ if self.external_nats => false,
             (Some(old), new) if new != Some(old) => !router::wait_gone(old, RECOVERY_LIMIT).await,
             (Some(old), Some(_)) => !router::alive(old),
             _ => false,
@@ -442,7 +447,7 @@ impl Target for Leadrouter {
             at_s: 0.0,
             unavailable_ms,
             recovered: ready && !orphan,
-            nats_orphan_left: Some(orphan),
+            nats_orphan_left: (!self.external_nats).then_some(orphan),
             skipped: None,
         }
     }
@@ -456,6 +461,11 @@ impl Target for Leadrouter {
             nats_orphan_left: None,
             skipped: None,
         };
+        if self.external_nats {
+            rec.skipped = Some("external NATS (--nats-url) is not the drill's to restart".into());
+            rec.recovered = true;
+            return rec;
+        }
         let Some(old) = self.proc.nats_pid() else {
             rec.skipped = Some("no embedded nats-server pid file".into());
             rec.recovered = true;
@@ -485,14 +495,17 @@ fn router_config(
     crm_url: &str,
     tmpl: &Path,
     schemas: &Path,
+    nats_url: Option<&str>,
+    run_id: &str,
 ) -> String {
     let (intake, admin, nats) = ports;
+    let nats_url = nats_url.unwrap_or("embedded");
     format!(
         r#"# Written by `leadrouter drill`: the router under test.
 data_dir = {data:?}
 
 [nats]
-url = "embedded"
+url = {nats_url:?}
 publish_timeout = "2s"
 
 [nats.embedded]
@@ -516,6 +529,10 @@ ack_wait = "10s"
 backoff_base = "250ms"
 backoff_cap = "4s"
 schemas_dir = {schemas:?}
+
+# A key of this run's own: on a shared NATS, earlier runs' key-check records keep their ids.
+[dlq]
+keys = [{{ id = "{run_id}", env = "LEADROUTER_DRILL_DLQ_KEY" }}]
 
 [[sinks]]
 name = "crm"
@@ -549,6 +566,7 @@ async fn run_leadrouter(
     opts: &DrillOptions,
     leads: Arc<Vec<LeadSpec>>,
     work: &Path,
+    run_id: &str,
     ui: &Ui,
 ) -> Result<RunReport, DrillError> {
     let (tmpl, schemas) = checkout_dirs()?;
@@ -563,8 +581,17 @@ async fn run_leadrouter(
     let env: HashMap<String, String> = HashMap::from([
         ("LEADROUTER_DRILL_SECRET".to_string(), secret.clone()),
         ("LEADROUTER_DRILL_ADMIN_TOKEN".to_string(), token),
+        ("LEADROUTER_DRILL_DLQ_KEY".to_string(), random_hex(32)),
     ]);
-    let text = router_config(work, ports, &crm.url(), &tmpl, &schemas);
+    let text = router_config(
+        work,
+        ports,
+        &crm.url(),
+        &tmpl,
+        &schemas,
+        opts.nats_url.as_deref(),
+        run_id,
+    );
     let config_path = work.join("leadrouter.toml");
     std::fs::write(&config_path, &text).map_err(|e| DrillError::io(&config_path, e))?;
     let cfg = Config::from_toml(&text, &config_path, &env)
@@ -588,6 +615,10 @@ async fn run_leadrouter(
         work.join("data"),
         &cfg.intake.listen.to_string(),
     );
+    // On a shared NATS the DLQ holds earlier runs too: this run's leads were received after
+    // this instant. The admin API's `since` (the server's clock, a minute early for skew) only
+    // narrows the listing; `drain` filters by `received_at`.
+    let since = SystemTime::now();
     proc.spawn()?;
     let waited = proc.wait_ready(Duration::from_secs(120)).await?;
     ui.event(&format!(
@@ -602,13 +633,25 @@ async fn run_leadrouter(
             .map_err(|e| DrillError::Setup(format!("vendor HTTP client: {e}")))?,
     );
     let counters = vendor.counters.clone();
-    let mut target = Leadrouter { proc };
+    let mut target = Leadrouter {
+        proc,
+        external_nats: opts.nats_url.is_some(),
+    };
     let (outcomes, faults, send_seconds, crm) =
         storm_run(opts, &leads, vendor, crm, &mut target, ui, "leadrouter").await;
 
     let admin = AdminClient::from_config(&cfg, &env).map_err(|e| DrillError::Dlq(e.to_string()))?;
     let drain_started = Instant::now();
-    let dlq = drain(&admin, &leads, &outcomes, &crm, opts.drain_timeout, ui).await;
+    let dlq = drain(
+        &admin,
+        &leads,
+        &outcomes,
+        &crm,
+        since,
+        opts.drain_timeout,
+        ui,
+    )
+    .await;
     let drain_seconds = drain_started.elapsed().as_secs_f64();
     target.proc.stop().await;
     let dlq = dlq?;
@@ -643,6 +686,7 @@ async fn drain(
     leads: &[LeadSpec],
     outcomes: &[vendor::LeadOutcome],
     crm: &SandboxCrm,
+    since: SystemTime,
     limit: Duration,
     ui: &Ui,
 ) -> Result<HashMap<String, String>, DrillError> {
@@ -655,6 +699,8 @@ async fn drain(
         .collect();
     ui.stage("draining", accepted.len() as u64);
     let mut dlq = HashMap::new();
+    let since_t = chrono::DateTime::<chrono::Utc>::from(since);
+    let coarse_since = crate::sinks::rfc3339(since - Duration::from_secs(60));
     loop {
         let at_crm: std::collections::HashSet<String> = crm
             .keys()
@@ -662,9 +708,24 @@ async fn drain(
             .filter(|k| k.created > 0)
             .map(|k| k.key)
             .collect();
-        let listing: Result<Listing, _> = admin.get("/api/dlq", &[]).await;
+        let listing: Result<Listing, _> = admin
+            .get("/api/dlq", &[("since", coarse_since.clone())])
+            .await;
         if let Ok(l) = listing {
-            dlq = l.entries.into_iter().map(|e| (e.key, e.reason)).collect();
+            // Entries of earlier runs on a shared NATS were received before this run began
+            // (received_at is stamped by our router, on this machine's clock).
+            dlq = l
+                .entries
+                .into_iter()
+                .filter(|e| {
+                    let received = e
+                        .received_at
+                        .as_deref()
+                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+                    received.is_none_or(|t| t >= since_t)
+                })
+                .map(|e| (e.key, e.reason))
+                .collect();
         }
         let placed = accepted
             .iter()
@@ -841,6 +902,13 @@ pub fn render_summary(r: &DrillReport) -> String {
                     );
                 }
             }
+        }
+        if !run.unexpected_examples.is_empty() {
+            let _ = writeln!(
+                out,
+                "  belong to no lead of this run, e.g.: {}",
+                run.unexpected_examples.join(", ")
+            );
         }
         if !run.lost_examples.is_empty() {
             let _ = writeln!(out, "  lost, e.g.: {}", run.lost_examples.join(", "));

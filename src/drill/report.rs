@@ -47,6 +47,8 @@ pub struct RunReport {
     pub lost_examples: Vec<String>,
     /// Records or DLQ entries that belong to no lead of the run: must be 0.
     pub unexpected: usize,
+    /// Up to five of them, as `crm:<key>` or `dlq:<key>`.
+    pub unexpected_examples: Vec<String>,
     /// Vendor's first send -> first CRM write, over good leads at the CRM.
     pub intake_to_crm_ms: Percentiles,
     pub interventions: usize,
@@ -130,6 +132,7 @@ pub fn reconcile(ev: Evidence<'_>) -> RunReport {
         lost: 0,
         lost_examples: Vec::new(),
         unexpected: 0,
+        unexpected_examples: Vec::new(),
         intake_to_crm_ms: Percentiles::default(),
         interventions: 0,
         intervention_notes: Vec::new(),
@@ -208,6 +211,18 @@ pub fn reconcile(ev: Evidence<'_>) -> RunReport {
         + ev.dlq
             .as_ref()
             .map_or(0, |d| d.len().saturating_sub(matched_dlq));
+    if r.unexpected > 0 {
+        let known: std::collections::HashSet<&str> =
+            ev.leads.iter().map(|l| l.key.as_str()).collect();
+        let crm = ev.crm.keys().map(|k| ("crm", k));
+        let dlq = ev.dlq.iter().flat_map(|d| d.keys()).map(|k| ("dlq", k));
+        r.unexpected_examples = crm
+            .chain(dlq)
+            .filter(|(_, k)| !known.contains(k.as_str()))
+            .take(5)
+            .map(|(w, k)| format!("{w}:{k}"))
+            .collect();
+    }
     r.duplicates_per_10k = r.duplicates as f64 * 10_000.0 / r.valid.max(1) as f64;
     r.dlq_placement_pct = r
         .dlq_entries
@@ -425,6 +440,7 @@ mod tests {
         assert_eq!(r.valid_in_dlq, 1);
         assert_eq!(r.malformed_misplaced, 1);
         assert_eq!(r.unexpected, 1);
+        assert_eq!(r.unexpected_examples, vec!["crm:lr_stranger".to_string()]);
         assert_eq!(r.interventions, 3, "{:?}", r.intervention_notes);
         assert!(!r.clean());
     }
