@@ -207,7 +207,10 @@ async fn stop_stale(pid_file: &Path) {
         return;
     };
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    if comm.trim() != "nats-server" {
+    // A zombie already let go of the port and the store lock. It is one whenever the old
+    // leadrouter was killed (PR_SET_PDEATHSIG stopped the server) and the pid 1 that inherited
+    // it reaps slowly, as many container inits do: waiting for it to vanish cost seconds.
+    if comm.trim() != "nats-server" || !child_alive(pid) {
         return;
     }
     tracing::warn!(
@@ -218,11 +221,11 @@ async fn stop_stale(pid_file: &Path) {
     unsafe {
         libc::kill(pid, libc::SIGTERM);
     }
-    for _ in 0..100 {
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+    for _ in 0..500 {
+        if !child_alive(pid) {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     unsafe {
         libc::kill(pid, libc::SIGKILL);
@@ -416,5 +419,46 @@ fn child_alive(pid: i32) -> bool {
             .map(|rest| rest.trim_start().starts_with('Z'))
             .unwrap_or(false),
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::child_alive;
+
+    #[test]
+    fn a_zombie_counts_as_gone_and_a_running_process_does_not() {
+        let mut live = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep starts");
+        assert!(child_alive(live.id() as i32));
+
+        let mut done = std::process::Command::new("true")
+            .spawn()
+            .expect("true starts");
+        let pid = done.id() as i32;
+        // Wait for its exit without reaping it (WNOWAIT): it stays a zombie of this process.
+        // SAFETY: waitid on our own child with a zeroed siginfo_t out-parameter.
+        let rc = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        assert_eq!(rc, 0);
+        assert!(
+            std::fs::metadata(format!("/proc/{pid}")).is_ok(),
+            "the zombie is still listed"
+        );
+        assert!(!child_alive(pid), "a zombie holds no port and no lock");
+
+        let _ = done.wait();
+        let _ = live.kill();
+        let _ = live.wait();
+        assert!(!child_alive(pid));
     }
 }
