@@ -439,7 +439,7 @@ impl Target for Leadrouter {
         let orphan = match (old_nats, self.proc.nats_pid()) {
             _ if self.external_nats => false,
             (Some(old), new) if new != Some(old) => !router::wait_gone(old, RECOVERY_LIMIT).await,
-            (Some(old), Some(_)) => !router::alive(old),
+            (Some(old), Some(_)) => !crate::queue::embedded::process_alive(old),
             _ => false,
         };
         FaultRecord {
@@ -477,7 +477,7 @@ impl Target for Leadrouter {
         let mut back = false;
         while t0.elapsed() < RECOVERY_LIMIT {
             let new = self.proc.nats_pid();
-            if new.is_some_and(|p| p != old && router::alive(p)) {
+            if new.is_some_and(|p| p != old && crate::queue::embedded::process_alive(p)) {
                 back = self.proc.wait_ready(RECOVERY_LIMIT).await.is_ok();
                 break;
             }

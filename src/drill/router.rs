@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::DrillError;
+use crate::queue::embedded::process_alive;
 
 pub struct RouterProcess {
     exe: PathBuf,
@@ -164,28 +165,14 @@ pub fn signal(pid: i32, sig: i32) {
     }
 }
 
-/// Whether `pid` is a live process (a zombie counts as gone).
-pub fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            // The state follows the parenthesised command name, which may contain spaces.
-            let state = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.trim_start().chars().next());
-            !matches!(state, Some('Z') | Some('X') | None)
-        }
-        Err(_) => false,
-    }
-}
-
 /// Waits until `pid` is gone or `timeout` passes; true when it is gone.
 pub async fn wait_gone(pid: i32, timeout: Duration) -> bool {
     let start = Instant::now();
     while start.elapsed() < timeout {
-        if !alive(pid) {
+        if !process_alive(pid) {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    !alive(pid)
+    !process_alive(pid)
 }

@@ -210,7 +210,7 @@ async fn stop_stale(pid_file: &Path) {
     // A zombie already let go of the port and the store lock. It is one whenever the old
     // leadrouter was killed (PR_SET_PDEATHSIG stopped the server) and the pid 1 that inherited
     // it reaps slowly, as many container inits do: waiting for it to vanish cost seconds.
-    if comm.trim() != "nats-server" || !child_alive(pid) {
+    if comm.trim() != "nats-server" || !process_alive(pid) {
         return;
     }
     tracing::warn!(
@@ -222,7 +222,7 @@ async fn stop_stale(pid_file: &Path) {
         libc::kill(pid, libc::SIGTERM);
     }
     for _ in 0..500 {
-        if !child_alive(pid) {
+        if !process_alive(pid) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -394,12 +394,12 @@ impl Actor for NatsSupervisor {
                 libc::kill(pid, libc::SIGTERM);
             }
             for _ in 0..100 {
-                if !child_alive(pid) {
+                if !process_alive(pid) {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            if child_alive(pid) {
+            if process_alive(pid) {
                 unsafe {
                     libc::kill(pid, libc::SIGKILL);
                 }
@@ -411,7 +411,8 @@ impl Actor for NatsSupervisor {
 }
 
 /// Zombie-aware: a child that exited but was not yet reaped counts as gone.
-fn child_alive(pid: i32) -> bool {
+/// Whether `pid` is a running process; a zombie counts as gone (it holds no port, no lock).
+pub fn process_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => !stat
             .rsplit(')')
@@ -424,7 +425,7 @@ fn child_alive(pid: i32) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::child_alive;
+    use super::process_alive;
 
     #[test]
     fn a_zombie_counts_as_gone_and_a_running_process_does_not() {
@@ -432,7 +433,7 @@ mod tests {
             .arg("30")
             .spawn()
             .expect("sleep starts");
-        assert!(child_alive(live.id() as i32));
+        assert!(process_alive(live.id() as i32));
 
         let mut done = std::process::Command::new("true")
             .spawn()
@@ -454,11 +455,11 @@ mod tests {
             std::fs::metadata(format!("/proc/{pid}")).is_ok(),
             "the zombie is still listed"
         );
-        assert!(!child_alive(pid), "a zombie holds no port and no lock");
+        assert!(!process_alive(pid), "a zombie holds no port and no lock");
 
         let _ = done.wait();
         let _ = live.kill();
         let _ = live.wait();
-        assert!(!child_alive(pid));
+        assert!(!process_alive(pid));
     }
 }
