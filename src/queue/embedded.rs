@@ -410,7 +410,6 @@ impl Actor for NatsSupervisor {
     }
 }
 
-/// Zombie-aware: a child that exited but was not yet reaped counts as gone.
 /// Whether `pid` is a running process; a zombie counts as gone (it holds no port, no lock).
 pub fn process_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
