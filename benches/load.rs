@@ -47,16 +47,18 @@
 //! it to `benches/results/load.md` and into README.md between the load-bench markers.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use leadrouter::config::Config;
+use leadrouter::devtools::harness::{
+    free_ports, http_sink, process_alive, signal, wait_gone, RouterConfig, RouterProcess,
+    SenderSpec,
+};
 use leadrouter::intake::schemes::{SignInput, Verifier};
 use leadrouter::sandbox_crm::{Faults, SandboxCrm};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
@@ -127,16 +129,6 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A free loopback port. Bound and released, so another process could take it before the
-/// router does; on a bench machine that race is theoretical, and the readiness check would
-/// catch it.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
-
 // ---------------------------------------------------------------------------------------------
 // /proc readings
 
@@ -168,27 +160,6 @@ fn peak_rss_mib(pid: u32) -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
-}
-
-/// Running (not gone, not a zombie waiting to be reaped).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rfind(')')
-                .and_then(|i| s[i + 1..].split_whitespace().next().map(str::to_owned))
-        })
-        .is_some_and(|state| state != "Z" && state != "X")
-}
-
-fn signal(pid: u32, sig: libc::c_int) {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return;
-    };
-    // SAFETY: kill(2) with a pid this bench started (the router or the router's nats-server).
-    unsafe {
-        libc::kill(pid, sig);
-    }
 }
 
 /// Busy time of the whole machine (all CPUs), in clock ticks: the first line of `/proc/stat`
@@ -269,7 +240,7 @@ enum Role {
 }
 
 struct Router {
-    child: Option<Child>,
+    proc: RouterProcess,
     pid: u32,
     nats_pid: u32,
     intake: SocketAddr,
@@ -277,7 +248,6 @@ struct Router {
     nats_url: String,
     verifier: Verifier,
     cfg: Config,
-    log: PathBuf,
     // Held for the router's lifetime: its data dir, config and log live here.
     _dir: tempfile::TempDir,
 }
@@ -286,64 +256,34 @@ impl Router {
     async fn start(role: &Role) -> Router {
         let dir = tempfile::tempdir().expect("tempdir for the router");
         let data = dir.path().join("data");
-        let nats_port = free_port();
-        let intake: SocketAddr = format!("127.0.0.1:{}", free_port())
-            .parse()
-            .expect("loopback address");
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port())
-            .parse()
-            .expect("loopback address");
-        let (handlers, sinks) = match role {
-            Role::Edge => ("enabled = false".to_string(), String::new()),
-            Role::Pipeline { crm_url } => (
-                format!(
-                    "pool_size = {POOL_SIZE}\nschemas_dir = {:?}",
-                    root().join("config/schemas").display().to_string()
-                ),
-                format!("[[sinks]]\nname = \"crm\"\nkind = \"http\"\nurl = \"{crm_url}/leads\"\n"),
-            ),
-        };
-        let text = format!(
-            r#"# Written by benches/load.rs.
-data_dir = {data:?}
-
-[nats]
-url = "embedded"
-
-[nats.embedded]
-port = {nats_port}
-template_dir = {tmpl:?}
-
-[intake]
-listen = "{intake}"
-
-[admin]
-listen = "{admin}"
-
-[handlers]
-{handlers}
-
-{sinks}
-[[senders]]
-id = "demo"
-scheme = "standard-webhooks"
-secret_env = ["BENCH_SECRET"]
-event_id = {{ header = "webhook-id" }}
-# The rate limiter must never be what the bench measures.
-rate = {{ per_second = 1000000, burst = 1000000 }}
-
-[senders.mapping.fields]
-email = "$.email"
-first_name = "$.first_name"
-last_name = "$.last_name"
-phone = "$.phone"
-utm_source = "$.utm_source"
-"#,
-            data = data.display().to_string(),
-            tmpl = root().join("nats").display().to_string(),
+        let [nats_port, intake_port, admin_port] = free_ports(3)
+            .expect("free loopback ports")
+            .try_into()
+            .expect("three ports");
+        let intake = SocketAddr::from(([127, 0, 0, 1], intake_port));
+        let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+        let mut rc = RouterConfig::new()
+            .header("Written by benches/load.rs.")
+            .data_dir(&data)
+            .embedded_nats(nats_port, root().join("nats"))
+            .intake_listen(intake)
+            .admin_listen(admin);
+        match role {
+            Role::Edge => rc.handlers.enabled = Some(false),
+            Role::Pipeline { crm_url } => {
+                rc.handlers.pool_size = Some(POOL_SIZE);
+                rc.handlers.schemas_dir = Some(root().join("config/schemas"));
+                rc = rc.sink(http_sink("crm", format!("{crm_url}/leads"), None));
+            }
+        }
+        let rc = rc.sender(
+            SenderSpec::standard_webhooks("demo", "BENCH_SECRET")
+                // The rate limiter must never be what the bench measures.
+                .rate(1_000_000, 1_000_000)
+                .fields(&["email", "first_name", "last_name", "phone", "utm_source"]),
         );
         let cfg_path = dir.path().join("leadrouter.toml");
-        std::fs::write(&cfg_path, &text).expect("write leadrouter.toml");
+        let text = rc.write(&cfg_path).expect("write leadrouter.toml");
         // Parsed here too: a config mistake fails with the key's name before a process starts,
         // and the sender's scheme options build the signer.
         let env = HashMap::from([
@@ -363,86 +303,36 @@ utm_source = "$.utm_source"
         )
         .expect("verifier for demo");
 
-        let log = dir.path().join("router.log");
-        let out = File::create(&log).expect("create router.log");
-        let err = out.try_clone().expect("clone router.log handle");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_leadrouter"));
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&cfg_path)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        // The caller's LEADROUTER_* settings (listen addresses, data dir, store key, ...) would
-        // override the config written above; the bench's router sees only its own.
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("LEADROUTER_") {
-                cmd.env_remove(&k);
-            }
-        }
-        cmd.env("LEADROUTER_TOOLS_DIR", root().join(".tools"))
+        // The harness scrubs the caller's LEADROUTER_* settings (listen addresses, data dir,
+        // store key, ...), which would override the config written above; the bench's router
+        // sees only its own.
+        let mut proc = RouterProcess::new(env!("CARGO_BIN_EXE_leadrouter"), &cfg_path, intake)
+            .log(dir.path().join("router.log"))
+            .data_dir(&data)
+            .env("LEADROUTER_TOOLS_DIR", root().join(".tools"))
             .env("LEADROUTER_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("BENCH_SECRET", SECRET);
-        let child = cmd.spawn().expect("spawn leadrouter serve");
-        let pid = child.id();
-        let mut router = Router {
-            child: Some(child),
+        // The first run on a machine installs the pinned nats-server, hence the generous
+        // deadline.
+        if let Err(e) = proc.start(Duration::from_secs(300)).await {
+            panic!("{e}:\n{}", proc.log_tail(30));
+        }
+        let pid = proc.pid().expect("the router is running");
+        let nats_pid = proc
+            .nats_pid()
+            .and_then(|p| u32::try_from(p).ok())
+            .unwrap_or_else(|| panic!("no pid in {}", data.join("nats/nats-server.pid").display()));
+        Router {
+            proc,
             pid,
-            nats_pid: 0,
+            nats_pid,
             intake,
             admin,
             nats_url: format!("nats://127.0.0.1:{nats_port}"),
             verifier,
             cfg,
-            log,
             _dir: dir,
-        };
-        router.wait_ready().await;
-        let pid_file = data.join("nats").join("nats-server.pid");
-        router.nats_pid = std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no pid in {}", pid_file.display()));
-        router
-    }
-
-    /// Polls `/readyz` (NATS connected, streams present). The first run on a machine installs
-    /// the pinned nats-server, hence the generous deadline.
-    async fn wait_ready(&mut self) {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build()
-            .expect("readiness client");
-        let url = format!("http://{}/readyz", self.intake);
-        let deadline = Instant::now() + Duration::from_secs(300);
-        loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!(
-                        "leadrouter serve exited during start-up ({status}); its log:\n{}",
-                        self.log_tail()
-                    );
-                }
-            }
-            if let Ok(r) = http.get(&url).send().await {
-                if r.status().is_success() {
-                    return;
-                }
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "leadrouter not ready at {url} after 300 s; its log:\n{}",
-                    self.log_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
     fn intake_url(&self) -> String {
@@ -451,32 +341,12 @@ utm_source = "$.utm_source"
 
     /// SIGTERM, as an orchestrator stops it, then waits for the graceful shutdown.
     async fn stop(mut self) -> String {
-        let Some(mut child) = self.child.take() else {
-            return "already stopped".into();
-        };
-        signal(self.pid, libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break status.to_string(),
-                Ok(None) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await
-                }
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break "killed: no exit within 60 s of SIGTERM".into();
-                }
-            }
-        };
+        let status = self.proc.stop(Duration::from_secs(60)).await.to_string();
         // Stopping nats-server is the router's job; if it outlived the router, end it here
         // rather than leave an orphan holding a port.
-        let gone_by = Instant::now() + Duration::from_secs(5);
-        while alive(self.nats_pid) && Instant::now() < gone_by {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        if alive(self.nats_pid) {
-            signal(self.nats_pid, libc::SIGTERM);
+        let nats = self.nats_pid as i32;
+        if !wait_gone(nats, Duration::from_secs(5)).await {
+            signal(nats, libc::SIGTERM);
             return format!("{status}; its nats-server outlived it and was sent SIGTERM");
         }
         status
@@ -486,11 +356,10 @@ utm_source = "$.utm_source"
 impl Drop for Router {
     /// A panicking bench must not leave a router and a nats-server behind.
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-            if self.nats_pid != 0 && alive(self.nats_pid) {
-                signal(self.nats_pid, libc::SIGKILL);
+        if self.proc.pid().is_some() {
+            self.proc.kill9();
+            if self.nats_pid != 0 && process_alive(self.nats_pid as i32) {
+                signal(self.nats_pid as i32, libc::SIGKILL);
             }
         }
     }

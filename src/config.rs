@@ -103,6 +103,59 @@ pub struct HandlersConfig {
     /// How often schema files are re-checked for changes ("fix the schema, replay").
     #[serde(default = "default_schema_reload", with = "humantime_serde")]
     pub schema_reload: Duration,
+    /// Partitions of `LEADS`: a lead's partition is its group key's hash modulo this, and each
+    /// partition has one owning router at a time. Fixed once the stream exists (it decides where
+    /// every stored lead lives).
+    #[serde(default = "default_partitions")]
+    pub partitions: u16,
+    /// How long a router that stopped answering (kill -9, a hung host) keeps its partitions
+    /// before the others take them over: its membership record's age limit and the consumers'
+    /// `priority_timeout`.
+    #[serde(default = "default_ownership_timeout", with = "humantime_serde")]
+    pub ownership_timeout: Duration,
+    /// Deliveries of one message, whatever their cause, before the crash net dead-letters it.
+    /// Only real attempts (a sink tried, or a handler that died holding the lead) count toward
+    /// `max_deliver`; this bound is for what never gets that far (a NATS election redelivering
+    /// everything, a lead that crashes every process that touches it).
+    #[serde(default = "default_max_redeliveries")]
+    pub max_redeliveries: u32,
+    /// Env var holding the secret every router shares for the keyed group hash (HMAC-SHA256 of
+    /// the normalized email). Unset: `group_key_file`, else a generated `{data_dir}/group.key`.
+    #[serde(default = "default_group_key_env")]
+    pub group_key_env: String,
+    /// File holding that secret (used when the env var is unset).
+    #[serde(default)]
+    pub group_key_file: Option<PathBuf>,
+}
+
+fn default_partitions() -> u16 {
+    16
+}
+fn default_ownership_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_max_redeliveries() -> u32 {
+    100
+}
+fn default_group_key_env() -> String {
+    "LEADROUTER_GROUP_KEY".into()
+}
+
+impl HandlersConfig {
+    /// Each partition's consumer gets an equal share of `max_ack_pending` (the remainder to the
+    /// first ones), so the shares add up to the configured budget: one router that owns every
+    /// partition has the budget it had before partitioning.
+    pub fn ack_pending_of(&self, partition: u16) -> usize {
+        let n = usize::from(self.partitions.max(1));
+        let base = self.max_ack_pending / n;
+        let extra = usize::from(usize::from(partition) < self.max_ack_pending % n);
+        (base + extra).max(1)
+    }
+
+    /// Messages asked for per pull on one partition.
+    pub fn prefetch_of(&self, partition: u16) -> usize {
+        self.prefetch.min(self.ack_pending_of(partition)).max(1)
+    }
 }
 
 fn default_schema_reload() -> Duration {
@@ -154,6 +207,11 @@ impl Default for HandlersConfig {
             cache_capacity: default_cache_capacity(),
             schemas_dir: default_schemas_dir(),
             schema_reload: default_schema_reload(),
+            partitions: default_partitions(),
+            ownership_timeout: default_ownership_timeout(),
+            max_redeliveries: default_max_redeliveries(),
+            group_key_env: default_group_key_env(),
+            group_key_file: None,
         }
     }
 }
@@ -833,6 +891,27 @@ impl Config {
                 format!(
                     "{} is below handlers.prefetch ({}) or handlers.pool_size ({}); the consumer would stall",
                     h.max_ack_pending, h.prefetch, h.pool_size
+                ),
+            ));
+        }
+        if h.partitions == 0 || h.partitions > 1024 {
+            return Err(ConfigError::invalid(
+                "handlers.partitions",
+                "must be between 1 and 1024",
+            ));
+        }
+        if h.ownership_timeout < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "handlers.ownership_timeout",
+                "must be at least 1s (the membership record's age limit is whole seconds)",
+            ));
+        }
+        if h.max_redeliveries <= h.max_deliver {
+            return Err(ConfigError::invalid(
+                "handlers.max_redeliveries",
+                format!(
+                    "{} must be above handlers.max_deliver ({}): the handler dead-letters a lead after its last attempt itself, the crash net only catches what never gets that far",
+                    h.max_redeliveries, h.max_deliver
                 ),
             ));
         }

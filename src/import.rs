@@ -106,7 +106,9 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 
 use crate::config::{Config, EnvSource, SenderConfig};
 use crate::intake::envelope::{body_event_id, email_hash, idempotency_key, LeadEnvelope};
+use crate::intake::group_key::GroupKey;
 use crate::intake::mapping::{self, BodyFormat, CompiledPath, Mapper, MappingError};
+use crate::intake::Grouping;
 use crate::queue::{
     QueueError, HDR_GROUP, HDR_RECEIVED_AT, HDR_SCHEMA, STREAM_LEADS, SUBJECT_IN_PREFIX,
 };
@@ -192,6 +194,10 @@ pub enum ImportError {
     StreamMissing,
     #[error("JetStream unavailable: {0}")]
     JetStream(String),
+    #[error(transparent)]
+    GroupKey(#[from] crate::intake::group_key::GroupKeyError),
+    #[error("{0}")]
+    Partitions(QueueError),
 }
 
 /// Why one line was not published.
@@ -365,18 +371,24 @@ pub async fn run(
 ) -> Result<ImportSummary, ImportError> {
     // Local mistakes first: no point connecting to import a file that cannot be read.
     let job = Job::prepare(cfg, opts).await?;
+    let key = GroupKey::load(&cfg.handlers, &cfg.data_dir, env)?;
     let url = nats_url(cfg);
     let client = crate::queue::connect(&url, &cfg.nats, env).await?;
-    job.run(client).await
+    job.run(client, key, cfg.handlers.partitions).await
 }
 
 /// Imports over an existing connection (tests, or a caller that already has one).
 pub async fn import_into(
     client: async_nats::Client,
     cfg: &Config,
+    env: &dyn EnvSource,
     opts: &ImportOptions,
 ) -> Result<ImportSummary, ImportError> {
-    Job::prepare(cfg, opts).await?.run(client).await
+    let key = GroupKey::load(&cfg.handlers, &cfg.data_dir, env)?;
+    Job::prepare(cfg, opts)
+        .await?
+        .run(client, key, cfg.handlers.partitions)
+        .await
 }
 
 enum EventId {
@@ -434,6 +446,9 @@ impl SenderPlan {
 /// How lines are turned into leads; pure, so it is unit-tested without NATS.
 struct Plan {
     senders: HashMap<String, SenderPlan>,
+    /// The routers' grouping; `None` only in unit tests of the mapping (legacy subjects, which
+    /// the routers re-partition).
+    grouping: Option<Grouping>,
     raw_sender: Option<String>,
     received_at_pointer: Option<String>,
     max_body_bytes: u64,
@@ -463,6 +478,14 @@ struct EnvelopeLine {
 }
 
 impl Plan {
+    /// The group key and subject of a lead, as the edge files it.
+    fn place(&self, sender: &SenderPlan, fields: &Map<String, Value>) -> (String, String) {
+        match &self.grouping {
+            Some(g) => g.place(&sender.id, fields),
+            None => (email_hash(fields), sender.subject.clone()),
+        }
+    }
+
     fn new(cfg: &Config, opts: &ImportOptions) -> Result<Plan, ImportError> {
         let mut senders = HashMap::new();
         for (index, s) in cfg.senders.iter().enumerate() {
@@ -483,6 +506,7 @@ impl Plan {
         }
         Ok(Plan {
             senders,
+            grouping: None,
             raw_sender: opts.sender.clone(),
             received_at_pointer: opts.received_at_pointer.clone(),
             max_body_bytes: cfg.intake.max_body_bytes,
@@ -534,10 +558,10 @@ impl Plan {
             Some(p) => received_at_from(&doc, p)?,
         };
         let fields = sender.mapper.map(&doc);
-        let group = email_hash(&fields);
-        let key = idempotency_key(&sender.id, &source_event_id, &group);
+        let key = idempotency_key(&sender.id, &source_event_id, &email_hash(&fields));
+        let (group, subject) = self.place(sender, &fields);
         Ok(Lead {
-            subject: sender.subject.clone(),
+            subject,
             envelope: LeadEnvelope {
                 schema: sender.schema.clone(),
                 sender: sender.id.clone(),
@@ -591,7 +615,7 @@ impl Plan {
             }
             keep
         });
-        let group = email_hash(&fields);
+        let (group, subject) = self.place(sender, &fields);
         let key = match e.key {
             Some(k) if k.len() > 256 || !header_safe(&k) => {
                 return Err(LineError::Envelope(
@@ -599,10 +623,10 @@ impl Plan {
                 ))
             }
             Some(k) => k,
-            None => idempotency_key(&sender.id, &e.source_event_id, &group),
+            None => idempotency_key(&sender.id, &e.source_event_id, &email_hash(&fields)),
         };
         Ok(Lead {
-            subject: sender.subject.clone(),
+            subject,
             envelope: LeadEnvelope {
                 schema,
                 sender: sender.id.clone(),
@@ -718,7 +742,14 @@ impl Job {
         })
     }
 
-    async fn run(self, client: async_nats::Client) -> Result<ImportSummary, ImportError> {
+    /// Leads go straight to their partition, hashed with the routers' own group key (checked
+    /// against the record the routers keep, so an import never scatters a lead's events).
+    async fn run(
+        mut self,
+        client: async_nats::Client,
+        key: GroupKey,
+        partitions: u16,
+    ) -> Result<ImportSummary, ImportError> {
         let js = jetstream::ContextBuilder::new()
             .timeout(self.ack_timeout)
             // Our own bound is `concurrency`; retries may briefly add a few more.
@@ -735,6 +766,11 @@ impl Job {
                 _ => ImportError::JetStream(e.to_string()),
             });
         }
+        crate::queue::topology::ensure_partitions(&js, partitions)
+            .await
+            .map_err(ImportError::Partitions)?;
+        key.check(&js).await?;
+        self.plan.grouping = Some(Grouping { key, partitions });
         Ok(Runner::new(self, js).go().await)
     }
 }

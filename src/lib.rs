@@ -5,6 +5,7 @@ pub mod admin_client;
 pub mod cli;
 pub mod config;
 pub mod console;
+pub mod devtools;
 pub mod dlq;
 pub mod drill;
 pub mod import;

@@ -12,8 +12,10 @@ use crate::console::{self, stats::Observed, AdminState};
 use crate::dlq::crypto::KeyRing;
 use crate::dlq::store::DlqStore;
 use crate::dlq::DlqWriter;
-use crate::intake::{self, IntakeSetupError, IntakeState};
+use crate::intake::group_key::{GroupKey, GroupKeyError};
+use crate::intake::{self, Grouping, IntakeSetupError, IntakeState};
 use crate::pipeline::enrich::{EnrichSetupError, Enricher};
+use crate::pipeline::fence::Fence;
 use crate::pipeline::idempotency::Idempotency;
 use crate::pipeline::schema::{SchemaError, SchemaRegistry};
 use crate::pipeline::{HandlerPool, PipelineStats, PoolError, PoolParts};
@@ -61,6 +63,8 @@ pub enum ServiceError {
     HiddenStreams { missing: String, store: PathBuf },
     #[error("DLQ key check: {0}")]
     DlqKeyCheck(String),
+    #[error("handlers group key: {0}")]
+    GroupKey(#[from] GroupKeyError),
 }
 
 pub struct Service {
@@ -131,6 +135,15 @@ impl Service {
         for change in topology::ensure(publisher.context(), &cfg.streams).await? {
             tracing::info!(?change, "topology");
         }
+        let partitions =
+            topology::ensure_partitions(publisher.context(), cfg.handlers.partitions).await?;
+        tracing::info!(change = ?partitions, partitions = cfg.handlers.partitions, "topology");
+        let group_key = GroupKey::load(&cfg.handlers, &cfg.data_dir, env)?;
+        group_key.check(publisher.context()).await?;
+        let grouping = Grouping {
+            key: group_key,
+            partitions: cfg.handlers.partitions,
+        };
         let keys = {
             let lookup = |name: &str| env.var(name);
             let loaded = KeyRing::load_or_create(&cfg.dlq, &cfg.data_dir, &lookup)
@@ -142,7 +155,17 @@ impl Service {
         };
         let new_checks = crate::dlq::check_keys(publisher.context(), &keys)
             .await
-            .map_err(ServiceError::DlqKeyCheck)?;
+            .map_err(|e| {
+                if keys.key_ids().any(|id| id == crate::dlq::crypto::LOCAL_KEY_ID) {
+                    // The usual cause on a second router: each data dir generates its own key.
+                    ServiceError::DlqKeyCheck(format!(
+                        "{e}. This router uses the DLQ key it generated at {} because [dlq] keys is empty, and another router on this NATS account recorded a different `local` key: routers that share a NATS account must share [dlq] keys. Copy the first router's dlq.key here, or configure the same [dlq] keys (e.g. keys = [{{ id = \"k1\", env = \"LEADROUTER_DLQ_KEY\" }}]) on every router",
+                        cfg.data_dir.join(crate::dlq::crypto::LOCAL_KEY_FILE).display()
+                    ))
+                } else {
+                    ServiceError::DlqKeyCheck(e)
+                }
+            })?;
         if !new_checks.is_empty() {
             tracing::info!(keys = ?new_checks, "DLQ key-check records written");
         }
@@ -157,15 +180,36 @@ impl Service {
             cfg.streams.idempotency_ttl,
             cfg.handlers.ack_wait,
         );
+        let fence = Fence::new(
+            publisher
+                .context()
+                .get_key_value(queue::KV_FENCE)
+                .await
+                .map_err(|e| ServiceError::Kv(e.to_string()))?,
+            cfg.handlers.ack_wait,
+        );
         let dlq_writer = DlqWriter::new(publisher.context().clone(), keys.clone());
         let pool = if cfg.handlers.enabled {
-            Some(start_pool(cfg, env, &client, &publisher, idem.clone(), dlq_writer).await?)
+            Some(
+                start_pool(
+                    cfg,
+                    env,
+                    &client,
+                    &publisher,
+                    idem.clone(),
+                    fence,
+                    dlq_writer,
+                    grouping.clone(),
+                )
+                .await?,
+            )
         } else {
             tracing::info!("handlers.enabled = false: edge-only node");
             None
         };
         let publisher_ctx = publisher.context().clone();
-        let (state, unconfigured) = IntakeState::build(cfg, env, publisher).await?;
+        let (state, unconfigured) =
+            IntakeState::build(cfg, env, publisher, grouping.clone()).await?;
         for u in &unconfigured {
             tracing::warn!(
                 sender = %u.sender,
@@ -189,7 +233,7 @@ impl Service {
             windows: Default::default(),
             js: publisher_ctx.clone(),
             dlq: store.clone(),
-            consumer: crate::queue::CONSUMER_ROUTER.to_string(),
+            partitions: cfg.handlers.partitions,
         });
         let (stop_ops, ops_rx) = watch::channel(false);
         let sampler_task = {
@@ -218,12 +262,14 @@ impl Service {
         };
         let metrics_task = tokio::spawn(crate::telemetry::metrics::poll_queue(
             publisher_ctx.clone(),
+            cfg.handlers.partitions,
             stop_ops.subscribe(),
         ));
         let (admin_addr, stop_admin, admin_task) = match env.var(&cfg.admin.token_env) {
             Some(token) => {
                 let admin = Arc::new(AdminState {
                     token,
+                    group_key: grouping.key.clone(),
                     dlq: store,
                     observed: observed.clone(),
                 });
@@ -403,13 +449,16 @@ fn instance_id() -> String {
     )
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn start_pool(
     cfg: &Config,
     env: &dyn EnvSource,
     client: &async_nats::Client,
     publisher: &Publisher,
     idem: Idempotency,
+    fence: Fence,
     dlq: DlqWriter,
+    grouping: Grouping,
 ) -> Result<HandlerPool, ServiceError> {
     let js = publisher.context().clone();
     let schemas = Arc::new(SchemaRegistry::load(&cfg.handlers.schemas_dir)?);
@@ -436,8 +485,10 @@ async fn start_pool(
         schemas,
         enricher,
         idem,
+        fence,
         dlq,
+        grouping,
         instance: instance_id(),
     };
-    Ok(HandlerPool::start(js, &cfg.handlers, parts).await?)
+    Ok(HandlerPool::start(js, &cfg.handlers, cfg.streams.replicas, parts).await?)
 }

@@ -60,7 +60,7 @@ async fn import_with_harness_client(
 ) -> ImportSummary {
     let client = async_nats::connect(nats.url()).await.expect("connect");
     let started = Instant::now();
-    let summary = import::import_into(client, cfg, opts)
+    let summary = import::import_into(client, cfg, &test_env(), opts)
         .await
         .expect("import runs");
     eprintln!("import took {:?}:\n{summary}", started.elapsed());
@@ -153,13 +153,11 @@ async fn reimporting_10k_envelopes_writes_each_lead_once() {
     let mut stream = leads_stream(&nats).await;
     assert_eq!(stream.info().await.expect("info").state.messages, N as u64);
     // The pool is drained: nothing pending, nothing unacked, so nothing more can reach a sink.
-    let consumer: async_nats::jetstream::consumer::PullConsumer = stream
-        .get_consumer("router")
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("connect"));
+    let backlog = leadrouter::queue::backlog::read(&js, 16)
         .await
-        .expect("router consumer");
-    let mut consumer = consumer;
-    let info = consumer.info().await.expect("consumer info");
-    assert_eq!((info.num_pending, info.num_ack_pending), (0, 0));
+        .expect("partition consumers");
+    assert_eq!((backlog.pending, backlog.ack_pending), (0, 0));
     assert_eq!(stats.delivered.load(Ordering::Relaxed), N as u64);
 
     let keys = sink_keys(&app);
@@ -305,7 +303,12 @@ async fn raw_vendor_lines_map_like_the_edge_and_bad_lines_are_reported() {
         Some("2026-11-20T14:03:27.000Z")
     );
     assert_eq!(header("Leadrouter-Schema").as_deref(), Some("lead.v1"));
-    assert_eq!(header("Leadrouter-Group"), Some(email_hash(&fields)));
+    // The routers' keyed group (the test env's shared key), not a plain hash of the email.
+    let group = app.service.intake().grouping().key.group_of(&fields);
+    assert_eq!(header("Leadrouter-Group"), Some(group.clone()));
+    assert_ne!(group, email_hash(&fields));
+    let p = leadrouter::queue::partition::partition_of(&group, 16);
+    assert_eq!(msg.subject.as_str(), format!("leads.in.typeform.{p}"));
 
     wait_until(&stats, "typeform lead delivered", |s| {
         s.delivered.load(Ordering::Relaxed) >= 1
@@ -371,7 +374,7 @@ async fn a_nats_without_the_leads_stream_is_refused_up_front() {
     let cfg = Config::from_toml(&text, Path::new("test.toml"), &test_env()).expect("config");
     let file = envelope_export(dir.path(), "export.jsonl", 3);
     let client = async_nats::connect(nats.url()).await.expect("connect");
-    let err = import::import_into(client, &cfg, &quiet(&file))
+    let err = import::import_into(client, &cfg, &test_env(), &quiet(&file))
         .await
         .expect_err("no stream");
     assert!(matches!(err, ImportError::StreamMissing), "{err:?}");
@@ -394,6 +397,8 @@ async fn cli_import_finds_nats_from_env_and_prints_a_json_summary() {
             .current_dir(manifest_dir())
             .env("LEADROUTER_NATS_URL", nats.url())
             .env("LEADROUTER_DEMO_SECRET", common::DEMO_SECRET)
+            // The routers' shared group key (an import hashes leads as they do).
+            .env("LEADROUTER_GROUP_KEY", &test_env()["LEADROUTER_GROUP_KEY"])
             .output()
             .expect("run leadrouter import");
         assert!(

@@ -376,7 +376,7 @@ async fn metrics_count_every_stage_with_bounded_labels() {
 
     // Queue gauges, read the way the service's 5 s poller reads them.
     let js = async_nats::jetstream::new(client.clone());
-    leadrouter::telemetry::metrics::refresh_queue_gauges(&js)
+    leadrouter::telemetry::metrics::refresh_queue_gauges(&js, 16)
         .await
         .expect("router consumer info");
 
@@ -589,6 +589,9 @@ async fn metrics_count_every_stage_with_bounded_labels() {
     assert_eq!(m.value("leadrouter_queue_pending_messages", &[]), 0.0);
     assert!(m.value("leadrouter_queue_ack_pending_messages", &[]) >= 0.0);
     assert_eq!(m.value("leadrouter_queue_max_ack_pending", &[]), 100.0);
+    assert_eq!(m.value("leadrouter_queue_oldest_unacked_seconds", &[]), 0.0);
+    // The only router owns every partition.
+    assert_eq!(m.value("leadrouter_partitions_owned", &[]), 16.0);
     assert_eq!(m.value("leadrouter_dlq_messages", &[]), 4.0);
     assert_eq!(m.value("leadrouter_handler_restarts_total", &[]), 0.0);
     assert_eq!(
@@ -765,6 +768,10 @@ fn alert_rules_are_complete_and_link_runbook_sections() {
         (
             "leadrouter_queue_max_ack_pending",
             "ack pending at its limit",
+        ),
+        (
+            "leadrouter_queue_oldest_unacked_seconds",
+            "the oldest unacknowledged lead's age",
         ),
     ] {
         assert!(

@@ -4,17 +4,20 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
+use std::net::SocketAddr;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{manifest_dir, NatsServer, DEMO_SECRET};
+use leadrouter::devtools::harness::{
+    http_sink, HandlersSection, RouterConfig, RouterProcess, Stopped,
+};
 use leadrouter::sandbox_crm::{Faults, SandboxCrm};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "observability-admin-token-42";
 const DLQ_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+const WAIT: Duration = Duration::from_secs(30);
 
 /// Values no log line may hold in clear.
 const PII: &[&str] = &[
@@ -31,76 +34,41 @@ const PII: &[&str] = &[
 
 use common::free_port;
 
-/// The child's log lines, as they arrive, with a way to await one.
-#[derive(Clone, Default)]
-struct Lines(Arc<(Mutex<Vec<String>>, Condvar)>);
-
-impl Lines {
-    fn push(&self, l: String) {
-        let (m, cv) = &*self.0;
-        m.lock().unwrap().push(l);
-        cv.notify_all();
-    }
-
-    fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let (m, cv) = &*self.0;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut seen = 0;
-        let mut g = m.lock().unwrap();
-        loop {
-            for l in &g[seen..] {
-                if let Ok(v) = serde_json::from_str::<Value>(l) {
-                    if pred(&v) {
-                        return v;
-                    }
-                }
-            }
-            seen = g.len();
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "timed out waiting for {what}; log:\n{}",
-                g.join("\n")
-            );
-            g = cv.wait_timeout(g, left).unwrap().0;
-        }
-    }
-
-    fn all(&self) -> String {
-        self.0 .0.lock().unwrap().join("\n")
-    }
-}
-
 struct Serve {
-    child: Child,
-    lines: Lines,
-    reader: Option<std::thread::JoinHandle<()>>,
+    router: RouterProcess,
     config: std::path::PathBuf,
     intake: String,
     _dir: tempfile::TempDir,
 }
 
 impl Serve {
-    fn start(nats: &NatsServer, crm: &SandboxCrm) -> Serve {
+    async fn start(nats: &NatsServer, crm: &SandboxCrm) -> Serve {
         let dir = tempfile::tempdir().unwrap();
         let (ip, ap) = (free_port(), free_port());
         let config = dir.path().join("leadrouter.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "data_dir = {:?}\n[nats]\nurl = {:?}\n[intake]\nlisten = \"127.0.0.1:{ip}\"\n[admin]\nlisten = \"127.0.0.1:{ap}\"\n[handlers]\nmax_deliver = 2\nack_wait = \"3s\"\nbackoff_base = \"20ms\"\nbackoff_cap = \"50ms\"\nschemas_dir = {:?}\n[dlq]\nkeys = [{{ id = \"k1\", env = \"TEST_DLQ_KEY\" }}]\n{}\n[[sinks]]\nname = \"crm\"\nkind = \"http\"\nurl = \"{}/leads\"\ntimeout = \"2s\"\n",
-                dir.path().join("data").display().to_string(),
-                nats.url(),
-                manifest_dir().join("config/schemas").display().to_string(),
-                common::demo_sender_toml(),
-                crm.url(),
-            ),
-        )
-        .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_leadrouter"))
-            .args(["--config"])
-            .arg(&config)
-            .arg("serve")
+        let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let cfg = RouterConfig::new()
+            .data_dir(dir.path().join("data"))
+            .nats_url(nats.url())
+            .intake_listen(loopback(ip))
+            .admin_listen(loopback(ap))
+            .handlers(HandlersSection {
+                max_deliver: Some(2),
+                ack_wait: Some(Duration::from_secs(3)),
+                backoff_base: Some(Duration::from_millis(20)),
+                backoff_cap: Some(Duration::from_millis(50)),
+                schemas_dir: Some(manifest_dir().join("config/schemas")),
+                ..Default::default()
+            })
+            .dlq_key("k1", "TEST_DLQ_KEY")
+            .sender(common::demo_sender())
+            .sink(http_sink(
+                "crm",
+                format!("{}/leads", crm.url()),
+                Some(Duration::from_secs(2)),
+            ));
+        let mut router = RouterProcess::for_config(env!("CARGO_BIN_EXE_leadrouter"), &cfg, &config)
+            .unwrap()
             .current_dir(manifest_dir())
             .env("TEST_DEMO_SECRET", DEMO_SECRET)
             .env("TEST_DLQ_KEY", DLQ_KEY)
@@ -109,28 +77,43 @@ impl Serve {
             .env(
                 "LEADROUTER_LOG",
                 "debug,async_nats=info,hyper=info,warp=info,reqwest=info",
-            )
-            .env_remove("LEADROUTER_LOG_FORMAT")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("leadrouter serve starts");
-        let lines = Lines::default();
-        let stderr = child.stderr.take().unwrap();
-        let sink = lines.clone();
-        let reader = std::thread::spawn(move || {
-            for l in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.push(l);
-            }
-        });
-        lines.wait_for("serve ready", |v| v["message"] == "leadrouter serving");
-        Serve {
-            child,
-            lines,
-            reader: Some(reader),
+            );
+        if let Err(e) = router.start(WAIT).await {
+            panic!("leadrouter serve starts: {e}\n{}", router.log_text());
+        }
+        let serve = Serve {
+            router,
             config,
             intake: format!("http://127.0.0.1:{ip}"),
             _dir: dir,
+        };
+        tokio::task::block_in_place(|| {
+            serve.wait_for("serve ready", |v| v["message"] == "leadrouter serving")
+        });
+        serve
+    }
+
+    /// Polls the child's log (JSON lines) until a line matches `pred`; each line is looked at
+    /// once, a line still being written not before it is complete.
+    fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT;
+        let mut seen = 0;
+        loop {
+            let lines = self.router.log_lines();
+            for l in &lines[seen.min(lines.len())..] {
+                if let Ok(v) = serde_json::from_str::<Value>(l) {
+                    if pred(&v) {
+                        return v;
+                    }
+                }
+            }
+            seen = lines.len();
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; log:\n{}",
+                lines.join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -174,25 +157,15 @@ impl Serve {
             .unwrap()
     }
 
-    /// SIGTERM and wait: the last lines are flushed before the reader ends.
-    fn stop(mut self) -> Lines {
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
+    /// SIGTERM and wait; returns the whole log, the last lines flushed by the exit.
+    async fn stop(mut self) -> String {
+        match self.router.stop(WAIT).await {
+            Stopped::Exited(status) => {
+                assert!(status.success(), "serve exits cleanly on SIGTERM: {status}")
+            }
+            other => panic!("serve exits cleanly on SIGTERM: {other}"),
         }
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "serve exits cleanly on SIGTERM: {status}");
-        if let Some(r) = self.reader.take() {
-            r.join().unwrap();
-        }
-        self.lines.clone()
-    }
-}
-
-impl Drop for Serve {
-    /// A failed assertion must not leave `serve` running after the test.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.router.log_text()
     }
 }
 
@@ -218,7 +191,7 @@ async fn logs_never_show_a_leads_personal_data_and_operators_get_latency_and_sta
     let crm = SandboxCrm::start("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let serve = tokio::task::block_in_place(|| Serve::start(&nats, &crm));
+    let serve = Serve::start(&nats, &crm).await;
     let http = common::http_client();
 
     // Bad signature: 401, and the body (full of PII) is not logged.
@@ -237,22 +210,22 @@ async fn logs_never_show_a_leads_personal_data_and_operators_get_latency_and_sta
     tokio::task::block_in_place(|| {
         // Success.
         let ok = serve.send("evt-ok", &lead("zanzibar.quokka@example.org"));
-        serve.lines.wait_for("delivered", |v| {
+        serve.wait_for("delivered", |v| {
             is_key(v, &ok) && v["outcome"] == "delivered"
         });
         // A retry, then success.
         crm.set_faults(Faults::fail_next(1, 503));
         let retried = serve.send("evt-retry", &lead("yvaine.marchbanks@example.net"));
-        serve.lines.wait_for("retried", |v| {
+        serve.wait_for("retried", |v| {
             is_key(v, &retried) && v["outcome"] == "retry"
         });
-        serve.lines.wait_for("delivered after a retry", |v| {
+        serve.wait_for("delivered after a retry", |v| {
             is_key(v, &retried) && v["outcome"] == "delivered"
         });
         // Dead-lettered, then replayed after the fix.
         crm.set_faults(Faults::fail_next(1000, 500));
         let dead = serve.send("evt-dead", &lead("xerxes.oddlyname@example.com"));
-        serve.lines.wait_for("dead-lettered", |v| {
+        serve.wait_for("dead-lettered", |v| {
             is_key(v, &dead) && v["outcome"] == "dead"
         });
         // A phone number typed into the email field: the log line says which field failed
@@ -260,7 +233,7 @@ async fn logs_never_show_a_leads_personal_data_and_operators_get_latency_and_sta
         let mut typo = lead("unused@example.org");
         typo["email"] = json!("+1 415 555 0199");
         let typo_key = serve.send("evt-typo", &typo);
-        let invalid = serve.lines.wait_for("schema mismatch logged", |v| {
+        let invalid = serve.wait_for("schema mismatch logged", |v| {
             is_key(v, &typo_key) && v["outcome"] == "invalid"
         });
         assert!(
@@ -281,7 +254,7 @@ async fn logs_never_show_a_leads_personal_data_and_operators_get_latency_and_sta
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        serve.lines.wait_for("replay delivered", |v| {
+        serve.wait_for("replay delivered", |v| {
             is_key(v, &dead) && v["outcome"] == "delivered" && v["span"]["replay"] == true
         });
 
@@ -325,8 +298,7 @@ async fn logs_never_show_a_leads_personal_data_and_operators_get_latency_and_sta
         assert!(String::from_utf8_lossy(&out.stderr).contains("between 1s and 24h"));
     });
 
-    let lines = tokio::task::block_in_place(|| serve.stop());
-    let log = lines.all();
+    let log = serve.stop().await;
     // The paths ran and were logged (the mask did not just swallow everything).
     for needle in [
         "\"outcome\":\"rejected\"",

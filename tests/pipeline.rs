@@ -11,7 +11,10 @@ use async_nats::jetstream;
 use leadrouter::config::{HandlersConfig, StreamsConfig};
 use leadrouter::dlq::DlqWriter;
 use leadrouter::intake::envelope::{email_hash, idempotency_key, LeadEnvelope};
+use leadrouter::intake::group_key::{GroupKey, KeySource};
+use leadrouter::intake::Grouping;
 use leadrouter::pipeline::enrich::{EnrichConfig, Enricher};
+use leadrouter::pipeline::fence::Fence;
 use leadrouter::pipeline::idempotency::Idempotency;
 use leadrouter::pipeline::schema::SchemaRegistry;
 use leadrouter::pipeline::{HandlerPool, PipelineStats, PoolParts};
@@ -27,6 +30,15 @@ struct Rig {
     js: jetstream::Context,
     pool: Option<HandlerPool>,
     stats: Arc<PipelineStats>,
+    grouping: Grouping,
+}
+
+/// The edge's grouping, with a fixed test key.
+fn grouping() -> Grouping {
+    Grouping {
+        key: GroupKey::from_secret(b"pipeline-test-group-key", KeySource::Env("T".into())),
+        partitions: HandlersConfig::default().partitions,
+    }
 }
 
 fn fast_handlers() -> HandlersConfig {
@@ -75,17 +87,26 @@ impl Rig {
         leadrouter::queue::topology::ensure(&js, &StreamsConfig::default())
             .await
             .expect("topology");
+        leadrouter::queue::topology::ensure_partitions(&js, handlers.partitions)
+            .await
+            .expect("partitions");
         let kv = js.get_key_value("leads_idempotency").await.expect("kv");
+        let fence = Fence::new(
+            js.get_key_value("leads_fence").await.expect("fence kv"),
+            handlers.ack_wait,
+        );
         let parts = PoolParts {
             client,
             sinks,
             schemas: Arc::new(SchemaRegistry::load(&handlers.schemas_dir).expect("schemas")),
             enricher: Arc::new(Enricher::new(&EnrichConfig::default()).expect("enricher")),
             idem: Idempotency::new(kv, 1000, Duration::from_secs(3600), handlers.ack_wait),
+            fence,
             dlq: DlqWriter::new(js.clone(), test_keys()),
+            grouping: grouping(),
             instance: "test".into(),
         };
-        let pool = HandlerPool::start(js.clone(), &handlers, parts)
+        let pool = HandlerPool::start(js.clone(), &handlers, 1, parts)
             .await
             .expect("pool");
         let stats = pool.stats().clone();
@@ -94,6 +115,7 @@ impl Rig {
             js,
             pool: Some(pool),
             stats,
+            grouping: grouping(),
         }
     }
 
@@ -103,14 +125,11 @@ impl Rig {
         h.insert("Nats-Msg-Id", msg_id.unwrap_or(&env.key));
         h.insert("Leadrouter-Received-At", env.received_at.as_str());
         h.insert("Leadrouter-Schema", env.schema.as_str());
-        h.insert("Leadrouter-Group", email_hash(&env.fields).as_str());
+        let (group, subject) = self.grouping.place(&env.sender, &env.fields);
+        h.insert("Leadrouter-Group", group.as_str());
         let ack = self
             .js
-            .publish_with_headers(
-                format!("leads.in.{}", env.sender),
-                h,
-                serde_json::to_vec(env).unwrap().into(),
-            )
+            .publish_with_headers(subject, h, serde_json::to_vec(env).unwrap().into())
             .await
             .unwrap()
             .await
@@ -510,11 +529,21 @@ async fn one_lead_completes_in_stream_order_while_other_leads_flow() {
         "evt-update",
         json!({"email": "grace@example.com", "company": "New Co"}),
     );
-    let other = envelope(
-        "demo",
-        "evt-other",
-        json!({"email": "other@example.com", "company": "Elsewhere"}),
-    );
+    // Another lead of the same partition: a retry holds up its own lead, never its partition.
+    let partition = |e: &LeadEnvelope| {
+        let (group, _) = rig.grouping.place(&e.sender, &e.fields);
+        leadrouter::queue::partition::partition_of(&group, 16)
+    };
+    let other = (0..)
+        .map(|i| {
+            envelope(
+                "demo",
+                "evt-other",
+                json!({"email": format!("other{i}@example.com"), "company": "Elsewhere"}),
+            )
+        })
+        .find(|o| partition(o) == partition(&create))
+        .unwrap();
     rig.publish(&create, None).await;
     rig.until("the create was turned away", |s| {
         s.retries.load(Ordering::Relaxed) == 1
@@ -598,10 +627,21 @@ async fn consumer_settings_follow_config() {
     rig.until("delivered", |s| s.delivered.load(Ordering::Relaxed) == 1)
         .await;
     let stream = rig.js.get_stream("LEADS").await.unwrap();
-    let info = stream.consumer_info("router").await.unwrap();
-    assert_eq!(info.config.max_deliver, 3);
+    // The lead's partition consumer: pinned to one router, with the partition's share of the
+    // pending budget; its delivery cap is the crash net's (attempts are counted by the handler).
+    let (group, _) = rig.grouping.place(&env.sender, &env.fields);
+    let p = leadrouter::queue::partition::partition_of(&group, 16);
+    let info = stream
+        .consumer_info(leadrouter::queue::partition::consumer_name(p))
+        .await
+        .unwrap();
+    assert_eq!(info.config.max_deliver, 100);
     assert_eq!(info.config.ack_wait, Duration::from_secs(3));
-    assert_eq!(info.config.max_ack_pending, 1024);
+    assert_eq!(info.config.max_ack_pending, 1024 / 16);
+    assert_eq!(
+        info.config.priority_policy,
+        jetstream::consumer::PriorityPolicy::PinnedClient
+    );
     assert!(
         info.config.backoff.is_empty(),
         "no consumer backoff: NAK delays rule"
@@ -671,36 +711,71 @@ async fn crash_net_dead_letters_a_message_the_server_gave_up_on() {
     leadrouter::queue::topology::ensure(&js, &StreamsConfig::default())
         .await
         .unwrap();
+    leadrouter::queue::topology::ensure_partitions(&js, 16)
+        .await
+        .unwrap();
     let handlers = HandlersConfig {
         max_deliver: 1,
+        // The server gives up after one delivery: the crash net's case.
+        max_redeliveries: 1,
         ack_wait: Duration::from_secs(1),
         ..fast_handlers()
     };
-    // A router that took the message and died before any verdict: fetched, never acked.
-    let stream = js.get_stream("LEADS").await.unwrap();
-    let consumer: jetstream::consumer::PullConsumer = stream
-        .create_consumer(leadrouter::pipeline::consumer_config(&handlers))
-        .await
-        .unwrap();
     let env = envelope(
         "demo",
         "evt-lost-verdict",
         json!({"email": "lost@example.com"}),
     );
+    let (group, subject) = grouping().place(&env.sender, &env.fields);
+    let p = leadrouter::queue::partition::partition_of(&group, 16);
+    // A router that took the message and died before any verdict: pulled, never acked.
+    let stream = js.get_stream("LEADS").await.unwrap();
+    let settings = leadrouter::pipeline::ownership::Settings {
+        partitions: 16,
+        timeout: handlers.ownership_timeout,
+        instance: "dead-router".into(),
+        ack_wait: handlers.ack_wait,
+        max_redeliveries: handlers.max_redeliveries,
+        max_ack_pending: handlers.max_ack_pending,
+        prefetch: 1,
+        handover_grace: Duration::from_secs(1),
+        replicas: 1,
+    };
+    let consumer: jetstream::consumer::PullConsumer = stream
+        .create_consumer(leadrouter::pipeline::ownership::consumer_config(
+            &settings, p,
+        ))
+        .await
+        .unwrap();
     let mut h = async_nats::HeaderMap::new();
     h.insert("Nats-Msg-Id", env.key.as_str());
+    h.insert("Leadrouter-Group", group.as_str());
     let seq = js
-        .publish_with_headers("leads.in.demo", h, serde_json::to_vec(&env).unwrap().into())
+        .publish_with_headers(subject, h, serde_json::to_vec(&env).unwrap().into())
         .await
         .unwrap()
         .await
         .unwrap()
         .sequence;
     use futures::StreamExt;
-    let mut batch = consumer.fetch().max_messages(1).messages().await.unwrap();
-    let taken = batch.next().await.expect("fetched").unwrap();
+    let mut batch = consumer
+        .stream()
+        .group(leadrouter::queue::partition::PRIORITY_GROUP)
+        .max_messages_per_batch(1)
+        .messages()
+        .await
+        .unwrap();
+    let taken = batch.next().await.expect("pulled").unwrap();
     assert_eq!(taken.info().unwrap().stream_sequence, seq);
     drop(batch);
+    // The dead router's pin lasts until priority_timeout; the pool's own pulls then get it.
+    stream
+        .unpin_consumer(
+            &leadrouter::queue::partition::consumer_name(p),
+            leadrouter::queue::partition::PRIORITY_GROUP,
+        )
+        .await
+        .unwrap();
 
     // The pool's waiting pull is what makes the server emit MAX_DELIVERIES once ack_wait passes.
     let rig = Rig::start_on(nats, handlers, vec![]).await;
@@ -714,5 +789,63 @@ async fn crash_net_dead_letters_a_message_the_server_gave_up_on() {
     assert_eq!(header(&dlq[0].0, "Nats-Msg-Id"), format!("LEADS:{seq}"));
     assert_eq!(header(&dlq[0].0, "Leadrouter-Key"), env.key);
     assert_eq!(rig.stats.delivered.load(Ordering::Relaxed), 0);
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lead_published_the_old_way_is_moved_to_its_partition_and_delivered() {
+    let crm = SandboxCrm::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let nats = NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let sinks = vec![sink_from(&http_sink(&crm.url()), data.path(), &client).await];
+    let rig = Rig::start_on(nats, fast_handlers(), sinks).await;
+    // As an older replay or `nats pub leads.in.demo` would: no partition, a plain group header.
+    let env = envelope("demo", "evt-legacy", json!({"email": "old@example.com"}));
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("Nats-Msg-Id", env.key.as_str());
+    h.insert("Leadrouter-Group", email_hash(&env.fields).as_str());
+    h.insert("Leadrouter-Received-At", env.received_at.as_str());
+    let legacy_seq = rig
+        .js
+        .publish_with_headers("leads.in.demo", h, serde_json::to_vec(&env).unwrap().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence;
+    rig.until("delivered", |s| s.delivered.load(Ordering::Relaxed) == 1)
+        .await;
+    assert_eq!(crm.record(&env.key).unwrap().created, 1);
+    // The copy sits in the lead's partition, with the keyed group and the original headers.
+    let (group, subject) = rig.grouping.place(&env.sender, &env.fields);
+    let stream = rig.js.get_stream("LEADS").await.unwrap();
+    let copy = stream
+        .get_last_raw_message_by_subject(&subject)
+        .await
+        .expect("re-partitioned copy");
+    assert!(copy.sequence > legacy_seq);
+    assert_eq!(
+        copy.headers.get("Leadrouter-Group").map(|v| v.as_str()),
+        Some(group.as_str())
+    );
+    assert_eq!(
+        copy.headers
+            .get("Leadrouter-Received-At")
+            .map(|v| v.as_str()),
+        Some(env.received_at.as_str())
+    );
+    assert_eq!(
+        copy.headers
+            .get("Nats-Msg-Id")
+            .map(|v| v.as_str().to_string()),
+        Some(format!("lr-repartition-{legacy_seq}"))
+    );
+    // The re-partitioning consumer keeps the old durable name and is done with it.
+    let info = stream.consumer_info("router").await.unwrap();
+    assert_eq!(info.config.filter_subject, "leads.in.*");
+    assert_eq!((info.num_pending, info.num_ack_pending), (0, 0));
     rig.stop().await;
 }

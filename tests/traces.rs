@@ -4,12 +4,15 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
 
 use common::otlp::{brief, OtlpReceiver, SpanRecord};
 use common::NatsServer;
 use leadrouter::config::Config;
+use leadrouter::devtools::harness::{
+    http_sink, HandlersSection, RouterConfig, RouterProcess, Stopped, TelemetrySection,
+};
 use leadrouter::intake::schemes::{SignInput, Verifier};
 use leadrouter::sandbox_crm::{Faults, SandboxCrm};
 use serde_json::{json, Value};
@@ -21,107 +24,87 @@ const NAME: &str = "Adalind";
 
 /// `leadrouter serve` as a child process, with a NATS server and a sandbox CRM sink of its own.
 struct Served {
-    child: Option<Child>,
+    router: RouterProcess,
     intake: String,
     admin: String,
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
     cfg: Config,
     crm: SandboxCrm,
     nats: NatsServer,
     http: reqwest::Client,
 }
 
-/// `telemetry`: the body of the `[telemetry]` table; `env`: extra variables for the child.
-async fn serve(telemetry: &str, env: &[(&str, &str)]) -> Served {
+/// The `[telemetry]` table exporting to `endpoint` over `protocol`.
+fn otlp(endpoint: String, protocol: &str) -> TelemetrySection {
+    TelemetrySection {
+        otlp_endpoint: Some(endpoint),
+        otlp_protocol: Some(protocol.into()),
+        ..Default::default()
+    }
+}
+
+/// `telemetry`: the `[telemetry]` table; `env`: extra variables for the child.
+async fn serve(telemetry: TelemetrySection, env: &[(&str, &str)]) -> Served {
     let nats = NatsServer::start();
     let crm = SandboxCrm::start("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (intake_port, admin_port) = (common::free_port(), common::free_port());
-    let text = format!(
-        "data_dir = {data:?}\n[nats]\nurl = {nats:?}\n[intake]\nlisten = \"127.0.0.1:{intake_port}\"\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n[handlers]\nmax_deliver = 2\nack_wait = \"3s\"\nbackoff_base = \"20ms\"\nbackoff_cap = \"50ms\"\nschemas_dir = {schemas:?}\n[telemetry]\n{telemetry}\n{senders}\n[[sinks]]\nname = \"crm\"\nkind = \"http\"\nurl = \"{crm}/leads\"\ntimeout = \"2s\"\n",
-        data = dir.path().join("data").display().to_string(),
-        nats = nats.url(),
-        schemas = common::manifest_dir()
-            .join("config/schemas")
-            .display()
-            .to_string(),
-        senders = common::demo_sender_toml(),
-        crm = crm.url(),
-    );
+    let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
     let path = dir.path().join("leadrouter.toml");
-    std::fs::write(&path, &text).unwrap();
+    let text = RouterConfig::new()
+        .data_dir(dir.path().join("data"))
+        .nats_url(nats.url())
+        .intake_listen(loopback(intake_port))
+        .admin_listen(loopback(admin_port))
+        .handlers(HandlersSection {
+            max_deliver: Some(2),
+            ack_wait: Some(Duration::from_secs(3)),
+            backoff_base: Some(Duration::from_millis(20)),
+            backoff_cap: Some(Duration::from_millis(50)),
+            schemas_dir: Some(common::manifest_dir().join("config/schemas")),
+            ..Default::default()
+        })
+        .telemetry(telemetry)
+        .sender(common::demo_sender())
+        .sink(http_sink(
+            "crm",
+            format!("{}/leads", crm.url()),
+            Some(Duration::from_secs(2)),
+        ))
+        .write(&path)
+        .unwrap();
     let cfg = Config::from_toml(&text, &path, &common::test_env()).expect("valid config");
-    let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_leadrouter"));
-    cmd.arg("--config")
-        .arg(&path)
-        .arg("serve")
+    let mut router = RouterProcess::new(env!("CARGO_BIN_EXE_leadrouter"), &path, cfg.intake.listen)
+        .log(dir.path().join("serve.log"))
+        .data_dir(dir.path().join("data"))
         .current_dir(common::manifest_dir())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
-    // Nothing from the developer's shell decides where spans go.
-    for (k, _) in std::env::vars() {
-        if k.starts_with("OTEL_") || k.starts_with("LEADROUTER_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("TEST_DEMO_SECRET", common::DEMO_SECRET)
+        // Nothing from the developer's shell decides where spans go.
+        .scrub_env_prefix("OTEL_")
+        .env("TEST_DEMO_SECRET", common::DEMO_SECRET)
         .env("LEADROUTER_ADMIN_TOKEN", TOKEN)
         // Spans do not depend on the log filter: the logs are quiet, the traces complete.
         .env("LEADROUTER_LOG", "warn")
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100");
-    for (k, v) in env {
-        cmd.env(k, v);
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .envs(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    // Until `/readyz` answers 200 (connected, streams present), or the child gives up.
+    if let Err(e) = router.start(WAIT).await {
+        panic!("leadrouter serve: {e}:\n{}", router.log_text());
     }
-    let child = cmd.spawn().expect("spawn leadrouter serve");
-    let mut s = Served {
-        child: Some(child),
+    Served {
+        router,
         intake: format!("http://127.0.0.1:{intake_port}"),
         admin: format!("http://127.0.0.1:{admin_port}"),
-        dir,
+        _dir: dir,
         cfg,
         crm,
         nats,
         http: common::http_client(),
-    };
-    s.ready().await;
-    s
+    }
 }
 
 impl Served {
-    /// Until `/readyz` answers 200 (connected, streams present), or the child gives up.
-    async fn ready(&mut self) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("leadrouter serve exited ({status}):\n{}", self.log());
-            }
-            if let Ok(r) = self
-                .http
-                .get(format!("{}/readyz", self.intake))
-                .send()
-                .await
-            {
-                if r.status() == 200 {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "not ready within {WAIT:?}:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
-    }
-
     /// Signs `body` as the demo vendor would and posts it, with a vendor `traceparent` if given.
     async fn post(&self, event_id: &str, body: &[u8], traceparent: Option<&str>) -> (u16, Value) {
         let s = self.cfg.sender("demo").unwrap();
@@ -167,35 +150,18 @@ impl Served {
 
     /// SIGTERM, as an orchestrator stops it; returns once the process exited.
     async fn stop(&mut self) {
-        let mut child = self.child.take().expect("running");
-        unsafe {
-            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let waited = tokio::task::spawn_blocking(move || {
-            let deadline = Instant::now() + WAIT;
-            loop {
-                if let Some(status) = child.try_wait().unwrap() {
-                    return Ok(status);
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    return Err(());
-                }
-                std::thread::sleep(Duration::from_millis(20));
+        match self.router.stop(WAIT).await {
+            Stopped::Exited(status) => {
+                assert!(
+                    status.success(),
+                    "exit {status}:\n{}",
+                    self.router.log_text()
+                )
             }
-        })
-        .await
-        .unwrap();
-        let status = waited.unwrap_or_else(|_| panic!("no exit after SIGTERM:\n{}", self.log()));
-        assert!(status.success(), "exit {status}:\n{}", self.log());
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            other => panic!(
+                "no exit after SIGTERM ({other}):\n{}",
+                self.router.log_text()
+            ),
         }
     }
 }
@@ -255,11 +221,8 @@ fn assert_no_pii(spans: &[SpanRecord]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_lead_is_one_trace_from_the_edge_to_the_sink_over_http_protobuf() {
     let receiver = OtlpReceiver::start().await;
-    let telemetry = format!(
-        "otlp_endpoint = {:?}\notlp_protocol = \"http/protobuf\"",
-        receiver.endpoint()
-    );
-    let mut s = serve(&telemetry, &[("OTEL_SERVICE_NAME", "lr-traces-test")]).await;
+    let telemetry = otlp(receiver.endpoint(), "http/protobuf");
+    let mut s = serve(telemetry, &[("OTEL_SERVICE_NAME", "lr-traces-test")]).await;
 
     let (st, b) = s.post("evt-trace-1", &lead(), None).await;
     assert_eq!(st, 202, "{b}");
@@ -292,9 +255,21 @@ async fn one_lead_is_one_trace_from_the_edge_to_the_sink_over_http_protobuf() {
     assert_eq!(verify.parent_span_id, intake.span_id);
     assert_eq!(publish.parent_span_id, intake.span_id);
     assert_eq!(publish.kind, 4, "producer span");
+    // `leads.in.{sender}.{partition}`: the partition follows from the lead's group key.
+    let destination = publish
+        .attr("messaging.destination.name")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default();
     assert_eq!(
-        publish.attr("messaging.destination.name"),
-        Some(&json!("leads.in.demo"))
+        leadrouter::queue::partition::parse_subject(destination).map(|s| s.sender),
+        Some("demo"),
+        "{destination}"
+    );
+    assert!(
+        leadrouter::queue::partition::parse_subject(destination)
+            .and_then(|s| s.partition)
+            .is_some(),
+        "{destination}"
     );
     // The traceparent travelled in the NATS headers: the handler continues the edge's trace.
     assert_eq!(handle.parent_span_id, publish.span_id);
@@ -365,11 +340,8 @@ async fn one_lead_is_one_trace_from_the_edge_to_the_sink_over_http_protobuf() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_is_a_new_trace_linked_to_the_original_over_grpc() {
     let receiver = OtlpReceiver::start().await;
-    let telemetry = format!(
-        "otlp_endpoint = {:?}\notlp_protocol = \"grpc\"",
-        receiver.endpoint()
-    );
-    let mut s = serve(&telemetry, &[]).await;
+    let telemetry = otlp(receiver.endpoint(), "grpc");
+    let mut s = serve(telemetry, &[]).await;
     s.crm.set_faults(Faults::fail_next(1000, 500));
 
     let (st, b) = s.post("evt-trace-dlq", &lead(), None).await;
@@ -468,12 +440,9 @@ async fn a_replay_is_a_new_trace_linked_to_the_original_over_grpc() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_flushes_spans_still_buffered() {
     let receiver = OtlpReceiver::start().await;
-    let telemetry = format!(
-        "otlp_endpoint = {:?}\notlp_protocol = \"http/protobuf\"",
-        receiver.endpoint()
-    );
+    let telemetry = otlp(receiver.endpoint(), "http/protobuf");
     // A batch delay far beyond the test: only the shutdown flush can deliver the spans.
-    let mut s = serve(&telemetry, &[("OTEL_BSP_SCHEDULE_DELAY", "600000")]).await;
+    let mut s = serve(telemetry, &[("OTEL_BSP_SCHEDULE_DELAY", "600000")]).await;
     let (st, b) = s.post("evt-trace-flush", &lead(), None).await;
     assert_eq!(st, 202, "{b}");
     assert!(receiver.spans().is_empty());
@@ -491,7 +460,7 @@ async fn sigterm_flushes_spans_still_buffered() {
 async fn off_by_default_no_export_and_no_trace_headers() {
     let receiver = OtlpReceiver::start().await;
     // No endpoint in the file or the environment: a receiver listening changes nothing.
-    let mut s = serve("", &[]).await;
+    let mut s = serve(TelemetrySection::default(), &[]).await;
     let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let (st, b) = s.post("evt-trace-off", &lead(), Some(tp)).await;
     assert_eq!(st, 202, "{b}");

@@ -199,7 +199,7 @@ pub async fn handle(ctx: &Ctx, caller: &Caller, rest: &[&str], req: &Req) -> Res
         }
         ["leads", what] if get => {
             let q: LookupQuery = tri!(query(req));
-            let by = match lookup::By::parse(what, q.by.as_deref()) {
+            let by = match lookup::By::parse(what, q.by.as_deref(), &ctx.state.group_key) {
                 Ok(by) => by,
                 Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_lookup", e),
             };

@@ -7,8 +7,9 @@
 //! subjects, no ack awaited), so indexing can never delay or fail a delivery:
 //!
 //! - `event.<first 32 hex of SHA-256(source event id)>.<key>`
-//! - `email.<SHA-256 of the normalized email, the edge's group hash>.<key>` (when the lead has
-//!   an email)
+//! - `email.<keyed group hash of the normalized email (HMAC-SHA256, the edge's group key)>.<key>`
+//!   (when the lead has an email; a plain hash would let anyone who reads the bucket test
+//!   guesses)
 //!
 //! each holding `{"key", "sender", "seq", "received_at", "replay"}`. The key sits in the entry
 //! name, so a lookup is one stream-info request listing the subjects under a prefix
@@ -29,12 +30,13 @@ use async_nats::jetstream;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::AdminState;
 use crate::dlq::store::{DlqEntry, DlqFilter};
-use crate::intake::envelope::{email_hash, LeadEnvelope};
+use crate::intake::envelope::LeadEnvelope;
+use crate::intake::group_key::GroupKey;
 use crate::pipeline::idempotency::{now_ms, Idempotency, LeadEntry, LeadState};
 use crate::queue::{KV_IDEMPOTENCY, KV_LEAD_INDEX};
 
@@ -67,7 +69,12 @@ fn subject(kind: &str, hash: &str, key_tok: &str) -> String {
 }
 
 /// The index entries for one lead: (subject, value).
-pub fn index_entries(envelope: &LeadEnvelope, seq: u64, replay: bool) -> Vec<(String, Bytes)> {
+pub fn index_entries(
+    envelope: &LeadEnvelope,
+    seq: u64,
+    replay: bool,
+    key: &GroupKey,
+) -> Vec<(String, Bytes)> {
     let tok = key_token(&envelope.key);
     if tok.len() > 160 {
         return Vec::new();
@@ -90,15 +97,24 @@ pub fn index_entries(envelope: &LeadEnvelope, seq: u64, replay: bool) -> Vec<(St
         .and_then(Value::as_str)
         .is_some_and(|e| !e.trim().is_empty());
     if has_email {
-        out.push((subject("email", &email_hash(&envelope.fields), &tok), value));
+        out.push((
+            subject("email", &key.group_of(&envelope.fields), &tok),
+            value,
+        ));
     }
     out
 }
 
 /// Indexes a lead the handler just got, without waiting: a task of its own publishes the
 /// entries; a failure is logged at debug and changes nothing else.
-pub fn record(client: &async_nats::Client, envelope: &LeadEnvelope, seq: u64, replay: bool) {
-    let entries = index_entries(envelope, seq, replay);
+pub fn record(
+    client: &async_nats::Client,
+    envelope: &LeadEnvelope,
+    seq: u64,
+    replay: bool,
+    key: &GroupKey,
+) {
+    let entries = index_entries(envelope, seq, replay, key);
     if entries.is_empty() {
         return;
     }
@@ -125,16 +141,12 @@ pub enum By {
 impl By {
     /// `by` (`key`, `event_id`, `email`) says what `raw` is; without it, `lr_...` is a key,
     /// anything with an `@` an email, and everything else an event id.
-    pub fn parse(raw: &str, by: Option<&str>) -> Result<By, String> {
+    pub fn parse(raw: &str, by: Option<&str>, key: &GroupKey) -> Result<By, String> {
         let raw = raw.trim();
         if raw.is_empty() || raw.len() > 512 {
             return Err("give an event id, an idempotency key (lr_...) or an email".into());
         }
-        let hashed = |email: &str| {
-            let mut m = Map::new();
-            m.insert("email".into(), Value::String(email.to_string()));
-            By::Email(email_hash(&m))
-        };
+        let hashed = |email: &str| By::Email(key.hash_email(email));
         match by.map(str::trim).filter(|b| !b.is_empty()) {
             Some("key") => Ok(By::Key(raw.to_string())),
             Some("event_id" | "event") => Ok(By::EventId(raw.to_string())),
@@ -449,6 +461,7 @@ async fn lead(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Map;
 
     fn envelope(email: Option<&str>) -> LeadEnvelope {
         let mut fields = Map::new();
@@ -465,10 +478,17 @@ mod tests {
         }
     }
 
+    fn gk() -> GroupKey {
+        GroupKey::from_secret(
+            b"test-group-key-0123456789",
+            crate::intake::group_key::KeySource::Env("T".into()),
+        )
+    }
+
     #[test]
     fn index_entries_name_the_key_and_never_the_email() {
         let e = envelope(Some(" Ada@Example.com "));
-        let entries = index_entries(&e, 7, false);
+        let entries = index_entries(&e, 7, false, &gk());
         assert_eq!(entries.len(), 2);
         for (s, v) in &entries {
             assert!(s.starts_with("$KV.leads_index."), "{s}");
@@ -479,28 +499,31 @@ mod tests {
             assert!(!String::from_utf8_lossy(&serde_json::to_vec(&v).unwrap()).contains("ada"));
         }
         // The lookup of the same email, typed differently, finds the same entry.
-        let by = By::parse("ada@example.COM", None).unwrap();
+        let by = By::parse("ada@example.COM", None, &gk()).unwrap();
         let prefix = by.filter().trim_end_matches('*').to_string();
         assert!(entries[1].0.starts_with(&prefix), "{prefix}");
-        let by = By::parse("evt 1/ü", Some("event_id")).unwrap();
+        let by = By::parse("evt 1/ü", Some("event_id"), &gk()).unwrap();
         assert!(entries[0].0.starts_with(by.filter().trim_end_matches('*')));
         // No email, no email entry.
-        assert_eq!(index_entries(&envelope(None), 1, false).len(), 1);
+        assert_eq!(index_entries(&envelope(None), 1, false, &gk()).len(), 1);
     }
 
     #[test]
     fn lookups_are_classified() {
-        assert!(matches!(By::parse("lr_abc", None), Ok(By::Key(_))));
-        assert!(matches!(By::parse("a@b.co", None), Ok(By::Email(_))));
-        assert!(matches!(By::parse("evt_1", None), Ok(By::EventId(_))));
+        assert!(matches!(By::parse("lr_abc", None, &gk()), Ok(By::Key(_))));
+        assert!(matches!(By::parse("a@b.co", None, &gk()), Ok(By::Email(_))));
         assert!(matches!(
-            By::parse("lr_abc", Some("event_id")),
+            By::parse("evt_1", None, &gk()),
             Ok(By::EventId(_))
         ));
-        assert!(By::parse("", None).is_err());
-        assert!(By::parse("x", Some("phone")).is_err());
+        assert!(matches!(
+            By::parse("lr_abc", Some("event_id"), &gk()),
+            Ok(By::EventId(_))
+        ));
+        assert!(By::parse("", None, &gk()).is_err());
+        assert!(By::parse("x", Some("phone"), &gk()).is_err());
         // The answer never carries the email back.
-        let by = By::parse("a@b.co", None).unwrap();
+        let by = By::parse("a@b.co", None, &gk()).unwrap();
         assert!(!by.describe().to_string().contains("a@b.co"));
     }
 

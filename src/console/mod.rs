@@ -36,6 +36,8 @@ pub mod stats;
 
 pub struct AdminState {
     pub token: String,
+    /// Hashes an email given to a lookup the way the edge did.
+    pub group_key: crate::intake::group_key::GroupKey,
     pub dlq: DlqStore,
     pub observed: Arc<stats::Observed>,
 }

@@ -12,7 +12,6 @@ use serde_json::{json, Value};
 use crate::dlq::store::{DlqFilter, DlqStore};
 use crate::intake::IntakeState;
 use crate::pipeline::PipelineStats;
-use crate::queue::STREAM_LEADS;
 use crate::telemetry::windows::{CounterWindows, Counters};
 
 /// The end-to-end latency objective the figures are compared with.
@@ -27,8 +26,8 @@ pub struct Observed {
     pub windows: CounterWindows,
     pub js: jetstream::Context,
     pub dlq: DlqStore,
-    /// The `router` consumer's name on `LEADS`.
-    pub consumer: String,
+    /// Partitions of `LEADS` (whose consumers hold the queue figures).
+    pub partitions: u16,
 }
 
 impl Observed {
@@ -54,24 +53,20 @@ impl Observed {
     }
 
     async fn queue(&self) -> Value {
-        let info = async {
-            let stream = self.js.get_stream(STREAM_LEADS).await.ok()?;
-            let mut c: jetstream::consumer::PullConsumer =
-                stream.get_consumer(&self.consumer).await.ok()?;
-            c.info().await.ok().cloned()
-        };
-        match tokio::time::timeout(Duration::from_secs(2), info).await {
-            Ok(Some(i)) => json!({
-                "pending": i.num_pending,
-                "ack_pending": i.num_ack_pending,
-                "max_ack_pending": i.config.max_ack_pending,
-                "redelivered": i.num_redelivered,
+        let read = crate::queue::backlog::read(&self.js, self.partitions);
+        match tokio::time::timeout(Duration::from_secs(2), read).await {
+            Ok(Ok(b)) => json!({
+                "pending": b.pending,
+                "ack_pending": b.ack_pending,
+                "max_ack_pending": b.max_ack_pending,
+                "oldest_unacked_s": b.oldest_unacked.map(|d| d.as_secs_f64()),
+                "partitions": b.partitions,
             }),
             _ => Value::Null,
         }
     }
 
-    /// The `router` consumer's queue figures now (`null` when they cannot be read within 2 s),
+    /// The handler consumers' queue figures now (`null` when they cannot be read within 2 s),
     /// for the console's queue chart.
     pub async fn queue_info(&self) -> Value {
         self.queue().await

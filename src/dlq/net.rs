@@ -145,9 +145,7 @@ async fn handle(
         .as_ref()
         .map(|e| e.sender.clone())
         .or_else(|| {
-            msg.subject
-                .strip_prefix(crate::queue::SUBJECT_IN_PREFIX)
-                .map(str::to_string)
+            crate::queue::partition::parse_subject(&msg.subject).map(|s| s.sender.to_string())
         })
         .unwrap_or_default();
     let received_at = header(HDR_RECEIVED_AT);

@@ -31,6 +31,7 @@ use tokio::sync::watch;
 
 use crate::admin_client::AdminClient;
 use crate::config::Config;
+use crate::devtools::harness::{free_ports, http_sink, HandlersSection, RouterConfig, SenderSpec};
 use crate::dlq::store::DlqEntry;
 use crate::intake::envelope::{email_hash, idempotency_key};
 use crate::intake::schemes::Verifier;
@@ -210,13 +211,6 @@ fn run_id() -> String {
         .unwrap_or_default()
         .as_millis();
     format!("d{ms:x}")
-}
-
-fn free_port() -> Result<u16, DrillError> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| DrillError::Setup(format!("no free loopback port: {e}")))
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -489,6 +483,9 @@ impl Target for Leadrouter {
     }
 }
 
+/// How long a stopped router may take for its graceful shutdown before it is SIGKILLed.
+const STOP_GRACE: Duration = Duration::from_secs(20);
+
 fn router_config(
     work: &Path,
     ports: (u16, u16, u16),
@@ -497,70 +494,60 @@ fn router_config(
     schemas: &Path,
     nats_url: Option<&str>,
     run_id: &str,
-) -> String {
+) -> RouterConfig {
     let (intake, admin, nats) = ports;
-    let nats_url = nats_url.unwrap_or("embedded");
-    format!(
-        r#"# Written by `leadrouter drill`: the router under test.
-data_dir = {data:?}
-
-[nats]
-url = {nats_url:?}
-publish_timeout = "2s"
-
-[nats.embedded]
-port = {nats}
-template_dir = {tmpl:?}
-
-[intake]
-listen = "127.0.0.1:{intake}"
-
-[admin]
-listen = "127.0.0.1:{admin}"
-token_env = "LEADROUTER_DRILL_ADMIN_TOKEN"
-
-# The storm's CRM outages recur for the whole run: twenty attempts with backoff capped at 4 s
-# outlast any one of them, so no good lead needs a replay. A killed handler's lead comes back
-# after ack_wait.
-[handlers]
-pool_size = 32
-max_deliver = 20
-ack_wait = "10s"
-backoff_base = "250ms"
-backoff_cap = "4s"
-schemas_dir = {schemas:?}
-
-# A key of this run's own: on a shared NATS, earlier runs' key-check records keep their ids.
-[dlq]
-keys = [{{ id = "{run_id}", env = "LEADROUTER_DRILL_DLQ_KEY" }}]
-
-[[sinks]]
-name = "crm"
-kind = "http"
-url = "{crm_url}/leads"
-timeout = "2s"
-
-[[senders]]
-id = "{SENDER}"
-scheme = "standard-webhooks"
-secret_env = ["LEADROUTER_DRILL_SECRET"]
-event_id = {{ header = "webhook-id" }}
-rate = {{ per_second = 100000, burst = 100000 }}
-
-[senders.mapping.fields]
-email = "$.email"
-first_name = "$.first_name"
-last_name = "$.last_name"
-phone = "$.phone"
-company = "$.company"
-utm_source = "$.utm_source"
-utm_campaign = "$.utm_campaign"
-"#,
-        data = work.join("data").display().to_string(),
-        tmpl = tmpl.display().to_string(),
-        schemas = schemas.display().to_string(),
-    )
+    let loopback = |port| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut cfg = RouterConfig::new()
+        .header("Written by `leadrouter drill`: the router under test.")
+        .data_dir(work.join("data"))
+        .embedded_nats(nats, tmpl)
+        .publish_timeout(Duration::from_secs(2))
+        .intake_listen(loopback(intake))
+        .admin_listen(loopback(admin))
+        .admin_token_env("LEADROUTER_DRILL_ADMIN_TOKEN")
+        // The storm's CRM outages recur for the whole run: twenty attempts with backoff capped
+        // at 4 s outlast any one of them, so no good lead needs a replay. A killed handler's
+        // lead comes back after ack_wait.
+        .handlers(HandlersSection {
+            pool_size: Some(32),
+            max_deliver: Some(20),
+            ack_wait: Some(Duration::from_secs(10)),
+            backoff_base: Some(Duration::from_millis(250)),
+            backoff_cap: Some(Duration::from_secs(4)),
+            schemas_dir: Some(schemas.to_path_buf()),
+            group_key_env: Some("LEADROUTER_DRILL_GROUP_KEY".into()),
+            ..HandlersSection::default()
+        })
+        // A key of this run's own: on a shared NATS, earlier runs' key-check records keep
+        // their ids.
+        .dlq_key(run_id, "LEADROUTER_DRILL_DLQ_KEY")
+        .sink(http_sink(
+            "crm",
+            format!("{crm_url}/leads"),
+            Some(Duration::from_secs(2)),
+        ))
+        .sender(
+            SenderSpec::standard_webhooks(SENDER, "LEADROUTER_DRILL_SECRET")
+                .rate(100_000, 100_000)
+                .fields(&[
+                    "email",
+                    "first_name",
+                    "last_name",
+                    "phone",
+                    "company",
+                    "utm_source",
+                    "utm_campaign",
+                ]),
+        );
+    if let Some(url) = nats_url {
+        cfg = cfg.nats_url(url);
+    }
+    cfg
 }
+
+/// The group key of drill routers when the operator sets none: a drill is a test, its leads
+/// are synthetic.
+const DRILL_GROUP_KEY: &str = "leadrouter-drill-group-key-not-a-secret";
 
 async fn run_leadrouter(
     opts: &DrillOptions,
@@ -575,14 +562,24 @@ async fn run_leadrouter(
         .map_err(|e| DrillError::Setup(e.to_string()))?;
     crm.set_idempotency(IdempotencyMode::Honor);
     let crm = Arc::new(crm);
-    let ports = (free_port()?, free_port()?, free_port()?);
+    let ports = match free_ports(3)?[..] {
+        [intake, admin, nats] => (intake, admin, nats),
+        _ => return Err(DrillError::Setup("no free loopback ports".into())),
+    };
     let secret = format!("whsec_{}", base64_of(&random_hex(24)));
     let token = random_hex(24);
     let env: HashMap<String, String> = HashMap::from([
         ("LEADROUTER_DRILL_SECRET".to_string(), secret.clone()),
         ("LEADROUTER_DRILL_ADMIN_TOKEN".to_string(), token),
         ("LEADROUTER_DRILL_DLQ_KEY".to_string(), random_hex(32)),
+        // Every drill against one NATS must hash leads alike (the account keeps one group key
+        // on record): the operator's LEADROUTER_GROUP_KEY when set, else the drills' own.
+        (
+            "LEADROUTER_DRILL_GROUP_KEY".to_string(),
+            std::env::var("LEADROUTER_GROUP_KEY").unwrap_or_else(|_| DRILL_GROUP_KEY.into()),
+        ),
     ]);
+    let config_path = work.join("leadrouter.toml");
     let text = router_config(
         work,
         ports,
@@ -591,9 +588,8 @@ async fn run_leadrouter(
         &schemas,
         opts.nats_url.as_deref(),
         run_id,
-    );
-    let config_path = work.join("leadrouter.toml");
-    std::fs::write(&config_path, &text).map_err(|e| DrillError::io(&config_path, e))?;
+    )
+    .write(&config_path)?;
     let cfg = Config::from_toml(&text, &config_path, &env)
         .map_err(|e| DrillError::Setup(format!("the drill's router config: {e}")))?;
     let sender = cfg
@@ -607,14 +603,10 @@ async fn run_leadrouter(
     )
     .map_err(|e| DrillError::Setup(format!("signing: {e}")))?;
     let exe = std::env::current_exe().map_err(|e| DrillError::Setup(e.to_string()))?;
-    let mut proc = router::RouterProcess::new(
-        exe,
-        config_path,
-        env.clone().into_iter().collect(),
-        work.join("router.log"),
-        work.join("data"),
-        &cfg.intake.listen.to_string(),
-    );
+    let mut proc = router::RouterProcess::new(exe, config_path, cfg.intake.listen)
+        .envs(env.clone())
+        .log(work.join("router.log"))
+        .data_dir(work.join("data"));
     // On a shared NATS the DLQ holds earlier runs too: this run's leads were received after
     // this instant. The admin API's `since` (the server's clock, a minute early for skew) only
     // narrows the listing; `drain` filters by `received_at`.
@@ -653,7 +645,7 @@ async fn run_leadrouter(
     )
     .await;
     let drain_seconds = drain_started.elapsed().as_secs_f64();
-    target.proc.stop().await;
+    target.proc.stop(STOP_GRACE).await;
     let dlq = dlq?;
     Ok(report::reconcile(Evidence {
         design: "leadrouter",

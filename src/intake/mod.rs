@@ -2,6 +2,7 @@
 //! a lead, answering 202 only after JetStream acknowledged it.
 
 pub mod envelope;
+pub mod group_key;
 pub mod mapping;
 pub mod schemes;
 pub mod sender;
@@ -20,7 +21,7 @@ use warp::hyper::Body;
 use warp::Filter;
 
 use crate::config::{resolve_secrets, Config, EnvSource, SenderConfig};
-use crate::queue::{Publisher, HDR_GROUP, HDR_RECEIVED_AT, HDR_SCHEMA, SUBJECT_IN_PREFIX};
+use crate::queue::{Publisher, HDR_GROUP, HDR_RECEIVED_AT, HDR_SCHEMA};
 use envelope::{body_event_id, email_hash, idempotency_key, LeadEnvelope};
 use mapping::{BodyFormat, CompiledPath, Mapper};
 use schemes::{HeaderSource, Request, Verifier};
@@ -49,7 +50,6 @@ enum EventIdSource {
 struct SenderRuntime {
     id: String,
     schema: String,
-    subject: String,
     verifier: Verifier,
     mapper: Mapper,
     event_id: EventIdSource,
@@ -66,6 +66,23 @@ pub struct IntakeState {
     actors: Senders,
     publisher: Publisher,
     max_body_bytes: u64,
+    grouping: Grouping,
+}
+
+/// How the edge files a lead: its keyed group and the partition that follows from it.
+#[derive(Debug, Clone)]
+pub struct Grouping {
+    pub key: group_key::GroupKey,
+    pub partitions: u16,
+}
+
+impl Grouping {
+    /// The group key and the subject of a lead with these mapped fields.
+    pub fn place(&self, sender: &str, fields: &serde_json::Map<String, Value>) -> (String, String) {
+        let group = self.key.group_of(fields);
+        let p = crate::queue::partition::partition_of(&group, self.partitions);
+        (group, crate::queue::partition::lead_subject(sender, p))
+    }
 }
 
 /// Senders that cannot accept requests yet, with what the operator must set.
@@ -79,6 +96,7 @@ impl IntakeState {
         cfg: &Config,
         env: &dyn EnvSource,
         publisher: Publisher,
+        grouping: Grouping,
     ) -> Result<(IntakeState, Vec<Unconfigured>), IntakeSetupError> {
         let mut senders = HashMap::new();
         let mut unconfigured = Vec::new();
@@ -105,9 +123,14 @@ impl IntakeState {
                 actors,
                 publisher,
                 max_body_bytes: cfg.intake.max_body_bytes,
+                grouping,
             },
             unconfigured,
         ))
+    }
+
+    pub fn grouping(&self) -> &Grouping {
+        &self.grouping
     }
 
     pub fn publisher(&self) -> &Publisher {
@@ -170,7 +193,6 @@ fn build_sender(
     Ok(SenderRuntime {
         id: s.id.clone(),
         schema: s.schema.clone(),
-        subject: format!("{SUBJECT_IN_PREFIX}{}", s.id),
         verifier,
         mapper,
         event_id,
@@ -453,8 +475,10 @@ where
     };
     let source_event_id = event_id(sender, headers, &doc, &body)?;
     let fields = sender.mapper.map(&doc);
-    let group = email_hash(&fields);
-    let key = idempotency_key(&sender.id, &source_event_id, &group);
+    // The idempotency key keeps the plain email hash: it must not change for a lead accepted
+    // before groups were keyed, or a vendor's retry across the upgrade would be a new lead.
+    let key = idempotency_key(&sender.id, &source_event_id, &email_hash(&fields));
+    let (group, subject) = state.grouping.place(&sender.id, &fields);
     let received_at = chrono::DateTime::<chrono::Utc>::from(received)
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let envelope = LeadEnvelope {
@@ -476,15 +500,10 @@ where
     nats_headers.insert(HDR_RECEIVED_AT, envelope.received_at.as_str());
     nats_headers.insert(HDR_SCHEMA, envelope.schema.as_str());
     nats_headers.insert(HDR_GROUP, group.as_str());
-    let publish_span = crate::telemetry::traces::trace_span!("publish", otel.kind = "producer", messaging.system = "nats", messaging.operation.type = "send", messaging.destination.name = %sender.subject);
+    let publish_span = crate::telemetry::traces::trace_span!("publish", otel.kind = "producer", messaging.system = "nats", messaging.operation.type = "send", messaging.destination.name = %subject);
     match state
         .publisher
-        .publish(
-            sender.subject.clone(),
-            &envelope.key,
-            nats_headers,
-            Bytes::from(payload),
-        )
+        .publish(subject, &envelope.key, nats_headers, Bytes::from(payload))
         .instrument(publish_span.clone())
         .await
     {

@@ -1,5 +1,11 @@
-//! What a handler does with one delivery: dedupe, claim, validate, enrich, fan out to every sink
-//! not yet done, then ack, retry later (NAK with backoff), or dead-letter and terminate.
+//! What a handler does with one delivery: dedupe, claim, validate, enrich, pass the lead's write
+//! fence, fan out to every sink not yet done, then ack, retry later (NAK with backoff), or
+//! dead-letter and terminate.
+//!
+//! Only real attempts count toward `handlers.max_deliver`: a sink was tried, or a handler died
+//! holding the lead. The delivery count does not, because NATS itself redelivers without any
+//! attempt (a consumer leader election, a partition changing owner, a busy fence), and a cluster
+//! election is an outage to wait out, not a reason to dead-letter good leads.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -10,12 +16,13 @@ use bytes::Bytes;
 use serde_json::Value;
 use tracing::Instrument;
 
+use super::fence::Gate;
 use super::idempotency::{Claim, Held};
 use super::PoolDeps;
 use crate::dlq::{dlq_id, DeadLetter, Reason};
 use crate::intake::envelope::LeadEnvelope;
 use crate::queue::{HDR_GROUP, HDR_RECEIVED_AT, HDR_SCHEMA};
-use crate::sinks::{LeadRecord, SinkError};
+use crate::sinks::{LeadRecord, SinkError, SinkOrdering};
 use crate::telemetry::metrics::{metrics, retry};
 use crate::telemetry::traces::{self, trace_span};
 
@@ -26,8 +33,11 @@ pub enum Outcome {
     Delivered,
     /// Already done earlier; acked without touching a sink.
     Duplicate,
-    /// NAKed with a delay; the group waits for the redelivery.
-    Retrying,
+    /// NAKed with this delay; the group waits for the redelivery.
+    Retrying { after: Duration },
+    /// A newer event of the lead was already written: upsert sinks skipped this one (recorded),
+    /// append sinks got it; acked.
+    Superseded,
     /// In the DLQ and terminated.
     Dead,
 }
@@ -36,6 +46,31 @@ pub struct Delivery<'a> {
     pub msg: &'a jetstream::Message,
     pub seq: u64,
     pub delivered: u32,
+    /// The lead's keyed group key (the fence's key).
+    pub group: &'a str,
+}
+
+/// NAK delays while NATS itself is away (an election, a restart): short, because the outage
+/// ends on its own and costs the lead no attempt.
+const OUTAGE_RETRY_CAP: Duration = Duration::from_secs(5);
+
+/// One WARN per this long for a store outage, however many leads hit it (a three-second
+/// election would otherwise print thousands of identical lines).
+const OUTAGE_LOG_EVERY_MS: u64 = 10_000;
+static LAST_OUTAGE_WARN_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn warn_outage(what: &'static str, error: &dyn std::fmt::Display) {
+    let now = super::idempotency::now_ms();
+    let last = LAST_OUTAGE_WARN_MS.load(Ordering::Relaxed);
+    if now.saturating_sub(last) >= OUTAGE_LOG_EVERY_MS
+        && LAST_OUTAGE_WARN_MS
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(error = %error, store = what, "NATS store unavailable; leads wait for it without spending attempts (next such warning in 10 s at the earliest)");
+    } else {
+        tracing::debug!(error = %error, store = what, "NATS store unavailable");
+    }
 }
 
 pub async fn process(deps: &Arc<PoolDeps>, owner: &str, d: Delivery<'_>) -> Outcome {
@@ -48,11 +83,7 @@ pub async fn process(deps: &Arc<PoolDeps>, owner: &str, d: Delivery<'_>) -> Outc
     let envelope: LeadEnvelope = match serde_json::from_slice(&msg.payload) {
         Ok(e) => e,
         Err(e) => {
-            let sender = msg
-                .subject
-                .strip_prefix(crate::queue::SUBJECT_IN_PREFIX)
-                .unwrap_or("unknown")
-                .to_string();
+            let sender = crate::queue::partition::sender_of(&msg.subject).to_string();
             return dead_letter(
                 deps,
                 &d,
@@ -67,7 +98,13 @@ pub async fn process(deps: &Arc<PoolDeps>, owner: &str, d: Delivery<'_>) -> Outc
     };
     if d.delivered == 1 {
         // The console's lookup index: fire-and-forget, never waited for.
-        crate::console::lookup::record(&deps.parts.client, &envelope, d.seq, replay);
+        crate::console::lookup::record(
+            &deps.parts.client,
+            &envelope,
+            d.seq,
+            replay,
+            &deps.parts.grouping.key,
+        );
     }
     let span = tracing::info_span!("handle", key = %envelope.key, sender = %envelope.sender, seq = d.seq as i64, attempt = i64::from(d.delivered), replay);
     // (seq and attempt as i64: the trace layer would export unsigned integers as strings.)
@@ -89,7 +126,8 @@ fn outcome_name(o: Outcome) -> &'static str {
     match o {
         Outcome::Delivered => "delivered",
         Outcome::Duplicate => "duplicate",
-        Outcome::Retrying => "retrying",
+        Outcome::Retrying { .. } => "retrying",
+        Outcome::Superseded => "superseded",
         Outcome::Dead => "dead",
     }
 }
@@ -153,16 +191,16 @@ async fn handle_lead(
         Ok(Claim::Busy(wait)) => {
             tracing::debug!(?wait, "another delivery holds the lead");
             metrics().retry(retry::CLAIM_BUSY);
-            nak(msg, wait.max(Duration::from_millis(50))).await;
-            return Outcome::Retrying;
+            return nak(msg, wait.max(Duration::from_millis(50))).await;
         }
         Err(e) => {
-            tracing::warn!(error = %e, stage = "claim", outcome = "retry", "idempotency store unavailable");
+            warn_outage("idempotency", &e);
             metrics().retry(retry::KV_UNAVAILABLE);
-            nak(msg, deps.backoff.delay(d.delivered, None)).await;
-            return Outcome::Retrying;
+            return nak(msg, outage_delay(deps, d.delivered)).await;
         }
     };
+    // This delivery's attempt number: earlier failed attempts, plus this one.
+    let attempt = held.entry.attempts + 1;
     metrics().stage("claim", "", t.elapsed());
 
     // Validation errors are permanent: the same bytes fail the same way every time.
@@ -220,13 +258,44 @@ async fn handle_lead(
         replay,
     };
 
+    // The fence: is a newer event of this lead already written, or being written elsewhere?
+    let mut fenced = match deps.parts.fence.enter(d.group, d.seq, owner).await {
+        Ok(Gate::Open(f)) => Some(f),
+        Ok(Gate::Superseded { by }) => {
+            held.entry.superseded_by = Some(by);
+            None
+        }
+        Ok(Gate::Busy(wait)) => {
+            tracing::debug!(?wait, "another router is writing this lead");
+            metrics().retry(retry::CLAIM_BUSY);
+            let _ = deps.parts.idem.yield_claim(&mut held).await;
+            return nak(msg, wait).await;
+        }
+        Err(e) => {
+            warn_outage("fence", &e);
+            metrics().retry(retry::KV_UNAVAILABLE);
+            let _ = deps.parts.idem.yield_claim(&mut held).await;
+            return nak(msg, outage_delay(deps, d.delivered)).await;
+        }
+    };
+    let superseded = fenced.is_none();
+    if superseded {
+        tracing::info!(
+            stage = "fence",
+            outcome = "superseded",
+            superseded_by = held.entry.superseded_by,
+            "a newer event of this lead was already written; upsert sinks skip this one"
+        );
+    }
+
     // Fan out to the sinks this lead still needs, all at once, keeping the message and the lease
-    // alive while slow sinks work.
+    // alive while slow sinks work. A superseded event goes to append sinks only.
     let pending: Vec<_> = deps
         .parts
         .sinks
         .iter()
         .filter(|s| !held.entry.sinks.contains_key(s.name()))
+        .filter(|s| !superseded || s.ordering() == SinkOrdering::Append)
         .cloned()
         .collect();
     let deliveries = futures::future::join_all(pending.iter().map(|s| {
@@ -250,9 +319,21 @@ async fn handle_lead(
                 if let Err(e) = deps.parts.idem.renew(&mut held).await {
                     tracing::warn!(error = %e, "lease renewal failed");
                 }
+                if let Some(f) = fenced.as_mut() {
+                    if let Err(e) = deps.parts.fence.renew(f).await {
+                        tracing::warn!(error = %e, "fence lease renewal failed");
+                    }
+                }
             }
         }
     };
+    // Out of the fence whatever the sinks said: a retry re-enters at the same sequence, and the
+    // next event must not wait for a lease.
+    if let Some(f) = fenced.take() {
+        if let Err(e) = deps.parts.fence.leave(f).await {
+            tracing::debug!(error = %e, "fence not released; its lease expires");
+        }
+    }
 
     let mut transient: Option<(String, SinkError)> = None;
     let mut permanent: Option<(String, SinkError)> = None;
@@ -310,7 +391,7 @@ async fn handle_lead(
     }
     if let Some((name, e)) = transient {
         let last_error = format!("{name}: {e}");
-        if d.delivered >= deps.max_deliver {
+        if attempt >= deps.max_deliver {
             return dead_letter(
                 deps,
                 &d,
@@ -335,8 +416,7 @@ async fn handle_lead(
             delay_ms = delay.as_millis() as u64,
             duration_ms = ms(started)
         );
-        nak(msg, delay).await;
-        return Outcome::Retrying;
+        return nak(msg, delay).await;
     }
 
     if let Err(e) = deps.parts.idem.mark_done(&mut held).await {
@@ -364,10 +444,22 @@ async fn handle_lead(
     }
     tracing::info!(
         stage = "handle",
-        outcome = "delivered",
+        outcome = if superseded {
+            "superseded"
+        } else {
+            "delivered"
+        },
         duration_ms = ms(started)
     );
-    Outcome::Delivered
+    if superseded {
+        Outcome::Superseded
+    } else {
+        Outcome::Delivered
+    }
+}
+
+fn outage_delay(deps: &PoolDeps, delivered: u32) -> Duration {
+    deps.backoff.delay(delivered, None).min(OUTAGE_RETRY_CAP)
 }
 
 fn ms(t: Instant) -> f64 {
@@ -382,10 +474,11 @@ async fn duplicate(deps: &PoolDeps, msg: &jetstream::Message, key: &str) -> Outc
     Outcome::Duplicate
 }
 
-async fn nak(msg: &jetstream::Message, delay: Duration) {
+async fn nak(msg: &jetstream::Message, delay: Duration) -> Outcome {
     if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
-        tracing::warn!(error = %e, "NAK failed; ack_wait will redeliver");
+        tracing::debug!(error = %e, "NAK failed; ack_wait will redeliver");
     }
+    Outcome::Retrying { after: delay }
 }
 
 /// `+TERM <reason>` (server >= 2.10.4) carries the reason into the server's advisory; the
@@ -421,11 +514,7 @@ async fn dead_letter(
     let schema = header(HDR_SCHEMA);
     let group = header(HDR_GROUP);
     let traceparent = header(crate::queue::HDR_TRACEPARENT);
-    let attempts = held
-        .as_ref()
-        .map(|h| h.entry.attempts + 1)
-        .unwrap_or(d.delivered)
-        .max(d.delivered);
+    let attempts = held.as_ref().map(|h| h.entry.attempts + 1).unwrap_or(1);
     let first_attempt_at = held
         .as_ref()
         .and_then(|h| h.entry.first_attempt_ms)
@@ -479,8 +568,7 @@ async fn dead_letter(
                     .release(h, Some(last_error.to_string()))
                     .await;
             }
-            nak(d.msg, deps.backoff.delay(d.delivered, None)).await;
-            Outcome::Retrying
+            nak(d.msg, outage_delay(deps, d.delivered)).await
         }
     }
 }

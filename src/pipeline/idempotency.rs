@@ -51,6 +51,10 @@ pub struct LeadEntry {
     /// When the first claim was made (ms since the epoch): the DLQ's first attempt time.
     #[serde(default)]
     pub first_attempt_ms: Option<u64>,
+    /// Set when a newer event of the same lead had already been written, so upsert sinks
+    /// skipped this one (the stream sequence of that newer event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<u64>,
 }
 
 impl LeadEntry {
@@ -64,6 +68,7 @@ impl LeadEntry {
             last_error: None,
             dlq: None,
             first_attempt_ms: Some(now_ms()),
+            superseded_by: None,
         }
     }
 
@@ -191,6 +196,11 @@ impl Idempotency {
                     // Free, released, dead (a replay) or an expired lease: take it over,
                     // keeping the record of sinks that already confirmed.
                     let mut next = entry.clone();
+                    if entry.state == LeadState::Claimed && entry.owner != owner {
+                        // Its holder died mid-attempt (kill -9, a lost host): that attempt
+                        // counts, so a lead that kills every process still reaches the DLQ.
+                        next.attempts += 1;
+                    }
                     next.state = LeadState::Claimed;
                     next.owner = owner.to_string();
                     next.lease_until_ms = now + self.lease.as_millis() as u64;
@@ -257,6 +267,14 @@ impl Idempotency {
         held.entry.lease_until_ms = 0;
         held.entry.attempts += 1;
         held.entry.last_error = last_error;
+        self.write(held).await
+    }
+
+    /// Gives the lead back without counting an attempt: nothing was tried (the fence was busy,
+    /// or NATS was away), so a cluster election never spends a lead's retry budget.
+    pub async fn yield_claim(&self, held: &mut Held) -> Result<(), IdempotencyError> {
+        held.entry.state = LeadState::Pending;
+        held.entry.lease_until_ms = 0;
         self.write(held).await
     }
 

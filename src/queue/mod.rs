@@ -1,6 +1,8 @@
 //! NATS: connection, the embedded server, JetStream topology and the edge publisher.
 
+pub mod backlog;
 pub mod embedded;
+pub mod partition;
 pub mod provision;
 pub mod topology;
 
@@ -26,9 +28,19 @@ pub const KV_DLQ_KEYS: &str = "leads_dlq_keys";
 /// `email.<email hash>.<key>`, written by the handler when it first sees a lead; kept as long as
 /// `LEADS` keeps leads.
 pub const KV_LEAD_INDEX: &str = "leads_index";
+/// Per-lead write fences: the stream sequence of the lead's newest event written to the sinks,
+/// revision-checked, so an owner change never lets an older event overwrite a newer one.
+pub const KV_FENCE: &str = "leads_fence";
+/// One record per live router (aged out after `handlers.ownership_timeout`): who shares the
+/// partitions.
+pub const KV_ROUTERS: &str = "leads_routers";
 /// Captured MAX_DELIVERIES advisories of the router consumer (the DLQ crash net's input).
 pub const STREAM_ADVISORIES: &str = "LEADS_ADVISORIES";
+/// The consumer of un-partitioned `leads.in.{sender}` subjects (older replays, hand publishes),
+/// which re-publishes them to their partition; partition consumers are `router-p{N}`.
 pub const CONSUMER_ROUTER: &str = "router";
+/// Stream metadata key recording the partition count the stream was set up with.
+pub const META_PARTITIONS: &str = "leadrouter.partitions";
 
 pub const HDR_RECEIVED_AT: &str = "Leadrouter-Received-At";
 pub const HDR_SCHEMA: &str = "Leadrouter-Schema";

@@ -6,8 +6,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv, stream};
 
 use super::{
-    QueueError, KV_DLQ_AUDIT, KV_DLQ_KEYS, KV_IDEMPOTENCY, KV_LEAD_INDEX, STREAM_ADVISORIES,
-    STREAM_DLQ, STREAM_LEADS,
+    QueueError, KV_DLQ_AUDIT, KV_DLQ_KEYS, KV_FENCE, KV_IDEMPOTENCY, KV_LEAD_INDEX,
+    META_PARTITIONS, STREAM_ADVISORIES, STREAM_DLQ, STREAM_LEADS,
 };
 use crate::config::StreamsConfig;
 
@@ -81,7 +81,53 @@ pub async fn ensure(
     changes.push(ensure_audit(js, cfg).await?);
     changes.push(ensure_keys(js, cfg).await?);
     changes.push(ensure_index(js, cfg).await?);
+    changes.push(
+        ensure_bucket(
+            js,
+            "kv leads_fence",
+            KV_FENCE,
+            "leadrouter: per-lead write fences (newest event written)",
+            cfg.max_age,
+            cfg.replicas,
+        )
+        .await?,
+    );
     Ok(changes)
+}
+
+/// Records the partition count in `LEADS`'s metadata on first use and refuses a different one
+/// later: the count decides which consumer every stored lead belongs to, so changing it would
+/// split one lead's events across partitions (and owners) and lose their order.
+pub async fn ensure_partitions(
+    js: &jetstream::Context,
+    partitions: u16,
+) -> Result<Change, QueueError> {
+    const LABEL: &str = "stream LEADS partitions";
+    let mut stream = js
+        .get_stream(STREAM_LEADS)
+        .await
+        .map_err(|e| QueueError::Topology(format!("{LABEL}: {e}")))?;
+    let mut have = stream
+        .info()
+        .await
+        .map_err(|e| QueueError::Topology(format!("{LABEL}: info: {e}")))?
+        .config
+        .clone();
+    let want = partitions.to_string();
+    match have.metadata.get(META_PARTITIONS) {
+        Some(v) if *v == want => Ok(Change::Unchanged(LABEL)),
+        Some(v) => Err(QueueError::Topology(format!(
+            "config key `handlers.partitions` is {partitions}, but stream LEADS was set up with {v} partitions. The count is fixed once the stream exists (it decides which consumer owns every stored lead): set handlers.partitions = {v} on every router, or move to a new stream"
+        ))),
+        None => {
+            // A stream from before partitioning: from now on its count is ours.
+            have.metadata.insert(META_PARTITIONS.into(), want);
+            js.update_stream(have)
+                .await
+                .map_err(|e| QueueError::Topology(format!("{LABEL}: update: {e}")))?;
+            Ok(Change::Updated(LABEL, vec![format!("partitions -> {partitions}")]))
+        }
+    }
 }
 
 async fn ensure_stream(

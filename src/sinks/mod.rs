@@ -151,6 +151,21 @@ impl SinkError {
 pub trait Sink: Send + Sync {
     fn name(&self) -> &str;
     async fn deliver(&self, lead: &LeadRecord) -> Result<Delivered, SinkError>;
+    /// What this sink does with a lead's events: keep the newest (a CRM upsert) or keep them
+    /// all (a log, an event stream). Decides what a late, older event gets (`pipeline::fence`).
+    fn ordering(&self) -> SinkOrdering {
+        SinkOrdering::LatestWins
+    }
+}
+
+/// How a sink holds a lead's successive events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkOrdering {
+    /// One record per lead, overwritten by each write (upsert by email): an older event that
+    /// arrives after a newer one was written is skipped, or it would overwrite newer data.
+    LatestWins,
+    /// Every event is its own record: a late event is still written (order is not promised).
+    Append,
 }
 
 /// The sink kinds, as written in `kind = "..."`.

@@ -19,7 +19,7 @@ use prometheus::{
 };
 use tokio::sync::watch;
 
-use crate::queue::{CONSUMER_ROUTER, STREAM_DLQ, STREAM_LEADS};
+use crate::queue::STREAM_DLQ;
 
 /// The `sender` label of requests for a sender that is not configured (404): the path segment
 /// is caller-controlled and must not become a label value.
@@ -108,12 +108,16 @@ pub struct Metrics {
     pub intake_signature_failures: IntCounterVec,
     /// `leadrouter_intake_duplicates_total{sender}`: the PubAck said duplicate.
     pub intake_duplicates: IntCounterVec,
-    /// `leadrouter_queue_pending_messages`: `router` consumer's `num_pending`.
+    /// `leadrouter_queue_pending_messages`: the handler consumers' `num_pending`, summed.
     pub queue_pending: IntGauge,
-    /// `leadrouter_queue_ack_pending_messages`: `router` consumer's `num_ack_pending`.
+    /// `leadrouter_queue_ack_pending_messages`: their `num_ack_pending`, summed.
     pub queue_ack_pending: IntGauge,
-    /// `leadrouter_queue_max_ack_pending`: the `router` consumer's configured limit.
+    /// `leadrouter_queue_max_ack_pending`: their configured limits, summed.
     pub queue_max_ack_pending: IntGauge,
+    /// `leadrouter_queue_oldest_unacked_seconds`: age of the oldest lead not yet acknowledged.
+    pub queue_oldest_unacked: prometheus::Gauge,
+    /// `leadrouter_partitions_owned`: partitions this router pulls right now.
+    pub partitions_owned: IntGauge,
     /// `leadrouter_dlq_messages`: entries in `LEADS_DLQ`.
     pub dlq_messages: IntGauge,
     /// `leadrouter_queue_info_up`: 1 if the last consumer-info poll succeeded.
@@ -226,17 +230,31 @@ impl Metrics {
             queue_pending: gauge(
                 &r,
                 "leadrouter_queue_pending_messages",
-                "Messages in LEADS not yet delivered to the router consumer (num_pending).",
+                "Messages in LEADS not yet delivered to a handler consumer (num_pending, summed over partitions).",
             ),
             queue_ack_pending: gauge(
                 &r,
                 "leadrouter_queue_ack_pending_messages",
-                "Messages delivered to the router consumer and not yet acknowledged (num_ack_pending).",
+                "Messages delivered and not yet acknowledged (num_ack_pending, summed over partitions).",
             ),
             queue_max_ack_pending: gauge(
                 &r,
                 "leadrouter_queue_max_ack_pending",
-                "The router consumer's max_ack_pending: the server stops delivering at this many unacknowledged messages.",
+                "The handler consumers' max_ack_pending, summed over partitions: the server stops delivering at this many unacknowledged messages.",
+            ),
+            queue_oldest_unacked: {
+                let g = prometheus::Gauge::with_opts(Opts::new(
+                    "leadrouter_queue_oldest_unacked_seconds",
+                    "Age of the oldest lead in LEADS not yet acknowledged (waiting or in flight), 0 when none: a lead stuck behind anything shows here.",
+                ))
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            partitions_owned: gauge(
+                &r,
+                "leadrouter_partitions_owned",
+                "Partitions of LEADS this router consumes right now (each partition has one owner across all routers).",
             ),
             dlq_messages: gauge(
                 &r,
@@ -489,23 +507,20 @@ pub fn replay_source_of(surface: &'static str, by: &str) -> &'static str {
     }
 }
 
-/// Reads the `router` consumer's info (and the DLQ's size) into the queue gauges once.
-pub async fn refresh_queue_gauges(js: &jetstream::Context) -> Result<(), String> {
+/// Reads the handler consumers' backlog (and the DLQ's size) into the queue gauges once.
+pub async fn refresh_queue_gauges(js: &jetstream::Context, partitions: u16) -> Result<(), String> {
     let m = metrics();
     let result = async {
-        let leads = js
-            .get_stream_no_info(STREAM_LEADS)
+        let b = crate::queue::backlog::read(js, partitions)
             .await
-            .map_err(|e| format!("stream {STREAM_LEADS}: {e}"))?;
-        let info = leads
-            .consumer_info(CONSUMER_ROUTER)
-            .await
-            .map_err(|e| format!("consumer {STREAM_LEADS}/{CONSUMER_ROUTER}: {e}"))?;
+            .map_err(|e| e.to_string())?;
         m.queue_pending
-            .set(i64::try_from(info.num_pending).unwrap_or(i64::MAX));
+            .set(i64::try_from(b.pending).unwrap_or(i64::MAX));
         m.queue_ack_pending
-            .set(i64::try_from(info.num_ack_pending).unwrap_or(i64::MAX));
-        m.queue_max_ack_pending.set(info.config.max_ack_pending);
+            .set(i64::try_from(b.ack_pending).unwrap_or(i64::MAX));
+        m.queue_max_ack_pending.set(b.max_ack_pending);
+        m.queue_oldest_unacked
+            .set(b.oldest_unacked.map_or(0.0, |d| d.as_secs_f64()));
         let dlq = js
             .get_stream(STREAM_DLQ)
             .await
@@ -520,7 +535,7 @@ pub async fn refresh_queue_gauges(js: &jetstream::Context) -> Result<(), String>
 }
 
 /// Refreshes the queue gauges every [`QUEUE_POLL_INTERVAL`] until `stop` turns true.
-pub async fn poll_queue(js: jetstream::Context, mut stop: watch::Receiver<bool>) {
+pub async fn poll_queue(js: jetstream::Context, partitions: u16, mut stop: watch::Receiver<bool>) {
     // The first read after one interval: at start-up the pool is still creating the consumer.
     let mut tick = tokio::time::interval_at(
         tokio::time::Instant::now() + QUEUE_POLL_INTERVAL,
@@ -539,7 +554,7 @@ pub async fn poll_queue(js: jetstream::Context, mut stop: watch::Receiver<bool>)
         // A NATS that stopped answering must not hold up shutdown for a request timeout.
         let refreshed = tokio::select! {
             _ = stop.changed() => return,
-            r = refresh_queue_gauges(&js) => r,
+            r = refresh_queue_gauges(&js, partitions) => r,
         };
         match refreshed {
             Ok(()) => failing = false,

@@ -1,19 +1,18 @@
-//! Shared test harness: a real nats-server per test (own port, own temp store, stopped on drop)
-//! and the leadrouter service embedded in the test process.
+//! Shared test helpers: a real nats-server per test (own port, own temp store, stopped on drop;
+//! the process harness in `leadrouter::devtools::harness`) and the leadrouter service embedded
+//! in the test process.
 #![allow(dead_code)]
 
 pub mod otlp;
+pub mod upsert_crm;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use leadrouter::config::Config;
+use leadrouter::devtools::harness;
 use leadrouter::intake::schemes::{SignInput, Verifier};
-use leadrouter::queue::provision;
 use leadrouter::service::Service;
 
 pub const DEMO_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -22,96 +21,59 @@ pub fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The pinned nats-server (installed into `.tools/` on first use).
 pub fn nats_server_bin() -> PathBuf {
-    let tools = std::env::var_os("LEADROUTER_TOOLS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| manifest_dir().join(".tools"));
-    provision::ensure_nats_server(None, &tools).expect("nats-server available")
+    harness::nats_server_bin().expect("nats-server available")
 }
 
-/// A real nats-server with JetStream on a random loopback port.
+/// A real nats-server with JetStream on a random loopback port: the shared harness's
+/// [`harness::NatsServer`] with the panicking API tests use. Everything else of the harness's
+/// (`pid()`, `is_alive()`, `log_path()`, `sigterm()`) is reachable through `Deref`.
 pub struct NatsServer {
     pub port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-    bin: PathBuf,
+    inner: harness::NatsServer,
 }
 
 impl NatsServer {
     pub fn start() -> NatsServer {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let bin = nats_server_bin();
-        let (child, port) = spawn(&bin, dir.path(), None);
+        let inner = harness::NatsServer::start().expect("nats-server ready within 30 s");
         NatsServer {
-            port,
-            dir,
-            child: Some(child),
-            bin,
+            port: inner.port(),
+            inner,
         }
     }
 
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        self.inner.url()
     }
 
     pub fn store_dir(&self) -> &Path {
-        self.dir.path()
+        self.inner.store_dir()
     }
 
     /// SIGKILL, as a crash would.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.inner.kill();
     }
 
     /// Same port, same store.
     pub fn restart(&mut self) {
-        self.kill();
-        let (child, _) = spawn(&self.bin, self.dir.path(), Some(self.port));
-        self.child = Some(child);
+        self.inner.restart().expect("nats-server restarts");
     }
 }
 
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.kill();
+impl std::ops::Deref for NatsServer {
+    type Target = harness::NatsServer;
+
+    fn deref(&self) -> &harness::NatsServer {
+        &self.inner
     }
 }
 
-fn spawn(bin: &Path, dir: &Path, port: Option<u16>) -> (Child, u16) {
-    let port_arg = port.map(|p| p.to_string()).unwrap_or_else(|| "-1".into());
-    let mut child = Command::new(bin)
-        .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
-        .arg(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn nats-server");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut port = None;
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if let Some(rest) = line.split("Listening for client connections on ").nth(1) {
-                port = rest
-                    .rsplit(':')
-                    .next()
-                    .and_then(|p| p.trim().parse::<u16>().ok());
-            }
-            if line.contains("Server is ready") {
-                let _ = tx.send(port);
-            }
-        }
-    });
-    let port = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("nats-server ready within 30 s")
-        .expect("nats-server printed its port");
-    (child, port)
+impl std::ops::DerefMut for NatsServer {
+    fn deref_mut(&mut self) -> &mut harness::NatsServer {
+        &mut self.inner
+    }
 }
 
 pub fn demo_sender_toml() -> &'static str {
@@ -129,6 +91,13 @@ phone = "$.phone"
 "#
 }
 
+/// [`demo_sender_toml`] as the harness's typed sender, for [`harness::RouterConfig`].
+pub fn demo_sender() -> harness::SenderSpec {
+    harness::SenderSpec::standard_webhooks("demo", "TEST_DEMO_SECRET")
+        .rate(1000, 1000)
+        .fields(&["email", "first_name", "phone"])
+}
+
 /// The service running inside the test process against `nats_url`.
 pub struct App {
     pub service: Service,
@@ -140,7 +109,15 @@ pub struct App {
 }
 
 pub fn test_env() -> HashMap<String, String> {
-    HashMap::from([("TEST_DEMO_SECRET".to_string(), DEMO_SECRET.to_string())])
+    HashMap::from([
+        ("TEST_DEMO_SECRET".to_string(), DEMO_SECRET.to_string()),
+        // Services of one test share a NATS account, so they share the group key (as routers
+        // of one deployment must).
+        (
+            "LEADROUTER_GROUP_KEY".to_string(),
+            "test-group-key-shared-by-every-service".to_string(),
+        ),
+    ])
 }
 
 /// A client that keeps no idle connections, so a service's graceful shutdown never waits
@@ -293,9 +270,5 @@ pub async fn stream_messages(nats_url: &str, stream: &str) -> Vec<(String, Vec<u
 
 /// A loopback port free right now (for servers that must be told their port up front).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind 127.0.0.1:0")
-        .local_addr()
-        .expect("local addr")
-        .port()
+    harness::free_port().expect("a free loopback port")
 }

@@ -1,0 +1,186 @@
+//! Leads published the old way, on `leads.in.{sender}` without a partition (an older replay, a
+//! hand publish with the nats CLI, an older edge), are still processed: the `router` consumer
+//! takes them one at a time and re-publishes each to its partition, then acks it.
+//!
+//! Why a step and not a stream subject transform: nats-server's `partition()` can hash only
+//! subject tokens, and the legacy subject carries the sender, not the lead; hashing the sender
+//! would put every legacy lead of a sender in one partition, away from its own other events.
+//! The `router` consumer keeps the durable name of the single consumer that existed before
+//! partitioning, so an upgraded deployment resumes exactly where it stopped.
+//!
+//! One in flight (`max_ack_pending = 1`), across all routers: two events of one lead published
+//! the old way keep their order.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, AckKind};
+use async_nats::HeaderMap;
+use futures::StreamExt;
+use tokio::sync::watch;
+
+use crate::intake::envelope::LeadEnvelope;
+use crate::intake::Grouping;
+use crate::queue::partition::{self, LEGACY_FILTER};
+use crate::queue::{CONSUMER_ROUTER, HDR_GROUP, STREAM_LEADS};
+
+pub fn consumer_config(ack_wait: Duration) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(CONSUMER_ROUTER.into()),
+        description: Some("leadrouter: re-partitions leads published without a partition".into()),
+        filter_subject: LEGACY_FILTER.into(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait,
+        max_ack_pending: 1,
+        ..Default::default()
+    }
+}
+
+/// Headers a re-publish must not carry over: the old id (the stream's dedupe window would
+/// swallow the copy) and any expectations.
+fn carried(headers: Option<&HeaderMap>, group: &str, id: &str) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    if let Some(h) = headers {
+        for (name, values) in h.iter() {
+            let n: &str = name.as_ref();
+            if n.eq_ignore_ascii_case(async_nats::header::NATS_MESSAGE_ID.as_ref())
+                || n.starts_with("Nats-Expected")
+                || n.eq_ignore_ascii_case(HDR_GROUP)
+            {
+                continue;
+            }
+            for v in values {
+                out.append(n, v.as_str());
+            }
+        }
+    }
+    out.insert(HDR_GROUP, group);
+    out.insert(async_nats::header::NATS_MESSAGE_ID, id);
+    out
+}
+
+/// Where a legacy message goes: its group and partition subject.
+fn place(grouping: &Grouping, msg: &jetstream::Message) -> (String, String) {
+    let sender = partition::sender_of(&msg.subject).to_string();
+    match serde_json::from_slice::<LeadEnvelope>(&msg.payload) {
+        Ok(env) => grouping.place(&sender, &env.fields),
+        // Not an envelope: the handler dead-letters it; any partition will do.
+        Err(_) => grouping.place(&sender, &serde_json::Map::new()),
+    }
+}
+
+pub async fn run(
+    js: jetstream::Context,
+    grouping: Grouping,
+    ack_wait: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let attempt = async {
+            let stream = js
+                .get_stream(STREAM_LEADS)
+                .await
+                .map_err(|e| e.to_string())?;
+            let c: consumer::PullConsumer = stream
+                .create_consumer(consumer_config(ack_wait))
+                .await
+                .map_err(|e| e.to_string())?;
+            c.stream()
+                .max_messages_per_batch(1)
+                .heartbeat(Duration::from_secs(5))
+                .expires(Duration::from_secs(30))
+                .messages()
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let attempt = tokio::select! {
+            _ = stop.changed() => return,
+            a = attempt => a,
+        };
+        let mut messages = match attempt {
+            Ok(m) => {
+                backoff = Duration::from_millis(200);
+                m
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, retry_in = ?backoff, "re-partitioner cannot consume yet");
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                _ = stop.changed() => return,
+                next = messages.next() => next,
+            };
+            match next {
+                Some(Ok(m)) => move_one(&js, &grouping, m).await,
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "re-partitioner pull error; re-subscribing");
+                    break;
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+async fn move_one(js: &jetstream::Context, grouping: &Grouping, m: jetstream::Message) {
+    let Ok(info) = m.info() else {
+        return;
+    };
+    let seq = info.stream_sequence;
+    let (group, subject) = place(grouping, &m);
+    // Stable per legacy message: a redelivery after a lost ack is deduplicated by the stream.
+    let id = format!("lr-repartition-{seq}");
+    let headers = carried(m.headers.as_ref(), &group, &id);
+    let stored = async {
+        js.publish_with_headers(subject.clone(), headers, m.payload.clone())
+            .await?
+            .await
+    };
+    match stored.await {
+        Ok(_) => {
+            if let Err(e) = m.double_ack().await {
+                tracing::debug!(seq, error = %e, "re-partitioned lead's ack not confirmed; its redelivery is deduplicated");
+            }
+            tracing::debug!(seq, subject = %subject, "lead re-partitioned");
+        }
+        Err(e) => {
+            tracing::warn!(seq, error = %e, "cannot re-partition a lead yet; retrying");
+            let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_copy_gets_a_new_id_and_the_keyed_group() {
+        let mut h = HeaderMap::new();
+        h.insert("Nats-Msg-Id", "lr_old");
+        h.insert("Nats-Expected-Stream", "LEADS");
+        h.insert(HDR_GROUP, "plain-sha");
+        h.insert(crate::queue::HDR_RECEIVED_AT, "2026-01-01T00:00:00.000Z");
+        let out = carried(Some(&h), "keyed", "lr-repartition-7");
+        assert_eq!(
+            out.get("Nats-Msg-Id").map(|v| v.as_str()),
+            Some("lr-repartition-7")
+        );
+        assert_eq!(out.get(HDR_GROUP).map(|v| v.as_str()), Some("keyed"));
+        assert!(out.get("Nats-Expected-Stream").is_none());
+        assert_eq!(
+            out.get(crate::queue::HDR_RECEIVED_AT).map(|v| v.as_str()),
+            Some("2026-01-01T00:00:00.000Z")
+        );
+    }
+}
