@@ -490,5 +490,9 @@ async fn start_pool(
         grouping,
         instance: instance_id(),
     };
-    Ok(HandlerPool::start(js, &cfg.handlers, cfg.streams.replicas, parts).await?)
+    let placement = crate::pipeline::Placement {
+        replicas: cfg.streams.replicas,
+        solo: cfg.nats.is_embedded(),
+    };
+    Ok(HandlerPool::start(js, &cfg.handlers, placement, parts).await?)
 }

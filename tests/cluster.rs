@@ -7,18 +7,16 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use common::upsert_crm::UpsertCrm;
 use futures::StreamExt;
-use leadrouter::config::Config;
 use leadrouter::devtools::harness::{
     self, HandlersSection, NatsCluster, RaftGroup, RouterConfig, RouterProcess, SenderSpec,
 };
-use leadrouter::intake::schemes::{SignInput, Verifier};
+use leadrouter::intake::schemes::Verifier;
 use serde_json::json;
 
 const LEADS: usize = 2_000;
@@ -28,14 +26,6 @@ fn env() -> HashMap<String, String> {
     let mut e = common::test_env();
     e.insert("TEST_DLQ_KEY".into(), DLQ_KEY.into());
     e
-}
-
-fn verifier() -> Verifier {
-    let text = "[[senders]]\nid = \"demo\"\nscheme = \"standard-webhooks\"\nsecret_env = [\"TEST_DEMO_SECRET\"]\nevent_id = { header = \"webhook-id\" }\n[senders.mapping.fields]\nemail = \"$.email\"\n";
-    let cfg = Config::from_toml(text, Path::new("t.toml"), &env()).expect("config");
-    let s = cfg.sender("demo").expect("sender");
-    let secrets = leadrouter::config::resolve_secrets(s, &env()).secrets;
-    Verifier::new(s.scheme, &s.signature, secrets, s.tolerance).expect("verifier")
 }
 
 /// What the vendor side saw.
@@ -61,23 +51,16 @@ async fn post_until_accepted(
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         assert!(Instant::now() < deadline, "lead {n} never accepted");
-        let signed = verifier
-            .sign(&SignInput {
-                body: &body,
-                now: SystemTime::now(),
-                event_id: &event_id,
-                method: "POST",
-                url: &url,
-            })
-            .expect("sign");
-        let mut req = http
-            .post(&url)
-            .header("content-type", "application/json")
-            .timeout(Duration::from_secs(10));
-        for (k, v) in &signed.headers {
-            req = req.header(k.as_str(), v.as_str());
-        }
-        match req.body(body.clone()).send().await {
+        let sent = harness::post_signed(
+            http,
+            verifier,
+            &url,
+            &event_id,
+            &body,
+            Duration::from_secs(10),
+        )
+        .await;
+        match sent {
             Ok(r) if r.status().as_u16() == 202 => {
                 answers.accepted.fetch_add(1, Ordering::Relaxed);
                 return;
@@ -157,7 +140,7 @@ async fn lose_a_node_under_load(victim: Victim) {
         let (answers, base) = (answers.clone(), base.clone());
         tokio::spawn(async move {
             let http = common::http_client();
-            let verifier = verifier();
+            let verifier = harness::standard_webhooks_signer(common::DEMO_SECRET).expect("signer");
             futures::stream::iter(0..LEADS)
                 .for_each_concurrent(32, |n| {
                     let (http, verifier, answers, base) = (&http, &verifier, &answers, &base);

@@ -106,9 +106,17 @@ impl Rig {
             grouping: grouping(),
             instance: "test".into(),
         };
-        let pool = HandlerPool::start(js.clone(), &handlers, 1, parts)
-            .await
-            .expect("pool");
+        let pool = HandlerPool::start(
+            js.clone(),
+            &handlers,
+            leadrouter::pipeline::Placement {
+                replicas: 1,
+                solo: false,
+            },
+            parts,
+        )
+        .await
+        .expect("pool");
         let stats = pool.stats().clone();
         Rig {
             _nats: nats,
@@ -117,6 +125,18 @@ impl Rig {
             stats,
             grouping: grouping(),
         }
+    }
+
+    /// A rig whose one sink is the sandbox CRM (its data dir kept alive by the caller).
+    async fn with_crm() -> (Rig, SandboxCrm, tempfile::TempDir) {
+        let crm = SandboxCrm::start("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let nats = NatsServer::start();
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let sinks = vec![sink_from(&http_sink(&crm.url()), data.path(), &client).await];
+        (Rig::start_on(nats, fast_handlers(), sinks).await, crm, data)
     }
 
     /// Publishes an envelope as the edge would; `msg_id` defaults to the key.
@@ -417,6 +437,15 @@ async fn persistent_500s_dead_letter_after_exactly_max_deliver_attempts() {
         .expect("opens with the key that sealed it");
     let stored: LeadEnvelope = serde_json::from_slice(&plain).unwrap();
     assert_eq!(stored.key, env.key, "the DLQ keeps the lead");
+
+    // A replay (the same lead as a new message) while the CRM is still down gets a budget of
+    // its own: max_deliver attempts again, not one.
+    rig.publish(&env, Some("replay:test:1")).await;
+    rig.until("the replay dead-lettered too", |s| {
+        s.dead().get("retries_exhausted") == Some(&2)
+    })
+    .await;
+    assert_eq!(crm.record(&env.key).unwrap().requests, 6);
     rig.stop().await;
 }
 
@@ -740,6 +769,7 @@ async fn crash_net_dead_letters_a_message_the_server_gave_up_on() {
         prefetch: 1,
         handover_grace: Duration::from_secs(1),
         replicas: 1,
+        solo: false,
     };
     let consumer: jetstream::consumer::PullConsumer = stream
         .create_consumer(leadrouter::pipeline::ownership::consumer_config(
@@ -794,14 +824,7 @@ async fn crash_net_dead_letters_a_message_the_server_gave_up_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lead_published_the_old_way_is_moved_to_its_partition_and_delivered() {
-    let crm = SandboxCrm::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let nats = NatsServer::start();
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let sinks = vec![sink_from(&http_sink(&crm.url()), data.path(), &client).await];
-    let rig = Rig::start_on(nats, fast_handlers(), sinks).await;
+    let (rig, crm, _data) = Rig::with_crm().await;
     // As an older replay or `nats pub leads.in.demo` would: no partition, a plain group header.
     let env = envelope("demo", "evt-legacy", json!({"email": "old@example.com"}));
     let mut h = async_nats::HeaderMap::new();

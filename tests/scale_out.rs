@@ -8,7 +8,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use common::upsert_crm::{verdict, UpsertCrm};
 use common::NatsServer;
@@ -17,11 +17,13 @@ use leadrouter::config::Config;
 use leadrouter::devtools::harness::{
     self, HandlersSection, RouterConfig, RouterProcess, SenderSpec,
 };
-use leadrouter::intake::schemes::{SignInput, Verifier};
+use leadrouter::intake::schemes::Verifier;
 use leadrouter::pipeline::ownership::MemberRecord;
 use serde_json::json;
 
 const PARTITIONS: u16 = 16;
+/// A vendor's request timeout.
+const TIMEOUT: Duration = Duration::from_secs(5);
 const EMAILS: usize = 300;
 const DLQ_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 const GROUP_KEY: &str = "scale-out-test-group-key-shared";
@@ -50,7 +52,7 @@ impl Fleet {
             crm: UpsertCrm::start(30).await,
             dir: tempfile::tempdir().expect("tempdir"),
             routers: Mutex::new(Vec::new()),
-            verifier: demo_verifier(),
+            verifier: harness::standard_webhooks_signer(common::DEMO_SECRET).expect("signer"),
             http: common::http_client(),
         });
         for _ in 0..n {
@@ -146,25 +148,10 @@ impl Fleet {
                 continue;
             }
             let url = format!("{base}/v1/intake/demo");
-            let signed = self
-                .verifier
-                .sign(&SignInput {
-                    body: &body,
-                    now: SystemTime::now(),
-                    event_id: &event_id,
-                    method: "POST",
-                    url: &url,
-                })
-                .expect("sign");
-            let mut req = self
-                .http
-                .post(&url)
-                .header("content-type", "application/json")
-                .timeout(Duration::from_secs(5));
-            for (k, v) in &signed.headers {
-                req = req.header(k.as_str(), v.as_str());
-            }
-            match req.body(body.clone()).send().await {
+            let sent =
+                harness::post_signed(&self.http, &self.verifier, &url, &event_id, &body, TIMEOUT)
+                    .await;
+            match sent {
                 Ok(resp) if resp.status().as_u16() == 202 => return,
                 Ok(resp) if resp.status().is_server_error() => {}
                 Ok(resp) => panic!("{event_id}: {}", resp.status()),
@@ -189,6 +176,19 @@ impl Fleet {
             .await;
     }
 
+    /// Starts sending every email in the background and returns once a third of the contacts
+    /// have a write: "mid-run" for the faults.
+    async fn traffic_a_third_written(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let f = self.clone();
+        let traffic = tokio::spawn(async move { f.send_all(0..EMAILS).await });
+        self.crm
+            .wait_until("a third of the traffic", Duration::from_secs(120), |c| {
+                c.len() >= EMAILS / 3
+            })
+            .await;
+        traffic
+    }
+
     async fn js(&self) -> async_nats::jetstream::Context {
         async_nats::jetstream::new(async_nats::connect(self.nats.url()).await.expect("connect"))
     }
@@ -204,14 +204,6 @@ impl Fleet {
             })
             .expect("an instance of ours")
     }
-}
-
-fn demo_verifier() -> Verifier {
-    let text = "[[senders]]\nid = \"demo\"\nscheme = \"standard-webhooks\"\nsecret_env = [\"TEST_DEMO_SECRET\"]\nevent_id = { header = \"webhook-id\" }\n[senders.mapping.fields]\nemail = \"$.email\"\n";
-    let cfg = Config::from_toml(text, Path::new("t.toml"), &env()).expect("config");
-    let s = cfg.sender("demo").expect("sender");
-    let secrets = leadrouter::config::resolve_secrets(s, &env()).secrets;
-    Verifier::new(s.scheme, &s.signature, secrets, s.tolerance).expect("verifier")
 }
 
 /// The routers' own records: instance -> partitions it pulls.
@@ -381,16 +373,7 @@ async fn killing_the_biggest_owner_loses_nothing_and_its_partitions_move() {
     let js = fleet.js().await;
     wait_settled(&js, 3).await;
     let victim = fleet.index_of(&biggest_owner(&owners(&js).await));
-    let traffic = {
-        let f = fleet.clone();
-        tokio::spawn(async move { f.send_all(0..EMAILS).await })
-    };
-    fleet
-        .crm
-        .wait_until("a third of the traffic", Duration::from_secs(120), |c| {
-            c.len() >= EMAILS / 3
-        })
-        .await;
+    let traffic = fleet.traffic_a_third_written().await;
     let pid = fleet.pid(victim);
     fleet.kill(victim);
     let moved = wait_settled(&js, 2).await;
@@ -408,16 +391,7 @@ async fn a_router_that_joins_mid_run_takes_its_share() {
     let js = fleet.js().await;
     wait_settled(&js, 3).await;
     let before: BTreeSet<String> = owners(&js).await.into_keys().collect();
-    let traffic = {
-        let f = fleet.clone();
-        tokio::spawn(async move { f.send_all(0..EMAILS).await })
-    };
-    fleet
-        .crm
-        .wait_until("a third of the traffic", Duration::from_secs(120), |c| {
-            c.len() >= EMAILS / 3
-        })
-        .await;
+    let traffic = fleet.traffic_a_third_written().await;
     fleet.add_router().await;
     let took = wait_settled(&js, 4).await;
     let after = owners(&js).await;
@@ -431,6 +405,28 @@ async fn a_router_that_joins_mid_run_takes_its_share() {
     );
     traffic.await.expect("traffic");
     settle_and_check(&fleet).await;
+
+    // SIGTERM: the router leaves the membership itself (its record is deleted, not left to age
+    // out as a killed router's is) and hands its partitions over before it exits.
+    let leaving = fleet.index_of(&biggest_owner(&owners(&js).await));
+    let pid = fleet.pid(leaving);
+    let signalled = Instant::now();
+    let mut router = fleet.routers.lock().unwrap().remove(leaving);
+    let how = router.stop(Duration::from_secs(30)).await;
+    assert!(
+        matches!(how, harness::Stopped::Exited(s) if s.success()),
+        "graceful stop: {how:?}"
+    );
+    let left = owners(&js).await;
+    assert!(
+        !left.keys().any(|i| i.contains(&format!("-{pid}-"))),
+        "a stopped router deletes its record: {left:?}"
+    );
+    wait_settled(&js, 3).await;
+    eprintln!(
+        "SIGTERM: router pid {pid} exited and its partitions were owned again {:.2} s after the signal",
+        signalled.elapsed().as_secs_f64()
+    );
 }
 
 /// A second router that does not share the first one's secrets or partition count is refused

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use bytes::Bytes;
-use futures::StreamExt;
 use serde::Deserialize;
 use tokio::sync::watch;
 
@@ -17,6 +16,7 @@ use super::{dlq_id, DeadLetter, DlqWriter, Reason};
 use crate::intake::envelope::LeadEnvelope;
 use crate::pipeline::idempotency::{Idempotency, LeadState};
 use crate::pipeline::PipelineStats;
+use crate::queue::pull::{pull_forever, Pull};
 use crate::queue::{HDR_GROUP, HDR_RECEIVED_AT, HDR_SCHEMA, STREAM_ADVISORIES, STREAM_LEADS};
 
 pub const CONSUMER_NET: &str = "dlq-net";
@@ -35,62 +35,40 @@ pub async fn run(
     idem: Idempotency,
     dlq: DlqWriter,
     stats: Arc<PipelineStats>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        if *shutdown.borrow() {
-            return;
-        }
-        let mut inner_stop = shutdown.clone();
-        let work = async {
-            let stream = js
-                .get_stream(STREAM_ADVISORIES)
-                .await
-                .map_err(|e| e.to_string())?;
-            let c: consumer::PullConsumer = stream
-                .create_consumer(consumer::pull::Config {
-                    durable_name: Some(CONSUMER_NET.into()),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(30),
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut msgs = c.messages().await.map_err(|e| e.to_string())?;
-            loop {
-                tokio::select! {
-                    _ = inner_stop.changed() => return Ok::<(), String>(()),
-                    next = msgs.next() => match next {
-                        Some(Ok(m)) => {
-                            if handle(&js, &idem, &dlq, &stats, &m.payload).await {
-                                let _ = m.ack().await;
-                            } else {
-                                let _ = m.ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(5)))).await;
-                            }
-                        }
-                        Some(Err(e)) => tracing::debug!(error = %e, "advisory consumer"),
-                        None => return Err("advisory consumer ended".into()),
-                    }
-                }
+    let config = consumer::pull::Config {
+        durable_name: Some(CONSUMER_NET.into()),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let pull = Pull {
+        batch: 200,
+        heartbeat: Duration::from_secs(15),
+        expires: Duration::from_secs(30),
+        group: None,
+        what: CONSUMER_NET.to_string(),
+    };
+    let (js2, idem, dlq, stats) = (&js, &idem, &dlq, &stats);
+    pull_forever(
+        &js,
+        STREAM_ADVISORIES,
+        config,
+        pull,
+        shutdown,
+        |m| async move {
+            if handle(js2, idem, dlq, stats, &m.payload).await {
+                let _ = m.ack().await;
+            } else {
+                let _ = m
+                    .ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(5))))
+                    .await;
             }
-        };
-        let result = tokio::select! {
-            _ = shutdown.changed() => return,
-            r = work => r,
-        };
-        match result {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "DLQ crash net restarting");
-                tokio::select! {
-                    _ = shutdown.changed() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
+            true
+        },
+    )
+    .await;
 }
 
 /// True when the advisory is dealt with (written, or nothing to do).

@@ -201,6 +201,10 @@ impl Idempotency {
                         // counts, so a lead that kills every process still reaches the DLQ.
                         next.attempts += 1;
                     }
+                    if entry.state == LeadState::Dead {
+                        // A replay (another message of a dead-lettered lead): a fresh budget.
+                        next.attempts = 0;
+                    }
                     next.state = LeadState::Claimed;
                     next.owner = owner.to_string();
                     next.lease_until_ms = now + self.lease.as_millis() as u64;

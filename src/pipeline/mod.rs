@@ -131,6 +131,15 @@ pub struct PoolParts {
     pub instance: String,
 }
 
+/// Where the pool runs, beyond `[handlers]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Placement {
+    /// `streams.replicas`, for the buckets the pool creates itself.
+    pub replicas: usize,
+    /// The only router there can be (embedded nats-server): owns every partition at once.
+    pub solo: bool,
+}
+
 /// A running handler pool and the partitions it owns.
 pub struct HandlerPool {
     dispatcher: ActorRef<DispatchMsg>,
@@ -150,11 +159,10 @@ pub enum PoolError {
 }
 
 impl HandlerPool {
-    /// `replicas` is `streams.replicas`, for the buckets the pool creates itself.
     pub async fn start(
         js: jetstream::Context,
         cfg: &HandlersConfig,
-        replicas: usize,
+        placement: Placement,
         parts: PoolParts,
     ) -> Result<HandlerPool, PoolError> {
         let stats = Arc::new(PipelineStats::default());
@@ -184,8 +192,10 @@ impl HandlerPool {
             max_redeliveries: cfg.max_redeliveries,
             max_ack_pending: cfg.max_ack_pending,
             prefetch: cfg.prefetch,
-            handover_grace: Duration::from_secs(10),
-            replicas,
+            // Within the service's own shutdown budget for the pool.
+            handover_grace: Duration::from_secs(8),
+            replicas: placement.replicas,
+            solo: placement.solo,
         };
         let ownership_task = tokio::spawn(ownership::run(
             js.clone(),
@@ -232,7 +242,16 @@ impl HandlerPool {
     /// to the queue for the next owner), then stops.
     pub async fn stop(self, grace: Duration) {
         let _ = self.stop.send(true);
-        let _ = tokio::time::timeout(grace + Duration::from_secs(2), self.ownership_task).await;
+        // The hand-over is bounded by `handover_grace` (all partitions at once) plus a few NATS
+        // round trips; past that, stop it rather than leave it running detached.
+        let mut ownership = self.ownership_task;
+        if tokio::time::timeout(grace + Duration::from_secs(5), &mut ownership)
+            .await
+            .is_err()
+        {
+            ownership.abort();
+            tracing::warn!("partition hand-over did not finish in time; the others take over after ownership_timeout");
+        }
         let _ = self.repartition_task.await;
         let (tx, rx) = oneshot::channel();
         if self.dispatcher.cast(DispatchMsg::Drain(tx)).is_ok() {

@@ -29,6 +29,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::dispatch::DispatchMsg;
 use crate::queue::partition::{self, PRIORITY_GROUP};
+use crate::queue::pull::{pull_forever, Pull};
 use crate::queue::{KV_ROUTERS, STREAM_LEADS};
 
 /// What the ownership loop needs from `[handlers]`.
@@ -46,6 +47,11 @@ pub struct Settings {
     pub handover_grace: Duration,
     /// `streams.replicas`, for the membership bucket (R3 on a cluster, like everything else).
     pub replicas: usize,
+    /// The only router there can be (the embedded nats-server listens on loopback for this
+    /// process): it owns every partition from the start, with no membership to wait for. A
+    /// restart after kill -9 would otherwise see its own previous record, still fresh, and
+    /// leave half the partitions to a ghost until the record aged out.
+    pub solo: bool,
 }
 
 impl Settings {
@@ -162,6 +168,9 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
     report: watch::Sender<BTreeSet<u16>>,
 ) {
+    if s.solo {
+        return run_solo(js, s, dispatcher, stop, report).await;
+    }
     let beat = (s.timeout / 4).max(Duration::from_millis(200));
     let me = member_key(&s.instance);
     let since_ms = super::idempotency::now_ms();
@@ -287,9 +296,45 @@ pub async fn run(
     if let Ok(kv) = js.get_key_value(KV_ROUTERS).await {
         let _ = tokio::time::timeout(Duration::from_secs(2), kv.delete(&me)).await;
     }
-    for (p, t) in std::mem::take(&mut tasks) {
-        hand_over(&js, &dispatcher, p, t, s.handover_grace).await;
+    // All at once: the whole stop is bounded by one grace, not one per partition.
+    let (js_ref, dispatcher_ref) = (&js, &dispatcher);
+    futures::future::join_all(
+        std::mem::take(&mut tasks)
+            .into_iter()
+            .map(|(p, t)| hand_over(js_ref, dispatcher_ref, p, t, s.handover_grace)),
+    )
+    .await;
+    report.send_replace(BTreeSet::new());
+    crate::telemetry::metrics::metrics().partitions_owned.set(0);
+}
+
+async fn run_solo(
+    js: jetstream::Context,
+    s: Settings,
+    dispatcher: ActorRef<DispatchMsg>,
+    mut stop: watch::Receiver<bool>,
+    report: watch::Sender<BTreeSet<u16>>,
+) {
+    let mut tasks = BTreeMap::new();
+    for p in 0..s.partitions {
+        // A pin left by this router's previous life would hold the partition until
+        // priority_timeout.
+        unpin(&js, p).await;
+        tasks.insert(p, take(&js, &s, &dispatcher, p));
     }
+    let all: BTreeSet<u16> = tasks.keys().copied().collect();
+    crate::telemetry::metrics::metrics()
+        .partitions_owned
+        .set(all.len() as i64);
+    report.send_replace(all);
+    let _ = stop.changed().await;
+    let (js_ref, dispatcher_ref) = (&js, &dispatcher);
+    futures::future::join_all(
+        tasks
+            .into_iter()
+            .map(|(p, t)| hand_over(js_ref, dispatcher_ref, p, t, s.handover_grace)),
+    )
+    .await;
     report.send_replace(BTreeSet::new());
     crate::telemetry::metrics::metrics().partitions_owned.set(0);
 }
@@ -378,7 +423,7 @@ async fn hand_over(
     tracing::debug!(partition = p, "partition handed over");
 }
 
-/// Pulls one partition, pinned, forever; re-subscribes after errors (NATS elections, restarts).
+/// Pulls one partition, pinned, until told to stop.
 async fn consume(
     js: jetstream::Context,
     config: consumer::pull::Config,
@@ -386,72 +431,26 @@ async fn consume(
     timeout: Duration,
     p: u16,
     dispatcher: ActorRef<DispatchMsg>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     // The pin moves when its client has not pulled for `priority_timeout`: pull requests must
     // expire well within it, or an idle owner would lose its partitions every few seconds.
     let expires = (timeout / 2).max(Duration::from_millis(1000));
-    let heartbeat = expires / 4;
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        if *stop.borrow() {
-            return;
-        }
-        let attempt = async {
-            let stream = js
-                .get_stream(STREAM_LEADS)
-                .await
-                .map_err(|e| e.to_string())?;
-            let c: consumer::PullConsumer = stream
-                .create_consumer(config.clone())
-                .await
-                .map_err(|e| e.to_string())?;
-            c.stream()
-                .group(PRIORITY_GROUP)
-                .max_messages_per_batch(prefetch)
-                .heartbeat(heartbeat)
-                .expires(expires)
-                .messages()
-                .await
-                .map_err(|e| e.to_string())
-        };
-        let attempt = tokio::select! {
-            _ = stop.changed() => return,
-            a = attempt => a,
-        };
-        let mut messages = match attempt {
-            Ok(m) => {
-                backoff = Duration::from_millis(100);
-                m
-            }
-            Err(e) => {
-                tracing::debug!(partition = p, error = %e, retry_in = ?backoff, "cannot consume the partition yet");
-                tokio::select! {
-                    _ = stop.changed() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
-            }
-        };
-        loop {
-            tokio::select! {
-                _ = stop.changed() => return,
-                next = messages.next() => match next {
-                    Some(Ok(m)) => {
-                        if dispatcher.cast(DispatchMsg::Incoming { msg: Box::new(m), partition: p }).is_err() {
-                            return;
-                        }
-                    }
-                    Some(Err(e)) => {
-                        tracing::debug!(partition = p, error = %e, "pull consumer error; re-subscribing");
-                        break;
-                    }
-                    None => break,
-                }
-            }
-        }
-    }
+    let pull = Pull {
+        batch: prefetch,
+        heartbeat: expires / 4,
+        expires,
+        group: Some(PRIORITY_GROUP),
+        what: partition::consumer_name(p),
+    };
+    pull_forever(&js, STREAM_LEADS, config, pull, stop, |m| {
+        let sent = dispatcher.cast(DispatchMsg::Incoming {
+            msg: Box::new(m),
+            partition: p,
+        });
+        std::future::ready(sent.is_ok())
+    })
+    .await;
 }
 
 #[cfg(test)]
@@ -509,6 +508,7 @@ mod tests {
             prefetch: 64,
             handover_grace: Duration::from_secs(5),
             replicas: 1,
+            solo: false,
         };
         let c = consumer_config(&s, 3);
         assert_eq!(c.durable_name.as_deref(), Some("router-p3"));

@@ -15,12 +15,12 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, AckKind};
 use async_nats::HeaderMap;
-use futures::StreamExt;
 use tokio::sync::watch;
 
 use crate::intake::envelope::LeadEnvelope;
 use crate::intake::Grouping;
 use crate::queue::partition::{self, LEGACY_FILTER};
+use crate::queue::pull::{pull_forever, Pull};
 use crate::queue::{CONSUMER_ROUTER, HDR_GROUP, STREAM_LEADS};
 
 pub fn consumer_config(ack_wait: Duration) -> consumer::pull::Config {
@@ -72,64 +72,28 @@ pub async fn run(
     js: jetstream::Context,
     grouping: Grouping,
     ack_wait: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        if *stop.borrow() {
-            return;
-        }
-        let attempt = async {
-            let stream = js
-                .get_stream(STREAM_LEADS)
-                .await
-                .map_err(|e| e.to_string())?;
-            let c: consumer::PullConsumer = stream
-                .create_consumer(consumer_config(ack_wait))
-                .await
-                .map_err(|e| e.to_string())?;
-            c.stream()
-                .max_messages_per_batch(1)
-                .heartbeat(Duration::from_secs(5))
-                .expires(Duration::from_secs(30))
-                .messages()
-                .await
-                .map_err(|e| e.to_string())
-        };
-        let attempt = tokio::select! {
-            _ = stop.changed() => return,
-            a = attempt => a,
-        };
-        let mut messages = match attempt {
-            Ok(m) => {
-                backoff = Duration::from_millis(200);
-                m
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, retry_in = ?backoff, "re-partitioner cannot consume yet");
-                tokio::select! {
-                    _ = stop.changed() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
-            }
-        };
-        loop {
-            let next = tokio::select! {
-                _ = stop.changed() => return,
-                next = messages.next() => next,
-            };
-            match next {
-                Some(Ok(m)) => move_one(&js, &grouping, m).await,
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "re-partitioner pull error; re-subscribing");
-                    break;
-                }
-                None => break,
-            }
-        }
-    }
+    let pull = Pull {
+        batch: 1,
+        heartbeat: Duration::from_secs(5),
+        expires: Duration::from_secs(30),
+        group: None,
+        what: CONSUMER_ROUTER.to_string(),
+    };
+    let (js2, grouping) = (&js, &grouping);
+    pull_forever(
+        &js,
+        STREAM_LEADS,
+        consumer_config(ack_wait),
+        pull,
+        stop,
+        |m| async move {
+            move_one(js2, grouping, m).await;
+            true
+        },
+    )
+    .await;
 }
 
 async fn move_one(js: &jetstream::Context, grouping: &Grouping, m: jetstream::Message) {

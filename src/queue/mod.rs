@@ -4,6 +4,7 @@ pub mod backlog;
 pub mod embedded;
 pub mod partition;
 pub mod provision;
+pub mod pull;
 pub mod topology;
 
 use std::time::Duration;

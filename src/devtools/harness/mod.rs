@@ -25,6 +25,7 @@ mod nats;
 mod ports;
 mod process;
 mod router;
+mod vendor;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -39,6 +40,7 @@ pub use nats::{NatsOptions, NatsServer};
 pub use ports::{free_port, free_ports};
 pub use process::{process_alive, signal, wait_gone, TempDir};
 pub use router::{RouterProcess, Stopped};
+pub use vendor::{post_signed, standard_webhooks_signer};
 
 use crate::queue::provision::{self, ProvisionError};
 
@@ -93,6 +95,8 @@ pub enum HarnessError {
     },
     #[error("rendering the router config: {0}")]
     Render(#[source] toml::ser::Error),
+    #[error("signing set-up: {0}")]
+    Sign(String),
 }
 
 impl HarnessError {
