@@ -66,6 +66,11 @@ pub struct Held {
 pub struct Fence {
     kv: kv::Store,
     lease: Duration,
+    /// What this router last wrote per group (revision, entry): a hint that saves the read
+    /// before a write. Every write is still revision-checked, so a stale hint costs one failed
+    /// update and a read, never a wrong decision: the fence's sequence only grows, so a stale
+    /// "newer event already entered" is still true, and the hint only ever names this router.
+    known: moka::future::Cache<String, (u64, FenceEntry)>,
 }
 
 /// The process part of an owner string (`host-pid-rand/h3` -> `host-pid-rand`).
@@ -75,12 +80,37 @@ fn instance_of(owner: &str) -> &str {
 
 impl Fence {
     pub fn new(kv: kv::Store, lease: Duration) -> Fence {
-        Fence { kv, lease }
+        Fence {
+            kv,
+            lease,
+            known: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(Duration::from_secs(600))
+                .build(),
+        }
+    }
+
+    async fn opened(&self, group: &str, entry: FenceEntry, revision: u64) -> Gate {
+        self.known
+            .insert(group.to_string(), (revision, entry.clone()))
+            .await;
+        Gate::Open(Held {
+            group: group.to_string(),
+            entry,
+            revision,
+        })
     }
 
     /// Asks to write event `seq` of `group` as `owner`. Loops only on lost races.
+    ///
+    /// The common cases cost one write: a lead's first event creates its fence outright, and a
+    /// later event of a lead this router wrote last updates it at the revision it remembers.
     pub async fn enter(&self, group: &str, seq: u64, owner: &str) -> Result<Gate, FenceError> {
         const TRIES: u32 = 8;
+        // None: unknown here, try creating first; Some: the state to decide on and update.
+        let mut state: Option<(u64, Option<FenceEntry>)> =
+            self.known.get(group).await.map(|(rev, e)| (rev, Some(e)));
+        let mut fresh_read = false;
         for _ in 0..TRIES {
             let now = now_ms();
             let mine = FenceEntry {
@@ -89,27 +119,18 @@ impl Fence {
                 writing: true,
                 lease_until_ms: now + self.lease.as_millis() as u64,
             };
-            let current = self
-                .kv
-                .entry(group)
-                .await
-                .map_err(|e| FenceError::Store(Box::new(e)))?
-                .filter(|e| e.operation == kv::Operation::Put);
-            let Some(current) = current else {
+            let Some((revision, have)) = state.take() else {
                 match self.kv.create(group, encode(&mine)).await {
-                    Ok(revision) => {
-                        return Ok(Gate::Open(Held {
-                            group: group.to_string(),
-                            entry: mine,
-                            revision,
-                        }))
+                    Ok(revision) => return Ok(self.opened(group, mine, revision).await),
+                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                        state = Some(self.read(group).await?);
+                        fresh_read = true;
+                        continue;
                     }
-                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => continue,
                     Err(e) => return Err(FenceError::Store(Box::new(e))),
                 }
             };
-            // An entry we cannot read is treated as absent-but-taken: overwrite it by revision.
-            let have: Option<FenceEntry> = serde_json::from_slice(&current.value).ok();
+            // An entry we cannot read is treated as taken: overwrite it by revision.
             if let Some(have) = &have {
                 if have.seq > seq {
                     return Ok(Gate::Superseded { by: have.seq });
@@ -121,19 +142,51 @@ impl Fence {
                     )));
                 }
             }
-            match self.kv.update(group, encode(&mine), current.revision).await {
-                Ok(revision) => {
-                    return Ok(Gate::Open(Held {
-                        group: group.to_string(),
-                        entry: mine,
-                        revision,
-                    }))
+            let result = if revision == 0 {
+                // Deleted or aged out since: create it again.
+                self.kv
+                    .create(group, encode(&mine))
+                    .await
+                    .map_err(|e| e.kind() == kv::CreateErrorKind::AlreadyExists)
+                    .map_err(|lost| (lost, "create"))
+            } else {
+                self.kv
+                    .update(group, encode(&mine), revision)
+                    .await
+                    .map_err(|e| e.kind() == kv::UpdateErrorKind::WrongLastRevision)
+                    .map_err(|lost| (lost, "update"))
+            };
+            match result {
+                Ok(revision) => return Ok(self.opened(group, mine, revision).await),
+                // Lost a race, or the hint was stale: read what is there and decide again.
+                Err((true, _)) => {
+                    self.known.invalidate(group).await;
+                    state = Some(self.read(group).await?);
+                    fresh_read = true;
                 }
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
-                Err(e) => return Err(FenceError::Store(Box::new(e))),
+                Err((false, op)) => {
+                    self.known.invalidate(group).await;
+                    return Err(FenceError::Store(
+                        format!("fence {op} failed for a lead (fresh read: {fresh_read})").into(),
+                    ));
+                }
             }
         }
         Err(FenceError::Contended(TRIES))
+    }
+
+    /// The stored fence: (revision, entry), revision 0 when there is none.
+    async fn read(&self, group: &str) -> Result<(u64, Option<FenceEntry>), FenceError> {
+        let current = self
+            .kv
+            .entry(group)
+            .await
+            .map_err(|e| FenceError::Store(Box::new(e)))?
+            .filter(|e| e.operation == kv::Operation::Put);
+        Ok(match current {
+            Some(e) => (e.revision, serde_json::from_slice(&e.value).ok()),
+            None => (0, None),
+        })
     }
 
     /// Extends the lease while slow sinks work.
@@ -150,12 +203,23 @@ impl Fence {
     }
 
     async fn write(&self, held: &mut Held) -> Result<(), FenceError> {
-        held.revision = self
+        match self
             .kv
             .update(&held.group, encode(&held.entry), held.revision)
             .await
-            .map_err(|e| FenceError::Store(Box::new(e)))?;
-        Ok(())
+        {
+            Ok(revision) => {
+                held.revision = revision;
+                self.known
+                    .insert(held.group.clone(), (revision, held.entry.clone()))
+                    .await;
+                Ok(())
+            }
+            Err(e) => {
+                self.known.invalidate(&held.group).await;
+                Err(FenceError::Store(Box::new(e)))
+            }
+        }
     }
 
     /// The fence of a group, for operators and tests.
