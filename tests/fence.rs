@@ -83,7 +83,10 @@ async fn a_crashed_writers_fence_frees_after_its_lease() {
         match other.enter("g2", 4, "router-b/h0").await.unwrap() {
             Gate::Open(_) => break,
             Gate::Busy(wait) => {
-                assert!(std::time::Instant::now() < deadline, "the lease never ran out");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the lease never ran out"
+                );
                 tokio::time::sleep(wait).await;
             }
             Gate::Superseded { by } => panic!("superseded by {by}"),
