@@ -100,6 +100,8 @@ pub struct DrillArgs {
     /// drill's router creates and uses the standard streams and buckets there.
     #[arg(long)]
     pub nats_url: Option<String>,
+    #[command(flatten)]
+    pub topology: crate::drill::TopologyArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -284,6 +286,7 @@ async fn drill(args: &DrillArgs) -> anyhow::Result<ExitCode> {
             ..Default::default()
         },
         nats_url: args.nats_url.clone(),
+        topology: args.topology,
     };
     let report = crate::drill::run(&opts).await.context("drill")?;
     if args.json {

@@ -113,11 +113,10 @@ async fn lose_a_node_under_load(victim: Victim) {
                 .rate(10_000, 10_000)
                 .fields(&["email", "first_name"]),
         )
-        .sink(harness::http_sink(
-            "crm",
-            crm.url(),
-            Some(Duration::from_secs(2)),
-        ))
+        .sink(leadrouter::sinks::SinkConfig {
+            ordering: Some(leadrouter::sinks::SinkOrdering::LatestWins),
+            ..harness::http_sink("crm", crm.url(), Some(Duration::from_secs(2)))
+        })
         .dlq_key("k1", "TEST_DLQ_KEY");
     let mut router = RouterProcess::for_config(
         env!("CARGO_BIN_EXE_leadrouter"),

@@ -85,11 +85,11 @@ impl Fleet {
                     .rate(10_000, 10_000)
                     .fields(&["email", "first_name"]),
             )
-            .sink(harness::http_sink(
-                "crm",
-                self.crm.url(),
-                Some(Duration::from_secs(2)),
-            ))
+            .sink(leadrouter::sinks::SinkConfig {
+                // The CRM keeps one contact per email: a late, older event must not overwrite.
+                ordering: Some(leadrouter::sinks::SinkOrdering::LatestWins),
+                ..harness::http_sink("crm", self.crm.url(), Some(Duration::from_secs(2)))
+            })
             .dlq_key("k1", "TEST_DLQ_KEY")
     }
 

@@ -9,8 +9,13 @@
 //! vendor is done and the queue has drained, every lead is looked up at the CRM and in the DLQ
 //! ([`report`]). `--baseline direct` runs the same storm first against the seed's synchronous
 //! design ([`baseline`]).
+//!
+//! `--routers N` and `--nats-cluster N` run the same storm against several routers sharing one
+//! NATS account, and against a JetStream cluster ([`fleet`]): the kills go round the routers
+//! and the NATS fault kills the `LEADS` leader's node.
 
 pub mod baseline;
+pub mod fleet;
 pub mod report;
 pub mod router;
 pub mod storm;
@@ -36,9 +41,10 @@ use crate::dlq::store::DlqEntry;
 use crate::intake::envelope::{email_hash, idempotency_key};
 use crate::intake::schemes::Verifier;
 use crate::sandbox_crm::{IdempotencyMode, SandboxCrm};
+use fleet::Nats;
 use report::{Evidence, RunReport};
 use storm::{FaultKind, FaultRecord};
-use vendor::{LeadSpec, RetryPolicy, Vendor};
+use vendor::{Balancer, Counters, LeadSpec, RetryPolicy, Vendor};
 
 /// The sender id the drill's router is configured with.
 pub const SENDER: &str = "drill";
@@ -104,7 +110,38 @@ pub struct DrillOptions {
     /// Run the router against this NATS instead of the embedded default (its nats-server is
     /// not the drill's to restart).
     pub nats_url: Option<String>,
+    pub topology: TopologyArgs,
 }
+
+/// `--routers` and `--nats-cluster`: the design under test beyond one router on its embedded
+/// nats-server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
+pub struct TopologyArgs {
+    /// Routers to run: `leadrouter serve` processes sharing one NATS account (same DLQ and group
+    /// keys), behind the vendor's load balancer; the kills go round them. With more than one and
+    /// no --nats-url or --nats-cluster they share a nats-server the drill starts.
+    #[arg(long, default_value_t = 1)]
+    pub routers: usize,
+    /// Run the routers on a JetStream cluster of this many nats-server nodes the drill starts
+    /// (odd, 3 or more; streams R3). The storm's NATS fault is then kill -9 of the node leading
+    /// LEADS, restarted once a new leader is elected.
+    #[arg(long, value_name = "NODES")]
+    pub nats_cluster: Option<usize>,
+}
+
+impl Default for TopologyArgs {
+    fn default() -> Self {
+        TopologyArgs {
+            routers: 1,
+            nats_cluster: None,
+        }
+    }
+}
+
+/// More routers than partitions would leave some with nothing to pull.
+const MAX_ROUTERS: usize = 16;
+/// A bigger cluster is no different a test, only slower to start on one machine.
+const MAX_NATS_NODES: usize = 7;
 
 impl DrillOptions {
     pub fn validate(&self) -> Result<(), DrillError> {
@@ -129,7 +166,35 @@ impl DrillOptions {
                 self.rate
             )));
         }
+        let t = &self.topology;
+        if t.routers == 0 {
+            return Err(DrillError::Setup("--routers must be at least 1".into()));
+        }
+        if t.routers > MAX_ROUTERS {
+            return Err(DrillError::Setup(format!(
+                "--routers must be at most {MAX_ROUTERS} (one of the 16 partitions each at least), got {}",
+                t.routers
+            )));
+        }
+        if let Some(n) = t.nats_cluster {
+            if n < 3 || n % 2 == 0 || n > MAX_NATS_NODES {
+                return Err(DrillError::Setup(format!(
+                    "--nats-cluster must be an odd number of nodes from 3 to {MAX_NATS_NODES} (a majority must survive the node kill to elect a leader; R3 streams need 3), got {n}"
+                )));
+            }
+            if self.nats_url.is_some() {
+                return Err(DrillError::Setup(
+                    "--nats-cluster starts the drill's own NATS cluster; it cannot be combined with --nats-url (to use your cluster, give its URLs to --nats-url alone)".into(),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// One router on its embedded nats-server or on `--nats-url`: the drill as it was before
+    /// `--routers` and `--nats-cluster`, same faults, same report.
+    pub fn single_router(&self) -> bool {
+        self.topology.routers == 1 && self.topology.nats_cluster.is_none()
     }
 }
 
@@ -282,8 +347,10 @@ pub async fn run(opts: &DrillOptions) -> Result<DrillReport, DrillError> {
 
 /// What the storm does to the design under test.
 trait Target {
-    /// Kills the front door (SIGKILL or its equivalent), restarts it, and reports.
-    async fn kill_and_restart(&mut self) -> FaultRecord;
+    /// Kills the front door (SIGKILL or its equivalent), restarts it, and reports. `nth` counts
+    /// the kills from 0, so several routers are killed in turn.
+    async fn kill_and_restart(&mut self, nth: usize) -> FaultRecord;
+    /// The storm's NATS fault: a nats-server restart, or a cluster node's kill.
     async fn restart_nats(&mut self) -> FaultRecord;
 }
 
@@ -357,27 +424,41 @@ async fn storm_run(
     let window = Duration::from_secs_f64(leads.len() as f64 / opts.rate);
     let mut faults = Vec::new();
     if !opts.no_process_faults {
-        for (at, kind) in storm::fault_plan(window) {
+        let mut kills = 0;
+        let plan = storm::fault_plan(window);
+        let planned = plan.len();
+        for (at, kind) in plan {
             tokio::time::sleep_until((started + at).into()).await;
             if sender.is_finished() {
+                // Only when earlier recoveries ran past the send window: say so, or a short
+                // list of faults would look like the whole plan.
+                ui.event(&format!(
+                    "{} of {planned} planned faults not run: the vendor was done first (a lower --rate or more --leads gives a longer send window)",
+                    planned - faults.len()
+                ));
                 break;
             }
+            let fault_started = started.elapsed();
             let mut rec = match kind {
-                FaultKind::KillRouter => target.kill_and_restart().await,
-                FaultKind::RestartNats => target.restart_nats().await,
+                FaultKind::KillRouter => {
+                    kills += 1;
+                    target.kill_and_restart(kills - 1).await
+                }
+                FaultKind::RestartNats | FaultKind::KillNatsNode => target.restart_nats().await,
             };
-            rec.at_s = at.as_secs_f64();
-            let what = match kind {
-                FaultKind::KillRouter => "kill -9 of the router",
-                FaultKind::RestartNats => "nats-server restart",
-            };
-            match (&rec.skipped, rec.recovered) {
-                (Some(why), _) => ui.event(&format!("{what}: skipped ({why})")),
-                (None, true) => ui.event(&format!(
+            // When it struck: the planned time, or later when the previous fault's recovery ran
+            // past it (several routers take a while to share the partitions out again).
+            let late = fault_started.saturating_sub(at) > Duration::from_secs(1);
+            rec.at_s = if late { fault_started } else { at }.as_secs_f64();
+            let what = rec.what();
+            match (&rec.skipped, rec.recovered, fleet::fault_line(&rec)) {
+                (Some(why), _, _) => ui.event(&format!("{what}: skipped ({why})")),
+                (None, _, Some(line)) => ui.event(&line),
+                (None, true, None) => ui.event(&format!(
                     "{what} at {:.1} s: intake back after {} ms",
                     rec.at_s, rec.unavailable_ms
                 )),
-                (None, false) => ui.event(&format!(
+                (None, false, None) => ui.event(&format!(
                     "{what} at {:.1} s: NOT back after {} ms",
                     rec.at_s, rec.unavailable_ms
                 )),
@@ -412,55 +493,93 @@ async fn storm_run(
 // ---------------------------------------------------------------------------------------------
 // leadrouter.
 
+/// The design under test: one router or several, and their NATS.
 struct Leadrouter {
-    proc: router::RouterProcess,
-    external_nats: bool,
+    /// In start order; the kills go round them.
+    routers: Vec<router::RouterProcess>,
+    nats: Nats,
+    /// One router on its embedded nats-server or `--nats-url`: faulted and reported exactly as
+    /// before `--routers` existed. Otherwise [`fleet`] performs the faults.
+    single: bool,
+    /// The vendor's balancer, told when a router goes down and comes back.
+    balancer: Arc<Balancer>,
+    counters: Arc<Counters>,
+    /// `handlers.partitions` of every router.
+    partitions: u16,
+    /// For the routers' `/metrics` (partitions owned).
+    http: reqwest::Client,
+    /// The drill's own JetStream client for the routers' membership records (several routers
+    /// only; see [`fleet`]).
+    js: Option<async_nats::jetstream::Context>,
 }
 
 impl Target for Leadrouter {
-    async fn kill_and_restart(&mut self) -> FaultRecord {
-        let old_nats = self.proc.nats_pid();
+    async fn kill_and_restart(&mut self, nth: usize) -> FaultRecord {
+        if self.single {
+            self.kill_single().await
+        } else {
+            self.kill_router(nth % self.routers.len().max(1)).await
+        }
+    }
+
+    async fn restart_nats(&mut self) -> FaultRecord {
+        if self.single {
+            self.restart_embedded_nats().await
+        } else {
+            self.fleet_nats_fault().await
+        }
+    }
+}
+
+impl Leadrouter {
+    fn external_nats(&self) -> bool {
+        matches!(self.nats, Nats::External(_))
+    }
+
+    /// The one router: kill -9, restart 100 ms later, and check its embedded nats-server left
+    /// with it.
+    async fn kill_single(&mut self) -> FaultRecord {
+        let external_nats = self.external_nats();
+        let Some(proc) = self.routers.first_mut() else {
+            return FaultRecord::new(FaultKind::KillRouter);
+        };
+        let old_nats = proc.nats_pid();
         let t0 = Instant::now();
-        self.proc.kill9();
+        proc.kill9();
         tokio::time::sleep(RESTART_DELAY).await;
-        let ready = match self.proc.spawn() {
-            Ok(()) => self.proc.wait_ready(RECOVERY_LIMIT).await.is_ok(),
+        let ready = match proc.spawn() {
+            Ok(()) => proc.wait_ready(RECOVERY_LIMIT).await.is_ok(),
             Err(_) => false,
         };
         let unavailable_ms = t0.elapsed().as_millis() as u64;
         // The old nats-server went down with its parent (PR_SET_PDEATHSIG) or was stopped as
         // stale by the new router; either way it must be gone now.
-        let orphan = match (old_nats, self.proc.nats_pid()) {
-            _ if self.external_nats => false,
+        let orphan = match (old_nats, proc.nats_pid()) {
+            _ if external_nats => false,
             (Some(old), new) if new != Some(old) => !router::wait_gone(old, RECOVERY_LIMIT).await,
             (Some(old), Some(_)) => !crate::queue::embedded::process_alive(old),
             _ => false,
         };
         FaultRecord {
-            kind: FaultKind::KillRouter,
-            at_s: 0.0,
             unavailable_ms,
             recovered: ready && !orphan,
-            nats_orphan_left: (!self.external_nats).then_some(orphan),
-            skipped: None,
+            nats_orphan_left: (!external_nats).then_some(orphan),
+            ..FaultRecord::new(FaultKind::KillRouter)
         }
     }
 
-    async fn restart_nats(&mut self) -> FaultRecord {
-        let mut rec = FaultRecord {
-            kind: FaultKind::RestartNats,
-            at_s: 0.0,
-            unavailable_ms: 0,
-            recovered: false,
-            nats_orphan_left: None,
-            skipped: None,
-        };
-        if self.external_nats {
+    /// SIGKILL of the one router's embedded nats-server; its own supervisor must restart it.
+    async fn restart_embedded_nats(&mut self) -> FaultRecord {
+        let mut rec = FaultRecord::new(FaultKind::RestartNats);
+        if self.external_nats() {
             rec.skipped = Some("external NATS (--nats-url) is not the drill's to restart".into());
             rec.recovered = true;
             return rec;
         }
-        let Some(old) = self.proc.nats_pid() else {
+        let Some(proc) = self.routers.first_mut() else {
+            return rec;
+        };
+        let Some(old) = proc.nats_pid() else {
             rec.skipped = Some("no embedded nats-server pid file".into());
             rec.recovered = true;
             return rec;
@@ -470,9 +589,9 @@ impl Target for Leadrouter {
         // Back means: a new nats-server wrote its pid file and the router is ready on it.
         let mut back = false;
         while t0.elapsed() < RECOVERY_LIMIT {
-            let new = self.proc.nats_pid();
+            let new = proc.nats_pid();
             if new.is_some_and(|p| p != old && crate::queue::embedded::process_alive(p)) {
-                back = self.proc.wait_ready(RECOVERY_LIMIT).await.is_ok();
+                back = proc.wait_ready(RECOVERY_LIMIT).await.is_ok();
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -549,6 +668,16 @@ fn router_config(
 /// are synthetic.
 const DRILL_GROUP_KEY: &str = "leadrouter-drill-group-key-not-a-secret";
 
+/// One router's files: the work dir itself for a single router (as before), `router-{i}/` in
+/// it for several.
+fn router_dir(work: &Path, single: bool, i: usize) -> PathBuf {
+    if single {
+        work.to_path_buf()
+    } else {
+        work.join(format!("router-{i}"))
+    }
+}
+
 async fn run_leadrouter(
     opts: &DrillOptions,
     leads: Arc<Vec<LeadSpec>>,
@@ -562,12 +691,14 @@ async fn run_leadrouter(
         .map_err(|e| DrillError::Setup(e.to_string()))?;
     crm.set_idempotency(IdempotencyMode::Honor);
     let crm = Arc::new(crm);
-    let ports = match free_ports(3)?[..] {
-        [intake, admin, nats] => (intake, admin, nats),
-        _ => return Err(DrillError::Setup("no free loopback ports".into())),
-    };
+    let single = opts.single_router();
+    let n = opts.topology.routers.max(1);
+    // Picked in one go: ports of separate calls could repeat (each call releases its own).
+    let picked = free_ports(3 * n)?;
     let secret = format!("whsec_{}", base64_of(&random_hex(24)));
     let token = random_hex(24);
+    // One set for every router of the run: routers on one NATS account share the DLQ key and
+    // the group key, and the drill reads any router's admin API with the one token.
     let env: HashMap<String, String> = HashMap::from([
         ("LEADROUTER_DRILL_SECRET".to_string(), secret.clone()),
         ("LEADROUTER_DRILL_ADMIN_TOKEN".to_string(), token),
@@ -579,19 +710,41 @@ async fn run_leadrouter(
             std::env::var("LEADROUTER_GROUP_KEY").unwrap_or_else(|_| DRILL_GROUP_KEY.into()),
         ),
     ]);
-    let config_path = work.join("leadrouter.toml");
-    let text = router_config(
-        work,
-        ports,
-        &crm.url(),
-        &tmpl,
-        &schemas,
-        opts.nats_url.as_deref(),
-        run_id,
-    )
-    .write(&config_path)?;
-    let cfg = Config::from_toml(&text, &config_path, &env)
-        .map_err(|e| DrillError::Setup(format!("the drill's router config: {e}")))?;
+    let nats = fleet::start_nats(opts, work, ui).await?;
+    let nats_url = nats.url();
+    let exe = std::env::current_exe().map_err(|e| DrillError::Setup(e.to_string()))?;
+    let mut routers = Vec::with_capacity(n);
+    let mut cfgs = Vec::with_capacity(n);
+    for (i, ports) in picked.chunks_exact(3).enumerate() {
+        let dir = router_dir(work, single, i);
+        std::fs::create_dir_all(&dir).map_err(|e| DrillError::io(&dir, e))?;
+        let mut rc = router_config(
+            &dir,
+            (ports[0], ports[1], ports[2]),
+            &crm.url(),
+            &tmpl,
+            &schemas,
+            nats_url.as_deref(),
+            run_id,
+        );
+        if !single {
+            fleet::configure(&mut rc, &nats);
+        }
+        let config_path = dir.join("leadrouter.toml");
+        let text = rc.write(&config_path)?;
+        let cfg = Config::from_toml(&text, &config_path, &env)
+            .map_err(|e| DrillError::Setup(format!("the drill's router config: {e}")))?;
+        routers.push(
+            router::RouterProcess::new(exe.clone(), config_path, cfg.intake.listen)
+                .envs(env.clone())
+                .log(dir.join("router.log"))
+                .data_dir(dir.join("data")),
+        );
+        cfgs.push(cfg);
+    }
+    let Some(cfg) = cfgs.first() else {
+        return Err(DrillError::Setup("no router to run".into()));
+    };
     let sender = cfg
         .sender(SENDER)
         .ok_or_else(|| DrillError::Setup("the drill's sender is missing".into()))?;
@@ -602,40 +755,82 @@ async fn run_leadrouter(
         sender.tolerance,
     )
     .map_err(|e| DrillError::Setup(format!("signing: {e}")))?;
-    let exe = std::env::current_exe().map_err(|e| DrillError::Setup(e.to_string()))?;
-    let mut proc = router::RouterProcess::new(exe, config_path, cfg.intake.listen)
-        .envs(env.clone())
-        .log(work.join("router.log"))
-        .data_dir(work.join("data"));
     // On a shared NATS the DLQ holds earlier runs too: this run's leads were received after
     // this instant. The admin API's `since` (the server's clock, a minute early for skew) only
     // narrows the listing; `drain` filters by `received_at`.
     let since = SystemTime::now();
-    proc.spawn()?;
-    let waited = proc.wait_ready(Duration::from_secs(120)).await?;
-    ui.event(&format!(
-        "leadrouter up in {} ms (pid {}, log {})",
-        waited.as_millis(),
-        proc.pid().unwrap_or(0),
-        proc.log_path().display()
-    ));
-    let url = format!("http://{}/v1/intake/{SENDER}", cfg.intake.listen);
+    // One after the other: the first creates the streams and buckets the others find.
+    for (i, proc) in routers.iter_mut().enumerate() {
+        proc.spawn()?;
+        let waited = proc.wait_ready(Duration::from_secs(120)).await?;
+        let name = if single {
+            "leadrouter".to_string()
+        } else {
+            format!("router {i}")
+        };
+        ui.event(&format!(
+            "{name} up in {} ms (pid {}, log {})",
+            waited.as_millis(),
+            proc.pid().unwrap_or(0),
+            proc.log_path().display()
+        ));
+    }
+    let urls = cfgs
+        .iter()
+        .map(|c| format!("http://{}/v1/intake/{SENDER}", c.intake.listen))
+        .collect();
     let vendor = Arc::new(
-        Vendor::new(url, verifier, opts.vendor.clone())
+        Vendor::new(urls, verifier, opts.vendor.clone())
             .map_err(|e| DrillError::Setup(format!("vendor HTTP client: {e}")))?,
     );
     let counters = vendor.counters.clone();
-    let mut target = Leadrouter {
-        proc,
-        external_nats: opts.nats_url.is_some(),
+    let js = match single {
+        true => None,
+        false => nats.drill_client().await,
     };
+    let mut target = Leadrouter {
+        routers,
+        js,
+        nats,
+        single,
+        balancer: vendor.balancer(),
+        counters: counters.clone(),
+        partitions: cfg.handlers.partitions,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_millis(500))
+            .build()
+            .map_err(|e| DrillError::Setup(format!("HTTP client: {e}")))?,
+    };
+    if !single {
+        // The storm starts on a settled fleet, so the first kill's take-over is its own.
+        let t0 = Instant::now();
+        let settled = target.wait_settled(t0).await.ok_or_else(|| {
+            DrillError::Setup(format!(
+                "the {n} routers did not share out the {} partitions within {RECOVERY_LIMIT:?}; their logs: {}",
+                target.partitions,
+                work.display()
+            ))
+        })?;
+        let who = match n {
+            1 => "the router owns".to_string(),
+            _ => format!("{n} routers own"),
+        };
+        ui.event(&format!(
+            "{who} the {} partitions, each some, after {settled} ms",
+            target.partitions
+        ));
+    }
     let (outcomes, faults, send_seconds, crm) =
         storm_run(opts, &leads, vendor, crm, &mut target, ui, "leadrouter").await;
 
-    let admin = AdminClient::from_config(&cfg, &env).map_err(|e| DrillError::Dlq(e.to_string()))?;
+    let admins = cfgs
+        .iter()
+        .map(|c| AdminClient::from_config(c, &env))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| DrillError::Dlq(e.to_string()))?;
     let drain_started = Instant::now();
     let dlq = drain(
-        &admin,
+        &admins,
         &leads,
         &outcomes,
         &crm,
@@ -645,7 +840,9 @@ async fn run_leadrouter(
     )
     .await;
     let drain_seconds = drain_started.elapsed().as_secs_f64();
-    target.proc.stop(STOP_GRACE).await;
+    futures::future::join_all(target.routers.iter_mut().map(|r| r.stop(STOP_GRACE))).await;
+    let topology = (!single).then(|| target.topology(cfg.streams.replicas));
+    target.nats.keep_logs(work);
     let dlq = dlq?;
     Ok(report::reconcile(Evidence {
         design: "leadrouter",
@@ -657,6 +854,7 @@ async fn run_leadrouter(
         faults,
         send_seconds,
         drain_seconds,
+        topology,
     }))
 }
 
@@ -672,9 +870,10 @@ struct Listing {
 
 /// Waits until every accepted lead is at the CRM or in the DLQ and the router's queue is empty
 /// (nothing pending, nothing unacknowledged, so no late write can follow), or `limit` passes.
-/// Returns the DLQ by lead key.
+/// Returns the DLQ by lead key. With several routers any one's admin API answers for all (the
+/// DLQ and the consumers live in NATS): the first that answers is asked.
 async fn drain(
-    admin: &AdminClient,
+    admins: &[AdminClient],
     leads: &[LeadSpec],
     outcomes: &[vendor::LeadOutcome],
     crm: &SandboxCrm,
@@ -700,10 +899,9 @@ async fn drain(
             .filter(|k| k.created > 0)
             .map(|k| k.key)
             .collect();
-        let listing: Result<Listing, _> = admin
-            .get("/api/dlq", &[("since", coarse_since.clone())])
-            .await;
-        if let Ok(l) = listing {
+        let listing: Option<Listing> =
+            admin_get(admins, "/api/dlq", &[("since", coarse_since.clone())]).await;
+        if let Some(l) = listing {
             // Entries of earlier runs on a shared NATS were received before this run began
             // (received_at is stamped by our router, on this machine's clock).
             dlq = l
@@ -731,7 +929,7 @@ async fn drain(
                 dlq.len()
             ));
         }
-        if placed == accepted.len() && queue_empty(admin).await {
+        if placed == accepted.len() && queue_empty(admins).await {
             return Ok(dlq);
         }
         if start.elapsed() > limit {
@@ -745,14 +943,29 @@ async fn drain(
     }
 }
 
-async fn queue_empty(admin: &AdminClient) -> bool {
-    let stats: Result<Value, _> = admin.get("/api/stats", &[("window", "1m".into())]).await;
+/// The first answer of `admins`, tried in order.
+async fn admin_get<T: serde::de::DeserializeOwned>(
+    admins: &[AdminClient],
+    path: &str,
+    query: &[(&str, String)],
+) -> Option<T> {
+    for a in admins {
+        match a.get(path, query).await {
+            Ok(v) => return Some(v),
+            Err(e) => tracing::debug!(path, error = %e, "admin API did not answer"),
+        }
+    }
+    None
+}
+
+async fn queue_empty(admins: &[AdminClient]) -> bool {
+    let stats: Option<Value> = admin_get(admins, "/api/stats", &[("window", "1m".into())]).await;
     match stats {
-        Ok(v) => {
+        Some(v) => {
             v["queue"]["pending"].as_u64() == Some(0)
                 && v["queue"]["ack_pending"].as_u64() == Some(0)
         }
-        Err(_) => false,
+        None => false,
     }
 }
 
@@ -764,29 +977,23 @@ struct Direct {
 }
 
 impl Target for Direct {
-    async fn kill_and_restart(&mut self) -> FaultRecord {
+    async fn kill_and_restart(&mut self, _nth: usize) -> FaultRecord {
         let t0 = Instant::now();
         self.server.kill();
         tokio::time::sleep(RESTART_DELAY).await;
         let recovered = self.server.restart().await.is_ok();
         FaultRecord {
-            kind: FaultKind::KillRouter,
-            at_s: 0.0,
             unavailable_ms: t0.elapsed().as_millis() as u64,
             recovered,
-            nats_orphan_left: None,
-            skipped: None,
+            ..FaultRecord::new(FaultKind::KillRouter)
         }
     }
 
     async fn restart_nats(&mut self) -> FaultRecord {
         FaultRecord {
-            kind: FaultKind::RestartNats,
-            at_s: 0.0,
-            unavailable_ms: 0,
             recovered: true,
-            nats_orphan_left: None,
             skipped: Some("the direct design has no queue".into()),
+            ..FaultRecord::new(FaultKind::RestartNats)
         }
     }
 }
@@ -812,7 +1019,7 @@ async fn run_direct(
     )
     .map_err(|e| DrillError::Setup(format!("signing: {e}")))?;
     let vendor = Arc::new(
-        Vendor::new(server.url(), verifier, opts.vendor.clone())
+        Vendor::new(vec![server.url()], verifier, opts.vendor.clone())
             .map_err(|e| DrillError::Setup(format!("vendor HTTP client: {e}")))?,
     );
     let counters = vendor.counters.clone();
@@ -831,6 +1038,7 @@ async fn run_direct(
         faults,
         send_seconds,
         drain_seconds: 0.0,
+        topology: None,
     }))
 }
 
@@ -870,11 +1078,21 @@ pub fn render_summary(r: &DrillReport) -> String {
             "  vendor sent for {:.1} s; queue drained {:.1} s after",
             run.send_seconds, run.drain_seconds
         );
+        if let Some(t) = &run.topology {
+            let _ = writeln!(
+                out,
+                "  design: {}; vendor requests per router: {:?}",
+                t.label(),
+                t.vendor_requests_per_router
+            );
+        }
         for f in &run.faults {
-            let what = match f.kind {
-                FaultKind::KillRouter => "kill -9",
-                FaultKind::RestartNats => "nats-server restart",
+            let what = match (f.kind, f.router) {
+                (FaultKind::KillRouter, None) => "kill -9".to_string(),
+                (FaultKind::RestartNats, _) => "nats-server restart".to_string(),
+                _ => f.what(),
             };
+            let more = fleet::details(f);
             match &f.skipped {
                 Some(why) => {
                     let _ = writeln!(out, "  {what} at {:.1} s: skipped ({why})", f.at_s);
@@ -882,7 +1100,7 @@ pub fn render_summary(r: &DrillReport) -> String {
                 None => {
                     let _ = writeln!(
                         out,
-                        "  {what} at {:.1} s: {} after {} ms{}",
+                        "  {what} at {:.1} s: {} after {} ms{}{more}",
                         f.at_s,
                         if f.recovered { "back" } else { "NOT back" },
                         f.unavailable_ms,
@@ -905,6 +1123,13 @@ pub fn render_summary(r: &DrillReport) -> String {
         if !run.lost_examples.is_empty() {
             let _ = writeln!(out, "  lost, e.g.: {}", run.lost_examples.join(", "));
         }
+        if run.design == "leadrouter" && run.lost_shared_inbox > 0 {
+            let _ = writeln!(
+                out,
+                "  of the lost, {} share their email with a later lead that is at the CRM (a shared inbox): the ordering fence took them for older events of that lead and skipped them at the CRM, which is configured as an upsert sink (`ordering = \"latest-wins\"`)",
+                run.lost_shared_inbox
+            );
+        }
         for n in &run.intervention_notes {
             let _ = writeln!(out, "  operator would have to: {n}");
         }
@@ -922,4 +1147,82 @@ pub fn render_summary(r: &DrillReport) -> String {
         let _ = writeln!(out, "work dir: {}", r.work_dir);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(topology: TopologyArgs, nats_url: Option<&str>) -> DrillOptions {
+        DrillOptions {
+            leads: 10,
+            rate: 10.0,
+            duplicate_share: 0.3,
+            malformed_share: 0.0,
+            shared_inbox_share: 0.0,
+            seed: 1,
+            baseline: None,
+            no_process_faults: false,
+            drain_timeout: Duration::from_secs(1),
+            work_dir: None,
+            keep: false,
+            json: true,
+            vendor: RetryPolicy::default(),
+            nats_url: nats_url.map(str::to_string),
+            topology,
+        }
+    }
+
+    fn refusal(routers: usize, nats_cluster: Option<usize>, url: Option<&str>) -> String {
+        let t = TopologyArgs {
+            routers,
+            nats_cluster,
+        };
+        match opts(t, url).validate() {
+            Err(e) => e.to_string(),
+            Ok(()) => String::new(),
+        }
+    }
+
+    #[test]
+    fn topologies_are_checked_with_the_reason() {
+        assert!(refusal(0, None, None).contains("--routers must be at least 1"));
+        assert!(refusal(17, None, None).contains("--routers must be at most 16"));
+        for n in [1, 2, 4, 9] {
+            let why = refusal(2, Some(n), None);
+            assert!(
+                why.contains("--nats-cluster must be an odd number"),
+                "{n}: {why}"
+            );
+        }
+        let why = refusal(3, Some(3), Some("nats://127.0.0.1:4222"));
+        assert!(why.contains("cannot be combined with --nats-url"), "{why}");
+        assert_eq!(refusal(3, Some(3), None), "");
+        assert_eq!(refusal(1, Some(5), None), "");
+        assert_eq!(refusal(4, None, Some("nats://127.0.0.1:4222")), "");
+    }
+
+    #[test]
+    fn only_one_router_without_a_cluster_is_the_single_router_drill() {
+        let single = |routers, nats_cluster| {
+            opts(
+                TopologyArgs {
+                    routers,
+                    nats_cluster,
+                },
+                None,
+            )
+            .single_router()
+        };
+        assert!(single(1, None));
+        assert!(!single(2, None));
+        assert!(!single(1, Some(3)));
+        assert_eq!(
+            TopologyArgs::default(),
+            TopologyArgs {
+                routers: 1,
+                nats_cluster: None
+            }
+        );
+    }
 }

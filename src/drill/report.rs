@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use super::storm::FaultRecord;
+use super::storm::{FaultKind, FaultRecord};
 use super::vendor::{Answer, CounterSnapshot, LeadKind, LeadOutcome, LeadSpec};
 use crate::sandbox_crm::KeyStats;
 
@@ -45,6 +45,12 @@ pub struct RunReport {
     pub lost: usize,
     /// Up to five event ids of lost leads, to start the search.
     pub lost_examples: Vec<String>,
+    /// Of the lost: good leads whose email a later lead of the run shares (a shared inbox) and
+    /// that later lead is at the CRM. A design that takes one email's leads for versions of one
+    /// lead drops the older there: an email dedupe, or an ordering fence that skips an older
+    /// event at upsert sinks once a newer one was written.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub lost_shared_inbox: usize,
     /// Records or DLQ entries that belong to no lead of the run: must be 0.
     pub unexpected: usize,
     /// Up to five of them, as `crm:<key>` or `dlq:<key>`.
@@ -57,6 +63,62 @@ pub struct RunReport {
     pub intake_unavailable_ms: u64,
     pub send_seconds: f64,
     pub drain_seconds: f64,
+    /// Set when the drill ran several routers or a NATS cluster; absent for one router on its
+    /// embedded nats-server (or `--nats-url`), whose report keeps its shape.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topology: Option<Topology>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// Where the routers' NATS came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NatsKind {
+    /// Each router's own embedded nats-server.
+    Embedded,
+    /// One nats-server the drill started for its routers to share.
+    Shared,
+    /// A JetStream cluster the drill started (`--nats-cluster`).
+    Cluster,
+    /// `--nats-url`: not the drill's.
+    External,
+}
+
+/// The design under test when it is more than one router on its embedded nats-server.
+#[derive(Debug, Clone, Serialize)]
+pub struct Topology {
+    pub routers: usize,
+    pub nats: NatsKind,
+    /// Nodes of the cluster, for [`NatsKind::Cluster`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_nodes: Option<usize>,
+    /// `streams.replicas` of the routers.
+    pub replicas: usize,
+    /// `handlers.partitions` of the routers.
+    pub partitions: u16,
+    /// The vendor's requests per router, in router order (how its balancer spread them).
+    pub vendor_requests_per_router: Vec<u64>,
+}
+
+impl Topology {
+    /// The table's column name.
+    pub fn label(&self) -> String {
+        let routers = match self.routers {
+            1 => "1 router".to_string(),
+            n => format!("{n} routers"),
+        };
+        let nats = match (self.nats, self.nats_nodes) {
+            (NatsKind::Cluster, Some(n)) => format!("{n}-node NATS R{}", self.replicas),
+            (NatsKind::Cluster, None) => "a NATS cluster".into(),
+            (NatsKind::Shared, _) => "one nats-server".into(),
+            (NatsKind::External, _) => "external NATS".into(),
+            (NatsKind::Embedded, _) => "embedded nats-server".into(),
+        };
+        format!("leadrouter, {routers}, {nats} (drill)")
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -107,6 +169,7 @@ pub struct Evidence<'a> {
     pub faults: Vec<FaultRecord>,
     pub send_seconds: f64,
     pub drain_seconds: f64,
+    pub topology: Option<Topology>,
 }
 
 pub fn reconcile(ev: Evidence<'_>) -> RunReport {
@@ -131,20 +194,34 @@ pub fn reconcile(ev: Evidence<'_>) -> RunReport {
         malformed_misplaced: 0,
         lost: 0,
         lost_examples: Vec::new(),
+        lost_shared_inbox: 0,
         unexpected: 0,
         unexpected_examples: Vec::new(),
         intake_to_crm_ms: Percentiles::default(),
         interventions: 0,
         intervention_notes: Vec::new(),
-        intake_unavailable_ms: ev.faults.iter().map(|f| f.unavailable_ms).sum(),
+        intake_unavailable_ms: ev
+            .faults
+            .iter()
+            .map(FaultRecord::intake_unavailable_ms)
+            .sum(),
         faults: ev.faults,
         send_seconds: ev.send_seconds,
         drain_seconds: ev.drain_seconds,
+        topology: ev.topology,
     };
+    // Email -> plan index of the last good lead with it that reached the CRM.
+    let mut last_at_crm: HashMap<&str, usize> = HashMap::new();
+    for (i, lead) in ev.leads.iter().enumerate() {
+        let at_crm = ev.crm.get(&lead.key).is_some_and(|k| k.created > 0);
+        if lead.kind == LeadKind::Valid && at_crm && !lead.email.is_empty() {
+            last_at_crm.insert(lead.email.as_str(), i);
+        }
+    }
     let mut latencies = Vec::new();
     let mut matched_dlq = 0;
     let mut matched_keys = 0;
-    for (lead, out) in ev.leads.iter().zip(ev.outcomes) {
+    for (i, (lead, out)) in ev.leads.iter().zip(ev.outcomes).enumerate() {
         if lead.copies > 1 {
             r.duplicate_submitted += 1;
         }
@@ -183,6 +260,12 @@ pub fn reconcile(ev: Evidence<'_>) -> RunReport {
                     r.lost += 1;
                     if r.lost_examples.len() < 5 {
                         r.lost_examples.push(lead.event_id.clone());
+                    }
+                    if last_at_crm
+                        .get(lead.email.as_str())
+                        .is_some_and(|later| *later > i)
+                    {
+                        r.lost_shared_inbox += 1;
                     }
                 }
             }
@@ -270,10 +353,10 @@ pub fn render_table(runs: &[&RunReport]) -> String {
     let mut header = "| metric | seed before (production) |".to_string();
     let mut rule = "|---|---:|".to_string();
     for r in runs {
-        let name = if r.design == "direct" {
-            "direct pass-through (drill)"
-        } else {
-            "leadrouter (drill)"
+        let name = match (&r.topology, r.design.as_str()) {
+            (_, "direct") => "direct pass-through (drill)".to_string(),
+            (Some(t), _) => t.label(),
+            (None, _) => "leadrouter (drill)".to_string(),
         };
         let _ = write!(header, " {name} |");
         rule.push_str("---:|");
@@ -316,6 +399,62 @@ pub fn render_table(runs: &[&RunReport]) -> String {
             r.vendor.requests, r.vendor.retries, r.vendor_gave_up
         )
     });
+    // Rows of the multi-router and cluster faults, only when a run had them: the one-router
+    // table stays as it was.
+    let listed = |r: &RunReport, keep: &dyn Fn(&FaultRecord) -> Option<String>| {
+        r.faults
+            .iter()
+            .filter(|f| f.skipped.is_none())
+            .filter_map(keep)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let fleet_kills = |f: &FaultRecord| f.kind == FaultKind::KillRouter && f.router.is_some();
+    if runs.iter().any(|r| r.faults.iter().any(fleet_kills)) {
+        row("router kill -9 -> its /readyz again", "", &|r| {
+            listed(r, &|f| {
+                fleet_kills(f).then(|| {
+                    let back = if f.recovered { "" } else { " NOT recovered" };
+                    format!(
+                        "r{} {}{back}",
+                        f.router.unwrap_or(0),
+                        ms(f.unavailable_ms as f64)
+                    )
+                })
+            })
+        });
+        row("partitions owned again after a router kill", "", &|r| {
+            listed(r, &|f| {
+                fleet_kills(f).then(|| {
+                    f.partitions_settled_ms
+                        .map_or("never".into(), |v| ms(v as f64))
+                })
+            })
+        });
+    }
+    if runs
+        .iter()
+        .any(|r| r.faults.iter().any(|f| f.kind == FaultKind::KillNatsNode))
+    {
+        row(
+            "NATS node kill -9: new leader / intake 2xx / node rejoined",
+            "",
+            &|r| {
+                let opt = |v: Option<u64>| v.map_or("never".into(), |v| ms(v as f64));
+                listed(r, &|f| {
+                    (f.kind == FaultKind::KillNatsNode).then(|| {
+                        format!(
+                            "{}: {} / {} / {}",
+                            f.node.as_deref().unwrap_or("?"),
+                            opt(f.leader_elected_ms),
+                            opt(f.vendor_gap_ms),
+                            opt(f.rejoined_ms)
+                        )
+                    })
+                })
+            },
+        );
+    }
     out
 }
 
@@ -401,6 +540,7 @@ mod tests {
             faults: Vec::new(),
             send_seconds: 1.0,
             drain_seconds: 1.0,
+            topology: None,
         }
     }
 
@@ -442,6 +582,93 @@ mod tests {
         assert_eq!(r.unexpected, 1);
         assert_eq!(r.unexpected_examples, vec!["crm:lr_stranger".to_string()]);
         assert_eq!(r.interventions, 3, "{:?}", r.intervention_notes);
+        assert_eq!(r.lost_shared_inbox, 0);
         assert!(!r.clean());
+    }
+
+    #[test]
+    fn a_lead_lost_to_a_later_one_with_its_email_is_told_apart() {
+        let mut leads = leads();
+        let valid: Vec<usize> = (0..leads.len())
+            .filter(|i| leads[*i].kind == LeadKind::Valid)
+            .collect();
+        let (older, later) = (valid[3], valid[9]);
+        leads[later].email = leads[older].email.clone();
+        let outcomes = accepted(&leads);
+        let (mut crm, dlq) = perfect(&leads);
+        crm.remove(&leads[older].key);
+        crm.remove(&leads[valid[0]].key);
+        let r = reconcile(evidence(&leads, &outcomes, crm, dlq));
+        assert_eq!((r.lost, r.lost_shared_inbox), (2, 1));
+    }
+
+    #[test]
+    fn a_fleet_run_is_its_own_column_with_its_fault_rows() {
+        let leads = leads();
+        let outcomes = accepted(&leads);
+        let (crm, dlq) = perfect(&leads);
+        let mut ev = evidence(&leads, &outcomes, crm, dlq);
+        ev.topology = Some(Topology {
+            routers: 3,
+            nats: NatsKind::Cluster,
+            nats_nodes: Some(3),
+            replicas: 3,
+            partitions: 16,
+            vendor_requests_per_router: vec![10, 10, 10],
+        });
+        ev.faults = vec![
+            FaultRecord {
+                router: Some(1),
+                unavailable_ms: 450,
+                recovered: true,
+                vendor_gap_ms: Some(3),
+                partitions_settled_ms: Some(4100),
+                ..FaultRecord::new(FaultKind::KillRouter)
+            },
+            FaultRecord {
+                node: Some("n2".into()),
+                new_leader: Some("n1".into()),
+                leader_elected_ms: Some(1800),
+                vendor_gap_ms: Some(1700),
+                rejoined_ms: Some(600),
+                unavailable_ms: 1700,
+                recovered: true,
+                ..FaultRecord::new(FaultKind::KillNatsNode)
+            },
+        ];
+        let r = reconcile(ev);
+        // The vendor's gaps, not one router's restart: the others kept answering.
+        assert_eq!(r.intake_unavailable_ms, 1703);
+        let table = render_table(&[&r]);
+        assert!(
+            table.contains("| leadrouter, 3 routers, 3-node NATS R3 (drill) |"),
+            "{table}"
+        );
+        assert!(table.contains("| r1 450 ms |"), "{table}");
+        assert!(table.contains("| 4100 ms |"), "{table}");
+        assert!(
+            table.contains("| n2: 1800 ms / 1700 ms / 600 ms |"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn a_one_router_table_has_no_fleet_rows() {
+        let leads = leads();
+        let outcomes = accepted(&leads);
+        let (crm, dlq) = perfect(&leads);
+        let mut ev = evidence(&leads, &outcomes, crm, dlq);
+        ev.faults = vec![FaultRecord {
+            unavailable_ms: 700,
+            recovered: true,
+            ..FaultRecord::new(FaultKind::KillRouter)
+        }];
+        let table = render_table(&[&reconcile(ev)]);
+        assert!(table.contains("| metric | seed before (production) | leadrouter (drill) |"));
+        assert!(!table.contains("router kill"), "{table}");
+        assert!(
+            table.contains("| intake unavailable (faults) |  | 700 ms |"),
+            "{table}"
+        );
     }
 }

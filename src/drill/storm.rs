@@ -114,8 +114,25 @@ pub async fn flap(
 pub enum FaultKind {
     /// SIGKILL of the router, then a restart like a process supervisor's.
     KillRouter,
-    /// SIGKILL of the embedded nats-server; the router's supervisor must restart it.
+    /// SIGKILL of the embedded nats-server; the router's supervisor must restart it. With
+    /// several routers on the drill's one shared nats-server: SIGKILL of that server, restarted
+    /// by the drill like a process supervisor would.
     RestartNats,
+    /// On a NATS cluster (`--nats-cluster`): SIGKILL of the node leading the `LEADS` stream.
+    /// The cluster must elect a new leader on its own; the drill restarts the node afterwards
+    /// and checks that it rejoins.
+    KillNatsNode,
+}
+
+impl FaultKind {
+    /// What the storm's plan asks for, as this topology performs it: the one NATS fault of the
+    /// plan is a node kill on a cluster.
+    pub fn on_cluster(self, cluster: bool) -> FaultKind {
+        match self {
+            FaultKind::RestartNats if cluster => FaultKind::KillNatsNode,
+            k => k,
+        }
+    }
 }
 
 /// When the faults strike, as shares of the vendor's send window: three kills and one
@@ -148,6 +165,70 @@ pub struct FaultRecord {
     /// Skipped, and why (e.g. no nats-server in the baseline design).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
+    // The fields below are set only when the drill runs several routers or a NATS cluster
+    // (`--routers`, `--nats-cluster`); the one-router report keeps its shape.
+    /// Which router was killed (0-based, in start order).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub router: Option<usize>,
+    /// The NATS node killed (its `server_name`), for [`FaultKind::KillNatsNode`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The `LEADS` leader elected after the node kill, and how long after the kill.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_leader: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader_elected_ms: Option<u64>,
+    /// From the killed node's restart until it was a current replica of `LEADS` again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejoined_ms: Option<u64>,
+    /// From the fault until the vendor got a 2xx for a request sent after it: how long the
+    /// vendor, spreading over the routers, found no intake at all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vendor_gap_ms: Option<u64>,
+    /// From the fault until the live routers owned every partition again, each one once and
+    /// each router some (a killed router's share taken over and handed back on its restart).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partitions_settled_ms: Option<u64>,
+}
+
+impl FaultRecord {
+    /// A record with nothing measured yet.
+    pub fn new(kind: FaultKind) -> FaultRecord {
+        FaultRecord {
+            kind,
+            at_s: 0.0,
+            unavailable_ms: 0,
+            recovered: false,
+            nats_orphan_left: None,
+            skipped: None,
+            router: None,
+            node: None,
+            new_leader: None,
+            leader_elected_ms: None,
+            rejoined_ms: None,
+            vendor_gap_ms: None,
+            partitions_settled_ms: None,
+        }
+    }
+
+    /// The fault in words: "kill -9 of the router", "kill -9 of router 1", ...
+    pub fn what(&self) -> String {
+        match (self.kind, self.router, &self.node) {
+            (FaultKind::KillRouter, Some(i), _) => format!("kill -9 of router {i}"),
+            (FaultKind::KillRouter, None, _) => "kill -9 of the router".into(),
+            (FaultKind::RestartNats, _, _) => "nats-server restart".into(),
+            (FaultKind::KillNatsNode, _, Some(n)) => {
+                format!("kill -9 of NATS node {n} (the LEADS leader)")
+            }
+            (FaultKind::KillNatsNode, _, None) => "kill -9 of a NATS node".into(),
+        }
+    }
+
+    /// What intake's unavailability was for the vendor: the gap it saw where measured (several
+    /// routers: one router down is not intake down), else the component's own downtime.
+    pub fn intake_unavailable_ms(&self) -> u64 {
+        self.vendor_gap_ms.unwrap_or(self.unavailable_ms)
+    }
 }
 
 #[cfg(test)]

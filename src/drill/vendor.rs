@@ -7,7 +7,7 @@
 //! A duplicate submit carries the same event id and body as the first: that is what a vendor's
 //! own redelivery looks like, and what an exactly-once router must collapse.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -16,7 +16,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 
 use crate::intake::envelope::{email_hash, idempotency_key};
 use crate::intake::schemes::{SignInput, Verifier};
@@ -179,6 +179,34 @@ pub struct Counters {
     pub conn_errors: AtomicU64,
     pub gave_up: AtomicU64,
     pub leads_done: AtomicU64,
+    /// When the newest request that got a 2xx was sent, and whether the vendor is done: a
+    /// fault's measurement awaits "a request sent after the fault was accepted" on it.
+    pub answered: watch::Sender<Answered>,
+}
+
+/// See [`Counters::answered`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Answered {
+    pub last_accepted_sent: Option<Instant>,
+    pub finished: bool,
+}
+
+impl Counters {
+    /// Awaits a 2xx for a request sent at or after `since`: intake answers again. Returns how
+    /// long after `since` that answer came, or `None` when the vendor finished first or `limit`
+    /// passed (no request to measure with).
+    pub async fn accepted_after(&self, since: Instant, limit: Duration) -> Option<Duration> {
+        let mut rx = self.answered.subscribe();
+        let seen = tokio::time::timeout(
+            limit,
+            rx.wait_for(|a| a.finished || a.last_accepted_sent.is_some_and(|t| t >= since)),
+        )
+        .await;
+        match seen {
+            Ok(Ok(a)) if a.last_accepted_sent.is_some_and(|t| t >= since) => Some(since.elapsed()),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -230,11 +258,65 @@ pub struct LeadOutcome {
     pub attempts: u32,
 }
 
-/// Sends the plan's leads at `rate` per second to `url` and returns one outcome per lead, in
-/// plan order.
+/// Where the vendor's requests go: the intake addresses of the routers, behind what stands for
+/// a load balancer. Requests go round-robin over the live ones; a retry goes to another one than
+/// the attempt that failed, as a balancer's next pick would. The drill marks a router down when
+/// it kills it and up again when its `/readyz` answers (the balancer's health check).
+#[derive(Debug)]
+pub struct Balancer {
+    urls: Vec<String>,
+    live: Vec<AtomicBool>,
+    next: AtomicUsize,
+    /// Requests sent to each address.
+    sent: Vec<AtomicU64>,
+}
+
+impl Balancer {
+    pub fn new(urls: Vec<String>) -> Balancer {
+        Balancer {
+            live: urls.iter().map(|_| AtomicBool::new(true)).collect(),
+            sent: urls.iter().map(|_| AtomicU64::new(0)).collect(),
+            next: AtomicUsize::new(0),
+            urls,
+        }
+    }
+
+    pub fn set_live(&self, i: usize, live: bool) {
+        if let Some(l) = self.live.get(i) {
+            l.store(live, Relaxed);
+        }
+    }
+
+    /// Requests sent to each address so far.
+    pub fn sent(&self) -> Vec<u64> {
+        self.sent.iter().map(|n| n.load(Relaxed)).collect()
+    }
+
+    /// The next live address, not `avoid` when another one is live. With none live, the next
+    /// one anyway: the request fails and the vendor backs off, as behind a balancer with no
+    /// healthy backend.
+    fn pick(&self, avoid: Option<usize>) -> usize {
+        let n = self.urls.len().max(1);
+        let start = self.next.fetch_add(1, Relaxed);
+        let live = |i: usize| self.live.get(i).is_some_and(|l| l.load(Relaxed));
+        let candidates = (0..n).map(|k| (start + k) % n);
+        let pick = candidates
+            .clone()
+            .find(|i| live(*i) && Some(*i) != avoid)
+            .or_else(|| candidates.clone().find(|i| live(*i)))
+            .unwrap_or(start % n);
+        if let Some(c) = self.sent.get(pick) {
+            c.fetch_add(1, Relaxed);
+        }
+        pick
+    }
+}
+
+/// Sends the plan's leads at `rate` per second through its [`Balancer`] and returns one
+/// outcome per lead, in plan order.
 pub struct Vendor {
     http: reqwest::Client,
-    url: String,
+    balancer: Arc<Balancer>,
     verifier: Arc<Verifier>,
     policy: RetryPolicy,
     pub counters: Arc<Counters>,
@@ -247,7 +329,12 @@ enum Try {
 }
 
 impl Vendor {
-    pub fn new(url: String, verifier: Verifier, policy: RetryPolicy) -> reqwest::Result<Vendor> {
+    /// `urls`: the intake addresses it spreads its requests over (one for one router).
+    pub fn new(
+        urls: Vec<String>,
+        verifier: Verifier,
+        policy: RetryPolicy,
+    ) -> reqwest::Result<Vendor> {
         let http = reqwest::Client::builder()
             .timeout(policy.timeout)
             .connect_timeout(Duration::from_secs(1))
@@ -255,12 +342,16 @@ impl Vendor {
             .build()?;
         Ok(Vendor {
             http,
-            url,
+            balancer: Arc::new(Balancer::new(urls)),
             verifier: Arc::new(verifier),
             permits: Arc::new(Semaphore::new(policy.max_in_flight.max(1))),
             policy,
             counters: Arc::new(Counters::default()),
         })
+    }
+
+    pub fn balancer(&self) -> Arc<Balancer> {
+        self.balancer.clone()
     }
 
     pub async fn run(self: Arc<Self>, leads: Arc<Vec<LeadSpec>>, rate: f64) -> Vec<LeadOutcome> {
@@ -286,6 +377,8 @@ impl Vendor {
                 out[idx] = o;
             }
         }
+        // Wakes a fault still waiting for an answer: none will come now.
+        self.counters.answered.send_modify(|a| a.finished = true);
         out
     }
 
@@ -322,9 +415,12 @@ impl Vendor {
     /// One submit with the vendor's retries; returns the answer and the attempts made.
     async fn submit(&self, lead: &LeadSpec) -> (Answer, u32) {
         let mut attempt = 0;
+        let mut failed_at = None;
         loop {
             attempt += 1;
-            let retry_after = match self.attempt(lead).await {
+            let target = self.balancer.pick(failed_at);
+            failed_at = Some(target);
+            let retry_after = match self.attempt(lead, target).await {
                 Try::Done(a) => return (a, attempt),
                 Try::Retry(ra) => ra,
             };
@@ -345,8 +441,11 @@ impl Vendor {
         }
     }
 
-    async fn attempt(&self, lead: &LeadSpec) -> Try {
+    async fn attempt(&self, lead: &LeadSpec, target: usize) -> Try {
         let Ok(_permit) = self.permits.acquire().await else {
+            return Try::Done(Answer::GaveUp);
+        };
+        let Some(url) = self.balancer.urls.get(target) else {
             return Try::Done(Answer::GaveUp);
         };
         // Signed afresh per attempt, as vendors do (the timestamp is part of the signature).
@@ -355,14 +454,14 @@ impl Vendor {
             now: SystemTime::now(),
             event_id: &lead.event_id,
             method: "POST",
-            url: &self.url,
+            url,
         }) {
             Ok(s) => s,
             Err(_) => return Try::Done(Answer::Refused(0)),
         };
         let mut req = self
             .http
-            .post(&self.url)
+            .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json");
         for (k, v) in &signed.headers {
             req = req.header(k.as_str(), v.as_str());
@@ -383,6 +482,13 @@ impl Vendor {
                 match status {
                     200..=299 => {
                         self.counters.accepted.fetch_add(1, Relaxed);
+                        self.counters.answered.send_if_modified(|a| {
+                            let newer = a.last_accepted_sent.is_none_or(|t| started > t);
+                            if newer {
+                                a.last_accepted_sent = Some(started);
+                            }
+                            newer
+                        });
                         Try::Done(Answer::Accepted)
                     }
                     429 => {
@@ -450,6 +556,51 @@ mod tests {
         assert!(dups > 1000 && dups < 1400, "duplicated leads: {dups}");
         let keys: std::collections::HashSet<_> = a.iter().map(|l| &l.key).collect();
         assert_eq!(keys.len(), a.len(), "every lead has its own key");
+    }
+
+    #[test]
+    fn the_balancer_spreads_skips_a_down_router_and_retries_elsewhere() {
+        let b = Balancer::new(vec!["a".into(), "b".into(), "c".into()]);
+        let picks: Vec<usize> = (0..6).map(|_| b.pick(None)).collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+        b.set_live(1, false);
+        assert!((0..6).all(|_| b.pick(None) != 1));
+        // A retry after a failure at 0 goes to the other live one.
+        assert!((0..6).all(|_| b.pick(Some(0)) == 2));
+        // With one live router, a retry goes back to it.
+        b.set_live(2, false);
+        assert!((0..3).all(|_| b.pick(Some(0)) == 0));
+        // None live: still somewhere (the request fails and the vendor backs off).
+        b.set_live(0, false);
+        assert!(b.pick(None) < 3);
+        assert_eq!(b.sent().iter().sum::<u64>(), 6 + 6 + 6 + 3 + 1);
+        let one = Balancer::new(vec!["only".into()]);
+        one.set_live(0, false);
+        assert_eq!(one.pick(Some(0)), 0);
+    }
+
+    #[tokio::test]
+    async fn a_fault_waits_for_an_answer_to_a_request_sent_after_it() {
+        let c = Counters::default();
+        let before = Instant::now();
+        c.answered
+            .send_modify(|a| a.last_accepted_sent = Some(before));
+        let since = Instant::now();
+        assert_eq!(
+            c.accepted_after(since, Duration::from_millis(50)).await,
+            None,
+            "an answer to an earlier request does not count"
+        );
+        let since = Instant::now();
+        c.answered
+            .send_modify(|a| a.last_accepted_sent = Some(Instant::now()));
+        assert!(c
+            .accepted_after(since, Duration::from_secs(1))
+            .await
+            .is_some());
+        let since = Instant::now();
+        c.answered.send_modify(|a| a.finished = true);
+        assert_eq!(c.accepted_after(since, Duration::from_secs(5)).await, None);
     }
 
     #[test]

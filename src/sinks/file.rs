@@ -188,11 +188,6 @@ impl Sink for FileSink {
         &self.name
     }
 
-    fn ordering(&self) -> super::SinkOrdering {
-        // Each event is its own line / message / track call.
-        super::SinkOrdering::Append
-    }
-
     async fn deliver(&self, lead: &LeadRecord) -> Result<Delivered, SinkError> {
         let mut st = self.state.lock().await;
         if let Some(at) = st.written.get(&lead.key) {

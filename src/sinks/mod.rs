@@ -151,15 +151,18 @@ impl SinkError {
 pub trait Sink: Send + Sync {
     fn name(&self) -> &str;
     async fn deliver(&self, lead: &LeadRecord) -> Result<Delivered, SinkError>;
-    /// What this sink does with a lead's events: keep the newest (a CRM upsert) or keep them
-    /// all (a log, an event stream). Decides what a late, older event gets (`pipeline::fence`).
+    /// What this sink does with a lead's events: keep them all (a log, an event stream, a CRM
+    /// that makes one record per key) or keep only the newest (a CRM that upserts by email).
+    /// Decides what a late, older event gets (`pipeline::fence`). `ordering` in the config
+    /// overrides it.
     fn ordering(&self) -> SinkOrdering {
-        SinkOrdering::LatestWins
+        SinkOrdering::Append
     }
 }
 
-/// How a sink holds a lead's successive events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a sink holds a lead's successive events (the lead being its keyed email group).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum SinkOrdering {
     /// One record per lead, overwritten by each write (upsert by email): an older event that
     /// arrives after a newer one was written is skipped, or it would overwrite newer data.
@@ -306,6 +309,34 @@ pub struct SinkConfig {
     /// Publish via JetStream and await the PubAck; default false (core publish + flush).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jetstream: Option<bool>,
+
+    // --- every kind ---
+    /// `latest-wins` for a CRM that keeps one record per email (HubSpot-style upsert): a lead's
+    /// older event arriving after a newer one was written is skipped (and recorded), never
+    /// written over it. `append` (the default) writes every event: right for logs, event
+    /// streams and CRMs that keep one record per idempotency key, where skipping would lose a
+    /// record (two people sharing an inbox are two leads with one email).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordering: Option<SinkOrdering>,
+}
+
+/// A sink whose config says how it holds a lead's events.
+struct Ordered {
+    inner: Arc<dyn Sink>,
+    ordering: SinkOrdering,
+}
+
+#[async_trait::async_trait]
+impl Sink for Ordered {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    async fn deliver(&self, lead: &LeadRecord) -> Result<Delivered, SinkError> {
+        self.inner.deliver(lead).await
+    }
+    fn ordering(&self) -> SinkOrdering {
+        self.ordering
+    }
 }
 
 fn de_kind<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -509,7 +540,14 @@ pub async fn build(
         SinkSpec::File(spec) => Arc::new(file::FileSink::open(index, &cfg.name, spec, ctx).await?),
         SinkSpec::Nats(spec) => Arc::new(nats::NatsSink::new(index, &cfg.name, spec, ctx)?),
     };
-    tracing::info!(sink = %cfg.name, kind = %cfg.kind, "sink ready");
+    let sink = match cfg.ordering {
+        Some(ordering) if ordering != sink.ordering() => Arc::new(Ordered {
+            inner: sink,
+            ordering,
+        }) as Arc<dyn Sink>,
+        _ => sink,
+    };
+    tracing::info!(sink = %cfg.name, kind = %cfg.kind, ordering = ?sink.ordering(), "sink ready");
     Ok(sink)
 }
 
@@ -784,6 +822,27 @@ kind = "nats"
 subject = "crm.leads.{sender}"
 jetstream = true
 "#;
+
+    #[tokio::test]
+    async fn ordering_is_append_unless_the_config_says_latest_wins() {
+        let ctx = SinkContext {
+            data_dir: std::env::temp_dir(),
+            nats: None,
+            env: Default::default(),
+        };
+        let sinks = parse(
+            "[[sinks]]\nname = \"a\"\nkind = \"http\"\nurl = \"http://127.0.0.1:9/x\"\n\
+             [[sinks]]\nname = \"b\"\nkind = \"http\"\nurl = \"http://127.0.0.1:9/x\"\nordering = \"latest-wins\"\n",
+        )
+        .unwrap();
+        let a = build(0, &sinks[0], &ctx).await.unwrap();
+        let b = build(1, &sinks[1], &ctx).await.unwrap();
+        assert_eq!(a.ordering(), SinkOrdering::Append);
+        assert_eq!(b.ordering(), SinkOrdering::LatestWins);
+        assert_eq!(b.name(), "b");
+        let bad = parse("[[sinks]]\nname = \"c\"\nkind = \"file\"\nordering = \"newest\"\n");
+        assert!(bad.unwrap_err().contains("latest-wins"));
+    }
 
     #[test]
     fn every_kind_parses_and_validates() {

@@ -145,11 +145,6 @@ impl Sink for NatsSink {
         &self.name
     }
 
-    fn ordering(&self) -> super::SinkOrdering {
-        // Each event is its own line / message / track call.
-        super::SinkOrdering::Append
-    }
-
     async fn deliver(&self, lead: &LeadRecord) -> Result<Delivered, SinkError> {
         lead.require_key()?;
         let subject = self.subject_for(lead)?;

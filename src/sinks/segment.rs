@@ -193,11 +193,6 @@ impl Sink for SegmentSink {
         &self.name
     }
 
-    fn ordering(&self) -> super::SinkOrdering {
-        // Each event is its own line / message / track call.
-        super::SinkOrdering::Append
-    }
-
     async fn deliver(&self, lead: &LeadRecord) -> Result<Delivered, SinkError> {
         lead.require_key()?;
         self.call("identify", &self.identify_url, &self.identify_body(lead))
