@@ -175,6 +175,8 @@ pub async fn run(
     let me = member_key(&s.instance);
     let since_ms = super::idempotency::now_ms();
     let mut tasks: BTreeMap<u16, PartitionTask> = BTreeMap::new();
+    // Partitions on their way out (the hand-over waits for in-flight leads).
+    let mut handing: BTreeMap<u16, tokio::task::JoinHandle<()>> = BTreeMap::new();
     // The last assignment this router computed: who held a partition before it moved here.
     let mut last_view: BTreeMap<u16, String> = BTreeMap::new();
     let mut backoff = Duration::from_millis(200);
@@ -265,11 +267,28 @@ pub async fn run(
                         .map(|(p, _)| *p)
                         .collect();
                     let have: BTreeSet<u16> = tasks.keys().copied().collect();
-                    for p in have.difference(&want) {
-                        if let Some(t) = tasks.remove(p) {
-                            hand_over(&js, &dispatcher, *p, t, s.handover_grace).await;
+                    // Hand-overs run beside the heartbeat: one waiting for a slow sink must
+                    // not stop this router's records, or the others would think it dead.
+                    handing.retain(|_, h: &mut tokio::task::JoinHandle<()>| !h.is_finished());
+                    let leaving: Vec<u16> = have.difference(&want).copied().collect();
+                    for p in leaving {
+                        if let Some(t) = tasks.remove(&p) {
+                            let (js, dispatcher, grace) =
+                                (js.clone(), dispatcher.clone(), s.handover_grace);
+                            handing.insert(
+                                p,
+                                tokio::spawn(async move {
+                                    hand_over(&js, &dispatcher, p, t, grace).await;
+                                }),
+                            );
                         }
                     }
+                    // A partition still being handed over is taken back only once that is done
+                    // (its release must reach the dispatcher before the new claim).
+                    let want: BTreeSet<u16> = want
+                        .into_iter()
+                        .filter(|p| !handing.contains_key(p))
+                        .collect();
                     for p in want.difference(&have) {
                         // Its previous holder is gone: its pin would only expire after the
                         // timeout, so take the partition now.
@@ -295,6 +314,9 @@ pub async fn run(
     // Stopping: leave the membership first so the others start taking over, then hand over.
     if let Ok(kv) = js.get_key_value(KV_ROUTERS).await {
         let _ = tokio::time::timeout(Duration::from_secs(2), kv.delete(&me)).await;
+    }
+    for (_, h) in std::mem::take(&mut handing) {
+        let _ = h.await;
     }
     // All at once: the whole stop is bounded by one grace, not one per partition.
     let (js_ref, dispatcher_ref) = (&js, &dispatcher);
