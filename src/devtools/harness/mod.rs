@@ -23,6 +23,7 @@ mod cluster;
 mod config;
 mod nats;
 mod ports;
+pub mod probe;
 mod process;
 mod router;
 mod vendor;
