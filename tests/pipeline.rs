@@ -578,6 +578,11 @@ async fn one_lead_completes_in_stream_order_while_other_leads_flow() {
         s.retries.load(Ordering::Relaxed) == 1
     })
     .await;
+    // While it waits out its Retry-After it is the oldest unacknowledged lead, and the backlog
+    // says how old (the `leadrouter_queue_oldest_unacked_seconds` gauge reads this).
+    let backlog = leadrouter::queue::backlog::read(&rig.js, 16).await.unwrap();
+    assert_eq!(backlog.ack_pending, 1, "{backlog:?}");
+    assert!(backlog.oldest_unacked.is_some(), "{backlog:?}");
     rig.publish(&update, None).await;
     rig.publish(&other, None).await;
     rig.until("all three delivered", |s| {
