@@ -225,7 +225,8 @@ impl Service {
         let state = Arc::new(state);
         let store = DlqStore::open(publisher_ctx.clone(), Arc::new(keys), idem)
             .await
-            .map_err(|e| ServiceError::Kv(e.to_string()))?;
+            .map_err(|e| ServiceError::Kv(e.to_string()))?
+            .with_grouping(grouping.clone());
         let stats = pool.as_ref().map(|p| p.stats().clone());
         let observed = Arc::new(Observed {
             pipeline: stats.clone(),

@@ -215,6 +215,19 @@ async fn dead_letter_is_encrypted_at_rest_and_replays_once_after_the_fix() {
         st.delivered.load(Ordering::Relaxed) == 1
     })
     .await;
+    // The replay went straight to the lead's partition (not the un-partitioned form).
+    let js = async_nats::jetstream::new(async_nats::connect(s.nats.url()).await.unwrap());
+    let copy = js
+        .get_stream("LEADS")
+        .await
+        .unwrap()
+        .get_raw_message(r["new_seq"].as_u64().expect("new_seq"))
+        .await
+        .unwrap();
+    let subject =
+        leadrouter::queue::partition::parse_subject(&copy.subject).expect("a lead subject");
+    assert_eq!(subject.sender, "demo");
+    assert!(subject.partition.is_some(), "{}", copy.subject);
     let (st, r2) = s
         .post(&format!("/api/dlq/{id}/replay"), json!({"reason": "again"}))
         .await;

@@ -145,6 +145,9 @@ pub struct DlqStore {
     idem: Idempotency,
     /// The `source` label of `leadrouter_replays_total` for replays through this handle.
     replay_source: &'static str,
+    /// The routers' grouping: a replay goes straight to its lead's partition. Without it (a
+    /// store opened by a tool) it goes to `leads.in.{sender}` and the routers re-partition it.
+    grouping: Option<crate::intake::Grouping>,
 }
 
 fn header(h: &HeaderMap, name: &str) -> Option<String> {
@@ -171,6 +174,7 @@ impl DlqStore {
             keys,
             idem,
             replay_source: crate::telemetry::metrics::replay_source::ADMIN,
+            grouping: None,
         })
     }
 
@@ -178,6 +182,11 @@ impl DlqStore {
     /// (`admin` by default; replays whose `by` is `cli:<user>` count as `cli`).
     pub fn with_replay_source(mut self, source: &'static str) -> Self {
         self.replay_source = source;
+        self
+    }
+
+    pub fn with_grouping(mut self, grouping: crate::intake::Grouping) -> Self {
+        self.grouping = Some(grouping);
         self
     }
 
@@ -391,12 +400,22 @@ impl DlqStore {
         if let Some(r) = &entry.received_at {
             h.insert(HDR_RECEIVED_AT, r.as_str());
         }
+        // Straight to the lead's partition when we know the routers' grouping; otherwise the
+        // un-partitioned form, which the `router` consumer re-partitions (one at a time).
+        let mut subject = format!("{SUBJECT_IN_PREFIX}{sender}");
         if let Some(env) = &envelope {
             h.insert(HDR_SCHEMA, env.schema.as_str());
-            h.insert(
-                HDR_GROUP,
-                crate::intake::envelope::email_hash(&env.fields).as_str(),
-            );
+            match &self.grouping {
+                Some(g) => {
+                    let (group, partitioned) = g.place(&sender, &env.fields);
+                    h.insert(HDR_GROUP, group.as_str());
+                    subject = partitioned;
+                }
+                None => h.insert(
+                    HDR_GROUP,
+                    crate::intake::envelope::email_hash(&env.fields).as_str(),
+                ),
+            }
         }
         // Traces: a replay starts a new trace (a root span) linked to the original lead's trace;
         // the republished lead carries the new `traceparent`, and the original one for the
@@ -414,7 +433,7 @@ impl DlqStore {
         }
         let ack = self
             .js
-            .publish_with_headers(format!("{SUBJECT_IN_PREFIX}{sender}"), h, payload)
+            .publish_with_headers(subject, h, payload)
             .await
             .map_err(|e| DlqStoreError::Nats(e.to_string()))?
             .await
