@@ -38,7 +38,6 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use futures::StreamExt;
 use leadrouter::config::Config;
 use leadrouter::devtools::harness::probe::{
     clock_ticks_per_sec, cpu_ticks, load_average, machine, machine_busy_ticks,
@@ -47,11 +46,10 @@ use leadrouter::devtools::harness::{
     self, http_sink, HandlersSection, NatsServer, RouterConfig, RouterProcess, SenderSpec,
 };
 use leadrouter::intake::group_key::GroupKey;
-use leadrouter::intake::schemes::{SignInput, Verifier};
-use leadrouter::pipeline::ownership::MemberRecord;
+use leadrouter::intake::schemes::Verifier;
 use leadrouter::queue::partition::partition_of;
 use leadrouter::sandbox_crm::{Faults, KeyStats, SandboxCrm};
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use reqwest::header::HeaderMap;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// 32 bytes, base64: the `[dlq] keys` entry every router shares.
@@ -348,7 +346,7 @@ impl Fleet {
 
     /// kill -9, as a crashed host; the instance ids its records carry are remembered as dead.
     async fn kill(&mut self, pid: u32) {
-        let owners = owners(&self.js).await;
+        let owners = leadrouter::pipeline::ownership::members(&self.js).await;
         self.dead_instances.extend(
             owners
                 .keys()
@@ -395,7 +393,7 @@ impl Fleet {
     async fn wait_settled(&self, deadline: Duration) -> (Duration, BTreeMap<u32, Vec<u16>>) {
         let start = Instant::now();
         loop {
-            let o = owners(&self.js).await;
+            let o = leadrouter::pipeline::ownership::members(&self.js).await;
             if let Some(view) = self.settled_view(&o) {
                 return (start.elapsed(), view);
             }
@@ -428,25 +426,6 @@ fn instance_pid(instance: &str) -> Option<u32> {
     parts.next()?.parse().ok()
 }
 
-/// Every record in `leads_routers`: instance -> partitions it pulls.
-async fn owners(js: &async_nats::jetstream::Context) -> BTreeMap<String, Vec<u16>> {
-    let mut out = BTreeMap::new();
-    let Ok(kv) = js.get_key_value(leadrouter::queue::KV_ROUTERS).await else {
-        return out;
-    };
-    let Ok(mut keys) = kv.keys().await else {
-        return out;
-    };
-    while let Some(Ok(k)) = keys.next().await {
-        if let Ok(Some(v)) = kv.get(&k).await {
-            if let Ok(r) = serde_json::from_slice::<MemberRecord>(&v) {
-                out.insert(r.instance, r.owned);
-            }
-        }
-    }
-    out
-}
-
 // ---------------------------------------------------------------------------------------------
 // Requests
 
@@ -460,27 +439,6 @@ fn lead_body(tag: &str, i: usize) -> Bytes {
         email(tag, i),
         i % 10_000
     ))
-}
-
-fn sign(verifier: &Verifier, url: &str, event_id: &str, body: &[u8]) -> HeaderMap {
-    let signed = verifier
-        .sign(&SignInput {
-            body,
-            now: SystemTime::now(),
-            event_id,
-            method: "POST",
-            url,
-        })
-        .expect("sign a bench request");
-    let mut headers = HeaderMap::new();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    for (k, v) in signed.headers {
-        headers.insert(
-            HeaderName::from_bytes(k.as_bytes()).expect("signature header name"),
-            HeaderValue::from_str(&v).expect("signature header value"),
-        );
-    }
-    headers
 }
 
 /// The lead key from a 202's body, or what went wrong.
@@ -567,7 +525,13 @@ fn prepare(fleet: &Fleet, tag: &str, n: usize) -> Vec<Prepared> {
             let url = targets[target].url.clone();
             let event_id = format!("{tag}-{i}");
             let body = lead_body(tag, i);
-            let headers = sign(&fleet.verifier, &url, &event_id, &body);
+            let headers = leadrouter::devtools::harness::signed_headers(
+                &fleet.verifier,
+                &url,
+                &event_id,
+                &body,
+            )
+            .expect("sign a bench request");
             Prepared {
                 target,
                 url,
@@ -971,7 +935,7 @@ async fn failover(knobs: &Knobs) -> Failover {
     tokio::time::sleep(STEADY).await;
     let mut kills = Vec::with_capacity(knobs.kills);
     for k in 0..knobs.kills {
-        let o = owners(&fleet.js).await;
+        let o = leadrouter::pipeline::ownership::members(&fleet.js).await;
         let view = fleet
             .settled_view(&o)
             .expect("settled before each kill (the replacement was waited for)");

@@ -141,23 +141,6 @@ fn default_group_key_env() -> String {
     "LEADROUTER_GROUP_KEY".into()
 }
 
-impl HandlersConfig {
-    /// Each partition's consumer gets an equal share of `max_ack_pending` (the remainder to the
-    /// first ones), so the shares add up to the configured budget: one router that owns every
-    /// partition has the budget it had before partitioning.
-    pub fn ack_pending_of(&self, partition: u16) -> usize {
-        let n = usize::from(self.partitions.max(1));
-        let base = self.max_ack_pending / n;
-        let extra = usize::from(usize::from(partition) < self.max_ack_pending % n);
-        (base + extra).max(1)
-    }
-
-    /// Messages asked for per pull on one partition.
-    pub fn prefetch_of(&self, partition: u16) -> usize {
-        self.prefetch.min(self.ack_pending_of(partition)).max(1)
-    }
-}
-
 fn default_schema_reload() -> Duration {
     Duration::from_secs(1)
 }

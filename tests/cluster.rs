@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::upsert_crm::UpsertCrm;
 use futures::StreamExt;
-use leadrouter::devtools::harness::{
-    self, HandlersSection, NatsCluster, RaftGroup, RouterConfig, RouterProcess, SenderSpec,
-};
+use leadrouter::devtools::harness::{self, HandlersSection, NatsCluster, RaftGroup, RouterProcess};
 use leadrouter::intake::schemes::Verifier;
 use serde_json::json;
 
@@ -91,14 +89,11 @@ async fn lose_a_node_under_load(victim: Victim) {
         .expect("3-node cluster");
     let crm = UpsertCrm::start(0).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = harness::free_port().expect("port");
-    let cfg = RouterConfig::new()
-        .data_dir(dir.path().join("data"))
+    let cfg = crm
+        .router_config(&dir.path().join("data"))
         .nats_url(cluster.urls())
         .replicas(3)
         .publish_timeout(Duration::from_secs(2))
-        .intake_listen(format!("127.0.0.1:{port}").parse().expect("addr"))
-        .admin_token_env("CLUSTER_NO_ADMIN")
         .handlers(HandlersSection {
             pool_size: Some(8),
             // The shipped attempt budget: an election must not spend it.
@@ -107,17 +102,7 @@ async fn lose_a_node_under_load(victim: Victim) {
             schemas_dir: Some(common::manifest_dir().join("config/schemas")),
             ownership_timeout: Some(Duration::from_secs(3)),
             ..HandlersSection::default()
-        })
-        .sender(
-            SenderSpec::standard_webhooks("demo", "TEST_DEMO_SECRET")
-                .rate(10_000, 10_000)
-                .fields(&["email", "first_name"]),
-        )
-        .sink(leadrouter::sinks::SinkConfig {
-            ordering: Some(leadrouter::sinks::SinkOrdering::LatestWins),
-            ..harness::http_sink("crm", crm.url(), Some(Duration::from_secs(2)))
-        })
-        .dlq_key("k1", "TEST_DLQ_KEY");
+        });
     let mut router = RouterProcess::for_config(
         env!("CARGO_BIN_EXE_leadrouter"),
         &cfg,

@@ -360,17 +360,10 @@ async fn handler_panic_is_restarted_and_its_message_is_not_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limited_then_ok_waits_at_least_retry_after() {
-    let crm = SandboxCrm::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let (rig, crm, _data) = Rig::with_crm().await;
     let mut f = Faults::fail_next(1, 429);
     f.retry_after_secs = 2;
     crm.set_faults(f);
-    let nats = NatsServer::start();
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let sinks = vec![sink_from(&http_sink(&crm.url()), data.path(), &client).await];
-    let rig = Rig::start_on(nats, fast_handlers(), sinks).await;
 
     let env = envelope("demo", "evt-429", json!({"email": "slow@example.com"}));
     let t0 = Instant::now();
@@ -390,15 +383,8 @@ async fn rate_limited_then_ok_waits_at_least_retry_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persistent_500s_dead_letter_after_exactly_max_deliver_attempts() {
-    let crm = SandboxCrm::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let (rig, crm, _data) = Rig::with_crm().await;
     crm.set_faults(Faults::fail_next(1000, 500));
-    let nats = NatsServer::start();
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let sinks = vec![sink_from(&http_sink(&crm.url()), data.path(), &client).await];
-    let rig = Rig::start_on(nats, fast_handlers(), sinks).await;
 
     let env = envelope("demo", "evt-500", json!({"email": "down@example.com"}));
     let seq = rig.publish(&env, None).await;
@@ -451,14 +437,7 @@ async fn persistent_500s_dead_letter_after_exactly_max_deliver_attempts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schema_mismatch_dead_letters_after_one_attempt_without_sink_calls() {
-    let crm = SandboxCrm::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let nats = NatsServer::start();
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let sinks = vec![sink_from(&http_sink(&crm.url()), data.path(), &client).await];
-    let rig = Rig::start_on(nats, fast_handlers(), sinks).await;
+    let (rig, crm, _data) = Rig::with_crm().await;
 
     let env = envelope("demo", "evt-noemail", json!({"first_name": "Nobody"}));
     rig.publish(&env, None).await;
@@ -622,14 +601,7 @@ async fn one_lead_completes_in_stream_order_while_other_leads_flow() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unparseable_phone_still_reaches_the_crm_flagged() {
-    let crm = SandboxCrm::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let nats = NatsServer::start();
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let sinks = vec![sink_from(&http_sink(&crm.url()), data.path(), &client).await];
-    let rig = Rig::start_on(nats, fast_handlers(), sinks).await;
+    let (rig, crm, _data) = Rig::with_crm().await;
 
     let env = envelope(
         "demo",

@@ -14,11 +14,9 @@ use common::upsert_crm::{verdict, UpsertCrm};
 use common::NatsServer;
 use futures::StreamExt;
 use leadrouter::config::Config;
-use leadrouter::devtools::harness::{
-    self, HandlersSection, RouterConfig, RouterProcess, SenderSpec,
-};
+use leadrouter::devtools::harness::{self, HandlersSection, RouterConfig, RouterProcess};
 use leadrouter::intake::schemes::Verifier;
-use leadrouter::pipeline::ownership::MemberRecord;
+use leadrouter::pipeline::ownership::members;
 use serde_json::json;
 
 const PARTITIONS: u16 = 16;
@@ -62,13 +60,9 @@ impl Fleet {
     }
 
     fn config(&self, i: usize) -> RouterConfig {
-        let port = harness::free_port().expect("port");
-        RouterConfig::new()
-            .data_dir(self.dir.path().join(format!("r{i}")))
+        self.crm
+            .router_config(&self.dir.path().join(format!("r{i}")))
             .nats_url(self.nats.url())
-            .intake_listen(format!("127.0.0.1:{port}").parse().expect("addr"))
-            // No admin token: the admin listener stays off.
-            .admin_token_env("SCALE_OUT_NO_ADMIN")
             .handlers(HandlersSection {
                 pool_size: Some(4),
                 max_deliver: Some(20),
@@ -80,17 +74,6 @@ impl Fleet {
                 ownership_timeout: Some(Duration::from_secs(3)),
                 ..HandlersSection::default()
             })
-            .sender(
-                SenderSpec::standard_webhooks("demo", "TEST_DEMO_SECRET")
-                    .rate(10_000, 10_000)
-                    .fields(&["email", "first_name"]),
-            )
-            .sink(leadrouter::sinks::SinkConfig {
-                // The CRM keeps one contact per email: a late, older event must not overwrite.
-                ordering: Some(leadrouter::sinks::SinkOrdering::LatestWins),
-                ..harness::http_sink("crm", self.crm.url(), Some(Duration::from_secs(2)))
-            })
-            .dlq_key("k1", "TEST_DLQ_KEY")
     }
 
     /// Starts one more `serve` process and waits for its `/readyz`.
@@ -206,25 +189,6 @@ impl Fleet {
     }
 }
 
-/// The routers' own records: instance -> partitions it pulls.
-async fn owners(js: &async_nats::jetstream::Context) -> BTreeMap<String, Vec<u16>> {
-    let mut out = BTreeMap::new();
-    let Ok(kv) = js.get_key_value("leads_routers").await else {
-        return out;
-    };
-    let Ok(mut keys) = kv.keys().await else {
-        return out;
-    };
-    while let Some(Ok(k)) = keys.next().await {
-        if let Ok(Some(v)) = kv.get(&k).await {
-            if let Ok(r) = serde_json::from_slice::<MemberRecord>(&v) {
-                out.insert(r.instance, r.owned);
-            }
-        }
-    }
-    out
-}
-
 /// Every partition owned exactly once, by exactly `routers` routers that each own some.
 fn settled(owners: &BTreeMap<String, Vec<u16>>, routers: usize) -> bool {
     let mut seen = BTreeSet::new();
@@ -239,7 +203,7 @@ async fn wait_settled(js: &async_nats::jetstream::Context, routers: usize) -> Du
     let start = Instant::now();
     let deadline = start + Duration::from_secs(60);
     loop {
-        let o = owners(js).await;
+        let o = members(js).await;
         if settled(&o, routers) {
             return start.elapsed();
         }
@@ -372,7 +336,7 @@ async fn killing_the_biggest_owner_loses_nothing_and_its_partitions_move() {
     let fleet = Fleet::start(3).await;
     let js = fleet.js().await;
     wait_settled(&js, 3).await;
-    let victim = fleet.index_of(&biggest_owner(&owners(&js).await));
+    let victim = fleet.index_of(&biggest_owner(&members(&js).await));
     let traffic = fleet.traffic_a_third_written().await;
     let pid = fleet.pid(victim);
     fleet.kill(victim);
@@ -390,11 +354,11 @@ async fn a_router_that_joins_mid_run_takes_its_share() {
     let fleet = Fleet::start(3).await;
     let js = fleet.js().await;
     wait_settled(&js, 3).await;
-    let before: BTreeSet<String> = owners(&js).await.into_keys().collect();
+    let before: BTreeSet<String> = members(&js).await.into_keys().collect();
     let traffic = fleet.traffic_a_third_written().await;
     fleet.add_router().await;
     let took = wait_settled(&js, 4).await;
-    let after = owners(&js).await;
+    let after = members(&js).await;
     let joiner: Vec<_> = after.keys().filter(|k| !before.contains(*k)).collect();
     assert_eq!(joiner.len(), 1, "{after:?}");
     let share = after[joiner[0]].len();
@@ -408,7 +372,7 @@ async fn a_router_that_joins_mid_run_takes_its_share() {
 
     // SIGTERM: the router leaves the membership itself (its record is deleted, not left to age
     // out as a killed router's is) and hands its partitions over before it exits.
-    let leaving = fleet.index_of(&biggest_owner(&owners(&js).await));
+    let leaving = fleet.index_of(&biggest_owner(&members(&js).await));
     let pid = fleet.pid(leaving);
     let signalled = Instant::now();
     let mut router = fleet.routers.lock().unwrap().remove(leaving);
@@ -417,7 +381,7 @@ async fn a_router_that_joins_mid_run_takes_its_share() {
         matches!(how, harness::Stopped::Exited(s) if s.success()),
         "graceful stop: {how:?}"
     );
-    let left = owners(&js).await;
+    let left = members(&js).await;
     assert!(
         !left.keys().any(|i| i.contains(&format!("-{pid}-"))),
         "a stopped router deletes its record: {left:?}"

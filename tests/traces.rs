@@ -5,7 +5,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use common::otlp::{brief, OtlpReceiver, SpanRecord};
 use common::NatsServer;
@@ -13,7 +13,7 @@ use leadrouter::config::Config;
 use leadrouter::devtools::harness::{
     http_sink, HandlersSection, RouterConfig, RouterProcess, Stopped, TelemetrySection,
 };
-use leadrouter::intake::schemes::{SignInput, Verifier};
+use leadrouter::intake::schemes::Verifier;
 use leadrouter::sandbox_crm::{Faults, SandboxCrm};
 use serde_json::{json, Value};
 
@@ -111,22 +111,9 @@ impl Served {
         let secrets = leadrouter::config::resolve_secrets(s, &common::test_env()).secrets;
         let verifier = Verifier::new(s.scheme, &s.signature, secrets, s.tolerance).unwrap();
         let url = format!("{}/v1/intake/demo", self.intake);
-        let signed = verifier
-            .sign(&SignInput {
-                body,
-                now: SystemTime::now(),
-                event_id,
-                method: "POST",
-                url: &url,
-            })
-            .unwrap();
-        let mut req = self
-            .http
-            .post(&url)
-            .header("content-type", "application/json");
-        for (k, v) in &signed.headers {
-            req = req.header(k.as_str(), v.as_str());
-        }
+        let headers =
+            leadrouter::devtools::harness::signed_headers(&verifier, &url, event_id, body).unwrap();
+        let mut req = self.http.post(&url).headers(headers);
         if let Some(tp) = traceparent {
             req = req.header("traceparent", tp);
         }

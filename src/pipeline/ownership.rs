@@ -55,15 +55,15 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// (max_ack_pending, prefetch) of partition `p`.
+    /// (max_ack_pending, prefetch) of partition `p`. Each partition's consumer gets an equal
+    /// share of `max_ack_pending` (the remainder to the first ones), so the shares add up to the
+    /// configured budget: one router that owns every partition has the budget it had before
+    /// partitioning. A pull never asks for more than its share.
     fn share(&self, p: u16) -> (usize, usize) {
-        let h = crate::config::HandlersConfig {
-            partitions: self.partitions,
-            max_ack_pending: self.max_ack_pending,
-            prefetch: self.prefetch,
-            ..Default::default()
-        };
-        (h.ack_pending_of(p), h.prefetch_of(p))
+        let n = usize::from(self.partitions.max(1));
+        let extra = usize::from(usize::from(p) < self.max_ack_pending % n);
+        let pending = (self.max_ack_pending / n + extra).max(1);
+        (pending, self.prefetch.min(pending).max(1))
     }
 }
 
@@ -74,6 +74,27 @@ pub struct MemberRecord {
     /// The partitions this router pulls right now.
     pub owned: Vec<u16>,
     pub since_ms: u64,
+}
+
+/// Every router's record in `leads_routers` (instance -> partitions it pulls), for operators,
+/// tests and benches. A record of a router that died stays until it ages out
+/// (2 x `ownership_timeout`); an unreadable bucket reads as empty.
+pub async fn members(js: &jetstream::Context) -> BTreeMap<String, Vec<u16>> {
+    let mut out = BTreeMap::new();
+    let Ok(kv) = js.get_key_value(KV_ROUTERS).await else {
+        return out;
+    };
+    let Ok(mut keys) = kv.keys().await else {
+        return out;
+    };
+    while let Some(Ok(k)) = keys.next().await {
+        if let Ok(Some(v)) = kv.get(&k).await {
+            if let Ok(r) = serde_json::from_slice::<MemberRecord>(&v) {
+                out.insert(r.instance, r.owned);
+            }
+        }
+    }
+    out
 }
 
 /// The consumer of one partition, derived from config so every router creates the same one.
@@ -318,16 +339,7 @@ pub async fn run(
     for (_, h) in std::mem::take(&mut handing) {
         let _ = h.await;
     }
-    // All at once: the whole stop is bounded by one grace, not one per partition.
-    let (js_ref, dispatcher_ref) = (&js, &dispatcher);
-    futures::future::join_all(
-        std::mem::take(&mut tasks)
-            .into_iter()
-            .map(|(p, t)| hand_over(js_ref, dispatcher_ref, p, t, s.handover_grace)),
-    )
-    .await;
-    report.send_replace(BTreeSet::new());
-    crate::telemetry::metrics::metrics().partitions_owned.set(0);
+    hand_over_all(&js, &dispatcher, tasks, s.handover_grace, &report).await;
 }
 
 async fn run_solo(
@@ -350,11 +362,22 @@ async fn run_solo(
         .set(all.len() as i64);
     report.send_replace(all);
     let _ = stop.changed().await;
-    let (js_ref, dispatcher_ref) = (&js, &dispatcher);
+    hand_over_all(&js, &dispatcher, tasks, s.handover_grace, &report).await;
+}
+
+/// Stopping: every partition handed over at once, so the whole stop is bounded by one grace,
+/// not one per partition.
+async fn hand_over_all(
+    js: &jetstream::Context,
+    dispatcher: &ActorRef<DispatchMsg>,
+    tasks: BTreeMap<u16, PartitionTask>,
+    grace: Duration,
+    report: &watch::Sender<BTreeSet<u16>>,
+) {
     futures::future::join_all(
         tasks
             .into_iter()
-            .map(|(p, t)| hand_over(js_ref, dispatcher_ref, p, t, s.handover_grace)),
+            .map(|(p, t)| hand_over(js, dispatcher, p, t, grace)),
     )
     .await;
     report.send_replace(BTreeSet::new());

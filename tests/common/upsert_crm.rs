@@ -11,12 +11,14 @@ use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use leadrouter::devtools::harness::{self, RouterConfig, SenderSpec};
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -93,6 +95,28 @@ impl UpsertCrm {
     /// The URL for an `http` sink in `create` mode.
     pub fn url(&self) -> String {
         format!("http://{}/contacts", self.addr)
+    }
+
+    /// A router in front of this CRM: the `demo` sender (Standard Webhooks, `email` and
+    /// `first_name` kept), an `http` sink here declared `latest-wins` (the CRM keeps one contact
+    /// per email, so a late, older event must not overwrite), the DLQ key `k1` from
+    /// `TEST_DLQ_KEY`, no admin listener, a free intake port. Tests add NATS and `[handlers]`.
+    pub fn router_config(&self, data_dir: &std::path::Path) -> RouterConfig {
+        let port = harness::free_port().expect("port");
+        RouterConfig::new()
+            .data_dir(data_dir)
+            .intake_listen(format!("127.0.0.1:{port}").parse().expect("addr"))
+            .admin_token_env("TEST_NO_ADMIN_TOKEN")
+            .sender(
+                SenderSpec::standard_webhooks("demo", "TEST_DEMO_SECRET")
+                    .rate(10_000, 10_000)
+                    .fields(&["email", "first_name"]),
+            )
+            .sink(leadrouter::sinks::SinkConfig {
+                ordering: Some(leadrouter::sinks::SinkOrdering::LatestWins),
+                ..harness::http_sink("crm", self.url(), Some(Duration::from_secs(2)))
+            })
+            .dlq_key("k1", "TEST_DLQ_KEY")
     }
 
     /// Waits until `cond` holds over the contacts, re-checking after every write.

@@ -18,8 +18,40 @@ pub fn standard_webhooks_signer(secret: &str) -> Result<Verifier, HarnessError> 
     .map_err(|e| HarnessError::Sign(e.to_string()))
 }
 
+/// The headers a vendor would send with `body` signed now (JSON content type included), for
+/// header-signed schemes such as Standard Webhooks; a load generator signs ahead with this.
+pub fn signed_headers(
+    signer: &Verifier,
+    url: &str,
+    event_id: &str,
+    body: &[u8],
+) -> Result<reqwest::header::HeaderMap, HarnessError> {
+    use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+    let signed = signer
+        .sign(&SignInput {
+            body,
+            now: SystemTime::now(),
+            event_id,
+            method: "POST",
+            url,
+        })
+        .map_err(|e| HarnessError::Sign(e.to_string()))?;
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    for (k, v) in signed.headers {
+        let name = HeaderName::from_bytes(k.as_bytes())
+            .map_err(|e| HarnessError::Sign(format!("header name {k}: {e}")))?;
+        let value = HeaderValue::from_str(&v)
+            .map_err(|e| HarnessError::Sign(format!("header {k}: {e}")))?;
+        headers.insert(name, value);
+    }
+    Ok(headers)
+}
+
 /// Signs `body` now and posts it to `url` (`http://host/v1/intake/{sender}`) as JSON; the answer
-/// is the caller's to judge (a vendor retries 5xx and connection errors).
+/// is the caller's to judge (a vendor retries 5xx and connection errors). Header-signed schemes
+/// only (see [`signed_headers`]). A signing failure is
+/// a broken test set-up: the request then goes out unsigned, so the router's 401 says so.
 pub async fn post_signed(
     http: &reqwest::Client,
     signer: &Verifier,
@@ -28,34 +60,14 @@ pub async fn post_signed(
     body: &[u8],
     timeout: Duration,
 ) -> Result<reqwest::Response, reqwest::Error> {
-    let signed = signer.sign(&SignInput {
-        body,
-        now: SystemTime::now(),
-        event_id,
-        method: "POST",
-        url,
+    let headers = signed_headers(signer, url, event_id, body).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "could not sign; sending unsigned");
+        reqwest::header::HeaderMap::new()
     });
-    // A signer built from a secret always signs; a failure here is a broken test setup, and the
-    // request goes out unsigned so the router's 401 says so.
-    let (headers, query, replaced) = match signed {
-        Ok(s) => (s.headers, s.query, s.body),
-        Err(e) => {
-            tracing::warn!(error = %e, "could not sign; sending unsigned");
-            (Vec::new(), None, None)
-        }
-    };
-    let url = match query {
-        Some(q) => format!("{url}?{q}"),
-        None => url.to_string(),
-    };
-    let mut req = http
-        .post(url)
-        .header("content-type", "application/json")
-        .timeout(timeout);
-    for (k, v) in &headers {
-        req = req.header(k.as_str(), v.as_str());
-    }
-    req.body(replaced.unwrap_or_else(|| body.to_vec()))
+    http.post(url)
+        .headers(headers)
+        .timeout(timeout)
+        .body(body.to_vec())
         .send()
         .await
 }
