@@ -10,9 +10,9 @@ use std::time::SystemTime;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use leadrouter::config::{resolve_secrets, Config};
-use leadrouter::dlq::preview::{mask_text, preview};
 use leadrouter::intake::envelope::{email_hash, idempotency_key};
 use leadrouter::intake::schemes::{Request, SignInput, Verifier};
+use leadrouter::pii::{mask_text, preview};
 use leadrouter::pipeline::schema::SchemaRegistry;
 use leadrouter::telemetry::logs::mask_json_lines;
 use serde_json::{json, Map, Value};

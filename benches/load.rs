@@ -62,8 +62,8 @@ use leadrouter::devtools::harness::{
     free_ports, http_sink, process_alive, signal, wait_gone, RouterConfig, RouterProcess,
     SenderSpec,
 };
+use leadrouter::devtools::sandbox_crm::{Faults, SandboxCrm};
 use leadrouter::intake::schemes::{SignInput, Verifier};
-use leadrouter::sandbox_crm::{Faults, SandboxCrm};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

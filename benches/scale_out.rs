@@ -45,10 +45,10 @@ use leadrouter::devtools::harness::probe::{
 use leadrouter::devtools::harness::{
     self, http_sink, HandlersSection, NatsServer, RouterConfig, RouterProcess, SenderSpec,
 };
+use leadrouter::devtools::sandbox_crm::{Faults, KeyStats, SandboxCrm};
 use leadrouter::intake::group_key::GroupKey;
 use leadrouter::intake::schemes::Verifier;
 use leadrouter::queue::partition::partition_of;
-use leadrouter::sandbox_crm::{Faults, KeyStats, SandboxCrm};
 use reqwest::header::HeaderMap;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

@@ -14,9 +14,9 @@ use crate::dlq::store::DlqStore;
 use crate::dlq::DlqWriter;
 use crate::intake::group_key::{GroupKey, GroupKeyError};
 use crate::intake::{self, Grouping, IntakeSetupError, IntakeState};
+use crate::ledger::idempotency::Idempotency;
 use crate::pipeline::enrich::{EnrichSetupError, Enricher};
 use crate::pipeline::fence::Fence;
-use crate::pipeline::idempotency::Idempotency;
 use crate::pipeline::schema::{SchemaError, SchemaRegistry};
 use crate::pipeline::{HandlerPool, PipelineStats, PoolError, PoolParts};
 use crate::queue::embedded::{EmbeddedError, EmbeddedNats, EmbeddedSpec};
@@ -256,12 +256,14 @@ impl Service {
                 .clone()
                 .with_replay_source(crate::telemetry::metrics::replay_source::NATS);
             tokio::spawn(async move {
-                if let Err(e) = crate::dlq::ops::run(client, store, stats, ops_rx).await {
+                if let Err(e) =
+                    crate::console::nats_service::run(client, store, stats, ops_rx).await
+                {
                     tracing::error!(error = %e, "NATS operator service stopped");
                 }
             })
         };
-        let metrics_task = tokio::spawn(crate::telemetry::metrics::poll_queue(
+        let metrics_task = tokio::spawn(crate::queue::gauges::poll_queue(
             publisher_ctx.clone(),
             cfg.handlers.partitions,
             stop_ops.subscribe(),

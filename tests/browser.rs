@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use common::{App, NatsServer};
 use futures::{SinkExt, StreamExt};
-use leadrouter::sandbox_crm::{Faults, SandboxCrm};
+use leadrouter::devtools::sandbox_crm::{Faults, SandboxCrm};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{App, NatsServer};
-use leadrouter::sandbox_crm::{Faults, SandboxCrm};
+use leadrouter::devtools::sandbox_crm::{Faults, SandboxCrm};
 use reqwest::header::{HeaderMap, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
 use serde_json::{json, Value};
 

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{demo_sender_toml, App, NatsServer};
-use leadrouter::sandbox_crm::SandboxCrm;
+use leadrouter::devtools::sandbox_crm::SandboxCrm;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

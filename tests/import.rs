@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{demo_sender_toml, manifest_dir, test_env, App, NatsServer};
+use leadrouter::cli::import::{self, ImportError, ImportOptions, ImportSummary, HDR_IMPORT};
 use leadrouter::config::Config;
-use leadrouter::import::{self, ImportError, ImportOptions, ImportSummary, HDR_IMPORT};
 use leadrouter::intake::envelope::{email_hash, idempotency_key};
 use leadrouter::pipeline::PipelineStats;
 use serde_json::{json, Value};

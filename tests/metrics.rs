@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::{App, NatsServer};
-use leadrouter::sandbox_crm::{Faults, SandboxCrm};
+use leadrouter::devtools::sandbox_crm::{Faults, SandboxCrm};
 use leadrouter::telemetry::metrics::metrics;
 use serde_json::{json, Value};
 
@@ -376,7 +376,7 @@ async fn metrics_count_every_stage_with_bounded_labels() {
 
     // Queue gauges, read the way the service's 5 s poller reads them.
     let js = async_nats::jetstream::new(client.clone());
-    leadrouter::telemetry::metrics::refresh_queue_gauges(&js, 16)
+    leadrouter::queue::gauges::refresh_queue_gauges(&js, 16)
         .await
         .expect("router consumer info");
 

@@ -12,7 +12,7 @@ use common::{manifest_dir, NatsServer, DEMO_SECRET};
 use leadrouter::devtools::harness::{
     http_sink, HandlersSection, RouterConfig, RouterProcess, Stopped,
 };
-use leadrouter::sandbox_crm::{Faults, SandboxCrm};
+use leadrouter::devtools::sandbox_crm::{Faults, SandboxCrm};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "observability-admin-token-42";

@@ -9,16 +9,16 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use leadrouter::config::{HandlersConfig, StreamsConfig};
+use leadrouter::devtools::sandbox_crm::{Faults, SandboxCrm};
 use leadrouter::dlq::DlqWriter;
 use leadrouter::intake::envelope::{email_hash, idempotency_key, LeadEnvelope};
 use leadrouter::intake::group_key::{GroupKey, KeySource};
 use leadrouter::intake::Grouping;
+use leadrouter::ledger::idempotency::Idempotency;
 use leadrouter::pipeline::enrich::{EnrichConfig, Enricher};
 use leadrouter::pipeline::fence::Fence;
-use leadrouter::pipeline::idempotency::Idempotency;
 use leadrouter::pipeline::schema::SchemaRegistry;
 use leadrouter::pipeline::{HandlerPool, PipelineStats, PoolParts};
-use leadrouter::sandbox_crm::{Faults, SandboxCrm};
 use leadrouter::sinks::{self, Delivered, LeadRecord, Sink, SinkConfig, SinkContext, SinkError};
 use serde_json::{json, Map, Value};
 

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{App, NatsServer};
-use leadrouter::sandbox_crm::{Faults, SandboxCrm, Scope};
+use leadrouter::devtools::sandbox_crm::{Faults, SandboxCrm, Scope};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "test-admin-token-0123456789";

@@ -303,7 +303,7 @@ async fn settle_and_check(fleet: &Fleet) -> usize {
             .await
             .expect("kv get")
             .expect("v1 has a record");
-        let entry: leadrouter::pipeline::idempotency::LeadEntry =
+        let entry: leadrouter::ledger::idempotency::LeadEntry =
             serde_json::from_slice(&entry).expect("entry");
         assert!(
             entry.superseded_by.is_some(),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use leadrouter::sandbox_crm::{FaultMode, Faults, IdempotencyMode, SandboxCrm, Scope};
+use leadrouter::devtools::sandbox_crm::{FaultMode, Faults, IdempotencyMode, SandboxCrm, Scope};
 use leadrouter::sinks::{self, HttpMode, LeadRecord, Sink, SinkConfig, SinkContext};
 use serde_json::{json, Value};
 

@@ -13,8 +13,8 @@ use leadrouter::config::Config;
 use leadrouter::devtools::harness::{
     http_sink, HandlersSection, RouterConfig, RouterProcess, Stopped, TelemetrySection,
 };
+use leadrouter::devtools::sandbox_crm::{Faults, SandboxCrm};
 use leadrouter::intake::schemes::Verifier;
-use leadrouter::sandbox_crm::{Faults, SandboxCrm};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "test-admin-token-traces-0123";

@@ -307,6 +307,26 @@ fn is_json(req: &Req) -> bool {
         .is_some_and(|c| c == "application/json" || c.ends_with("+json"))
 }
 
+/// `GET /`, `/dlq`, `/leads`: the console. Without a session (or a Bearer token) it sends the
+/// browser to the login page.
+pub async fn console_page(ctx: &Ctx, req: &Req) -> Response<Body> {
+    if req.method != Method::GET && req.method != Method::HEAD {
+        return error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "GET");
+    }
+    let allowed = if req.header(header::AUTHORIZATION).is_some() {
+        match authenticate(ctx, req).await {
+            Ok(_) => true,
+            Err(resp) => return resp,
+        }
+    } else {
+        session_of(ctx, req).is_some()
+    };
+    if !allowed {
+        return redirect("/login");
+    }
+    pages::index()
+}
+
 /// `GET /login`: the login page (or on to the console when already logged in).
 /// `POST /login`: a form (`token`, optional `name`) answered with a redirect, or JSON
 /// (`{"token", "name"}`) answered with `{"user", "csrf", "expires_at"}`.

@@ -12,7 +12,8 @@
 //! - [`pages`]: the HTML pages and their static assets (`assets/`, embedded with
 //!   `include_str!`).
 //! - [`overview`]: the figures and time series behind the overview page.
-//! - [`lookup`]: the lead index (`leads_index` bucket) and lead lookup.
+//! - [`lookup`]: lead lookup (the index itself is `ledger::lead_index`).
+//! - [`nats_service`]: the same operator verbs as a NATS micro service, for any NATS client.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ use crate::dlq::store::DlqStore;
 mod api;
 mod auth;
 pub mod lookup;
+pub mod nats_service;
 mod overview;
 mod pages;
 pub mod stats;
@@ -200,7 +202,7 @@ async fn handle(ctx: Arc<Ctx>, req: Req) -> Response<Body> {
         ["login"] => auth::login_route(&ctx, &req).await,
         ["logout"] => auth::logout_route(&ctx, &req).await,
         ["assets", name] => pages::asset(&req, name),
-        [] | ["dlq"] | ["leads"] => pages::page(&ctx, &req).await,
+        [] | ["dlq"] | ["leads"] => auth::console_page(&ctx, &req).await,
         ["api", rest @ ..] => match auth::authenticate(&ctx, &req).await {
             Ok(caller) => api::handle(&ctx, &caller, rest, &req).await,
             Err(resp) => resp,

@@ -1,4 +1,7 @@
-//! Tooling that is not the product: the process harness shared by tests, benches and the drill.
-//! Nothing under `src/` outside tooling imports from here.
+//! Tooling that is not the product: the process harness shared by tests, benches and the drill
+//! (`harness`), the chaos drill (`drill`) and the CRM stand-in (`sandbox_crm`). The product's
+//! stages and surfaces never import from here; the CLI only starts these tools.
 
+pub mod drill;
 pub mod harness;
+pub mod sandbox_crm;

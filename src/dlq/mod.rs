@@ -2,9 +2,7 @@
 //! error, for an operator to fix the cause and replay them.
 
 pub mod crypto;
-pub mod net;
-pub mod ops;
-pub mod preview;
+
 pub mod store;
 
 use async_nats::jetstream;
@@ -100,15 +98,15 @@ impl DlqWriter {
         // Field lines first (they are what an operator needs), topped up with context to the
         // 5-line minimum; the reason and sender have their own fields in every listing.
         let lines = match &envelope {
-            Some(e) => preview::with_context(
-                preview::preview(&e.fields),
+            Some(e) => crate::pii::with_context(
+                crate::pii::preview(&e.fields),
                 &[
                     ("sender", d.sender),
                     ("schema", e.schema.as_str()),
                     ("reason", d.reason.as_str()),
                 ],
             ),
-            None => preview::with_context(
+            None => crate::pii::with_context(
                 vec!["payload: not a lead envelope".into()],
                 &[("sender", d.sender), ("reason", d.reason.as_str())],
             ),
@@ -120,7 +118,7 @@ impl DlqWriter {
         h.insert(HDR_REASON, d.reason.as_str());
         h.insert(
             HDR_LAST_ERROR,
-            one_line(&preview::mask_text(d.last_error)).as_str(),
+            one_line(&crate::pii::mask_text(d.last_error)).as_str(),
         );
         h.insert(
             HDR_PREVIEW,

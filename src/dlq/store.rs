@@ -20,7 +20,7 @@ use super::{
     HDR_ORIGINAL_SEQ, HDR_PREVIEW, HDR_REASON, HDR_SENDER,
 };
 use crate::intake::envelope::LeadEnvelope;
-use crate::pipeline::idempotency::{Idempotency, LeadState};
+use crate::ledger::idempotency::{Idempotency, LeadState};
 use crate::queue::{
     HDR_GROUP, HDR_RECEIVED_AT, HDR_REPLAY_OF, HDR_REPLAY_REASON, HDR_SCHEMA, KV_DLQ_AUDIT,
     STREAM_DLQ, SUBJECT_DLQ_PREFIX, SUBJECT_IN_PREFIX,

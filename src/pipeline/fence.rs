@@ -20,7 +20,7 @@ use async_nats::jetstream::kv;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::idempotency::now_ms;
+use crate::ledger::idempotency::now_ms;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FenceError {

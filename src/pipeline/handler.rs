@@ -17,10 +17,10 @@ use serde_json::Value;
 use tracing::Instrument;
 
 use super::fence::Gate;
-use super::idempotency::{Claim, Held};
 use super::PoolDeps;
 use crate::dlq::{dlq_id, DeadLetter, Reason};
 use crate::intake::envelope::LeadEnvelope;
+use crate::ledger::idempotency::{Claim, Held};
 use crate::queue::{HDR_GROUP, HDR_RECEIVED_AT, HDR_SCHEMA};
 use crate::sinks::{LeadRecord, SinkError, SinkOrdering};
 use crate::telemetry::metrics::{metrics, retry};
@@ -60,7 +60,7 @@ const OUTAGE_LOG_EVERY_MS: u64 = 10_000;
 static LAST_OUTAGE_WARN_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 fn warn_outage(what: &'static str, error: &dyn std::fmt::Display) {
-    let now = super::idempotency::now_ms();
+    let now = crate::ledger::idempotency::now_ms();
     let last = LAST_OUTAGE_WARN_MS.load(Ordering::Relaxed);
     if now.saturating_sub(last) >= OUTAGE_LOG_EVERY_MS
         && LAST_OUTAGE_WARN_MS
@@ -98,7 +98,7 @@ pub async fn process(deps: &Arc<PoolDeps>, owner: &str, d: Delivery<'_>) -> Outc
     };
     if d.delivered == 1 {
         // The console's lookup index: fire-and-forget, never waited for.
-        crate::console::lookup::record(
+        crate::ledger::lead_index::record(
             &deps.parts.client,
             &envelope,
             d.seq,

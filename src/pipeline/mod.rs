@@ -8,11 +8,11 @@
 //! leads published without a partition to theirs.
 
 pub mod backoff;
+pub mod crash_net;
 pub mod dispatch;
 pub mod enrich;
 pub mod fence;
 pub mod handler;
-pub mod idempotency;
 pub mod ownership;
 pub mod repartition;
 pub mod schema;
@@ -29,12 +29,12 @@ use tokio::sync::{oneshot, watch};
 use crate::config::HandlersConfig;
 use crate::dlq::{DlqWriter, Reason};
 use crate::intake::Grouping;
+use crate::ledger::idempotency::Idempotency;
 use crate::sinks::Sink;
 use backoff::Backoff;
 use dispatch::{DispatchMsg, Dispatcher};
 use enrich::Enricher;
 use fence::Fence;
-use idempotency::Idempotency;
 use schema::SchemaRegistry;
 
 /// Counters the pipeline keeps (Prometheus export reads them).
@@ -210,7 +210,7 @@ impl HandlerPool {
             cfg.ack_wait,
             stop_rx.clone(),
         ));
-        let net_task = tokio::spawn(crate::dlq::net::run(
+        let net_task = tokio::spawn(crash_net::run(
             js,
             deps.parts.idem.clone(),
             deps.parts.dlq.clone(),

@@ -194,7 +194,7 @@ pub async fn run(
     }
     let beat = (s.timeout / 4).max(Duration::from_millis(200));
     let me = member_key(&s.instance);
-    let since_ms = super::idempotency::now_ms();
+    let since_ms = crate::ledger::idempotency::now_ms();
     let mut tasks: BTreeMap<u16, PartitionTask> = BTreeMap::new();
     // Partitions on their way out (the hand-over waits for in-flight leads).
     let mut handing: BTreeMap<u16, tokio::task::JoinHandle<()>> = BTreeMap::new();

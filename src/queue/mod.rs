@@ -2,6 +2,7 @@
 
 pub mod backlog;
 pub mod embedded;
+pub mod gauges;
 pub mod partition;
 pub mod provision;
 pub mod pull;

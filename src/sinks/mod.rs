@@ -630,7 +630,7 @@ pub(crate) fn body_excerpt(body: &[u8]) -> Option<String> {
     if one_line.is_empty() {
         return None;
     }
-    let masked = crate::dlq::preview::mask_text(&one_line);
+    let masked = crate::pii::mask_text(&one_line);
     let mut out: String = masked.chars().take(MAX).collect();
     if masked.chars().count() > MAX {
         out.push('…');

@@ -12,7 +12,7 @@ use std::io::Write;
 use serde_json::Value;
 use tracing_subscriber::fmt::MakeWriter;
 
-use crate::dlq::preview::{mask_named, mask_text};
+use crate::pii::{mask_named, mask_text};
 
 /// Keys the formatter itself writes; their values are never personal data.
 const STRUCTURAL: &[&str] = &["timestamp", "level", "target", "name", "span", "spans"];

@@ -6,27 +6,20 @@
 //! classes, DLQ reasons). Keys, emails, addresses and error texts never become labels.
 //!
 //! Names follow the Prometheus conventions: counters end in `_total`, durations are `_seconds`,
-//! everything in base units. The README's "Metrics and alerts" section lists every series;
+//! everything in base units. `docs/observability.md` lists every series;
 //! `config/alerts.yml` holds the alerting rules and `docs/runbook.md` what to do about each.
 
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use async_nats::jetstream;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use tokio::sync::watch;
-
-use crate::queue::STREAM_DLQ;
 
 /// The `sender` label of requests for a sender that is not configured (404): the path segment
 /// is caller-controlled and must not become a label value.
 pub const UNKNOWN_SENDER: &str = "_unknown";
-
-/// How often the queue gauges are refreshed from the `router` consumer's info.
-pub const QUEUE_POLL_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The `Content-Type` of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -504,69 +497,6 @@ pub fn replay_source_of(surface: &'static str, by: &str) -> &'static str {
         replay_source::CLI
     } else {
         surface
-    }
-}
-
-/// Reads the handler consumers' backlog (and the DLQ's size) into the queue gauges once.
-pub async fn refresh_queue_gauges(js: &jetstream::Context, partitions: u16) -> Result<(), String> {
-    let m = metrics();
-    let result = async {
-        let b = crate::queue::backlog::read(js, partitions)
-            .await
-            .map_err(|e| e.to_string())?;
-        m.queue_pending
-            .set(i64::try_from(b.pending).unwrap_or(i64::MAX));
-        m.queue_ack_pending
-            .set(i64::try_from(b.ack_pending).unwrap_or(i64::MAX));
-        m.queue_max_ack_pending.set(b.max_ack_pending);
-        m.queue_oldest_unacked
-            .set(b.oldest_unacked.map_or(0.0, |d| d.as_secs_f64()));
-        let dlq = js
-            .get_stream(STREAM_DLQ)
-            .await
-            .map_err(|e| format!("stream {STREAM_DLQ}: {e}"))?;
-        m.dlq_messages
-            .set(i64::try_from(dlq.cached_info().state.messages).unwrap_or(i64::MAX));
-        Ok(())
-    }
-    .await;
-    m.queue_info_up.set(i64::from(result.is_ok()));
-    result
-}
-
-/// Refreshes the queue gauges every [`QUEUE_POLL_INTERVAL`] until `stop` turns true.
-pub async fn poll_queue(js: jetstream::Context, partitions: u16, mut stop: watch::Receiver<bool>) {
-    // The first read after one interval: at start-up the pool is still creating the consumer.
-    let mut tick = tokio::time::interval_at(
-        tokio::time::Instant::now() + QUEUE_POLL_INTERVAL,
-        QUEUE_POLL_INTERVAL,
-    );
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failing = false;
-    loop {
-        if *stop.borrow() {
-            return;
-        }
-        tokio::select! {
-            _ = stop.changed() => return,
-            _ = tick.tick() => {}
-        }
-        // A NATS that stopped answering must not hold up shutdown for a request timeout.
-        let refreshed = tokio::select! {
-            _ = stop.changed() => return,
-            r = refresh_queue_gauges(&js, partitions) => r,
-        };
-        match refreshed {
-            Ok(()) => failing = false,
-            Err(e) => {
-                // Once per failure streak: an edge-only node before any router exists would
-                // otherwise log every 5 s.
-                if !failing {
-                    tracing::warn!(error = %e, "queue gauges not refreshed (leadrouter_queue_info_up = 0)");
-                }
-                failing = true;
-            }
-        }
     }
 }
 

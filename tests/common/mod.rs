@@ -221,10 +221,10 @@ impl App {
             Some(q) => format!("{url}?{q}"),
             None => url,
         };
-        let mut req = self
-            .http
-            .post(url)
-            .header("content-type", leadrouter::send::content_type(&s.mapping));
+        let mut req = self.http.post(url).header(
+            "content-type",
+            leadrouter::cli::send::content_type(&s.mapping),
+        );
         for (k, v) in &signed.headers {
             req = req.header(k.as_str(), v.as_str());
         }

@@ -11,9 +11,9 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::watch;
 
-use super::store::{DlqFilter, DlqStore, DlqStoreError};
-use crate::console::parse_since;
-use crate::console::stats::{parse_window, Observed};
+use super::parse_since;
+use super::stats::{parse_window, Observed};
+use crate::dlq::store::{DlqFilter, DlqStore, DlqStoreError};
 
 pub const SERVICE_NAME: &str = "leadrouter";
 

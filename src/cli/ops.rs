@@ -8,11 +8,79 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
-use crate::admin_client::AdminClient;
-use crate::cli::{DlqCommand, LatencyArgs, ReplayArgs, StatsArgs};
+use crate::cli::admin_client::AdminClient;
+
 use crate::config::{Config, ProcessEnv};
 use crate::console::stats::{parse_percentile, parse_window};
 use crate::dlq::store::{DlqEntry, ReplayResult};
+
+#[derive(Debug, clap::Args)]
+pub struct LatencyArgs {
+    /// How far back: 30s, 15m, 1h ... up to 24h.
+    #[arg(long, default_value = "15m")]
+    pub window: String,
+    /// Which percentile (0-100].
+    #[arg(long, default_value = "95")]
+    pub percentile: String,
+    /// Print the answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatsArgs {
+    /// How far back: 30s, 15m, 1h ... up to 24h.
+    #[arg(long, default_value = "15m")]
+    pub window: String,
+    /// Print the figures as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum DlqCommand {
+    /// One JSON object per entry (id, sender, reason, last_error, attempts, received_at,
+    /// preview): `leadrouter dlq tail | jq -r .reason | sort | uniq -c`.
+    Tail {
+        /// Only entries dead-lettered within this long (1h, 30m, 7d) or since an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Keep printing new entries as they arrive.
+        #[arg(long)]
+        follow: bool,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        sender: Option<String>,
+        /// Leave out entries that were replayed.
+        #[arg(long)]
+        hide_replayed: bool,
+    },
+    /// Everything about one entry, replays included.
+    Show { id: u64 },
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["id", "filter_reason"])))]
+pub struct ReplayArgs {
+    /// The DLQ entry id (from `dlq tail`).
+    #[arg(long)]
+    pub id: Option<u64>,
+    /// Replay every entry with this reason (replayed ones are skipped).
+    #[arg(long)]
+    pub filter_reason: Option<String>,
+    #[arg(long, requires = "filter_reason")]
+    pub sender: Option<String>,
+    /// Only entries dead-lettered within this long (1h, 7d) or since an RFC 3339 time.
+    #[arg(long, requires = "filter_reason")]
+    pub since: Option<String>,
+    /// Why (what was fixed); recorded with the entry and on the replayed message.
+    #[arg(long)]
+    pub reason: String,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
 
 #[derive(serde::Deserialize)]
 struct Listing {
@@ -150,7 +218,9 @@ pub async fn replay(cfg: &Config, args: &ReplayArgs) -> anyhow::Result<ExitCode>
         let r = match r {
             Ok(r) => r,
             // One entry failing does not stop the batch; a dead service does.
-            Err(e @ crate::admin_client::AdminError::Unreachable { .. }) => return Err(e.into()),
+            Err(e @ crate::cli::admin_client::AdminError::Unreachable { .. }) => {
+                return Err(e.into())
+            }
             Err(e) => ReplayResult::Failed {
                 id: *id,
                 error: e.to_string(),

@@ -12,10 +12,10 @@ use bytes::Bytes;
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use super::{dlq_id, DeadLetter, DlqWriter, Reason};
+use super::PipelineStats;
+use crate::dlq::{dlq_id, DeadLetter, DlqWriter, Reason};
 use crate::intake::envelope::LeadEnvelope;
-use crate::pipeline::idempotency::{Idempotency, LeadState};
-use crate::pipeline::PipelineStats;
+use crate::ledger::idempotency::{Idempotency, LeadState};
 use crate::queue::pull::{pull_forever, Pull};
 use crate::queue::{HDR_GROUP, HDR_RECEIVED_AT, HDR_SCHEMA, STREAM_ADVISORIES, STREAM_LEADS};
 

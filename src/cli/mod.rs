@@ -6,8 +6,17 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+pub mod admin_client;
+pub mod import;
+pub mod ops;
+pub mod send;
+
 use crate::config::{Config, ProcessEnv, DEFAULT_CONFIG_PATH};
+use crate::devtools::drill::DrillArgs;
 use crate::service::Service;
+use import::ImportArgs;
+use ops::{DlqCommand, LatencyArgs, ReplayArgs, StatsArgs};
+use send::SendArgs;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -53,169 +62,10 @@ pub enum Command {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct DrillArgs {
-    /// Leads the vendor sends.
-    #[arg(long, default_value_t = 100_000)]
-    pub leads: usize,
-    /// Leads per second the vendor offers (retries and duplicate submits come on top).
-    #[arg(long, default_value_t = 500.0)]
-    pub rate: f64,
-    /// Share of leads submitted twice or three times at once (double clicks, retry storms).
-    #[arg(long, default_value_t = 0.30)]
-    pub duplicates: f64,
-    /// Share of payloads that are malformed: most fail the schema (-> DLQ), a fifth is not JSON
-    /// (-> refused with 400 at the edge).
-    #[arg(long, default_value_t = 0.005)]
-    pub malformed: f64,
-    /// Share of good leads that reuse an earlier lead's email (shared inboxes).
-    #[arg(long, default_value_t = 0.01)]
-    pub shared_inbox: f64,
-    /// Seed of the lead generator (same seed, same leads).
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-    /// Run the same storm first against another design and show both.
-    #[arg(long, value_enum)]
-    pub baseline: Option<crate::drill::Baseline>,
-    /// Leave out the kill -9s and the nats-server restart (the CRM still flaps).
-    #[arg(long)]
-    pub no_process_faults: bool,
-    /// How long to wait after the storm for every lead to be placed.
-    #[arg(long, default_value = "3m")]
-    pub drain_timeout: humantime::Duration,
-    /// The vendor's patience per request.
-    #[arg(long, default_value = "5s")]
-    pub vendor_timeout: humantime::Duration,
-    /// Where the router's config, data and log go (default: a temp dir, removed when the
-    /// drill passes).
-    #[arg(long)]
-    pub work_dir: Option<PathBuf>,
-    /// Keep the temp work dir even when the drill passes.
-    #[arg(long)]
-    pub keep: bool,
-    /// Print the report as one JSON object.
-    #[arg(long)]
-    pub json: bool,
-    /// Run the router against this NATS (a cluster, a leaf node) instead of the embedded
-    /// default; the nats-server restart is then skipped. Use a NATS account of its own: the
-    /// drill's router creates and uses the standard streams and buckets there.
-    #[arg(long)]
-    pub nats_url: Option<String>,
-    #[command(flatten)]
-    pub topology: crate::drill::TopologyArgs,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct LatencyArgs {
-    /// How far back: 30s, 15m, 1h ... up to 24h.
-    #[arg(long, default_value = "15m")]
-    pub window: String,
-    /// Which percentile (0-100].
-    #[arg(long, default_value = "95")]
-    pub percentile: String,
-    /// Print the answer as JSON.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct StatsArgs {
-    /// How far back: 30s, 15m, 1h ... up to 24h.
-    #[arg(long, default_value = "15m")]
-    pub window: String,
-    /// Print the figures as JSON.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct ImportArgs {
-    /// The JSON-lines file (`-` reads stdin).
-    pub file: PathBuf,
-    /// The sender of raw vendor-payload lines (envelope lines name their own).
-    #[arg(long)]
-    pub sender: Option<String>,
-    /// Write every rejected line here as `{"line": N, "error": "..."}` JSON lines.
-    #[arg(long)]
-    pub rejects: Option<PathBuf>,
-    /// JSON pointer to an RFC 3339 receive time inside raw lines (default: import time).
-    #[arg(long)]
-    pub received_at_field: Option<String>,
-    /// PubAcks awaited at once.
-    #[arg(long, default_value_t = crate::import::DEFAULT_CONCURRENCY)]
-    pub concurrency: usize,
-    /// No progress bar.
-    #[arg(long)]
-    pub quiet: bool,
-    /// Print the summary as one JSON object.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum DlqCommand {
-    /// One JSON object per entry (id, sender, reason, last_error, attempts, received_at,
-    /// preview): `leadrouter dlq tail | jq -r .reason | sort | uniq -c`.
-    Tail {
-        /// Only entries dead-lettered within this long (1h, 30m, 7d) or since an RFC 3339 time.
-        #[arg(long)]
-        since: Option<String>,
-        /// Keep printing new entries as they arrive.
-        #[arg(long)]
-        follow: bool,
-        #[arg(long)]
-        reason: Option<String>,
-        #[arg(long)]
-        sender: Option<String>,
-        /// Leave out entries that were replayed.
-        #[arg(long)]
-        hide_replayed: bool,
-    },
-    /// Everything about one entry, replays included.
-    Show { id: u64 },
-}
-
-#[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["id", "filter_reason"])))]
-pub struct ReplayArgs {
-    /// The DLQ entry id (from `dlq tail`).
-    #[arg(long)]
-    pub id: Option<u64>,
-    /// Replay every entry with this reason (replayed ones are skipped).
-    #[arg(long)]
-    pub filter_reason: Option<String>,
-    #[arg(long, requires = "filter_reason")]
-    pub sender: Option<String>,
-    /// Only entries dead-lettered within this long (1h, 7d) or since an RFC 3339 time.
-    #[arg(long, requires = "filter_reason")]
-    pub since: Option<String>,
-    /// Why (what was fixed); recorded with the entry and on the replayed message.
-    #[arg(long)]
-    pub reason: String,
-    /// Print the summary as JSON.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Debug, clap::Args)]
 pub struct SandboxArgs {
     /// Listen address.
     #[arg(long, default_value = "127.0.0.1:8090")]
     pub listen: std::net::SocketAddr,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct SendArgs {
-    /// Sender id from the config.
-    #[arg(long)]
-    pub sender: String,
-    /// Payload file (`-` for stdin).
-    pub file: PathBuf,
-    /// Intake base URL; default: http://{intake.listen}.
-    #[arg(long, env = "LEADROUTER_INTAKE_URL")]
-    pub url: Option<String>,
-    /// Event id to send (default: a fresh one); reuse one to see duplicate handling.
-    #[arg(long)]
-    pub event_id: Option<String>,
 }
 
 pub fn run() -> anyhow::Result<ExitCode> {
@@ -243,18 +93,18 @@ pub fn run() -> anyhow::Result<ExitCode> {
         .context("starting the async runtime")?;
     match cli.command {
         Command::Serve => rt.block_on(serve(cfg)),
-        Command::Send(args) => rt.block_on(crate::send::run(&cfg, &args)),
+        Command::Send(args) => rt.block_on(crate::cli::send::run(&cfg, &args)),
         Command::SandboxCrm(_) | Command::Drill(_) => Ok(ExitCode::SUCCESS),
-        Command::Dlq { command } => rt.block_on(crate::ops_cli::dlq(&cfg, command)),
-        Command::Replay(args) => rt.block_on(crate::ops_cli::replay(&cfg, &args)),
+        Command::Dlq { command } => rt.block_on(crate::cli::ops::dlq(&cfg, command)),
+        Command::Replay(args) => rt.block_on(crate::cli::ops::replay(&cfg, &args)),
         Command::Import(args) => rt.block_on(import(&cfg, args)),
-        Command::Latency(args) => rt.block_on(crate::ops_cli::latency(&cfg, &args)),
-        Command::Stats(args) => rt.block_on(crate::ops_cli::stats(&cfg, &args)),
+        Command::Latency(args) => rt.block_on(crate::cli::ops::latency(&cfg, &args)),
+        Command::Stats(args) => rt.block_on(crate::cli::ops::stats(&cfg, &args)),
     }
 }
 
 async fn import(cfg: &Config, args: ImportArgs) -> anyhow::Result<ExitCode> {
-    let opts = crate::import::ImportOptions {
+    let opts = crate::cli::import::ImportOptions {
         file: args.file,
         sender: args.sender,
         rejects: args.rejects,
@@ -262,13 +112,13 @@ async fn import(cfg: &Config, args: ImportArgs) -> anyhow::Result<ExitCode> {
         quiet: args.quiet,
         concurrency: args.concurrency,
     };
-    let summary = crate::import::run(cfg, &ProcessEnv, &opts).await?;
-    crate::import::print_summary(&summary, args.json).context("writing the summary")?;
+    let summary = crate::cli::import::run(cfg, &ProcessEnv, &opts).await?;
+    crate::cli::import::print_summary(&summary, args.json).context("writing the summary")?;
     Ok(summary.exit_code())
 }
 
 async fn drill(args: &DrillArgs) -> anyhow::Result<ExitCode> {
-    let opts = crate::drill::DrillOptions {
+    let opts = crate::devtools::drill::DrillOptions {
         leads: args.leads,
         rate: args.rate,
         duplicate_share: args.duplicates,
@@ -281,18 +131,18 @@ async fn drill(args: &DrillArgs) -> anyhow::Result<ExitCode> {
         work_dir: args.work_dir.clone(),
         keep: args.keep,
         json: args.json,
-        vendor: crate::drill::vendor::RetryPolicy {
+        vendor: crate::devtools::drill::vendor::RetryPolicy {
             timeout: args.vendor_timeout.into(),
             ..Default::default()
         },
         nats_url: args.nats_url.clone(),
         topology: args.topology,
     };
-    let report = crate::drill::run(&opts).await.context("drill")?;
+    let report = crate::devtools::drill::run(&opts).await.context("drill")?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", crate::drill::render_summary(&report));
+        print!("{}", crate::devtools::drill::render_summary(&report));
     }
     Ok(if report.passed {
         ExitCode::SUCCESS
@@ -303,7 +153,7 @@ async fn drill(args: &DrillArgs) -> anyhow::Result<ExitCode> {
 
 async fn sandbox(addr: std::net::SocketAddr) -> anyhow::Result<ExitCode> {
     crate::telemetry::init_logging();
-    let crm = crate::sandbox_crm::SandboxCrm::start(addr)
+    let crm = crate::devtools::sandbox_crm::SandboxCrm::start(addr)
         .await
         .with_context(|| format!("starting the sandbox CRM on {addr}"))?;
     eprintln!(

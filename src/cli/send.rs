@@ -1,16 +1,31 @@
 //! `leadrouter send`: sign a payload the way the sender's vendor would, post it, print the answer.
 
 use std::io::Read;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::SystemTime;
 
 use anyhow::{anyhow, bail, Context};
 use sha2::{Digest, Sha256};
 
-use crate::cli::SendArgs;
 use crate::config::{resolve_secrets, Config, ProcessEnv};
 use crate::intake::mapping::{BodyFormat, MappingConfig};
 use crate::intake::schemes::{SignInput, Verifier};
+
+#[derive(Debug, clap::Args)]
+pub struct SendArgs {
+    /// Sender id from the config.
+    #[arg(long)]
+    pub sender: String,
+    /// Payload file (`-` for stdin).
+    pub file: PathBuf,
+    /// Intake base URL; default: http://{intake.listen}.
+    #[arg(long, env = "LEADROUTER_INTAKE_URL")]
+    pub url: Option<String>,
+    /// Event id to send (default: a fresh one); reuse one to see duplicate handling.
+    #[arg(long)]
+    pub event_id: Option<String>,
+}
 
 /// A fresh, unguessable-enough event id for trying the service (not a security token).
 fn fresh_event_id() -> String {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::sandbox_crm::{FaultMode, Faults, SandboxCrm};
+use crate::devtools::sandbox_crm::{FaultMode, Faults, SandboxCrm};
 
 /// A CRM's ordinary answer time.
 pub const CRM_LATENCY: Duration = Duration::from_millis(20);

@@ -34,17 +34,69 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 
-use crate::admin_client::AdminClient;
+use crate::cli::admin_client::AdminClient;
 use crate::config::Config;
 use crate::devtools::harness::{free_ports, http_sink, HandlersSection, RouterConfig, SenderSpec};
+use crate::devtools::sandbox_crm::{IdempotencyMode, SandboxCrm};
 use crate::dlq::store::DlqEntry;
 use crate::intake::envelope::{email_hash, idempotency_key};
 use crate::intake::schemes::Verifier;
-use crate::sandbox_crm::{IdempotencyMode, SandboxCrm};
 use fleet::Nats;
 use report::{Evidence, RunReport};
 use storm::{FaultKind, FaultRecord};
 use vendor::{Balancer, Counters, LeadSpec, RetryPolicy, Vendor};
+
+#[derive(Debug, clap::Args)]
+pub struct DrillArgs {
+    /// Leads the vendor sends.
+    #[arg(long, default_value_t = 100_000)]
+    pub leads: usize,
+    /// Leads per second the vendor offers (retries and duplicate submits come on top).
+    #[arg(long, default_value_t = 500.0)]
+    pub rate: f64,
+    /// Share of leads submitted twice or three times at once (double clicks, retry storms).
+    #[arg(long, default_value_t = 0.30)]
+    pub duplicates: f64,
+    /// Share of payloads that are malformed: most fail the schema (-> DLQ), a fifth is not JSON
+    /// (-> refused with 400 at the edge).
+    #[arg(long, default_value_t = 0.005)]
+    pub malformed: f64,
+    /// Share of good leads that reuse an earlier lead's email (shared inboxes).
+    #[arg(long, default_value_t = 0.01)]
+    pub shared_inbox: f64,
+    /// Seed of the lead generator (same seed, same leads).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Run the same storm first against another design and show both.
+    #[arg(long, value_enum)]
+    pub baseline: Option<crate::devtools::drill::Baseline>,
+    /// Leave out the kill -9s and the nats-server restart (the CRM still flaps).
+    #[arg(long)]
+    pub no_process_faults: bool,
+    /// How long to wait after the storm for every lead to be placed.
+    #[arg(long, default_value = "3m")]
+    pub drain_timeout: humantime::Duration,
+    /// The vendor's patience per request.
+    #[arg(long, default_value = "5s")]
+    pub vendor_timeout: humantime::Duration,
+    /// Where the router's config, data and log go (default: a temp dir, removed when the
+    /// drill passes).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Keep the temp work dir even when the drill passes.
+    #[arg(long)]
+    pub keep: bool,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Run the router against this NATS (a cluster, a leaf node) instead of the embedded
+    /// default; the nats-server restart is then skipped. Use a NATS account of its own: the
+    /// drill's router creates and uses the standard streams and buckets there.
+    #[arg(long)]
+    pub nats_url: Option<String>,
+    #[command(flatten)]
+    pub topology: crate::devtools::drill::TopologyArgs,
+}
 
 /// The sender id the drill's router is configured with.
 pub const SENDER: &str = "drill";

@@ -113,6 +113,30 @@ use crate::queue::{
     QueueError, HDR_GROUP, HDR_RECEIVED_AT, HDR_SCHEMA, STREAM_LEADS, SUBJECT_IN_PREFIX,
 };
 
+#[derive(Debug, clap::Args)]
+pub struct ImportArgs {
+    /// The JSON-lines file (`-` reads stdin).
+    pub file: PathBuf,
+    /// The sender of raw vendor-payload lines (envelope lines name their own).
+    #[arg(long)]
+    pub sender: Option<String>,
+    /// Write every rejected line here as `{"line": N, "error": "..."}` JSON lines.
+    #[arg(long)]
+    pub rejects: Option<PathBuf>,
+    /// JSON pointer to an RFC 3339 receive time inside raw lines (default: import time).
+    #[arg(long)]
+    pub received_at_field: Option<String>,
+    /// PubAcks awaited at once.
+    #[arg(long, default_value_t = crate::cli::import::DEFAULT_CONCURRENCY)]
+    pub concurrency: usize,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// Header naming the file a lead was imported from.
 pub const HDR_IMPORT: &str = "Leadrouter-Import";
 /// PubAcks awaited at once by default: enough to keep one connection busy (10,000 lines in

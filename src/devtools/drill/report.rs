@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::storm::{FaultKind, FaultRecord};
 use super::vendor::{Answer, CounterSnapshot, LeadKind, LeadOutcome, LeadSpec};
-use crate::sandbox_crm::KeyStats;
+use crate::devtools::sandbox_crm::KeyStats;
 
 /// One run of the storm against one design.
 #[derive(Debug, Clone, Serialize)]
@@ -461,7 +461,7 @@ pub fn render_table(runs: &[&RunReport]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::drill::vendor::{generate, Plan};
+    use crate::devtools::drill::vendor::{generate, Plan};
     use std::collections::BTreeMap;
 
     fn stats(key: &str, created: u64, writes: u64) -> KeyStats {
