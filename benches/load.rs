@@ -60,7 +60,7 @@ use leadrouter::devtools::harness::probe::{
 };
 use leadrouter::devtools::harness::{
     free_ports, http_sink, process_alive, signal, wait_gone, RouterConfig, RouterProcess,
-    SenderSpec,
+    SenderSpec, Signal,
 };
 use leadrouter::devtools::sandbox_crm::{Faults, SandboxCrm};
 use leadrouter::intake::schemes::{SignInput, Verifier};
@@ -306,7 +306,7 @@ impl Router {
         // rather than leave an orphan holding a port.
         let nats = self.nats_pid as i32;
         if !wait_gone(nats, Duration::from_secs(5)).await {
-            signal(nats, libc::SIGTERM);
+            signal(nats, Signal::TERM);
             return format!("{status}; its nats-server outlived it and was sent SIGTERM");
         }
         status
@@ -319,7 +319,7 @@ impl Drop for Router {
         if self.proc.pid().is_some() {
             self.proc.kill9();
             if self.nats_pid != 0 && process_alive(self.nats_pid as i32) {
-                signal(self.nats_pid as i32, libc::SIGKILL);
+                signal(self.nats_pid as i32, Signal::KILL);
             }
         }
     }

@@ -1,6 +1,7 @@
 //! leadrouter: a buffered webhook lead router. Signed intake at the edge, NATS JetStream as the
 //! queue, idempotent fan-out to CRM and analytics sinks.
 
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod console;

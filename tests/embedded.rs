@@ -7,20 +7,13 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use leadrouter::devtools::harness::{signal, Signal};
 use leadrouter::queue::embedded::{EmbeddedNats, EmbeddedSpec};
 
 use common::free_port;
 
 fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            !s.rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
-        .unwrap_or(false)
+    leadrouter::devtools::harness::process_alive(pid as i32)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -43,9 +36,7 @@ async fn supervisor_restarts_a_dead_child() {
     // The rendered config and pid file live under the data dir.
     assert!(dir.path().join("nats/nats-server.conf").is_file());
 
-    unsafe {
-        libc::kill(first as i32, libc::SIGKILL);
-    }
+    signal(first as i32, Signal::KILL);
     let restarted = tokio::time::timeout(
         Duration::from_secs(30),
         status.wait_for(|s| s.running && s.restarts == 1 && s.pid != Some(first)),
@@ -142,9 +133,7 @@ fn serve_runs_its_own_nats_server_and_stops_it() {
     assert!(stdout.contains("HTTP 202"), "{stdout}");
     assert!(stdout.contains("\"duplicate\":false"), "{stdout}");
 
-    unsafe {
-        libc::kill(serve.id() as i32, libc::SIGTERM);
-    }
+    signal(serve.id() as i32, Signal::TERM);
     let status = serve.wait().unwrap();
     assert!(status.success(), "serve exits cleanly on SIGTERM: {status}");
     assert!(!alive(nats_pid), "embedded nats-server stopped with serve");

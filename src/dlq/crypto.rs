@@ -49,6 +49,7 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 use rand::{RngCore, TryRngCore};
 use serde::Deserialize;
+use zeroize::Zeroize;
 
 /// NATS header naming the key a DLQ payload is sealed with.
 pub const HDR_KEY_ID: &str = "Leadrouter-Dlq-Key-Id";
@@ -225,7 +226,7 @@ impl KeyRing {
                 return Err(KeyError::DuplicateId { id });
             }
             let cipher = XChaCha20Poly1305::new(&Key::from(material));
-            wipe(&mut material);
+            material.zeroize();
             out.push(NamedKey { id, cipher });
         }
         if out.is_empty() {
@@ -255,7 +256,7 @@ impl KeyRing {
                             }
                         })?;
                     let parsed = parse_key_material(&value);
-                    wipe_string(&mut value);
+                    value.zeroize();
                     parsed.map_err(|problem| KeyError::Material {
                         id: k.id.clone(),
                         setting,
@@ -531,7 +532,7 @@ fn parse_key_material(raw: &str) -> Result<[u8; KEY_LEN], String> {
         .as_slice()
         .try_into()
         .map_err(|_| format!("it decodes to {} bytes", decoded.len()));
-    wipe(&mut decoded);
+    decoded.zeroize();
     out
 }
 
@@ -574,7 +575,7 @@ fn read_key_file(id: &str, path: &Path) -> Result<[u8; KEY_LEN], KeyError> {
             Err(_) => Err(material("the file is not text".into())),
         }
     };
-    wipe(&mut buf);
+    buf.zeroize();
     result
 }
 
@@ -598,7 +599,7 @@ fn ensure_local_key(path: &Path) -> Result<bool, KeyError> {
         .try_fill_bytes(&mut key)
         .map_err(|e| err(io::Error::other(format!("no randomness from the OS: {e}"))))?;
     let mut text = base64::engine::general_purpose::STANDARD.encode(key);
-    wipe(&mut key);
+    key.zeroize();
     text.push('\n');
 
     let tmp = dir.join(format!(
@@ -607,7 +608,7 @@ fn ensure_local_key(path: &Path) -> Result<bool, KeyError> {
         rand::rng().next_u64()
     ));
     let written = write_private(&tmp, text.as_bytes());
-    wipe_string(&mut text);
+    text.zeroize();
     written.map_err(err)?;
 
     let created = match std::fs::hard_link(&tmp, path) {
@@ -621,7 +622,7 @@ fn ensure_local_key(path: &Path) -> Result<bool, KeyError> {
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
                     Err(e) => Err(err(e)),
                 };
-                wipe(&mut bytes);
+                bytes.zeroize();
                 r
             }
             Err(e) => Err(err(e)),
@@ -676,18 +677,6 @@ fn loose_mode(path: &Path) -> Option<u32> {
 #[cfg(not(unix))]
 fn loose_mode(_path: &Path) -> Option<u32> {
     None
-}
-
-/// Best-effort wipe of a transient copy of key material. Without the zeroize crate this relies
-/// on `black_box` to keep the compiler from dropping the stores as dead.
-fn wipe(buf: &mut [u8]) {
-    buf.fill(0);
-    std::hint::black_box(buf);
-}
-
-fn wipe_string(s: &mut String) {
-    let mut bytes = std::mem::take(s).into_bytes();
-    wipe(&mut bytes);
 }
 
 #[cfg(test)]

@@ -7,7 +7,6 @@
 //! router. The per-lead [`fence`] keeps that order across owner changes. [`repartition`] moves
 //! leads published without a partition to theirs.
 
-pub mod backoff;
 pub mod crash_net;
 pub mod dispatch;
 pub mod enrich;
@@ -26,12 +25,12 @@ use async_nats::jetstream;
 use ractor::{Actor, ActorRef};
 use tokio::sync::{oneshot, watch};
 
+use crate::backoff::Backoff;
 use crate::config::HandlersConfig;
 use crate::dlq::{DlqWriter, Reason};
 use crate::intake::Grouping;
 use crate::ledger::idempotency::Idempotency;
 use crate::sinks::Sink;
-use backoff::Backoff;
 use dispatch::{DispatchMsg, Dispatcher};
 use enrich::Enricher;
 use fence::Fence;

@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{oneshot, watch};
 
 use super::dispatch::DispatchMsg;
+use crate::backoff::Retries;
 use crate::queue::partition::{self, PRIORITY_GROUP};
 use crate::queue::pull::{pull_forever, Pull};
 use crate::queue::{KV_ROUTERS, STREAM_LEADS};
@@ -200,7 +201,7 @@ pub async fn run(
     let mut handing: BTreeMap<u16, tokio::task::JoinHandle<()>> = BTreeMap::new();
     // The last assignment this router computed: who held a partition before it moved here.
     let mut last_view: BTreeMap<u16, String> = BTreeMap::new();
-    let mut backoff = Duration::from_millis(200);
+    let mut retries = Retries::new(Duration::from_millis(200), Duration::from_secs(5));
     'session: loop {
         if *stop.borrow() {
             break;
@@ -208,28 +209,28 @@ pub async fn run(
         let kv = match ensure_bucket(&js, s.timeout, s.replicas).await {
             Ok(kv) => kv,
             Err(e) => {
+                let backoff = retries.failed();
                 tracing::warn!(error = %e, retry_in = ?backoff, "membership bucket unavailable");
                 tokio::select! {
                     _ = stop.changed() => break,
                     _ = tokio::time::sleep(backoff) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
         let mut watch = match kv.watch_with_history(">").await {
             Ok(w) => w,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot watch the membership bucket yet");
+                let backoff = retries.failed();
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot watch the membership bucket yet");
                 tokio::select! {
                     _ = stop.changed() => break,
                     _ = tokio::time::sleep(backoff) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
-        backoff = Duration::from_millis(200);
+        retries.succeeded();
         // Member -> when its last record arrived (our clock: no skew between hosts).
         let mut seen: HashMap<String, Instant> = HashMap::new();
         let mut synced = false;

@@ -15,6 +15,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
+use crate::backoff::Retries;
 use crate::config::StoreKey;
 
 #[derive(Debug, thiserror::Error)]
@@ -113,7 +114,7 @@ pub struct NatsSupervisor;
 pub struct SupervisorState {
     spec: EmbeddedSpec,
     status: watch::Sender<ChildStatus>,
-    backoff: Duration,
+    restarts: Retries,
 }
 
 /// A running embedded server; dropping it does not stop the server, `stop` does.
@@ -217,19 +218,14 @@ async fn stop_stale(pid_file: &Path) {
         pid,
         "stopping a stale embedded nats-server left by an earlier run"
     );
-    // SAFETY: plain signal delivery to a pid we verified is a nats-server.
-    unsafe {
-        libc::kill(pid, libc::SIGTERM);
-    }
+    signal(pid, Signal::TERM);
     for _ in 0..500 {
         if !process_alive(pid) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-    }
+    signal(pid, Signal::KILL);
 }
 
 /// Spawns the child, then reads its log until the ready line (or exit, or timeout).
@@ -246,14 +242,13 @@ async fn spawn_child(spec: &EmbeddedSpec) -> Result<Child, EmbeddedError> {
         cmd.env(CHILD_STORE_KEY_ENV, &k.value);
     }
     #[cfg(target_os = "linux")]
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    // SAFETY: `pre_exec` is unsafe because the closure runs between fork and exec; prctl is
+    // async-signal-safe and allocates nothing.
     unsafe {
         cmd.pre_exec(|| {
             // SIGTERM, not SIGKILL: the server then flushes its store on the way down.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
+            rustix::process::set_parent_process_death_signal(Some(Signal::TERM))
+                .map_err(std::io::Error::from)
         });
     }
     let mut child = cmd.spawn().map_err(|source| EmbeddedError::Spawn {
@@ -338,7 +333,7 @@ impl Actor for NatsSupervisor {
         Ok(SupervisorState {
             spec,
             status,
-            backoff: MIN_BACKOFF,
+            restarts: Retries::new(MIN_BACKOFF, MAX_BACKOFF),
         })
     }
 
@@ -353,15 +348,16 @@ impl Actor for NatsSupervisor {
                 if state.status.borrow().pid != Some(pid) {
                     return Ok(());
                 }
-                tracing::error!(pid, %status, backoff = ?state.backoff, "embedded nats-server exited; restarting");
+                let backoff = state.restarts.failed();
+                tracing::error!(pid, %status, ?backoff, "embedded nats-server exited; restarting");
                 state.status.send_modify(|s| s.running = false);
-                myself.send_after(state.backoff, || SupervisorMsg::Restart);
+                myself.send_after(backoff, || SupervisorMsg::Restart);
             }
             SupervisorMsg::Restart => match spawn_child(&state.spec).await {
                 Ok(child) => {
                     let pid = watch_child(child, myself);
                     tracing::info!(?pid, "embedded nats-server restarted");
-                    state.backoff = MIN_BACKOFF;
+                    state.restarts.succeeded();
                     state.status.send_modify(|s| {
                         s.pid = pid;
                         s.running = true;
@@ -369,9 +365,9 @@ impl Actor for NatsSupervisor {
                     });
                 }
                 Err(e) => {
-                    state.backoff = (state.backoff * 2).min(MAX_BACKOFF);
-                    tracing::error!(error = %e, backoff = ?state.backoff, "embedded nats-server restart failed");
-                    myself.send_after(state.backoff, || SupervisorMsg::Restart);
+                    let backoff = state.restarts.failed();
+                    tracing::error!(error = %e, ?backoff, "embedded nats-server restart failed");
+                    myself.send_after(backoff, || SupervisorMsg::Restart);
                 }
             },
         }
@@ -389,10 +385,7 @@ impl Actor for NatsSupervisor {
             s.pid = None;
         });
         if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-            // SAFETY: signal delivery to our own child.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
+            signal(pid, Signal::TERM);
             for _ in 0..100 {
                 if !process_alive(pid) {
                     break;
@@ -400,14 +393,24 @@ impl Actor for NatsSupervisor {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             if process_alive(pid) {
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                }
+                signal(pid, Signal::KILL);
             }
             tracing::info!(pid, "embedded nats-server stopped");
         }
         Ok(())
     }
+}
+
+pub use rustix::process::Signal;
+
+/// Sends `sig` to `pid`; a pid of 0 or below is ignored (kill(2) would signal a whole process
+/// group). Returns whether the signal was delivered (a stale pid gives ESRCH, not harm).
+pub fn signal(pid: i32, sig: Signal) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    rustix::process::Pid::from_raw(pid)
+        .is_some_and(|p| rustix::process::kill_process(p, sig).is_ok())
 }
 
 /// Whether `pid` is a running process; a zombie counts as gone (it holds no port, no lock).
@@ -439,17 +442,11 @@ mod tests {
             .expect("true starts");
         let pid = done.id() as i32;
         // Wait for its exit without reaping it (WNOWAIT): it stays a zombie of this process.
-        // SAFETY: waitid on our own child with a zeroed siginfo_t out-parameter.
-        let rc = unsafe {
-            let mut info: libc::siginfo_t = std::mem::zeroed();
-            libc::waitid(
-                libc::P_PID,
-                pid as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOWAIT,
-            )
-        };
-        assert_eq!(rc, 0);
+        let waited = rustix::process::waitid(
+            rustix::process::WaitId::Pid(rustix::process::Pid::from_raw(pid).unwrap()),
+            rustix::process::WaitIdOptions::EXITED | rustix::process::WaitIdOptions::NOWAIT,
+        );
+        assert!(matches!(waited, Ok(Some(_))), "{waited:?}");
         assert!(
             std::fs::metadata(format!("/proc/{pid}")).is_ok(),
             "the zombie is still listed"

@@ -13,6 +13,8 @@ use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
 use tokio::sync::watch;
 
+use crate::backoff::Retries;
+
 /// How to pull.
 #[derive(Debug, Clone)]
 pub struct Pull {
@@ -41,8 +43,7 @@ pub async fn pull_forever<F, Fut>(
     F: FnMut(jetstream::Message) -> Fut,
     Fut: Future<Output = bool>,
 {
-    const FIRST_RETRY: Duration = Duration::from_millis(100);
-    let mut backoff = FIRST_RETRY;
+    let mut retries = Retries::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         if *stop.borrow() {
             return;
@@ -70,16 +71,16 @@ pub async fn pull_forever<F, Fut>(
         };
         let mut messages = match attempt {
             Ok(m) => {
-                backoff = FIRST_RETRY;
+                retries.succeeded();
                 m
             }
             Err(e) => {
+                let backoff = retries.failed();
                 tracing::debug!(consumer = %pull.what, error = %e, retry_in = ?backoff, "cannot consume yet");
                 tokio::select! {
                     _ = stop.changed() => return,
                     _ = tokio::time::sleep(backoff) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };

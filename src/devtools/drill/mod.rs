@@ -637,7 +637,7 @@ impl Leadrouter {
             return rec;
         };
         let t0 = Instant::now();
-        router::signal(old, libc::SIGKILL);
+        router::signal(old, crate::devtools::harness::Signal::KILL);
         // Back means: a new nats-server wrote its pid file and the router is ready on it.
         let mut back = false;
         while t0.elapsed() < RECOVERY_LIMIT {

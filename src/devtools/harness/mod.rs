@@ -39,7 +39,7 @@ pub use config::{
 };
 pub use nats::{NatsOptions, NatsServer};
 pub use ports::{free_port, free_ports};
-pub use process::{process_alive, signal, wait_gone, TempDir};
+pub use process::{process_alive, signal, wait_gone, Signal, TempDir};
 pub use router::{RouterProcess, Stopped};
 pub use vendor::{post_signed, signed_headers, standard_webhooks_signer};
 

@@ -8,7 +8,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::process::{kill_and_reap, process_alive, signal, TempDir};
+use super::process::{kill_and_reap, process_alive, signal, Signal, TempDir};
 use super::HarnessError;
 
 /// How a [`NatsServer`] is started. Everything is optional: the default is a random client
@@ -219,7 +219,7 @@ impl NatsServer {
     /// Sends SIGTERM (nats-server's graceful shutdown) without waiting; see
     /// [`wait_exit`](Self::wait_exit).
     pub fn sigterm(&self) -> bool {
-        self.pid().is_some_and(|p| signal(p as i32, libc::SIGTERM))
+        self.pid().is_some_and(|p| signal(p as i32, Signal::TERM))
     }
 
     /// Waits (blocking, polling) until the server exited, reaping it; `None` if it is still

@@ -9,17 +9,7 @@ use super::HarnessError;
 
 /// Zombie-aware: a process that exited but is not reaped yet counts as gone (it holds no port,
 /// no lock, no file).
-pub use crate::queue::embedded::process_alive;
-
-/// Sends `sig` to `pid`; a pid of 0 or below is ignored (kill(2) would signal a whole process
-/// group). Returns whether the signal was delivered.
-pub fn signal(pid: i32, sig: i32) -> bool {
-    if pid <= 0 {
-        return false;
-    }
-    // SAFETY: kill(2) has no memory effects; a stale pid only yields ESRCH.
-    unsafe { libc::kill(pid, sig) == 0 }
-}
+pub use crate::queue::embedded::{process_alive, signal, Signal};
 
 /// Waits until `pid` is gone or `timeout` passes; true when it is gone.
 pub async fn wait_gone(pid: i32, timeout: Duration) -> bool {
@@ -118,8 +108,9 @@ mod tests {
 
     #[test]
     fn signal_ignores_pids_that_would_mean_a_group() {
-        assert!(!signal(0, 0));
-        assert!(!signal(-1, 0));
-        assert!(signal(std::process::id() as i32, 0));
+        // SIGCONT to a running process changes nothing, so the test can signal itself.
+        assert!(!signal(0, Signal::CONT));
+        assert!(!signal(-1, Signal::CONT));
+        assert!(signal(std::process::id() as i32, Signal::CONT));
     }
 }

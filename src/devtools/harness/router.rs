@@ -12,7 +12,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use super::config::RouterConfig;
-use super::process::{kill_and_reap, process_alive, signal, wait_child};
+use super::process::{kill_and_reap, process_alive, signal, wait_child, Signal};
 use super::HarnessError;
 
 /// How a graceful [`RouterProcess::stop`] ended.
@@ -303,7 +303,7 @@ impl RouterProcess {
 
     /// Sends SIGTERM and returns at once; see [`wait_exit`](Self::wait_exit).
     pub fn sigterm(&self) -> bool {
-        self.pid().is_some_and(|p| signal(p as i32, libc::SIGTERM))
+        self.pid().is_some_and(|p| signal(p as i32, Signal::TERM))
     }
 
     /// Waits until the process exits (reaping it) or `timeout` passes; `None` if it is still

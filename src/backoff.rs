@@ -1,5 +1,8 @@
 //! Exponential backoff with full jitter (AWS architecture blog, "Exponential Backoff And
 //! Jitter"): spreading retries over the whole window is what lets a recovering partner breathe.
+//! The one backoff of the crate: sink retries ([`Backoff::delay`] per delivery attempt) and
+//! every reconnect loop ([`Retries`]: a consumer that cannot pull yet, the membership bucket,
+//! the embedded nats-server's restarts, an import's unacknowledged publishes).
 
 use std::time::Duration;
 
@@ -37,6 +40,39 @@ impl Backoff {
     }
 }
 
+/// One retry loop's state: failures in a row, and the delay before the next attempt. Several
+/// routers that lost the same NATS at once come back spread out, not in lockstep.
+#[derive(Debug, Clone)]
+pub struct Retries {
+    backoff: Backoff,
+    failures: u32,
+}
+
+impl Retries {
+    pub fn new(base: Duration, cap: Duration) -> Retries {
+        Retries {
+            backoff: Backoff { base, cap },
+            failures: 0,
+        }
+    }
+
+    /// Books one more failure and returns how long to wait before the next attempt.
+    pub fn failed(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        self.backoff.delay(self.failures, None)
+    }
+
+    /// The next failure starts from the base again.
+    pub fn succeeded(&mut self) {
+        self.failures = 0;
+    }
+
+    /// Failures in a row so far.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +103,19 @@ mod tests {
         for _ in 0..50 {
             assert!(b.delay(1, Some(Duration::from_secs(7))) >= Duration::from_secs(7));
         }
+    }
+
+    #[test]
+    fn retries_grow_with_failures_and_start_over_after_a_success() {
+        let mut r = Retries::new(Duration::from_millis(100), Duration::from_secs(1));
+        for n in 1..=6u32 {
+            let d = r.failed();
+            let ceiling = Duration::from_millis(100 * 2u64.pow(n - 1)).min(Duration::from_secs(1));
+            assert!(d <= ceiling, "failure {n}: {d:?} > {ceiling:?}");
+        }
+        assert_eq!(r.failures(), 6);
+        r.succeeded();
+        assert_eq!(r.failures(), 0);
+        assert!(r.failed() <= Duration::from_millis(100));
     }
 }
