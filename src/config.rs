@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::intake::mapping::MappingConfig;
 use crate::intake::schemes::{SchemeName, SignatureOptions};
@@ -57,7 +57,7 @@ pub struct Config {
     pub handlers: HandlersConfig,
     #[serde(default)]
     pub enrich: EnrichConfig,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::sinks::deserialize_list")]
     pub sinks: Vec<SinkConfig>,
     /// DLQ payload encryption keys.
     #[serde(default)]
@@ -674,19 +674,63 @@ impl Default for RateConfig {
     }
 }
 
-/// Exactly one of the keys is set.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EventIdSource {
+/// Where a sender's event id is read from. In TOML a table with exactly one key:
+/// `{ header = "webhook-id" }`, `{ pointer = "/lead_id" }` or `{ path = "$.payload.id" }`
+/// (which is also how it serializes).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "EventIdTable", rename_all = "lowercase")]
+pub enum EventIdSource {
     /// Request header, e.g. `webhook-id`.
-    #[serde(default)]
-    pub header: Option<String>,
+    Header(String),
     /// RFC 6901 JSON pointer into the parsed body, e.g. `/event_id`.
-    #[serde(default)]
-    pub pointer: Option<String>,
+    Pointer(String),
     /// RFC 9535 JSONPath into the parsed body, e.g. `$.payload.id`.
+    Path(String),
+}
+
+/// The table as written; an enum read directly would refuse two keys with serde's generic
+/// "wrong number of keys" and no hint of which ones are meant.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventIdTable {
     #[serde(default)]
-    pub path: Option<String>,
+    header: Option<String>,
+    #[serde(default)]
+    pointer: Option<String>,
+    #[serde(default)]
+    path: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("`event_id`: set exactly one of header, pointer, path (found {found})")]
+pub struct EventIdError {
+    found: String,
+}
+
+impl TryFrom<EventIdTable> for EventIdSource {
+    type Error = EventIdError;
+
+    fn try_from(t: EventIdTable) -> Result<EventIdSource, EventIdError> {
+        match (t.header, t.pointer, t.path) {
+            (Some(h), None, None) => Ok(EventIdSource::Header(h)),
+            (None, Some(p), None) => Ok(EventIdSource::Pointer(p)),
+            (None, None, Some(p)) => Ok(EventIdSource::Path(p)),
+            (h, p, q) => {
+                let set: Vec<&str> = [("header", h), ("pointer", p), ("path", q)]
+                    .into_iter()
+                    .filter(|(_, v)| v.is_some())
+                    .map(|(k, _)| k)
+                    .collect();
+                Err(EventIdError {
+                    found: if set.is_empty() {
+                        "none".into()
+                    } else {
+                        set.join(" and ")
+                    },
+                })
+            }
+        }
+    }
 }
 
 /// Only the `[[senders]]` array; the shape of the example files in `config/examples/`.
@@ -946,24 +990,12 @@ impl Config {
                     "must be at least 1",
                 ));
             }
-            if let Some(ev) = &sender.event_id {
-                let n = [&ev.header, &ev.pointer, &ev.path]
-                    .iter()
-                    .filter(|o| o.is_some())
-                    .count();
-                if n != 1 {
+            if let Some(EventIdSource::Pointer(p)) = &sender.event_id {
+                if !p.is_empty() && !p.starts_with('/') {
                     return Err(ConfigError::invalid(
-                        key("event_id"),
-                        "set exactly one of header, pointer, path",
+                        key("event_id.pointer"),
+                        "a JSON pointer starts with '/'",
                     ));
-                }
-                if let Some(p) = &ev.pointer {
-                    if !p.is_empty() && !p.starts_with('/') {
-                        return Err(ConfigError::invalid(
-                            key("event_id.pointer"),
-                            "a JSON pointer starts with '/'",
-                        ));
-                    }
                 }
             }
             if sender.schema.trim().is_empty() {
@@ -1096,6 +1128,104 @@ email = "$.email"
         let err = Config::from_toml("[intake]\nlisen = \"x\"\n", Path::new("t.toml"), &NO_ENV)
             .unwrap_err();
         assert!(err.to_string().contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn every_event_id_form_parses_to_its_variant() {
+        let load = |event_id: &str| {
+            let text = minimal_sender().replace(
+                "[senders.mapping.fields]",
+                &format!("{event_id}\n[senders.mapping.fields]"),
+            );
+            Config::from_toml(&text, Path::new("t.toml"), &NO_ENV)
+                .map(|c| c.senders[0].event_id.clone())
+        };
+        assert_eq!(load("").unwrap(), None);
+        for (toml, want) in [
+            (
+                "event_id = { header = \"webhook-id\" }",
+                EventIdSource::Header("webhook-id".into()),
+            ),
+            (
+                "event_id = { pointer = \"/lead_id\" }",
+                EventIdSource::Pointer("/lead_id".into()),
+            ),
+            (
+                "event_id = { path = \"$.payload.id\" }",
+                EventIdSource::Path("$.payload.id".into()),
+            ),
+            (
+                "[senders.event_id]\nheader = \"X-Event\"",
+                EventIdSource::Header("X-Event".into()),
+            ),
+            (
+                "[senders.event_id]\npath = \"$.event_id\"",
+                EventIdSource::Path("$.event_id".into()),
+            ),
+            // The whole document is a pointer too.
+            (
+                "event_id = { pointer = \"\" }",
+                EventIdSource::Pointer(String::new()),
+            ),
+        ] {
+            assert_eq!(load(toml).unwrap(), Some(want), "{toml}");
+        }
+    }
+
+    #[test]
+    fn a_bad_event_id_names_the_key_and_the_keys_it_takes() {
+        let err = |event_id: &str| {
+            let text = minimal_sender().replace(
+                "[senders.mapping.fields]",
+                &format!("{event_id}\n[senders.mapping.fields]"),
+            );
+            Config::from_toml(&text, Path::new("t.toml"), &NO_ENV)
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err("event_id = { header = \"webhook-id\", path = \"$.id\" }");
+        assert!(
+            e.contains(
+                "`event_id`: set exactly one of header, pointer, path (found header and path)"
+            ),
+            "{e}"
+        );
+        // toml points at the line, so the sender is the one written there.
+        assert!(e.contains("event_id = { header"), "{e}");
+        let e = err("event_id = {}");
+        assert!(e.contains("(found none)"), "{e}");
+        let e = err("event_id = { heder = \"webhook-id\" }");
+        assert!(e.contains("unknown field `heder`"), "{e}");
+        assert!(e.contains("`header`, `pointer`, `path`"), "{e}");
+        let e = err("event_id = { pointer = \"lead_id\" }");
+        assert!(
+            e.contains("config key `senders[0].event_id.pointer`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn event_id_renders_as_the_table_it_is_read_from() {
+        #[derive(Serialize, Deserialize)]
+        struct T {
+            event_id: EventIdSource,
+        }
+        for ev in [
+            EventIdSource::Header("webhook-id".into()),
+            EventIdSource::Pointer("/id".into()),
+            EventIdSource::Path("$.id".into()),
+        ] {
+            let text = toml::to_string(&T {
+                event_id: ev.clone(),
+            })
+            .unwrap();
+            assert_eq!(toml::from_str::<T>(&text).unwrap().event_id, ev, "{text}");
+        }
+        let text = toml::to_string(&T {
+            event_id: EventIdSource::Header("webhook-id".into()),
+        })
+        .unwrap();
+        assert_eq!(text, "[event_id]\nheader = \"webhook-id\"\n");
     }
 
     #[test]

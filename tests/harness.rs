@@ -8,12 +8,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
-use leadrouter::config::Config;
+use leadrouter::config::{Config, EventIdSource};
 use leadrouter::devtools::harness::{
     file_sink, free_port, free_ports, http_sink, HandlersSection, HarnessError, NatsCluster,
     NatsServer, RaftGroup, RouterConfig, RouterProcess, SenderSpec, Stopped, StreamsSection,
     TelemetrySection,
 };
+use leadrouter::sinks::SinkKind;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -208,8 +209,11 @@ fn router_config_renders_what_the_router_parses() {
     assert_eq!(parsed.handlers.backoff_base, Duration::from_millis(20));
     assert_eq!(parsed.handlers.prefetch, 8);
     assert_eq!(parsed.sinks.len(), 2);
-    assert_eq!(parsed.sinks[0].timeout, Some(Duration::from_secs(2)));
-    assert_eq!(parsed.sinks[1].kind, "file");
+    let SinkKind::Http(crm) = &parsed.sinks[0].kind else {
+        panic!("{:?}", parsed.sinks[0])
+    };
+    assert_eq!(crm.timeout, Some(Duration::from_secs(2)));
+    assert_eq!(parsed.sinks[1].kind.as_str(), "file");
     assert_eq!(parsed.dlq.keys[0].env.as_deref(), Some("HARNESS_DLQ_KEY"));
     assert_eq!(
         parsed.telemetry.traces_endpoint().as_deref(),
@@ -220,8 +224,8 @@ fn router_config_renders_what_the_router_parses() {
     assert_eq!(demo.secret_env, vec!["HARNESS_SECRET".to_string()]);
     assert_eq!(demo.rate.per_second, 1000);
     assert_eq!(
-        demo.event_id.as_ref().and_then(|e| e.header.as_deref()),
-        Some("webhook-id")
+        demo.event_id,
+        Some(EventIdSource::Header("webhook-id".into()))
     );
     assert_eq!(
         demo.mapping.fields.keys().collect::<Vec<_>>(),

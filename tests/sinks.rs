@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use leadrouter::devtools::sandbox_crm::{FaultMode, Faults, IdempotencyMode, SandboxCrm, Scope};
-use leadrouter::sinks::{self, HttpMode, LeadRecord, Sink, SinkConfig, SinkContext};
+use leadrouter::sinks::{
+    self, FileSinkConfig, HttpMode, HttpSinkConfig, LeadRecord, NatsSinkConfig, SegmentSinkConfig,
+    Sink, SinkConfig, SinkContext,
+};
 use serde_json::{json, Value};
 
 const EMAIL: &str = "ada@example.com";
@@ -51,13 +54,16 @@ async fn sandbox() -> SandboxCrm {
         .expect("sandbox starts")
 }
 
-fn http_cfg(sb: &SandboxCrm) -> SinkConfig {
-    SinkConfig {
-        name: "crm".into(),
-        kind: "http".into(),
+fn http_cfg(sb: &SandboxCrm) -> HttpSinkConfig {
+    HttpSinkConfig {
         url: Some(format!("{}/leads", sb.url())),
-        ..SinkConfig::default()
+        ..HttpSinkConfig::default()
     }
+}
+
+/// The `http` sink called `crm`.
+fn crm(cfg: HttpSinkConfig) -> SinkConfig {
+    SinkConfig::new("crm", cfg)
 }
 
 async fn build(cfg: SinkConfig, env: &[(&str, &str)]) -> Arc<dyn Sink> {
@@ -68,7 +74,7 @@ async fn build(cfg: SinkConfig, env: &[(&str, &str)]) -> Arc<dyn Sink> {
 }
 
 async fn http_sink(sb: &SandboxCrm) -> Arc<dyn Sink> {
-    build(http_cfg(sb), &[]).await
+    build(crm(http_cfg(sb)), &[]).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -139,12 +145,12 @@ async fn a_legacy_crm_that_ignores_the_key_shows_the_duplicate() {
 async fn http_upsert_puts_to_the_keyed_path() {
     let sb = sandbox().await;
     let sink = build(
-        SinkConfig {
+        crm(HttpSinkConfig {
             mode: Some(HttpMode::Upsert),
             // A trailing slash must not produce `//key`.
             url: Some(format!("{}/leads/", sb.url())),
             ..http_cfg(&sb)
-        },
+        }),
         &[],
     )
     .await;
@@ -259,10 +265,10 @@ async fn http_429_retry_after_http_date() {
 async fn http_timeout_is_transient_timeout() {
     let sb = sandbox().await;
     let sink = build(
-        SinkConfig {
+        crm(HttpSinkConfig {
             timeout: Some(Duration::from_millis(200)),
             ..http_cfg(&sb)
-        },
+        }),
         &[],
     )
     .await;
@@ -310,12 +316,10 @@ async fn http_connection_refused_is_transient_connect() {
         l.local_addr().expect("addr").port()
     };
     let sink = build(
-        SinkConfig {
-            name: "crm".into(),
-            kind: "http".into(),
+        crm(HttpSinkConfig {
             url: Some(format!("http://127.0.0.1:{port}/leads")),
-            ..SinkConfig::default()
-        },
+            ..HttpSinkConfig::default()
+        }),
         &[],
     )
     .await;
@@ -353,12 +357,12 @@ async fn http_auth_from_env_and_static_headers_reach_the_server() {
     let sb = sandbox().await;
     let env = [("TEST_CRM_TOKEN", "s3cret"), ("TEST_CRM_KEY", "k-42")];
     let bearer = build(
-        SinkConfig {
+        crm(HttpSinkConfig {
             auth_env: Some("TEST_CRM_TOKEN".into()),
             auth_prefix: Some("Bearer ".into()),
             headers: Some([("X-Source".to_string(), "leadrouter".to_string())].into()),
             ..http_cfg(&sb)
-        },
+        }),
         &env,
     )
     .await;
@@ -368,11 +372,11 @@ async fn http_auth_from_env_and_static_headers_reach_the_server() {
     assert_eq!(h["x-source"], "leadrouter");
 
     let api_key = build(
-        SinkConfig {
+        crm(HttpSinkConfig {
             auth_header: Some("X-Api-Key".into()),
             auth_env: Some("TEST_CRM_KEY".into()),
             ..http_cfg(&sb)
-        },
+        }),
         &env,
     )
     .await;
@@ -383,10 +387,10 @@ async fn http_auth_from_env_and_static_headers_reach_the_server() {
 
     // A missing secret fails the build, naming the key.
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = SinkConfig {
+    let cfg = crm(HttpSinkConfig {
         auth_env: Some("TEST_CRM_UNSET".into()),
         ..http_cfg(&sb)
-    };
+    });
     let err = sinks::build(2, &cfg, &ctx(dir.path(), &env, None))
         .await
         .err()
@@ -399,13 +403,14 @@ async fn http_auth_from_env_and_static_headers_reach_the_server() {
 // segment
 
 fn segment_cfg(sb: &SandboxCrm) -> SinkConfig {
-    SinkConfig {
-        name: "analytics".into(),
-        kind: "segment".into(),
-        endpoint: Some(sb.url()),
-        write_key_env: Some("TEST_SEGMENT_KEY".into()),
-        ..SinkConfig::default()
-    }
+    SinkConfig::new(
+        "analytics",
+        SegmentSinkConfig {
+            endpoint: Some(sb.url()),
+            write_key_env: Some("TEST_SEGMENT_KEY".into()),
+            ..SegmentSinkConfig::default()
+        },
+    )
 }
 
 #[tokio::test]
@@ -543,11 +548,13 @@ async fn file_sink_writes_one_line_per_key_across_rebuilds() {
 async fn file_sink_survives_a_torn_last_line_and_resolves_relative_paths() {
     let dir = tempfile::tempdir().expect("tempdir");
     let c = ctx(dir.path(), &[], None);
-    let cfg = SinkConfig {
-        path: Some("out/custom.jsonl".into()),
-        fsync: Some(true),
-        ..SinkConfig::file("archive")
-    };
+    let cfg = SinkConfig::new(
+        "archive",
+        FileSinkConfig {
+            path: Some("out/custom.jsonl".into()),
+            fsync: Some(true),
+        },
+    );
     let path = dir.path().join("out/custom.jsonl");
     std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
     // A crash mid-append leaves a partial line without newline.
@@ -595,13 +602,12 @@ async fn nats_jetstream_publish_dedupes_by_msg_id() {
     .expect("stream");
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = SinkConfig {
-        name: "bus".into(),
-        kind: "nats".into(),
+    let bus = NatsSinkConfig {
         subject: Some("crm.out.{sender}".into()),
         jetstream: Some(true),
-        ..SinkConfig::default()
+        ..NatsSinkConfig::default()
     };
+    let cfg = SinkConfig::new("bus", bus.clone());
     let sink = sinks::build(0, &cfg, &ctx(dir.path(), &[], Some(client.clone())))
         .await
         .expect("builds");
@@ -629,10 +635,13 @@ async fn nats_jetstream_publish_dedupes_by_msg_id() {
     assert_eq!(got, l);
 
     // A subject no stream captures: retried (the stream may be coming), not dead-lettered.
-    let cfg = SinkConfig {
-        subject: Some("nowhere.{sender}".into()),
-        ..cfg
-    };
+    let cfg = SinkConfig::new(
+        "bus",
+        NatsSinkConfig {
+            subject: Some("nowhere.{sender}".into()),
+            ..bus
+        },
+    );
     let sink = sinks::build(0, &cfg, &ctx(dir.path(), &[], Some(client)))
         .await
         .expect("builds");
@@ -650,12 +659,13 @@ async fn nats_core_publish_carries_the_headers() {
     client.flush().await.expect("flush");
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = SinkConfig {
-        name: "bus".into(),
-        kind: "nats".into(),
-        subject: Some("core.{sender}".into()),
-        ..SinkConfig::default()
-    };
+    let cfg = SinkConfig::new(
+        "bus",
+        NatsSinkConfig {
+            subject: Some("core.{sender}".into()),
+            ..NatsSinkConfig::default()
+        },
+    );
     let sink = sinks::build(0, &cfg, &ctx(dir.path(), &[], Some(client)))
         .await
         .expect("builds");

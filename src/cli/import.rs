@@ -104,7 +104,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 
-use crate::config::{Config, EnvSource, SenderConfig};
+use crate::config::{Config, EnvSource, EventIdSource, SenderConfig};
 use crate::intake::envelope::{body_event_id, email_hash, idempotency_key, LeadEnvelope};
 use crate::intake::group_key::GroupKey;
 use crate::intake::mapping::{self, BodyFormat, CompiledPath, Mapper, MappingError};
@@ -439,21 +439,16 @@ impl SenderPlan {
             message: e.to_string(),
         })?;
         let event_id = match &s.event_id {
-            Some(ev) if ev.pointer.is_some() => {
-                EventId::Pointer(ev.pointer.clone().unwrap_or_default())
-            }
-            Some(ev) if ev.path.is_some() => {
-                let p = ev.path.as_deref().unwrap_or_default();
-                EventId::Path(
-                    mapping::compile_path(p).map_err(|e| ImportError::SenderConfig {
-                        index,
-                        key: "event_id.path",
-                        message: e.to_string(),
-                    })?,
-                )
-            }
+            Some(EventIdSource::Pointer(p)) => EventId::Pointer(p.clone()),
+            Some(EventIdSource::Path(p)) => EventId::Path(mapping::compile_path(p).map_err(
+                |e| ImportError::SenderConfig {
+                    index,
+                    key: "event_id.path",
+                    message: e.to_string(),
+                },
+            )?),
             // A header event id cannot come with a file line: hash the body instead.
-            _ => EventId::BodyHash,
+            Some(EventIdSource::Header(_)) | None => EventId::BodyHash,
         };
         let allow = s.mapping.fields.keys().cloned().collect();
         Ok(SenderPlan {

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use anyhow::{anyhow, bail, Context};
 use sha2::{Digest, Sha256};
 
-use crate::config::{resolve_secrets, Config, ProcessEnv};
+use crate::config::{resolve_secrets, Config, EventIdSource, ProcessEnv};
 use crate::intake::mapping::{BodyFormat, MappingConfig};
 use crate::intake::schemes::{SignInput, Verifier};
 
@@ -105,7 +105,10 @@ pub async fn run(cfg: &Config, args: &SendArgs) -> anyhow::Result<ExitCode> {
         .post(&full_url)
         .header(reqwest::header::CONTENT_TYPE, content_type(&sender.mapping));
     let mut has_event_header = false;
-    let event_header = sender.event_id.as_ref().and_then(|e| e.header.as_deref());
+    let event_header = match &sender.event_id {
+        Some(EventIdSource::Header(h)) => Some(h.as_str()),
+        _ => None,
+    };
     for (k, v) in &signed.headers {
         if event_header.is_some_and(|h| h.eq_ignore_ascii_case(k)) {
             has_event_header = true;

@@ -367,7 +367,7 @@ pub fn select_first<'a>(doc: &'a Value, path: &CompiledPath) -> Option<&'a Value
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{SenderConfig, SendersFile};
+    use crate::config::{EventIdSource, SenderConfig, SendersFile};
     use std::path::{Path, PathBuf};
 
     const NO_ENV: [(&str, &str); 0] = [];
@@ -516,7 +516,7 @@ mod tests {
             let sender = &cfg.senders[0];
             assert!(!sender.secret_env.is_empty(), "{vendor}");
             Mapper::new(&sender.mapping).unwrap_or_else(|e| panic!("{vendor}: {e}"));
-            if let Some(p) = sender.event_id.as_ref().and_then(|e| e.path.as_deref()) {
+            if let Some(EventIdSource::Path(p)) = &sender.event_id {
                 compile_path(p).unwrap_or_else(|e| panic!("{vendor}: {e}"));
             }
         }
@@ -525,13 +525,17 @@ mod tests {
     #[test]
     fn event_id_path_selects_typeform_and_webflow_ids() {
         let sender = example_sender("typeform");
-        let path = sender.event_id.and_then(|e| e.path).unwrap();
+        let Some(EventIdSource::Path(path)) = sender.event_id else {
+            panic!("typeform: {:?}", sender.event_id)
+        };
         let (doc, _) = map_fixture("typeform", "typeform.json");
         let id = select_first(&doc, &compile_path(&path).unwrap());
         assert_eq!(id, Some(&s("01JD8M9ZK2Q3R4S5T6V7W8X9YZ")));
 
         let sender = example_sender("webflow");
-        let path = sender.event_id.and_then(|e| e.path).unwrap();
+        let Some(EventIdSource::Path(path)) = sender.event_id else {
+            panic!("webflow: {:?}", sender.event_id)
+        };
         let (doc, _) = map_fixture("webflow", "webflow-form-submission.json");
         let id = select_first(&doc, &compile_path(&path).unwrap());
         assert_eq!(id, Some(&s("6321ca84df3949bfc6752327")));
@@ -543,7 +547,9 @@ mod tests {
     #[test]
     fn google_ads_event_id_pointer_resolves() {
         let sender = example_sender("google-ads");
-        let pointer = sender.event_id.and_then(|e| e.pointer).unwrap();
+        let Some(EventIdSource::Pointer(pointer)) = sender.event_id else {
+            panic!("google-ads: {:?}", sender.event_id)
+        };
         let (doc, _) = map_fixture("google-ads", "google-ads-lead-form.json");
         assert!(doc
             .pointer(&pointer)

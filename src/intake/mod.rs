@@ -172,23 +172,15 @@ fn build_sender(
     })?;
     let event_id = match &s.event_id {
         None => EventIdSource::BodyHash,
-        Some(ev) => {
-            if let Some(h) = &ev.header {
-                EventIdSource::Header(h.clone())
-            } else if let Some(p) = &ev.pointer {
-                EventIdSource::Pointer(p.clone())
-            } else if let Some(p) = &ev.path {
-                EventIdSource::Path(mapping::compile_path(p).map_err(|e| {
-                    IntakeSetupError::Sender {
-                        index,
-                        key: "event_id.path",
-                        message: e.to_string(),
-                    }
-                })?)
-            } else {
-                EventIdSource::BodyHash
-            }
-        }
+        Some(crate::config::EventIdSource::Header(h)) => EventIdSource::Header(h.clone()),
+        Some(crate::config::EventIdSource::Pointer(p)) => EventIdSource::Pointer(p.clone()),
+        Some(crate::config::EventIdSource::Path(p)) => EventIdSource::Path(
+            mapping::compile_path(p).map_err(|e| IntakeSetupError::Sender {
+                index,
+                key: "event_id.path",
+                message: e.to_string(),
+            })?,
+        ),
     };
     Ok(SenderRuntime {
         id: s.id.clone(),

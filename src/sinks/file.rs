@@ -18,9 +18,22 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 
 use super::{
-    class, rfc3339, Delivered, LeadRecord, Sink, SinkBuildError, SinkConfig, SinkContext,
-    SinkError, DEFAULT_FILE_PATH,
+    class, rfc3339, Delivered, LeadRecord, Sink, SinkBuildError, SinkContext, SinkError,
+    DEFAULT_FILE_PATH,
 };
+
+/// The keys of a `kind = "file"` sink, besides `name`, `kind` and `ordering`. Unset keys take
+/// their defaults in [`FileSpec::from_config`].
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileSinkConfig {
+    /// Default `{data_dir}/sinks/leads.jsonl`; relative paths are relative to the data dir.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// fsync each line (slow, survives an OS crash); default false.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fsync: Option<bool>,
+}
 
 /// Validated `file` sink settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,7 +44,10 @@ pub struct FileSpec {
 }
 
 impl FileSpec {
-    pub(crate) fn from_config(index: usize, cfg: &SinkConfig) -> Result<FileSpec, SinkBuildError> {
+    pub(crate) fn from_config(
+        index: usize,
+        cfg: &FileSinkConfig,
+    ) -> Result<FileSpec, SinkBuildError> {
         if let Some(p) = &cfg.path {
             if p.as_os_str().is_empty() {
                 return Err(SinkBuildError::new(index, "path", "must not be empty"));

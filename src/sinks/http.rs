@@ -4,17 +4,58 @@
 //! answer means the CRM already holds that key, which is success. `mode = "upsert"` PUTs it to
 //! `{url}/{key}`, for CRMs without idempotency keys: writing the same key twice is harmless.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use reqwest::{StatusCode, Url};
+use serde::{Deserialize, Serialize};
 
 use super::{
-    class, classify_reqwest, classify_status, http_client, parse_http_url, Delivered, HttpMode,
-    LeadRecord, Sink, SinkBuildError, SinkConfig, SinkContext, SinkError, DEFAULT_TIMEOUT,
+    class, classify_reqwest, classify_status, http_client, parse_http_url, timeout_or_default,
+    Delivered, LeadRecord, Sink, SinkBuildError, SinkContext, SinkError,
 };
 
 pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+
+/// The keys of a `kind = "http"` sink, besides `name`, `kind` and `ordering`. Unset keys take
+/// their defaults in [`HttpSpec::from_config`].
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSinkConfig {
+    /// Required.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Default `create`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<HttpMode>,
+    /// Deadline of the whole request. Default 5s.
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Header carrying the credential; default `Authorization`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_header: Option<String>,
+    /// Env var holding the credential (the header value, after `auth_prefix`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_env: Option<String>,
+    /// Prepended to the env var's value, e.g. `"Bearer "`; default empty.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_prefix: Option<String>,
+    /// Static extra headers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headers: Option<BTreeMap<String, String>>,
+}
+
+/// `mode` of the `http` sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpMode {
+    /// `POST {url}` with `Idempotency-Key: {key}`; 409 Conflict counts as already written.
+    #[default]
+    Create,
+    /// `PUT {url}/{key}`: for CRMs without native idempotency the key itself makes it safe.
+    Upsert,
+}
 
 /// Validated `http` sink settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,7 +70,11 @@ pub struct HttpSpec {
 }
 
 impl HttpSpec {
-    pub(crate) fn from_config(index: usize, cfg: &SinkConfig) -> Result<HttpSpec, SinkBuildError> {
+    pub(crate) fn from_config(
+        index: usize,
+        cfg: &HttpSinkConfig,
+    ) -> Result<HttpSpec, SinkBuildError> {
+        let timeout = timeout_or_default(index, cfg.timeout)?;
         let url = cfg
             .url
             .as_deref()
@@ -74,7 +119,7 @@ impl HttpSpec {
         Ok(HttpSpec {
             url,
             mode: cfg.mode.unwrap_or_default(),
-            timeout: cfg.timeout.unwrap_or(DEFAULT_TIMEOUT),
+            timeout,
             auth_header,
             auth_env: cfg.auth_env.clone(),
             auth_prefix: cfg.auth_prefix.clone().unwrap_or_default(),

@@ -14,7 +14,12 @@ pub mod http;
 pub mod nats;
 pub mod segment;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+pub use file::FileSinkConfig;
+pub use http::{HttpMode, HttpSinkConfig};
+pub use nats::NatsSinkConfig;
+pub use segment::SegmentSinkConfig;
+
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -171,58 +176,66 @@ pub enum SinkOrdering {
     Append,
 }
 
-/// The sink kinds, as written in `kind = "..."`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// One `[[sinks]]` entry: the keys every kind takes, and the kind with its own keys. The TOML
+/// stays one flat table per sink (`name`, `kind`, then that kind's keys); each kind's keys are
+/// the fields of its struct in its own file, so a key of another kind (or a typo) is refused
+/// while parsing, with the key named. See the README "Sinks" section for every key.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SinkConfig {
+    /// Unique; used in metrics labels and per-sink completion records.
+    pub name: String,
+    /// Rendered flat into the entry (`kind = "http"`, `url = ...`), as it is read.
+    #[serde(flatten)]
+    pub kind: SinkKind,
+    /// `latest-wins` for a CRM that keeps one record per email (HubSpot-style upsert): a lead's
+    /// older event arriving after a newer one was written is skipped (and recorded), never
+    /// written over it. `append` (the default) writes every event: right for logs, event
+    /// streams and CRMs that keep one record per idempotency key, where skipping would lose a
+    /// record (two people sharing an inbox are two leads with one email).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ordering: Option<SinkOrdering>,
+}
+
+/// `kind = "..."` and the keys only that kind takes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
 pub enum SinkKind {
-    Http,
-    Segment,
-    File,
-    Nats,
+    Http(http::HttpSinkConfig),
+    Segment(segment::SegmentSinkConfig),
+    File(file::FileSinkConfig),
+    Nats(nats::NatsSinkConfig),
 }
 
 impl SinkKind {
-    pub const ALL: [SinkKind; 4] = [
-        SinkKind::Http,
-        SinkKind::Segment,
-        SinkKind::File,
-        SinkKind::Nats,
-    ];
+    /// The `kind` values, for messages.
+    const NAMES: &'static str = "http, segment, file, nats";
 
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
-            SinkKind::Http => "http",
-            SinkKind::Segment => "segment",
-            SinkKind::File => "file",
-            SinkKind::Nats => "nats",
+            SinkKind::Http(_) => "http",
+            SinkKind::Segment(_) => "segment",
+            SinkKind::File(_) => "file",
+            SinkKind::Nats(_) => "nats",
         }
     }
 
-    pub fn parse(s: &str) -> Option<SinkKind> {
-        SinkKind::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-
-    /// The kind-specific keys this kind accepts (besides `name` and `kind`).
-    fn keys(self) -> &'static [&'static str] {
-        match self {
-            SinkKind::Http => &[
-                "url",
-                "mode",
-                "timeout",
-                "auth_header",
-                "auth_env",
-                "auth_prefix",
-                "headers",
-            ],
-            SinkKind::Segment => &[
-                "endpoint",
-                "write_key_env",
-                "event",
-                "track_exclude",
-                "timeout",
-            ],
-            SinkKind::File => &["path", "fsync"],
-            SinkKind::Nats => &["subject", "jetstream", "timeout"],
-        }
+    /// The kind called `kind`, its keys read from `keys` (the entry without the common keys).
+    fn from_keys(kind: &str, keys: toml::Table) -> Result<SinkKind, EntryError> {
+        Ok(match kind {
+            "http" => SinkKind::Http(kind_keys(kind, keys)?),
+            "segment" => SinkKind::Segment(kind_keys(kind, keys)?),
+            "file" => SinkKind::File(kind_keys(kind, keys)?),
+            "nats" => SinkKind::Nats(kind_keys(kind, keys)?),
+            other => {
+                return Err(EntryError::new(
+                    "kind",
+                    format!(
+                        "unknown sink kind `{other}`, expected one of {}",
+                        SinkKind::NAMES
+                    ),
+                ))
+            }
+        })
     }
 }
 
@@ -232,92 +245,231 @@ impl std::fmt::Display for SinkKind {
     }
 }
 
-/// `mode` of the `http` sink.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum HttpMode {
-    /// `POST {url}` with `Idempotency-Key: {key}`; 409 Conflict counts as already written.
-    #[default]
-    Create,
-    /// `PUT {url}/{key}`: for CRMs without native idempotency the key itself makes it safe.
-    Upsert,
+impl From<http::HttpSinkConfig> for SinkKind {
+    fn from(c: http::HttpSinkConfig) -> SinkKind {
+        SinkKind::Http(c)
+    }
+}
+impl From<segment::SegmentSinkConfig> for SinkKind {
+    fn from(c: segment::SegmentSinkConfig) -> SinkKind {
+        SinkKind::Segment(c)
+    }
+}
+impl From<file::FileSinkConfig> for SinkKind {
+    fn from(c: file::FileSinkConfig) -> SinkKind {
+        SinkKind::File(c)
+    }
+}
+impl From<nats::NatsSinkConfig> for SinkKind {
+    fn from(c: nats::NatsSinkConfig) -> SinkKind {
+        SinkKind::Nats(c)
+    }
 }
 
-/// One `[[sinks]]` entry. Flat on purpose (TOML-friendly, one table per sink): the keys that
-/// belong to another kind are rejected by [`SinkConfig::spec`] with the key named, and unknown
-/// keys are rejected by the parser. See the README "Sinks" section for every key.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct SinkConfig {
-    /// Unique; used in metrics labels and per-sink completion records.
-    pub name: String,
-    /// `http`, `segment`, `file` or `nats` (checked while parsing, so a typo fails at load).
-    #[serde(deserialize_with = "de_kind")]
-    pub kind: String,
+// ---------------------------------------------------------------------------------------------
+// Reading an entry. serde cannot refuse unknown keys through `#[serde(flatten)]`, and which
+// struct the rest of the table is depends on `kind`, which may come after the kind's keys. So
+// the entry is read as a table, the common keys are taken out, and what is left must be
+// exactly the kind's keys (its struct has `deny_unknown_fields`).
 
-    // --- http ---
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<HttpMode>,
-    /// Per-request deadline (http, segment: whole request; nats: flush / PubAck). Default 5s.
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub timeout: Option<Duration>,
-    /// Header carrying the credential; default `Authorization`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub auth_header: Option<String>,
-    /// Env var holding the credential (the header value, after `auth_prefix`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub auth_env: Option<String>,
-    /// Prepended to the env var's value, e.g. `"Bearer "`; default empty.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub auth_prefix: Option<String>,
-    /// Static extra headers.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub headers: Option<BTreeMap<String, String>>,
+/// Why an entry does not parse; `key` is relative to the entry, empty for the entry itself.
+#[derive(Debug)]
+struct EntryError {
+    key: String,
+    message: String,
+}
 
-    // --- segment ---
-    /// Default `https://api.segment.io`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub endpoint: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub write_key_env: Option<String>,
-    /// Track event name; default `Lead Received`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub event: Option<String>,
-    /// Fields left out of the track event's properties (they stay in identify traits);
-    /// default `["email", "phone"]`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub track_exclude: Option<Vec<String>>,
+impl EntryError {
+    fn new(key: &str, message: impl Into<String>) -> EntryError {
+        EntryError {
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
 
-    // --- file ---
-    /// Default `{data_dir}/sinks/leads.jsonl`; relative paths are relative to the data dir.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<PathBuf>,
-    /// fsync each line (slow, survives an OS crash); default false.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fsync: Option<bool>,
+    fn at(self, index: usize) -> SinkBuildError {
+        SinkBuildError::new(index, &self.key, self.message)
+    }
+}
 
-    // --- nats ---
-    /// Subject; `{sender}` is replaced by the lead's sender id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subject: Option<String>,
-    /// Publish via JetStream and await the PubAck; default false (core publish + flush).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jetstream: Option<bool>,
+impl SinkConfig {
+    fn from_table(mut table: toml::Table) -> Result<SinkConfig, EntryError> {
+        let name: String =
+            take(&mut table, "name")?.ok_or_else(|| EntryError::new("name", "required"))?;
+        let kind: String = take(&mut table, "kind")?.ok_or_else(|| {
+            EntryError::new("kind", format!("required, one of {}", SinkKind::NAMES))
+        })?;
+        let ordering = take(&mut table, "ordering")?;
+        let kind = SinkKind::from_keys(&kind, table)?;
+        Ok(SinkConfig {
+            name,
+            kind,
+            ordering,
+        })
+    }
+}
 
-    // --- every kind ---
-    /// `latest-wins` for a CRM that keeps one record per email (HubSpot-style upsert): a lead's
-    /// older event arriving after a newer one was written is skipped (and recorded), never
-    /// written over it. `append` (the default) writes every event: right for logs, event
-    /// streams and CRMs that keep one record per idempotency key, where skipping would lose a
-    /// record (two people sharing an inbox are two leads with one email).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ordering: Option<SinkOrdering>,
+fn take<T: serde::de::DeserializeOwned>(
+    table: &mut toml::Table,
+    key: &str,
+) -> Result<Option<T>, EntryError> {
+    table
+        .remove(key)
+        .map(|v| T::deserialize(v).map_err(|e| EntryError::new(key, e.message())))
+        .transpose()
+}
+
+/// A sink entry on its own (no index known): errors name the sink.
+impl<'de> Deserialize<'de> for SinkConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<SinkConfig, D::Error> {
+        let table = toml::Table::deserialize(d)?;
+        let name = table
+            .get("name")
+            .and_then(toml::Value::as_str)
+            .map(str::to_string);
+        SinkConfig::from_table(table).map_err(|e| {
+            let sink = name.map_or_else(|| "sink".to_string(), |n| format!("sink `{n}`"));
+            let key = if e.key.is_empty() {
+                String::new()
+            } else {
+                format!(", key `{}`", e.key)
+            };
+            serde::de::Error::custom(format!("{sink}{key}: {}", e.message))
+        })
+    }
+}
+
+/// The `[[sinks]]` array of the config file: errors name the entry's key by index
+/// (`sinks[1].write_key_env`), as validation does.
+pub fn deserialize_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SinkConfig>, D::Error> {
+    Vec::<toml::Table>::deserialize(d)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| SinkConfig::from_table(t).map_err(|e| serde::de::Error::custom(e.at(i))))
+        .collect()
+}
+
+/// Reads one kind's struct from the keys left in the entry. The values go through a
+/// deserializer that remembers their key: serde's messages for a bad field value do not name
+/// the field, and an unknown one is reported through [`KeyError::Unknown`] with the keys the
+/// kind does take (serde passes the struct's field list), so no list of keys is kept by hand.
+fn kind_keys<T: serde::de::DeserializeOwned>(
+    kind: &str,
+    keys: toml::Table,
+) -> Result<T, EntryError> {
+    let entries = keys
+        .into_iter()
+        .map(|(key, value)| (key.clone(), KeyedValue { key, value }));
+    T::deserialize(serde::de::value::MapDeserializer::new(entries)).map_err(|e| match e {
+        KeyError::Unknown { key, expected } => EntryError::new(
+            &key,
+            format!(
+                "not a key of kind `{kind}` (it takes: {})",
+                expected.join(", ")
+            ),
+        ),
+        KeyError::Value { key, message } => EntryError::new(&key, message),
+        KeyError::Other(message) => EntryError::new("", message),
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+enum KeyError {
+    #[error("unknown key `{key}`")]
+    Unknown {
+        key: String,
+        expected: &'static [&'static str],
+    },
+    #[error("`{key}`: {message}")]
+    Value { key: String, message: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl serde::de::Error for KeyError {
+    fn custom<T: std::fmt::Display>(msg: T) -> Self {
+        KeyError::Other(msg.to_string())
+    }
+
+    fn unknown_field(field: &str, expected: &'static [&'static str]) -> Self {
+        KeyError::Unknown {
+            key: field.to_string(),
+            expected,
+        }
+    }
+}
+
+/// One value of a kind's keys; failures carry its key.
+struct KeyedValue {
+    key: String,
+    value: toml::Value,
+}
+
+impl KeyedValue {
+    fn fail(key: String) -> impl FnOnce(toml::de::Error) -> KeyError {
+        move |e| KeyError::Value {
+            key,
+            message: e.message().to_string(),
+        }
+    }
+}
+
+impl<'de> serde::de::IntoDeserializer<'de, KeyError> for KeyedValue {
+    type Deserializer = KeyedValue;
+    fn into_deserializer(self) -> KeyedValue {
+        self
+    }
+}
+
+impl<'de> Deserializer<'de> for KeyedValue {
+    type Error = KeyError;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, v: V) -> Result<V::Value, KeyError> {
+        self.value.deserialize_any(v).map_err(Self::fail(self.key))
+    }
+
+    fn deserialize_option<V: serde::de::Visitor<'de>>(self, v: V) -> Result<V::Value, KeyError> {
+        self.value
+            .deserialize_option(v)
+            .map_err(Self::fail(self.key))
+    }
+
+    fn deserialize_enum<V: serde::de::Visitor<'de>>(
+        self,
+        name: &'static str,
+        variants: &'static [&'static str],
+        v: V,
+    ) -> Result<V::Value, KeyError> {
+        self.value
+            .deserialize_enum(name, variants, v)
+            .map_err(Self::fail(self.key))
+    }
+
+    fn deserialize_newtype_struct<V: serde::de::Visitor<'de>>(
+        self,
+        name: &'static str,
+        v: V,
+    ) -> Result<V::Value, KeyError> {
+        self.value
+            .deserialize_newtype_struct(name, v)
+            .map_err(Self::fail(self.key))
+    }
+
+    fn deserialize_struct<V: serde::de::Visitor<'de>>(
+        self,
+        name: &'static str,
+        fields: &'static [&'static str],
+        v: V,
+    ) -> Result<V::Value, KeyError> {
+        self.value
+            .deserialize_struct(name, fields, v)
+            .map_err(Self::fail(self.key))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        unit unit_struct seq tuple tuple_struct map identifier ignored_any
+    }
 }
 
 /// A sink whose config says how it holds a lead's events.
@@ -339,16 +491,6 @@ impl Sink for Ordered {
     }
 }
 
-fn de_kind<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    let s = String::deserialize(d)?;
-    if SinkKind::parse(&s).is_none() {
-        return Err(serde::de::Error::custom(format!(
-            "unknown sink kind `{s}`, expected one of http, segment, file, nats"
-        )));
-    }
-    Ok(s)
-}
-
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_SEGMENT_ENDPOINT: &str = "https://api.segment.io";
 pub const DEFAULT_TRACK_EVENT: &str = "Lead Received";
@@ -364,27 +506,18 @@ pub enum SinkSpec {
 }
 
 impl SinkConfig {
-    /// A `file` sink with defaults (what the shipped config uses).
-    pub fn file(name: impl Into<String>) -> SinkConfig {
+    /// A sink of `kind` with the default `ordering` of that kind.
+    pub fn new(name: impl Into<String>, kind: impl Into<SinkKind>) -> SinkConfig {
         SinkConfig {
             name: name.into(),
-            kind: "file".into(),
-            ..SinkConfig::default()
+            kind: kind.into(),
+            ordering: None,
         }
     }
 
-    /// The parsed kind, or an error naming `sinks[i].kind`.
-    pub fn sink_kind(&self, index: usize) -> Result<SinkKind, SinkBuildError> {
-        SinkKind::parse(&self.kind).ok_or_else(|| {
-            SinkBuildError::new(
-                index,
-                "kind",
-                format!(
-                    "unknown sink kind `{}`, expected one of http, segment, file, nats",
-                    self.kind
-                ),
-            )
-        })
+    /// A `file` sink with defaults (what the shipped config uses).
+    pub fn file(name: impl Into<String>) -> SinkConfig {
+        SinkConfig::new(name, file::FileSinkConfig::default())
     }
 
     /// Validates everything that does not need the environment or a connection.
@@ -399,59 +532,27 @@ impl SinkConfig {
                 ),
             ));
         }
-        let kind = self.sink_kind(index)?;
-        for key in self.present_keys() {
-            if !kind.keys().contains(&key) {
-                return Err(SinkBuildError::new(
-                    index,
-                    key,
-                    format!(
-                        "not a key of kind `{kind}` (it takes: {})",
-                        kind.keys().join(", ")
-                    ),
-                ));
-            }
-        }
-        if let Some(t) = self.timeout {
-            if t.is_zero() {
-                return Err(SinkBuildError::new(
-                    index,
-                    "timeout",
-                    "must be greater than zero",
-                ));
-            }
-        }
-        Ok(match kind {
-            SinkKind::Http => SinkSpec::Http(http::HttpSpec::from_config(index, self)?),
-            SinkKind::Segment => SinkSpec::Segment(segment::SegmentSpec::from_config(index, self)?),
-            SinkKind::File => SinkSpec::File(file::FileSpec::from_config(index, self)?),
-            SinkKind::Nats => SinkSpec::Nats(nats::NatsSpec::from_config(index, self)?),
+        Ok(match &self.kind {
+            SinkKind::Http(c) => SinkSpec::Http(http::HttpSpec::from_config(index, c)?),
+            SinkKind::Segment(c) => SinkSpec::Segment(segment::SegmentSpec::from_config(index, c)?),
+            SinkKind::File(c) => SinkSpec::File(file::FileSpec::from_config(index, c)?),
+            SinkKind::Nats(c) => SinkSpec::Nats(nats::NatsSpec::from_config(index, c)?),
         })
     }
+}
 
-    fn present_keys(&self) -> Vec<&'static str> {
-        let mut keys = Vec::new();
-        let mut add = |present: bool, key: &'static str| {
-            if present {
-                keys.push(key);
-            }
-        };
-        add(self.url.is_some(), "url");
-        add(self.mode.is_some(), "mode");
-        add(self.timeout.is_some(), "timeout");
-        add(self.auth_header.is_some(), "auth_header");
-        add(self.auth_env.is_some(), "auth_env");
-        add(self.auth_prefix.is_some(), "auth_prefix");
-        add(self.headers.is_some(), "headers");
-        add(self.endpoint.is_some(), "endpoint");
-        add(self.write_key_env.is_some(), "write_key_env");
-        add(self.event.is_some(), "event");
-        add(self.track_exclude.is_some(), "track_exclude");
-        add(self.path.is_some(), "path");
-        add(self.fsync.is_some(), "fsync");
-        add(self.subject.is_some(), "subject");
-        add(self.jetstream.is_some(), "jetstream");
-        keys
+/// `timeout` of the kinds that have one: [`DEFAULT_TIMEOUT`] when unset, never zero.
+pub(crate) fn timeout_or_default(
+    index: usize,
+    timeout: Option<Duration>,
+) -> Result<Duration, SinkBuildError> {
+    match timeout {
+        Some(t) if t.is_zero() => Err(SinkBuildError::new(
+            index,
+            "timeout",
+            "must be greater than zero",
+        )),
+        t => Ok(t.unwrap_or(DEFAULT_TIMEOUT)),
     }
 }
 
@@ -779,10 +880,13 @@ pub(crate) fn parse_http_url(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
+    /// The `sinks` part of the config file, read as [`crate::config::Config`] reads it.
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct File {
+        #[serde(deserialize_with = "deserialize_list")]
         sinks: Vec<SinkConfig>,
     }
 
@@ -905,13 +1009,16 @@ jetstream = true
             parse("[[sinks]]\nname = \"crm\"\nkind = \"http\"\nurl = \"ftp://x/y\"\n").unwrap();
         assert_eq!(validate_configs(&sinks).unwrap_err().key, "sinks[0].url");
 
-        let sinks = parse(
+        // A key of another kind is refused while parsing (each kind's struct denies unknown
+        // keys), with the same key and message validation used to give.
+        let err = parse(
             "[[sinks]]\nname = \"crm\"\nkind = \"http\"\nurl = \"http://x/\"\nwrite_key_env = \"K\"\n",
         )
-        .unwrap();
-        let err = validate_configs(&sinks).unwrap_err();
-        assert_eq!(err.key, "sinks[0].write_key_env");
-        assert!(err.message.contains("not a key of kind `http`"), "{err}");
+        .unwrap_err();
+        assert!(
+            err.contains("config key `sinks[0].write_key_env`: not a key of kind `http`"),
+            "{err}"
+        );
 
         let sinks = parse(
             "[[sinks]]\nname = \"a\"\nkind = \"file\"\n[[sinks]]\nname = \"a\"\nkind = \"file\"\n",
@@ -975,6 +1082,167 @@ jetstream = true
         let err = rt.block_on(build(3, &sinks[3], &ctx)).err().unwrap();
         assert_eq!(err.key, "sinks[3]");
         assert!(err.message.contains("NATS"), "{err}");
+    }
+
+    #[test]
+    fn a_key_of_another_kind_is_refused_naming_the_key_and_the_sink() {
+        for (kind, foreign, kind_key) in [
+            ("http", "write_key_env = \"K\"", "url = \"http://x/\""),
+            ("segment", "url = \"http://x/\"", "write_key_env = \"K\""),
+            ("file", "timeout = \"1s\"", "fsync = true"),
+            ("nats", "path = \"x.jsonl\"", "subject = \"a.b\""),
+        ] {
+            let foreign_key = foreign.split(' ').next().unwrap();
+            // Before and after the kind's own keys, and before `kind` itself.
+            for text in [
+                format!("[[sinks]]\nname = \"s\"\nkind = \"{kind}\"\n{kind_key}\n{foreign}\n"),
+                format!("[[sinks]]\nname = \"s\"\n{foreign}\nkind = \"{kind}\"\n{kind_key}\n"),
+            ] {
+                let err = parse(&text).unwrap_err();
+                assert!(
+                    err.contains(&format!(
+                        "config key `sinks[0].{foreign_key}`: not a key of kind `{kind}` (it takes: "
+                    )),
+                    "{kind}: {err}"
+                );
+                // On its own (no index known) the entry is named by its sink name.
+                let entry = text.trim_start_matches("[[sinks]]\n");
+                let err = toml::from_str::<SinkConfig>(entry).unwrap_err().to_string();
+                assert!(
+                    err.contains(&format!(
+                        "sink `s`, key `{foreign_key}`: not a key of kind `{kind}`"
+                    )),
+                    "{kind}: {err}"
+                );
+            }
+        }
+        // The list of keys a kind takes comes from its struct.
+        let err = parse("[[sinks]]\nname = \"a\"\nkind = \"file\"\nurl = \"x\"\n").unwrap_err();
+        assert!(err.contains("(it takes: path, fsync)"), "{err}");
+        // A bad value names its key too (serde alone would not).
+        let err = parse("[[sinks]]\nname = \"a\"\nkind = \"file\"\nfsync = \"yes\"\n").unwrap_err();
+        assert!(
+            err.contains("config key `sinks[0].fsync`: invalid type"),
+            "{err}"
+        );
+        let err = parse("[[sinks]]\nname = \"a\"\nkind = \"http\"\nmode = \"put\"\n").unwrap_err();
+        assert!(
+            err.contains("config key `sinks[0].mode`: unknown variant `put`"),
+            "{err}"
+        );
+        let err = parse(
+            "[[sinks]]\nname = \"a\"\nkind = \"file\"\n[[sinks]]\nname = \"b\"\nkind = \"nats\"\ntimeout = 5\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("config key `sinks[1].timeout`: invalid type"),
+            "{err}"
+        );
+        let err = parse("[[sinks]]\nkind = \"file\"\n").unwrap_err();
+        assert!(
+            err.contains("config key `sinks[0].name`: required"),
+            "{err}"
+        );
+        let err = parse("[[sinks]]\nname = \"a\"\n").unwrap_err();
+        assert!(
+            err.contains("config key `sinks[0].kind`: required"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn each_kind_parses_to_its_struct_and_takes_its_defaults() {
+        let sinks = parse(
+            "[[sinks]]\nname = \"h\"\nkind = \"http\"\nurl = \"http://crm/x\"\n\
+             [[sinks]]\nname = \"s\"\nkind = \"segment\"\nwrite_key_env = \"K\"\n\
+             [[sinks]]\nname = \"f\"\nkind = \"file\"\n\
+             [[sinks]]\nname = \"n\"\nkind = \"nats\"\nsubject = \"a.{sender}\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            sinks[0].kind,
+            SinkKind::Http(HttpSinkConfig {
+                url: Some("http://crm/x".into()),
+                ..Default::default()
+            })
+        );
+        assert!(sinks.iter().all(|s| s.ordering.is_none()));
+        let specs: Vec<SinkSpec> = sinks
+            .iter()
+            .enumerate()
+            .map(|(i, s)| s.spec(i).unwrap())
+            .collect();
+        assert_eq!(
+            specs,
+            vec![
+                SinkSpec::Http(http::HttpSpec {
+                    url: reqwest::Url::parse("http://crm/x").unwrap(),
+                    mode: HttpMode::Create,
+                    timeout: Duration::from_secs(5),
+                    auth_header: "Authorization".into(),
+                    auth_env: None,
+                    auth_prefix: String::new(),
+                    headers: vec![],
+                }),
+                SinkSpec::Segment(segment::SegmentSpec {
+                    endpoint: reqwest::Url::parse("https://api.segment.io/").unwrap(),
+                    write_key_env: "K".into(),
+                    event: "Lead Received".into(),
+                    track_exclude: vec!["email".into(), "phone".into()],
+                    timeout: Duration::from_secs(5),
+                }),
+                SinkSpec::File(file::FileSpec {
+                    path: None,
+                    fsync: false,
+                }),
+                SinkSpec::Nats(nats::NatsSpec {
+                    subject: "a.{sender}".into(),
+                    jetstream: false,
+                    timeout: Duration::from_secs(5),
+                }),
+            ]
+        );
+        match &specs[2] {
+            SinkSpec::File(f) => assert_eq!(
+                f.resolve(Path::new("/d")),
+                PathBuf::from("/d/sinks/leads.jsonl")
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(SinkConfig::file("f"), sinks[2]);
+    }
+
+    #[test]
+    fn a_config_renders_back_to_the_toml_it_was_read_from() {
+        let sinks = parse(ALL_KINDS).unwrap();
+        #[derive(Serialize)]
+        struct Out<'a> {
+            sinks: &'a [SinkConfig],
+        }
+        let text = toml::to_string(&Out { sinks: &sinks }).unwrap();
+        assert_eq!(parse(&text).unwrap(), sinks, "{text}");
+        // Flat, as written by hand: the kind and its keys in the entry's own table.
+        assert!(
+            text.starts_with(
+                "[[sinks]]\nname = \"crm\"\nkind = \"http\"\nurl = \"https://crm.example.com/api/leads\"\n"
+            ),
+            "{text}"
+        );
+        let one = SinkConfig {
+            ordering: Some(SinkOrdering::LatestWins),
+            ..SinkConfig::new(
+                "crm",
+                HttpSinkConfig {
+                    url: Some("http://x/".into()),
+                    timeout: Some(Duration::from_secs(2)),
+                    ..Default::default()
+                },
+            )
+        };
+        assert_eq!(
+            toml::to_string(&one).unwrap(),
+            "name = \"crm\"\nkind = \"http\"\nurl = \"http://x/\"\ntimeout = \"2s\"\nordering = \"latest-wins\"\n"
+        );
     }
 
     #[test]

@@ -9,13 +9,29 @@
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
 use super::{
-    class, Delivered, LeadRecord, Sink, SinkBuildError, SinkConfig, SinkContext, SinkError,
-    DEFAULT_TIMEOUT,
+    class, timeout_or_default, Delivered, LeadRecord, Sink, SinkBuildError, SinkContext, SinkError,
 };
 
 pub const SENDER_PLACEHOLDER: &str = "{sender}";
+
+/// The keys of a `kind = "nats"` sink, besides `name`, `kind` and `ordering`. Unset keys take
+/// their defaults in [`NatsSpec::from_config`].
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsSinkConfig {
+    /// Required; `{sender}` is replaced by the lead's sender id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// Publish via JetStream and await the PubAck; default false (core publish + flush).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jetstream: Option<bool>,
+    /// Deadline of the flush or the PubAck. Default 5s.
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+}
 
 /// Validated `nats` sink settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,7 +42,11 @@ pub struct NatsSpec {
 }
 
 impl NatsSpec {
-    pub(crate) fn from_config(index: usize, cfg: &SinkConfig) -> Result<NatsSpec, SinkBuildError> {
+    pub(crate) fn from_config(
+        index: usize,
+        cfg: &NatsSinkConfig,
+    ) -> Result<NatsSpec, SinkBuildError> {
+        let timeout = timeout_or_default(index, cfg.timeout)?;
         let subject = cfg
             .subject
             .clone()
@@ -44,7 +64,7 @@ impl NatsSpec {
         Ok(NatsSpec {
             subject,
             jetstream: cfg.jetstream.unwrap_or(false),
-            timeout: cfg.timeout.unwrap_or(DEFAULT_TIMEOUT),
+            timeout,
         })
     }
 }

@@ -19,13 +19,37 @@ use std::time::{Duration, SystemTime};
 use base64::Engine as _;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::Url;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::{
-    class, classify_reqwest, classify_status, http_client, parse_http_url, Delivered, LeadRecord,
-    Sink, SinkBuildError, SinkConfig, SinkContext, SinkError, DEFAULT_SEGMENT_ENDPOINT,
-    DEFAULT_TIMEOUT, DEFAULT_TRACK_EVENT,
+    class, classify_reqwest, classify_status, http_client, parse_http_url, timeout_or_default,
+    Delivered, LeadRecord, Sink, SinkBuildError, SinkContext, SinkError, DEFAULT_SEGMENT_ENDPOINT,
+    DEFAULT_TRACK_EVENT,
 };
+
+/// The keys of a `kind = "segment"` sink, besides `name`, `kind` and `ordering`. Unset keys
+/// take their defaults in [`SegmentSpec::from_config`].
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SegmentSinkConfig {
+    /// Default `https://api.segment.io`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Required: the env var holding the write key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_key_env: Option<String>,
+    /// Track event name; default `Lead Received`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    /// Fields left out of the track event's properties (they stay in identify traits);
+    /// default `["email", "phone"]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub track_exclude: Option<Vec<String>>,
+    /// Deadline of each of the two requests. Default 5s.
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+}
 
 /// Validated `segment` sink settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,8 +65,9 @@ pub struct SegmentSpec {
 impl SegmentSpec {
     pub(crate) fn from_config(
         index: usize,
-        cfg: &SinkConfig,
+        cfg: &SegmentSinkConfig,
     ) -> Result<SegmentSpec, SinkBuildError> {
+        let timeout = timeout_or_default(index, cfg.timeout)?;
         let mut endpoint = parse_http_url(
             index,
             "endpoint",
@@ -74,7 +99,7 @@ impl SegmentSpec {
                 .track_exclude
                 .clone()
                 .unwrap_or_else(|| vec!["email".into(), "phone".into()]),
-            timeout: cfg.timeout.unwrap_or(DEFAULT_TIMEOUT),
+            timeout,
         })
     }
 }

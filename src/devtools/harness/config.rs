@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::HarnessError;
 use crate::config::{Config, ConfigError, EnvSource};
-use crate::sinks::SinkConfig;
+use crate::sinks::{FileSinkConfig, HttpSinkConfig, SinkConfig};
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
@@ -237,14 +237,9 @@ pub struct RateSpec {
     pub burst: u32,
 }
 
-/// Where the vendor's event id comes from.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EventIdSpec {
-    Header(String),
-    Pointer(String),
-    Path(String),
-}
+/// Where the vendor's event id comes from: the router's own type, which renders the TOML it
+/// reads (`{ header = "webhook-id" }`).
+pub use crate::config::EventIdSource as EventIdSpec;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct MappingSpec {
@@ -304,23 +299,25 @@ pub fn http_sink(
     url: impl Into<String>,
     timeout: Option<Duration>,
 ) -> SinkConfig {
-    SinkConfig {
-        name: name.into(),
-        kind: "http".into(),
-        url: Some(url.into()),
-        timeout,
-        ..SinkConfig::default()
-    }
+    SinkConfig::new(
+        name,
+        HttpSinkConfig {
+            url: Some(url.into()),
+            timeout,
+            ..HttpSinkConfig::default()
+        },
+    )
 }
 
 /// A `file` sink; `path` unset is `{data_dir}/sinks/leads.jsonl`.
 pub fn file_sink(name: impl Into<String>, path: Option<PathBuf>) -> SinkConfig {
-    SinkConfig {
-        name: name.into(),
-        kind: "file".into(),
-        path,
-        ..SinkConfig::default()
-    }
+    SinkConfig::new(
+        name,
+        FileSinkConfig {
+            path,
+            ..FileSinkConfig::default()
+        },
+    )
 }
 
 impl RouterConfig {
