@@ -44,7 +44,7 @@
 //! Run: `cargo bench --bench load`. Knobs: `BENCH_REQUESTS` (closed-loop requests per
 //! concurrency, default 5000), `BENCH_SECONDS` (open-loop and end-to-end phases, default 5),
 //! `BENCH_QUICK=1` (a small smoke run that only prints). A full run prints the markdown, writes
-//! it to `benches/results/load.md` and into README.md between the load-bench markers.
+//! it to `benches/results/load.md` and into docs/performance.md between the load-bench markers.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -987,23 +987,23 @@ impl Report {
 
 /// Replaces what sits between the markers; nothing else in the file changes.
 fn write_readme_block(markdown: &str) {
-    let path = root().join("README.md");
-    let text = std::fs::read_to_string(&path).expect("read README.md");
+    let path = root().join("docs/performance.md");
+    let text = std::fs::read_to_string(&path).expect("read docs/performance.md");
     let begin = text
         .find(README_BEGIN)
-        .expect("README.md has the load-bench:begin marker");
+        .expect("docs/performance.md has the load-bench:begin marker");
     let after_begin = begin + README_BEGIN.len();
     let end = text[after_begin..]
         .find(README_END)
         .map(|i| after_begin + i)
-        .expect("README.md has the load-bench:end marker after the begin marker");
+        .expect("docs/performance.md has the load-bench:end marker after the begin marker");
     let updated = format!(
         "{}\n{}\n{}",
         &text[..after_begin],
         markdown.trim_end(),
         &text[end..]
     );
-    std::fs::write(&path, updated).expect("write README.md");
+    std::fs::write(&path, updated).expect("write docs/performance.md");
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -1083,16 +1083,16 @@ async fn main() {
     let md = report.markdown();
     println!("\n{md}");
     if knobs.quick {
-        eprintln!("BENCH_QUICK=1: README.md and benches/results/load.md left as they are");
+        eprintln!("BENCH_QUICK=1: docs/performance.md and benches/results/load.md left alone");
         return;
     }
     let results = root().join("benches/results");
     std::fs::create_dir_all(&results).expect("create benches/results");
     std::fs::write(
         results.join("load.md"),
-        format!("# Load benchmark\n\nWritten by `cargo bench --bench load`; README.md's Performance section carries the same text.\n\n{md}"),
+        format!("# Load benchmark\n\nWritten by `cargo bench --bench load`; docs/performance.md (\"One router\") carries the same text.\n\n{md}"),
     )
     .expect("write benches/results/load.md");
     write_readme_block(&md);
-    eprintln!("wrote benches/results/load.md and README.md's load-bench block");
+    eprintln!("wrote benches/results/load.md and docs/performance.md's load-bench block");
 }
