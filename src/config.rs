@@ -613,7 +613,7 @@ impl TelemetryConfig {
     }
 }
 
-/// One webhook source. See README "Senders" for every key.
+/// One webhook source. `docs/senders-and-schemes.md` lists every key.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SenderConfig {

@@ -5,7 +5,7 @@
 //! CRM: `POST /leads` (create, honours `Idempotency-Key`), `PUT /leads/{key}` (upsert),
 //! `GET /leads/{key}`, `GET /leads`. Analytics: `POST /v1/identify`, `/v1/track`, `/v1/batch`
 //! (recorded by `messageId`). Control and inspection, JSON, under `/_sandbox/`: see
-//! [`SandboxCrm`] and the README.
+//! [`SandboxCrm`] and `docs/sinks.md`.
 //!
 //! Faults are kept per path kind ([`Scope::Crm`] for `/leads`, [`Scope::Analytics`] for
 //! `/v1/`), each with its own `fail_next` counter and flap clock, so one sandbox can serve a CRM

@@ -179,7 +179,7 @@ pub enum SinkOrdering {
 /// One `[[sinks]]` entry: the keys every kind takes, and the kind with its own keys. The TOML
 /// stays one flat table per sink (`name`, `kind`, then that kind's keys); each kind's keys are
 /// the fields of its struct in its own file, so a key of another kind (or a typo) is refused
-/// while parsing, with the key named. See the README "Sinks" section for every key.
+/// while parsing, with the key named. `docs/sinks.md` lists every key.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SinkConfig {
     /// Unique; used in metrics labels and per-sink completion records.
