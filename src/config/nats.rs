@@ -1,0 +1,218 @@
+//! `[nats]`, `[nats.embedded]` and `[streams]`: where JetStream is and what it keeps.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::env::EnvSource;
+use super::error::ConfigError;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// `"embedded"` or one or more `nats://` URLs separated by commas.
+    #[serde(default = "default_nats_url")]
+    pub url: String,
+    /// How long the edge waits for a PubAck before answering 503.
+    #[serde(default = "default_publish_timeout", with = "humantime_serde")]
+    pub publish_timeout: Duration,
+    #[serde(default)]
+    pub embedded: EmbeddedConfig,
+    /// Credentials for an external server; every secret is named by env var or file.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub password_env: Option<String>,
+    #[serde(default)]
+    pub creds_file: Option<PathBuf>,
+    #[serde(default)]
+    pub nkey_seed_env: Option<String>,
+    #[serde(default)]
+    pub tls_required: bool,
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
+}
+
+fn default_nats_url() -> String {
+    "embedded".into()
+}
+fn default_publish_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: default_nats_url(),
+            publish_timeout: default_publish_timeout(),
+            embedded: EmbeddedConfig::default(),
+            token_env: None,
+            user: None,
+            password_env: None,
+            creds_file: None,
+            nkey_seed_env: None,
+            tls_required: false,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+        }
+    }
+}
+
+impl NatsConfig {
+    pub fn is_embedded(&self) -> bool {
+        self.url.trim() == "embedded"
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedConfig {
+    /// Client port of the embedded server (loopback only).
+    #[serde(default = "default_embedded_port")]
+    pub port: u16,
+    /// Path to a nats-server binary; empty means the pinned one under `.tools/`, installed on
+    /// first use.
+    #[serde(default)]
+    pub binary: Option<PathBuf>,
+    /// Directory holding the `nats-server.conf.tmpl` template.
+    #[serde(default = "default_template_dir")]
+    pub template_dir: PathBuf,
+    /// Env var holding the key for nats-server's own encryption at rest. Unset in the config:
+    /// `LEADROUTER_NATS_STORE_KEY`, and encryption is on when that variable is set. Named in the
+    /// config: the variable must be set (someone asked for an encrypted store).
+    #[serde(default)]
+    pub store_key_env: Option<String>,
+    /// nats-server's `jetstream.cipher`.
+    #[serde(default)]
+    pub store_cipher: StoreCipher,
+}
+
+/// The store key's variable when the config names none.
+pub const DEFAULT_STORE_KEY_ENV: &str = "LEADROUTER_NATS_STORE_KEY";
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreCipher {
+    #[default]
+    Chachapoly,
+    Aes,
+}
+
+impl StoreCipher {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreCipher::Chachapoly => "chachapoly",
+            StoreCipher::Aes => "aes",
+        }
+    }
+}
+
+/// The store encryption `serve` should turn on, resolved against the environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreKey {
+    /// The variable the child reads the key from (its value never goes into a file).
+    pub env: String,
+    pub value: String,
+    pub cipher: StoreCipher,
+}
+
+impl EmbeddedConfig {
+    /// `Ok(None)`: no store encryption. An explicitly named variable that is unset is an error,
+    /// not a silent plaintext store.
+    pub fn store_key(&self, env: &dyn EnvSource) -> Result<Option<StoreKey>, ConfigError> {
+        let (name, explicit) = match &self.store_key_env {
+            Some(n) => (n.as_str(), true),
+            None => (DEFAULT_STORE_KEY_ENV, false),
+        };
+        match env.var(name).filter(|v| !v.trim().is_empty()) {
+            Some(value) => {
+                if value.trim().len() < 16 {
+                    return Err(ConfigError::Invalid {
+                        key: "nats.embedded.store_key_env".into(),
+                        message: format!("{name} holds fewer than 16 characters; use a long random key (head -c 32 /dev/urandom | base64)"),
+                    });
+                }
+                Ok(Some(StoreKey {
+                    env: name.to_string(),
+                    value: value.trim().to_string(),
+                    cipher: self.store_cipher,
+                }))
+            }
+            None if explicit => Err(ConfigError::Invalid {
+                key: "nats.embedded.store_key_env".into(),
+                message: format!("env var {name} is not set (it holds the store encryption key; unset store_key_env to run without store encryption)"),
+            }),
+            None => Ok(None),
+        }
+    }
+}
+
+fn default_embedded_port() -> u16 {
+    4222
+}
+fn default_template_dir() -> PathBuf {
+    PathBuf::from("nats")
+}
+
+impl Default for EmbeddedConfig {
+    fn default() -> Self {
+        EmbeddedConfig {
+            port: default_embedded_port(),
+            binary: None,
+            template_dir: default_template_dir(),
+            store_key_env: None,
+            store_cipher: StoreCipher::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamsConfig {
+    #[serde(default = "default_duplicate_window", with = "humantime_serde")]
+    pub duplicate_window: Duration,
+    #[serde(default = "default_max_age", with = "humantime_serde")]
+    pub max_age: Duration,
+    #[serde(default = "default_dlq_max_age", with = "humantime_serde")]
+    pub dlq_max_age: Duration,
+    #[serde(default = "default_idempotency_ttl", with = "humantime_serde")]
+    pub idempotency_ttl: Duration,
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+}
+
+fn default_duplicate_window() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_max_age() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+fn default_dlq_max_age() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
+}
+fn default_idempotency_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_replicas() -> usize {
+    1
+}
+
+impl Default for StreamsConfig {
+    fn default() -> Self {
+        StreamsConfig {
+            duplicate_window: default_duplicate_window(),
+            max_age: default_max_age(),
+            dlq_max_age: default_dlq_max_age(),
+            idempotency_ttl: default_idempotency_ttl(),
+            replicas: default_replicas(),
+        }
+    }
+}
