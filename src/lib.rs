@@ -9,6 +9,7 @@ pub mod devtools;
 pub mod dlq;
 pub mod intake;
 pub mod ledger;
+mod listener;
 pub mod pii;
 pub mod pipeline;
 pub mod queue;

@@ -356,8 +356,9 @@ impl Service {
     /// Stops taking requests, lets in-flight ones finish, then stops NATS if we own it.
     pub async fn shutdown(mut self) {
         // Both listeners stop accepting at once; each then gets a bounded drain, because
-        // hyper's graceful shutdown can wait on a client's idle keep-alive connection for as
-        // long as that client keeps it open.
+        // hyper's graceful shutdown closes idle keep-alive connections but waits for every
+        // request still being read, and a client trickling its request in can make that last
+        // as long as the client likes.
         if let Some(tx) = self.stop_intake.take() {
             let _ = tx.send(());
         }

@@ -76,7 +76,7 @@ impl Serve {
             // Everything the code emits, down to debug, goes through the mask.
             .env(
                 "LEADROUTER_LOG",
-                "debug,async_nats=info,hyper=info,warp=info,reqwest=info",
+                "debug,async_nats=info,hyper=info,hyper_util=info,warp=info,reqwest=info",
             );
         if let Err(e) = router.start(WAIT).await {
             panic!("leadrouter serve starts: {e}\n{}", router.log_text());

@@ -6,14 +6,14 @@
 
 use serde::Deserialize;
 use serde_json::json;
-use warp::http::{header, Method, Response, StatusCode};
-use warp::hyper::Body;
+use warp::http::{header, Method, StatusCode};
+use warp::reply::Response;
 
 use super::auth::{self, Caller};
 use super::{error, json_response, lookup, overview, parse_since, stats, BadSince, Ctx, Req};
 use crate::dlq::store::{DlqFilter, DlqStoreError, ReplayResult, ReplaySummary};
 
-fn store_error(e: DlqStoreError) -> Response<Body> {
+fn store_error(e: DlqStoreError) -> Response {
     match e {
         DlqStoreError::NotFound(_) => error(StatusCode::NOT_FOUND, "not_found", e),
         DlqStoreError::NoReason => error(StatusCode::BAD_REQUEST, "reason_required", e),
@@ -105,12 +105,12 @@ struct ReplayBatch {
 /// Most ids one request may name.
 const MAX_IDS: usize = 1000;
 
-fn query<T: serde::de::DeserializeOwned>(req: &Req) -> Result<T, Response<Body>> {
+fn query<T: serde::de::DeserializeOwned>(req: &Req) -> Result<T, Response> {
     serde_urlencoded::from_str(&req.query)
         .map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_query", e))
 }
 
-fn body<T: serde::de::DeserializeOwned>(req: &Req) -> Result<T, Response<Body>> {
+fn body<T: serde::de::DeserializeOwned>(req: &Req) -> Result<T, Response> {
     let json = req
         .header(header::CONTENT_TYPE)
         .map(|c| {
@@ -140,12 +140,12 @@ macro_rules! tri {
     };
 }
 
-fn window_of(q: &WindowQuery, default: &str) -> Result<std::time::Duration, Response<Body>> {
+fn window_of(q: &WindowQuery, default: &str) -> Result<std::time::Duration, Response> {
     stats::parse_window(q.window.as_deref().unwrap_or(default))
         .map_err(|e| error(StatusCode::BAD_REQUEST, "bad_window", e))
 }
 
-fn method_not_allowed(allowed: &str) -> Response<Body> {
+fn method_not_allowed(allowed: &str) -> Response {
     error(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
@@ -153,7 +153,7 @@ fn method_not_allowed(allowed: &str) -> Response<Body> {
     )
 }
 
-pub async fn handle(ctx: &Ctx, caller: &Caller, rest: &[&str], req: &Req) -> Response<Body> {
+pub async fn handle(ctx: &Ctx, caller: &Caller, rest: &[&str], req: &Req) -> Response {
     let get = req.method == Method::GET;
     let post = req.method == Method::POST;
     match rest {
@@ -221,7 +221,7 @@ pub async fn handle(ctx: &Ctx, caller: &Caller, rest: &[&str], req: &Req) -> Res
     }
 }
 
-async fn list(ctx: &Ctx, req: &Req) -> Response<Body> {
+async fn list(ctx: &Ctx, req: &Req) -> Response {
     let q: ListQuery = tri!(query(req));
     let filter = match filter_from(q) {
         Ok(f) => f,
@@ -233,7 +233,7 @@ async fn list(ctx: &Ctx, req: &Req) -> Response<Body> {
     }
 }
 
-async fn replay_batch(ctx: &Ctx, caller: &Caller, req: &Req) -> Response<Body> {
+async fn replay_batch(ctx: &Ctx, caller: &Caller, req: &Req) -> Response {
     let b: ReplayBatch = tri!(body(req));
     let reason = b.reason.unwrap_or_default();
     if reason.trim().is_empty() {

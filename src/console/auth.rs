@@ -1,7 +1,8 @@
 //! Who may use the admin listener, and how.
 //!
-//! - **Token**: `Authorization: Bearer <admin token>` (the CLI, scripts). Compared in constant
-//!   time. Needs no CSRF token: a browser never adds this header on its own.
+//! - **Token**: `Authorization: Bearer <admin token>` (the CLI, scripts). Compared as SHA-256
+//!   digests in constant time, so neither its bytes nor its length leak through timing. Needs
+//!   no CSRF token: a browser never adds this header on its own.
 //! - **Session**: `POST /login` with the admin token (a form, or JSON) sets a random 256-bit
 //!   session id in a cookie (`HttpOnly; SameSite=Strict; Path=/`, plus `Secure` when a proxy
 //!   says the request came over https). Sessions live in memory for [`SESSION_TTL`], so a
@@ -23,8 +24,8 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use warp::http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
-use warp::hyper::Body;
+use warp::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use warp::reply::Response;
 
 use super::{error, json_response, pages, Ctx, Req};
 
@@ -142,11 +143,29 @@ fn actor(h: Option<&str>) -> String {
         .unwrap_or_else(|| "api".into())
 }
 
-/// Constant-time comparison with the configured token (surrounding whitespace ignored on both
-/// sides). An empty configured token matches nothing: the listener never runs open.
-fn token_matches(ctx: &Ctx, given: &str) -> bool {
-    let want = ctx.state.token.trim();
-    !want.is_empty() && bool::from(given.trim().as_bytes().ct_eq(want.as_bytes()))
+/// The configured admin token, kept as its SHA-256 digest. Both sides are hashed before the
+/// constant-time compare because comparing the raw bytes returns early on a length mismatch,
+/// which would tell a guesser how long the token is; digests are always 32 bytes.
+pub(crate) struct AdminToken {
+    /// `None` for an empty token: it matches nothing, so the listener never runs open.
+    digest: Option<[u8; 32]>,
+}
+
+impl AdminToken {
+    /// Surrounding whitespace is not part of the token (it sneaks in from env files).
+    pub fn new(configured: &str) -> AdminToken {
+        let want = configured.trim();
+        AdminToken {
+            digest: (!want.is_empty()).then(|| digest(want)),
+        }
+    }
+
+    pub fn matches(&self, given: &str) -> bool {
+        let offered = digest(given.trim());
+        self.digest
+            .as_ref()
+            .is_some_and(|want| bool::from(offered.ct_eq(want)))
+    }
 }
 
 /// The value of cookie `name`, from any `Cookie` header.
@@ -161,7 +180,7 @@ pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|(_, v)| v.trim().to_string())
 }
 
-pub fn unauthorized() -> Response<Body> {
+pub fn unauthorized() -> Response {
     let mut r = error(
         StatusCode::UNAUTHORIZED,
         "unauthorized",
@@ -181,11 +200,11 @@ pub fn session_of(ctx: &Ctx, req: &Req) -> Option<Arc<Session>> {
 
 /// Bearer token first (a wrong one is an answer, not a fall-through to the cookie), then the
 /// session cookie. State-changing calls with a session must also pass the CSRF check.
-pub async fn authenticate(ctx: &Ctx, req: &Req) -> Result<Caller, Response<Body>> {
+pub async fn authenticate(ctx: &Ctx, req: &Req) -> Result<Caller, Response> {
     if let Some(value) = req.header(header::AUTHORIZATION) {
         let ok = value
             .strip_prefix("Bearer ")
-            .is_some_and(|t| token_matches(ctx, t.trim()));
+            .is_some_and(|t| ctx.token.matches(t));
         if ok {
             return Ok(Caller::Token {
                 actor: actor(req.header("x-leadrouter-actor")),
@@ -229,11 +248,11 @@ pub fn same_origin(headers: &HeaderMap) -> bool {
     }
 }
 
-fn forbidden(message: &str) -> Response<Body> {
+fn forbidden(message: &str) -> Response {
     error(StatusCode::FORBIDDEN, "csrf", message)
 }
 
-fn csrf_check(session: &Session, headers: &HeaderMap) -> Result<(), Response<Body>> {
+fn csrf_check(session: &Session, headers: &HeaderMap) -> Result<(), Response> {
     if !same_origin(headers) {
         return Err(forbidden(
             "cross-site request refused: the console only accepts changes from its own pages",
@@ -264,8 +283,8 @@ fn set_cookie(req: &Req, value: &str, max_age: u64) -> HeaderValue {
     HeaderValue::from_str(&c).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-fn redirect(to: &'static str) -> Response<Body> {
-    let mut r = Response::new(Body::empty());
+fn redirect(to: &'static str) -> Response {
+    let mut r = Response::default();
     *r.status_mut() = StatusCode::SEE_OTHER;
     r.headers_mut()
         .insert(header::LOCATION, HeaderValue::from_static(to));
@@ -309,7 +328,7 @@ fn is_json(req: &Req) -> bool {
 
 /// `GET /`, `/dlq`, `/leads`: the console. Without a session (or a Bearer token) it sends the
 /// browser to the login page.
-pub async fn console_page(ctx: &Ctx, req: &Req) -> Response<Body> {
+pub async fn console_page(ctx: &Ctx, req: &Req) -> Response {
     if req.method != Method::GET && req.method != Method::HEAD {
         return error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "GET");
     }
@@ -330,7 +349,7 @@ pub async fn console_page(ctx: &Ctx, req: &Req) -> Response<Body> {
 /// `GET /login`: the login page (or on to the console when already logged in).
 /// `POST /login`: a form (`token`, optional `name`) answered with a redirect, or JSON
 /// (`{"token", "name"}`) answered with `{"user", "csrf", "expires_at"}`.
-pub async fn login_route(ctx: &Ctx, req: &Req) -> Response<Body> {
+pub async fn login_route(ctx: &Ctx, req: &Req) -> Response {
     match req.method {
         Method::GET => {
             if session_of(ctx, req).is_some() {
@@ -347,7 +366,7 @@ pub async fn login_route(ctx: &Ctx, req: &Req) -> Response<Body> {
     }
 }
 
-async fn login(ctx: &Ctx, req: &Req) -> Response<Body> {
+async fn login(ctx: &Ctx, req: &Req) -> Response {
     let json = is_json(req);
     // Login CSRF: a foreign page must not log this browser in (to a session it knows).
     if !same_origin(&req.headers) {
@@ -365,7 +384,7 @@ async fn login(ctx: &Ctx, req: &Req) -> Response<Body> {
             return pages::login_page(StatusCode::BAD_REQUEST, Some("The form could not be read."))
         }
     };
-    if form.token.is_empty() || !token_matches(ctx, form.token.trim()) {
+    if form.token.is_empty() || !ctx.token.matches(&form.token) {
         ctx.sessions.failed_attempt().await;
         tracing::warn!(
             stage = "console",
@@ -402,7 +421,7 @@ async fn login(ctx: &Ctx, req: &Req) -> Response<Body> {
 }
 
 /// `POST /logout` (session and CSRF token): ends the session and clears the cookie.
-pub async fn logout_route(ctx: &Ctx, req: &Req) -> Response<Body> {
+pub async fn logout_route(ctx: &Ctx, req: &Req) -> Response {
     if req.method != Method::POST {
         return error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "POST");
     }
@@ -476,6 +495,24 @@ mod tests {
             user_label(&"x".repeat(100)).len(),
             "console:".len() + MAX_NAME
         );
+    }
+
+    #[test]
+    fn admin_token_compare() {
+        let t = AdminToken::new(" s3cret-admin-token-0123\n");
+        assert!(t.matches("s3cret-admin-token-0123"));
+        assert!(t.matches("  s3cret-admin-token-0123 "));
+        assert!(!t.matches("s3cret-admin-token-012"), "a prefix");
+        assert!(!t.matches("s3cret-admin-token-01234"), "longer");
+        assert!(!t.matches("S3cret-admin-token-0123"));
+        assert!(!t.matches(""));
+        // An empty token (or only whitespace) must not let an empty Bearer value in.
+        for empty in ["", "  \t"] {
+            let t = AdminToken::new(empty);
+            assert!(!t.matches(""));
+            assert!(!t.matches(empty));
+            assert!(!t.matches("anything"));
+        }
     }
 
     #[test]

@@ -22,8 +22,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
 use serde_json::json;
-use warp::http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
-use warp::hyper::Body;
+use warp::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use warp::reply::Response;
 use warp::Filter;
 
 use crate::dlq::store::DlqStore;
@@ -69,6 +69,7 @@ pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; 
 /// What every request handler shares: the state the service built, plus the console's own.
 pub(crate) struct Ctx {
     pub state: Arc<AdminState>,
+    pub token: auth::AdminToken,
     pub sessions: auth::Sessions,
     pub samples: overview::Samples,
 }
@@ -76,6 +77,7 @@ pub(crate) struct Ctx {
 impl Ctx {
     fn new(state: Arc<AdminState>) -> Ctx {
         Ctx {
+            token: auth::AdminToken::new(&state.token),
             state,
             sessions: auth::Sessions::default(),
             samples: overview::Samples::default(),
@@ -100,8 +102,8 @@ impl Req {
     }
 }
 
-pub(crate) fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Body> {
-    let mut resp = Response::new(Body::from(serde_json::to_vec(&body).unwrap_or_default()));
+pub(crate) fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
+    let mut resp = Response::new(serde_json::to_vec(&body).unwrap_or_default().into());
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -110,11 +112,7 @@ pub(crate) fn json_response(status: StatusCode, body: serde_json::Value) -> Resp
     resp
 }
 
-pub(crate) fn error(
-    status: StatusCode,
-    code: &str,
-    message: impl std::fmt::Display,
-) -> Response<Body> {
+pub(crate) fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
     json_response(
         status,
         json!({"error": code, "message": message.to_string()}),
@@ -122,7 +120,7 @@ pub(crate) fn error(
 }
 
 /// Headers every answer carries, pages, assets, API and errors alike.
-fn secure(mut r: Response<Body>) -> Response<Body> {
+fn secure(mut r: Response) -> Response {
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_SECURITY_POLICY,
@@ -150,27 +148,15 @@ fn secure(mut r: Response<Body>) -> Response<Body> {
     r
 }
 
-/// `%XX` decoding of one path segment (`+` stays `+`: this is a path, not a form).
+/// `%XX` decoding of one path segment (`+` stays `+`: this is a path, not a form). Invalid
+/// escapes stay as they are and invalid UTF-8 becomes U+FFFD, so a lookup simply finds nothing.
 fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(hi), Some(lo)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push(hi << 4 | lo);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
-async fn read_body<S, B>(body: S) -> Result<Bytes, Response<Body>>
+async fn read_body<S, B>(body: S) -> Result<Bytes, Response>
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
@@ -196,7 +182,7 @@ where
     Ok(out.freeze())
 }
 
-async fn handle(ctx: Arc<Ctx>, req: Req) -> Response<Body> {
+async fn handle(ctx: Arc<Ctx>, req: Req) -> Response {
     let segs: Vec<&str> = req.segments.iter().map(String::as_str).collect();
     match segs.as_slice() {
         ["login"] => auth::login_route(&ctx, &req).await,
@@ -213,7 +199,7 @@ async fn handle(ctx: Arc<Ctx>, req: Req) -> Response<Body> {
 
 fn router(
     ctx: Arc<Ctx>,
-) -> impl Filter<Extract = (Response<Body>,), Error = std::convert::Infallible> + Clone {
+) -> impl Filter<Extract = (Response,), Error = std::convert::Infallible> + Clone {
     warp::method()
         .and(warp::path::full())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
@@ -262,7 +248,7 @@ fn router(
 /// sampler that [`serve`] runs for the overview's queue chart.
 pub fn routes(
     state: Arc<AdminState>,
-) -> impl Filter<Extract = (Response<Body>,), Error = std::convert::Infallible> + Clone {
+) -> impl Filter<Extract = (Response,), Error = std::convert::Infallible> + Clone {
     router(Arc::new(Ctx::new(state)))
 }
 
@@ -270,13 +256,12 @@ pub async fn serve(
     state: Arc<AdminState>,
     addr: SocketAddr,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(SocketAddr, impl std::future::Future<Output = ()>), warp::Error> {
+) -> std::io::Result<(SocketAddr, impl std::future::Future<Output = ()>)> {
     if state.token.trim().chars().count() < 16 {
         tracing::warn!("the admin token is shorter than 16 characters: anyone who can reach the admin listener can guess it; use e.g. head -c 24 /dev/urandom | base64");
     }
     let ctx = Arc::new(Ctx::new(state));
-    let (addr, server) =
-        warp::serve(router(ctx.clone())).try_bind_with_graceful_shutdown(addr, shutdown)?;
+    let (addr, server) = crate::listener::serve(router(ctx.clone()), addr, shutdown).await?;
     let sampler = tokio::spawn(overview::run_sampler(ctx));
     Ok((addr, async move {
         server.await;

@@ -5,8 +5,8 @@
 //! `textContent` / `createElement` only, never as HTML. The assets themselves hold no data
 //! and are served without a login (the login page needs the stylesheet); every page needs one.
 
-use warp::http::{header, HeaderValue, Method, Response, StatusCode};
-use warp::hyper::Body;
+use warp::http::{header, HeaderValue, Method, StatusCode};
+use warp::reply::Response;
 
 use super::{error, Req};
 
@@ -16,8 +16,8 @@ const CONSOLE_JS: &str = include_str!("assets/console.js");
 const CONSOLE_CSS: &str = include_str!("assets/console.css");
 const ICON_SVG: &str = include_str!("assets/icon.svg");
 
-fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
-    let mut r = Response::new(Body::from(body));
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response {
+    let mut r = Response::new(body.into());
     *r.status_mut() = status;
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -41,7 +41,7 @@ pub fn escape_html(s: &str) -> String {
 }
 
 /// `GET /assets/{name}`.
-pub fn asset(req: &Req, name: &str) -> Response<Body> {
+pub fn asset(req: &Req, name: &str) -> Response {
     if req.method != Method::GET && req.method != Method::HEAD {
         return error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "GET");
     }
@@ -55,7 +55,7 @@ pub fn asset(req: &Req, name: &str) -> Response<Body> {
 }
 
 /// The login page, with a message when a login failed.
-pub fn login_page(status: StatusCode, message: Option<&str>) -> Response<Body> {
+pub fn login_page(status: StatusCode, message: Option<&str>) -> Response {
     let notice = message
         .map(|m| format!("<p class=\"error\" role=\"alert\">{}</p>", escape_html(m)))
         .unwrap_or_default();
@@ -68,7 +68,7 @@ pub fn login_page(status: StatusCode, message: Option<&str>) -> Response<Body> {
 
 /// The console itself (one page; the script renders the view the path names). The login check
 /// in front of it is `auth::console_page`'s, so this module needs nothing from `auth`.
-pub fn index() -> Response<Body> {
+pub fn index() -> Response {
     text(
         StatusCode::OK,
         "text/html; charset=utf-8",

@@ -30,16 +30,18 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use warp::http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
-use warp::hyper::Body;
+use warp::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use warp::reply::Response;
 use warp::Filter;
 
-use crate::sinks::{format_http_date, rfc3339};
+use crate::sinks::rfc3339;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -463,10 +465,8 @@ async fn serve_conn(stream: TcpStream, shared: Arc<Shared>, mut rx: watch::Recei
         inner: stream,
         reset: reset.clone(),
     };
-    let svc = warp::service(routes(shared, reset));
-    let conn = warp::hyper::server::conn::Http::new()
-        .http1_only(true)
-        .serve_connection(io, svc);
+    let svc = TowerToHyperService::new(warp::service(routes(shared, reset)));
+    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), svc);
     tokio::select! {
         r = conn => {
             if let Err(e) = r {
@@ -563,7 +563,7 @@ impl AsyncWrite for ConnIo {
 fn routes(
     shared: Arc<Shared>,
     reset: Arc<AtomicBool>,
-) -> impl Filter<Extract = (Response<Body>,), Error = warp::Rejection> + Clone {
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     warp::method()
         .and(warp::path::full())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
@@ -599,8 +599,8 @@ struct Req {
     body: Bytes,
 }
 
-fn json_response(status: u16, v: &Value) -> Response<Body> {
-    let mut resp = Response::new(Body::from(v.to_string()));
+fn json_response(status: u16, v: &Value) -> Response {
+    let mut resp = Response::new(v.to_string().into());
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     resp.headers_mut().insert(
         warp::http::header::CONTENT_TYPE,
@@ -609,41 +609,26 @@ fn json_response(status: u16, v: &Value) -> Response<Body> {
     resp
 }
 
-fn to_json<T: Serialize>(status: u16, v: &T) -> Response<Body> {
+fn to_json<T: Serialize>(status: u16, v: &T) -> Response {
     match serde_json::to_value(v) {
         Ok(v) => json_response(status, &v),
         Err(_) => json_response(500, &json!({"error": "encode"})),
     }
 }
 
-fn not_found() -> Response<Body> {
+fn not_found() -> Response {
     json_response(404, &json!({"error": "not_found"}))
 }
 
-fn bad_request(msg: &str) -> Response<Body> {
+fn bad_request(msg: &str) -> Response {
     json_response(400, &json!({"error": "bad_request", "message": msg}))
 }
 
 /// Decodes `%XX` escapes of one path segment (keys are plain, but clients encode anyway).
 fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let hex = std::str::from_utf8(&b[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok());
-            if let Some(v) = hex {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 fn header_map(h: &HeaderMap) -> BTreeMap<String, String> {
@@ -710,7 +695,7 @@ fn decide(sc: &mut ScopeState) -> (Duration, Action) {
 }
 
 /// Applies latency and the fault; `None` means go on with the real operation.
-async fn apply(latency: Duration, action: Action, reset: &AtomicBool) -> Option<Response<Body>> {
+async fn apply(latency: Duration, action: Action, reset: &AtomicBool) -> Option<Response> {
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
@@ -724,7 +709,7 @@ async fn apply(latency: Duration, action: Action, reset: &AtomicBool) -> Option<
             let mut resp = json_response(code, &json!({"error": "sandbox_fault", "status": code}));
             if let Some(secs) = retry_after {
                 let v = if date {
-                    format_http_date(SystemTime::now() + Duration::from_secs(secs))
+                    httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(secs))
                 } else {
                     secs.to_string()
                 };
@@ -754,7 +739,7 @@ fn is_fault(action: &Action) -> bool {
     !matches!(action, Action::Pass)
 }
 
-async fn handle(shared: &Shared, reset: &AtomicBool, req: Req) -> Response<Body> {
+async fn handle(shared: &Shared, reset: &AtomicBool, req: Req) -> Response {
     let path = req.path.trim_start_matches('/');
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     match segs.first().copied() {
@@ -768,7 +753,7 @@ async fn handle(shared: &Shared, reset: &AtomicBool, req: Req) -> Response<Body>
 // ---------------------------------------------------------------------------------------------
 // CRM.
 
-async fn crm(shared: &Shared, reset: &AtomicBool, req: &Req, rest: &[&str]) -> Response<Body> {
+async fn crm(shared: &Shared, reset: &AtomicBool, req: &Req, rest: &[&str]) -> Response {
     enum Op {
         Create,
         Upsert(String),
@@ -943,12 +928,7 @@ fn create(d: &mut Data, key: Option<String>, body: Value) -> String {
 // ---------------------------------------------------------------------------------------------
 // Analytics (Segment-like).
 
-async fn analytics(
-    shared: &Shared,
-    reset: &AtomicBool,
-    req: &Req,
-    rest: &[&str],
-) -> Response<Body> {
+async fn analytics(shared: &Shared, reset: &AtomicBool, req: &Req, rest: &[&str]) -> Response {
     let kind = match (&req.method, rest) {
         (&Method::POST, [k @ ("identify" | "track" | "batch" | "page" | "alias" | "group")]) => *k,
         (_, [_]) => return json_response(405, &json!({"error": "method_not_allowed"})),
@@ -1056,15 +1036,13 @@ struct IdempotencyBody {
     mode: IdempotencyMode,
 }
 
-fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
-    query
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
+fn query_param(query: &str, name: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
-fn control(shared: &Shared, req: &Req, rest: &[&str]) -> Response<Body> {
+fn control(shared: &Shared, req: &Req, rest: &[&str]) -> Response {
     let get = req.method == Method::GET;
     let post = req.method == Method::POST;
     match rest {
@@ -1101,7 +1079,7 @@ fn control(shared: &Shared, req: &Req, rest: &[&str]) -> Response<Body> {
             )
         }
         ["faults"] if post => {
-            let scope = match query_param(&req.query, "scope") {
+            let scope = match query_param(&req.query, "scope").as_deref() {
                 None | Some("all") => Scope::All,
                 Some("crm") => Scope::Crm,
                 Some("analytics") => Scope::Analytics,
@@ -1144,6 +1122,18 @@ mod tests {
         assert_eq!(percent_decode("a%20b%2Fc"), "a b/c");
         assert_eq!(percent_decode("bad%zz%"), "bad%zz%");
         assert_eq!(percent_decode("end%4"), "end%4");
+        assert_eq!(percent_decode("%+1"), "%+1", "only hex digits after %");
+    }
+
+    #[test]
+    fn query_params_are_form_decoded() {
+        assert_eq!(query_param("scope=crm", "scope").as_deref(), Some("crm"));
+        assert_eq!(
+            query_param("x=1&scope=%61ll", "scope").as_deref(),
+            Some("all")
+        );
+        assert_eq!(query_param("scope", "scope").as_deref(), Some(""));
+        assert_eq!(query_param("", "scope"), None);
     }
 
     #[test]

@@ -16,8 +16,8 @@ use futures::{Stream, StreamExt};
 use serde::Serialize;
 use serde_json::Value;
 use tracing::Instrument;
-use warp::http::{header, HeaderMap, HeaderValue, Response, StatusCode};
-use warp::hyper::Body;
+use warp::http::{header, HeaderMap, HeaderValue, StatusCode};
+use warp::reply::Response;
 use warp::Filter;
 
 use crate::config::{resolve_secrets, Config, EnvSource, SenderConfig};
@@ -215,7 +215,7 @@ impl Answer {
         self.retry_after = Some(d);
         self
     }
-    fn into_response(self) -> Response<Body> {
+    fn into_response(self) -> Response {
         #[derive(Serialize)]
         struct ErrorBody<'a> {
             error: &'a str,
@@ -238,8 +238,8 @@ impl Answer {
     }
 }
 
-fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Body> {
-    let mut resp = Response::new(Body::from(body));
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut resp = Response::new(body.into());
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -258,7 +258,7 @@ struct Accepted<'a> {
 /// All routes of the public listener.
 pub fn routes(
     state: Arc<IntakeState>,
-) -> impl Filter<Extract = (Response<Body>,), Error = std::convert::Infallible> + Clone {
+) -> impl Filter<Extract = (Response,), Error = std::convert::Infallible> + Clone {
     let with_state = {
         let state = state.clone();
         warp::any().map(move || state.clone())
@@ -332,7 +332,7 @@ pub fn routes(
         },
     );
     let metrics = warp::get().and(warp::path!("metrics")).map(|| {
-        let mut resp = Response::new(Body::from(crate::telemetry::metrics::metrics().encode()));
+        let mut resp = Response::new(crate::telemetry::metrics::metrics().encode().into());
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static(crate::telemetry::metrics::CONTENT_TYPE),
@@ -352,7 +352,7 @@ pub fn routes(
         .unify()
 }
 
-fn rejection(rej: warp::Rejection) -> Response<Body> {
+fn rejection(rej: warp::Rejection) -> Response {
     if rej.find::<warp::reject::MethodNotAllowed>().is_some() {
         return Answer::err(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -668,6 +668,6 @@ pub async fn serve(
     state: Arc<IntakeState>,
     addr: std::net::SocketAddr,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(std::net::SocketAddr, impl std::future::Future<Output = ()>), warp::Error> {
-    warp::serve(routes(state)).try_bind_with_graceful_shutdown(addr, shutdown)
+) -> std::io::Result<(std::net::SocketAddr, impl std::future::Future<Output = ()>)> {
+    crate::listener::serve(routes(state), addr, shutdown).await
 }

@@ -14,8 +14,9 @@ pub mod traces;
 pub mod windows;
 
 pub fn init_logging() {
-    let filter = EnvFilter::try_from_env("LEADROUTER_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn,warp=warn,hyper=warn"));
+    let filter = EnvFilter::try_from_env("LEADROUTER_LOG").unwrap_or_else(|_| {
+        EnvFilter::new("info,async_nats=warn,warp=warn,hyper=warn,hyper_util=warn")
+    });
     let pretty = std::env::var("LEADROUTER_LOG_FORMAT").is_ok_and(|v| v == "pretty");
     let fmt_layer = if pretty {
         fmt::layer()

@@ -236,17 +236,6 @@ impl Extractor for NatsExtractor<'_> {
     }
 }
 
-struct HttpExtractor<'a>(&'a warp::http::HeaderMap);
-
-impl Extractor for HttpExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
-    }
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(|k| k.as_str()).collect()
-    }
-}
-
 /// Writes `span`'s context as `traceparent` (and `tracestate`) into NATS headers. Nothing
 /// when traces are off or the span is not recorded by the trace layer.
 pub fn inject(span: &tracing::Span, headers: &mut async_nats::HeaderMap) {
@@ -275,7 +264,7 @@ pub fn from_http(headers: &warp::http::HeaderMap) -> Option<Context> {
     if !enabled() || !headers.contains_key(HDR_TRACEPARENT) {
         return None;
     }
-    valid(propagator().extract(&HttpExtractor(headers)))
+    valid(propagator().extract(&opentelemetry_http::HeaderExtractor(headers)))
 }
 
 /// The remote context in a stored lead's headers, if any and valid.

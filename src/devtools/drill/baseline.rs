@@ -14,10 +14,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
-use warp::http::{Method, Response, StatusCode};
-use warp::hyper::{self, Body, Request};
 
 use super::DrillError;
 
@@ -113,9 +116,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                         let shared = shared.clone();
                         async move { Ok::<_, Infallible>(handle(&shared, req).await) }
                     });
-                    let _ = hyper::server::conn::Http::new()
-                        .http1_only(true)
-                        .serve_connection(stream, svc)
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
                         .await;
                 });
             }
@@ -124,13 +126,13 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-fn answer(status: StatusCode, v: Value) -> Response<Body> {
-    let mut r = Response::new(Body::from(v.to_string()));
+fn answer(status: StatusCode, v: Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
     *r.status_mut() = status;
     r
 }
 
-async fn handle(shared: &Shared, req: Request<Body>) -> Response<Body> {
+async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::POST {
         return answer(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -143,7 +145,7 @@ async fn handle(shared: &Shared, req: Request<Body>) -> Response<Body> {
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
-    let Ok(body) = hyper::body::to_bytes(req.into_body()).await else {
+    let Ok(body) = req.into_body().collect().await.map(|b| b.to_bytes()) else {
         return answer(StatusCode::BAD_REQUEST, json!({"error": "body"}));
     };
     let Ok(doc) = serde_json::from_slice::<Value>(&body) else {
