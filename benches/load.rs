@@ -57,6 +57,7 @@ use bytes::Bytes;
 use leadrouter::config::Config;
 use leadrouter::devtools::harness::probe::{
     clock_ticks_per_sec, cpu_ticks, load_average, machine, machine_busy_ticks, peak_rss_mib,
+    percentile,
 };
 use leadrouter::devtools::harness::{
     free_ports, http_sink, process_alive, signal, wait_gone, RouterConfig, RouterProcess,
@@ -405,13 +406,10 @@ impl Run {
     }
 }
 
-/// Nearest-rank percentile of sorted microsecond samples, in ms; NaN when there are none.
+/// [`percentile`] of sorted microsecond samples, in ms; NaN (printed as `n/a`) when there are
+/// none.
 fn pct_ms(sorted_us: &[u64], p: f64) -> f64 {
-    if sorted_us.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((sorted_us.len() as f64) * p).ceil().max(1.0) as usize;
-    sorted_us[rank.min(sorted_us.len()) - 1] as f64 / 1000.0
+    percentile(sorted_us, p).map_or(f64::NAN, |us| us as f64 / 1000.0)
 }
 
 /// `concurrency` workers post as fast as answers come back.

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use leadrouter::config::Config;
 use leadrouter::devtools::harness::probe::{
-    clock_ticks_per_sec, cpu_ticks, load_average, machine, machine_busy_ticks,
+    clock_ticks_per_sec, cpu_ticks, load_average, machine, machine_busy_ticks, percentile,
 };
 use leadrouter::devtools::harness::{
     self, http_sink, HandlersSection, NatsServer, RouterConfig, RouterProcess, SenderSpec,
@@ -733,13 +733,9 @@ async fn check(
     c
 }
 
-/// Nearest-rank percentile of sorted milliseconds.
+/// [`percentile`], NaN when there are no samples (the tables print it as such).
 fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((sorted.len() as f64) * p).ceil().max(1.0) as usize;
-    sorted[rank.min(sorted.len()) - 1]
+    percentile(sorted, p).unwrap_or(f64::NAN)
 }
 
 fn ms_between(from: SystemTime, to: SystemTime) -> f64 {

@@ -477,9 +477,6 @@ async fn start_pool(
     for (i, s) in cfg.sinks.iter().enumerate() {
         built.push(sinks::build(i, s, &ctx).await?);
     }
-    for s in &built {
-        crate::telemetry::metrics::metrics().sink(s.name());
-    }
     if built.is_empty() {
         tracing::warn!("no [[sinks]] configured: leads are consumed and acknowledged without being written anywhere");
     }

@@ -14,7 +14,6 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -464,11 +463,7 @@ async fn console_in_chromium_login_see_dead_letter_replay_it() {
         assert_eq!(st, 202, "{b}");
     }
     let s2 = stats.clone();
-    wait(
-        "four deliveries",
-        Box::new(move || s2.delivered.load(Ordering::Relaxed) == 4),
-    )
-    .await;
+    wait("four deliveries", Box::new(move || s2.delivered() == 4)).await;
     crm.set_faults(Faults::fail_next(1000, 500));
     let body = json!({
         "email": "markup.person@example.com",
@@ -628,7 +623,7 @@ async fn console_in_chromium_login_see_dead_letter_replay_it() {
     let s2 = stats.clone();
     wait(
         "the replay delivered",
-        Box::new(move || s2.delivered.load(Ordering::Relaxed) == 5),
+        Box::new(move || s2.delivered() == 5),
     )
     .await;
     let rec = crm.record(&key).expect("the CRM got the lead");

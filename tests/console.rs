@@ -6,7 +6,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{App, NatsServer};
@@ -124,12 +123,7 @@ impl Setup {
     }
 
     fn delivered(&self) -> u64 {
-        self.app
-            .service
-            .pipeline_stats()
-            .unwrap()
-            .delivered
-            .load(Ordering::Relaxed)
+        self.app.service.pipeline_stats().unwrap().delivered()
     }
 
     async fn get(&self, path: &str) -> (u16, Value, HeaderMap) {
@@ -671,10 +665,8 @@ async fn dlq_calls_list_show_and_replay_with_who_when_why() {
         (Some(1), Some(2)),
         "{sum}"
     );
-    s.wait("three replays delivered", |st| {
-        st.delivered.load(Ordering::Relaxed) == 3
-    })
-    .await;
+    s.wait("three replays delivered", |st| st.delivered() == 3)
+        .await;
     for k in &keys {
         assert_eq!(s.crm.record(k).unwrap().created, 1, "{k}");
     }
@@ -706,8 +698,7 @@ async fn stats_latency_and_overview_figures() {
             .await;
         assert_eq!(st, 202, "{b}");
     }
-    s.wait("delivered", |st| st.delivered.load(Ordering::Relaxed) == 3)
-        .await;
+    s.wait("delivered", |st| st.delivered() == 3).await;
     s.dead_letter(&[("evt-dead-1", "dead@example.com")]).await;
 
     let (st, stats, _) = s.get("/api/stats?window=15m").await;

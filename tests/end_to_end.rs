@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{demo_sender_toml, App, NatsServer};
@@ -36,7 +35,7 @@ async fn signed_lead_reaches_the_crm_enriched_and_without_unmapped_fields() {
     let key = answer["id"].as_str().unwrap().to_string();
 
     let deadline = Instant::now() + Duration::from_secs(30);
-    while stats.delivered.load(Ordering::Relaxed) < 1 {
+    while stats.delivered() < 1 {
         let left = deadline.saturating_duration_since(Instant::now());
         assert!(!left.is_zero(), "lead not delivered in time");
         let _ = tokio::time::timeout(left, progress.changed()).await;
@@ -57,7 +56,9 @@ async fn signed_lead_reaches_the_crm_enriched_and_without_unmapped_fields() {
     let file = std::fs::read_to_string(app.data.path().join("sinks/leads.jsonl")).unwrap();
     assert!(file.contains(&key));
     let p95 = stats
-        .e2e_percentile(0.95)
+        .latency
+        .percentile(Duration::from_secs(900), 0.95)
+        .latency_ms
         .expect("end-to-end latency recorded");
     assert!(p95 >= 0.0);
     app.service.shutdown().await;

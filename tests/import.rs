@@ -5,7 +5,6 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{demo_sender_toml, manifest_dir, test_env, App, NatsServer};
@@ -76,8 +75,8 @@ async fn wait_until(stats: &PipelineStats, what: &str, done: impl Fn(&PipelineSt
         assert!(
             !left.is_zero(),
             "{what}: not reached in time (delivered {}, duplicates {}, dead {:?})",
-            stats.delivered.load(Ordering::Relaxed),
-            stats.duplicates.load(Ordering::Relaxed),
+            stats.delivered(),
+            stats.duplicates(),
             stats.dead()
         );
         let _ = tokio::time::timeout(left, progress.changed()).await;
@@ -131,7 +130,7 @@ async fn reimporting_10k_envelopes_writes_each_lead_once() {
 
     let t = Instant::now();
     wait_until(&stats, "first import delivered", |s| {
-        s.delivered.load(Ordering::Relaxed) >= N as u64
+        s.delivered() >= N as u64
     })
     .await;
     eprintln!("pool delivered {N} in {:?} after the import", t.elapsed());
@@ -158,7 +157,7 @@ async fn reimporting_10k_envelopes_writes_each_lead_once() {
         .await
         .expect("partition consumers");
     assert_eq!((backlog.pending, backlog.ack_pending), (0, 0));
-    assert_eq!(stats.delivered.load(Ordering::Relaxed), N as u64);
+    assert_eq!(stats.delivered(), N as u64);
 
     let keys = sink_keys(&app);
     assert_eq!(keys.len(), N, "one sink line per lead");
@@ -179,7 +178,7 @@ async fn reimport_beyond_the_dedupe_window_is_stopped_by_the_idempotency_record(
     let first = import_with_harness_client(&nats, &app.cfg, &opts).await;
     assert_eq!((first.published, first.rejected), (N as u64, 0), "{first}");
     wait_until(&stats, "first import delivered", |s| {
-        s.delivered.load(Ordering::Relaxed) >= N as u64
+        s.delivered() >= N as u64
     })
     .await;
 
@@ -195,10 +194,10 @@ async fn reimport_beyond_the_dedupe_window_is_stopped_by_the_idempotency_record(
         "the stream takes them again: {second}"
     );
     wait_until(&stats, "second import short-circuited", |s| {
-        s.duplicates.load(Ordering::Relaxed) >= N as u64
+        s.duplicates() >= N as u64
     })
     .await;
-    assert_eq!(stats.delivered.load(Ordering::Relaxed), N as u64);
+    assert_eq!(stats.delivered(), N as u64);
     let keys = sink_keys(&app);
     assert_eq!(keys.len(), N);
     assert!(keys.values().all(|&n| n == 1));
@@ -310,10 +309,7 @@ async fn raw_vendor_lines_map_like_the_edge_and_bad_lines_are_reported() {
     let p = leadrouter::queue::partition::partition_of(&group, 16);
     assert_eq!(msg.subject.as_str(), format!("leads.in.typeform.{p}"));
 
-    wait_until(&stats, "typeform lead delivered", |s| {
-        s.delivered.load(Ordering::Relaxed) >= 1
-    })
-    .await;
+    wait_until(&stats, "typeform lead delivered", |s| s.delivered() >= 1).await;
     assert_eq!(
         sink_keys(&app).into_keys().collect::<HashSet<_>>(),
         HashSet::from([key])

@@ -5,7 +5,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{App, NatsServer};
@@ -211,10 +210,7 @@ async fn dead_letter_is_encrypted_at_rest_and_replays_once_after_the_fix() {
         )
         .await;
     assert_eq!((st, r["outcome"].as_str()), (200, Some("replayed")), "{r}");
-    s.wait("replay delivered", |st| {
-        st.delivered.load(Ordering::Relaxed) == 1
-    })
-    .await;
+    s.wait("replay delivered", |st| st.delivered() == 1).await;
     // The replay went straight to the lead's partition (not the un-partitioned form).
     let js = async_nats::jetstream::new(async_nats::connect(s.nats.url()).await.unwrap());
     let copy = js
@@ -245,15 +241,7 @@ async fn dead_letter_is_encrypted_at_rest_and_replays_once_after_the_fix() {
     assert_eq!(shown["replays"][0]["reason"], "CRM back up");
     let (_, hidden) = s.get("/api/dlq?hide_replayed=true").await;
     assert_eq!(hidden["entries"].as_array().unwrap().len(), 0);
-    assert!(
-        s.app
-            .service
-            .pipeline_stats()
-            .unwrap()
-            .replayed
-            .load(Ordering::Relaxed)
-            >= 1
-    );
+    assert!(s.app.service.pipeline_stats().unwrap().replayed() >= 1);
     s.app.service.shutdown().await;
 }
 
@@ -313,8 +301,7 @@ async fn schema_fix_then_batch_replay_delivers_and_failures_return_with_new_reas
         "only the not-yet-replayed entries: {sum}"
     );
     assert_eq!(sum["skipped"], 3, "{sum}");
-    s.wait("delivered", |st| st.delivered.load(Ordering::Relaxed) == 3)
-        .await;
+    s.wait("delivered", |st| st.delivered() == 3).await;
     assert_eq!(s.crm.stats().records, 3);
 
     // The same sweep from the CLI: everything was replayed before, so all skipped, none sent.
@@ -432,8 +419,7 @@ async fn admin_api_needs_the_token_and_nats_service_answers_plain_requests() {
         .unwrap();
     let ok: Value = serde_json::from_slice(&ok.payload).unwrap();
     assert_eq!(ok["outcome"], "replayed", "{ok}");
-    s.wait("delivered", |st| st.delivered.load(Ordering::Relaxed) == 1)
-        .await;
+    s.wait("delivered", |st| st.delivered() == 1).await;
 
     // The CLI finds the service from env and prints JSON lines.
     let out = s.cli(&["dlq", "tail"]);
@@ -505,10 +491,7 @@ async fn replaying_a_lead_that_reached_a_sink_writes_only_what_is_missing() {
     );
     let summary: Value = serde_json::from_slice(&out.stdout).expect("JSON summary");
     assert_eq!(summary["replayed"], 1, "{summary}");
-    s.wait("replay delivered", |st| {
-        st.delivered.load(Ordering::Relaxed) == 1
-    })
-    .await;
+    s.wait("replay delivered", |st| st.delivered() == 1).await;
 
     let rec = s.crm.record(&key).unwrap();
     assert_eq!(
@@ -577,10 +560,7 @@ async fn dlq_keys_rotate_and_a_changed_key_is_refused_at_start() {
             .await;
         assert_eq!((st, r["outcome"].as_str()), (200, Some("replayed")), "{r}");
     }
-    s.wait("both delivered", |st| {
-        st.delivered.load(Ordering::Relaxed) == 2
-    })
-    .await;
+    s.wait("both delivered", |st| st.delivered() == 2).await;
     let Setup { app, nats, .. } = s;
     app.service.shutdown().await;
 

@@ -7,8 +7,8 @@
 //! - end-to-end p95: the per-minute latency histograms (`PipelineStats::latency`);
 //! - queue depth and ack pending: this listener's own sampler (the `router` consumer's info
 //!   every 10 s, kept 24 h), since the counters do not hold them;
-//! - success per sink: the process's `leadrouter_sink_requests_total` counters, sampled with
-//!   the queue (per process: one `serve` per process is the deployment this is for);
+//! - success per sink: this service's handler pool's sink counters (the ones
+//!   `leadrouter_sink_requests_total` exports), sampled with the queue;
 //! - DLQ placements by reason per hour, last 24 h: read from `LEADS_DLQ` itself (survives
 //!   restarts), cached for a few seconds.
 
@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, Timelike, Utc};
-use prometheus::core::Collector;
 use serde_json::{json, Value};
 
 use super::stats::{E2E_SLO, SAMPLE_EVERY};
@@ -55,32 +54,6 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Per sink: (ok, rejected + failed) since the process started.
-fn sink_counters() -> BTreeMap<String, (u64, u64)> {
-    let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    for family in crate::telemetry::metrics::metrics().sink_requests.collect() {
-        for m in family.get_metric() {
-            let label = |n: &str| {
-                m.get_label()
-                    .iter()
-                    .find(|l| l.name() == n)
-                    .map(|l| l.value().to_string())
-            };
-            let (Some(sink), Some(outcome)) = (label("sink"), label("outcome")) else {
-                continue;
-            };
-            let v = m.get_counter().get_value() as u64;
-            let slot = out.entry(sink).or_default();
-            if outcome == "ok" {
-                slot.0 += v;
-            } else {
-                slot.1 += v;
-            }
-        }
-    }
-    out
-}
-
 async fn take_sample(ctx: &Ctx) -> Sample {
     let q = ctx.state.observed.queue_info().await;
     let n = |k: &str| q.get(k).and_then(Value::as_u64);
@@ -89,7 +62,13 @@ async fn take_sample(ctx: &Ctx) -> Sample {
         pending: n("pending"),
         ack_pending: n("ack_pending"),
         max_ack_pending: n("max_ack_pending"),
-        sinks: sink_counters(),
+        sinks: ctx
+            .state
+            .observed
+            .pipeline
+            .as_ref()
+            .map(|p| p.sinks())
+            .unwrap_or_default(),
     }
 }
 

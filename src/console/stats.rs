@@ -2,7 +2,6 @@
 //! operator service.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -37,11 +36,10 @@ impl Observed {
             ..Counters::default()
         };
         if let Some(p) = &self.pipeline {
-            c.delivered = p.delivered.load(Relaxed);
-            c.duplicates = p.duplicates.load(Relaxed);
-            c.sink_ok = p.sink_ok.load(Relaxed);
-            c.sink_err = p.sink_err.load(Relaxed);
-            c.retries = p.retries.load(Relaxed);
+            c.delivered = p.delivered();
+            c.duplicates = p.duplicates();
+            (c.sink_ok, c.sink_err) = p.sink_writes();
+            c.retries = p.retries();
             c.dead = p.dead().values().sum();
         }
         c
@@ -127,11 +125,11 @@ impl Observed {
                 let lat = p.latency.percentile(window, 0.95);
                 out["e2e_p95_ms"] = json!(lat.latency_ms);
                 out["since_start"] = json!({
-                    "received": p.received.load(Relaxed),
-                    "delivered": p.delivered.load(Relaxed),
-                    "duplicates": p.duplicates.load(Relaxed),
-                    "retries": p.retries.load(Relaxed),
-                    "replayed": p.replayed.load(Relaxed),
+                    "received": p.received(),
+                    "delivered": p.delivered(),
+                    "duplicates": p.duplicates(),
+                    "retries": p.retries(),
+                    "replayed": p.replayed(),
                 });
                 out["dead_by_reason"] = json!(p.dead());
             }

@@ -151,9 +151,6 @@ impl DlqWriter {
             .map_err(|e| DlqError::Write(e.to_string()))?
             .await
             .map_err(|e| DlqError::Write(e.to_string()))?;
-        if !ack.duplicate {
-            crate::telemetry::metrics::metrics().dlq_placed(d.reason.as_str());
-        }
         Ok(!ack.duplicate)
     }
 }

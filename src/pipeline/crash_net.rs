@@ -12,6 +12,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use tokio::sync::watch;
 
+use super::events::{CrashNetDeadLettered, Emit};
 use super::PipelineStats;
 use crate::dlq::{dlq_id, DeadLetter, DlqWriter, Reason};
 use crate::intake::envelope::LeadEnvelope;
@@ -147,9 +148,11 @@ async fn handle(
     match dlq.put(&dead).await {
         Ok(new) => {
             if new {
-                stats.count_dead(Reason::MaxDeliveries);
-                stats.bump();
-                tracing::warn!(key = %key, seq = adv.stream_seq, reason = "max_deliveries", stage = "dlq", "dead-lettered by the crash net");
+                CrashNetDeadLettered {
+                    key: &key,
+                    seq: adv.stream_seq,
+                }
+                .emit(stats);
             }
             let _ = idem.force_dead(&key, id).await;
             true

@@ -11,7 +11,6 @@
 //!   rest of its partition keeps flowing.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +18,7 @@ use async_nats::jetstream::{self, AckKind};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::oneshot;
 
+use super::events::{Emit, HandlerRestarted, LeadReceived};
 use super::handler::{self, Delivery, Outcome};
 use super::PoolDeps;
 use crate::queue::HDR_GROUP;
@@ -238,7 +238,7 @@ impl DispatchState {
                 return;
             }
         };
-        self.deps.stats.received.fetch_add(1, Ordering::Relaxed);
+        LeadReceived.emit(&self.deps.stats);
         let group = group_of(&self.deps, &msg);
         let w = Waiting {
             msg,
@@ -458,7 +458,6 @@ impl Actor for Dispatcher {
                 outcome,
             } => {
                 state.finished(handler, group, seq, outcome);
-                state.deps.stats.bump();
             }
             DispatchMsg::KeepAlive => state.keep_alive().await,
             DispatchMsg::Own(p) => {
@@ -502,13 +501,11 @@ impl Actor for Dispatcher {
         else {
             return Ok(());
         };
-        state
-            .deps
-            .stats
-            .handler_restarts
-            .fetch_add(1, Ordering::Relaxed);
-        crate::telemetry::metrics::metrics().handler_restarts.inc();
-        tracing::error!(handler = idx, error = %err, "handler crashed; restarting it and redelivering its message");
+        HandlerRestarted {
+            handler: idx,
+            error: &err,
+        }
+        .emit(&state.deps.stats);
         // Its message was not acked. Free the lease it held and ask for the redelivery now
         // rather than after ack_wait; the group waits for exactly that message.
         if let Some(f) = state.in_flight.remove(&idx) {
@@ -535,7 +532,6 @@ impl Actor for Dispatcher {
         state.idle.push(idx);
         state.pump();
         state.answer_releases();
-        state.deps.stats.bump();
         Ok(())
     }
 }

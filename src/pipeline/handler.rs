@@ -7,7 +7,6 @@
 //! attempt (a consumer leader election, a partition changing owner, a busy fence), and a cluster
 //! election is an outage to wait out, not a reason to dead-letter good leads.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -16,6 +15,11 @@ use bytes::Bytes;
 use serde_json::Value;
 use tracing::Instrument;
 
+use super::events::{
+    DlqUnavailable, Emit, Holder, LeadBusy, LeadClaimed, LeadDeadLettered, LeadDelivered,
+    LeadDuplicate, LeadEnriched, LeadInvalid, LeadRetried, LeadSuperseded, LeadValidated,
+    SinkWriteFailed, SinkWritten, StoreUnavailable,
+};
 use super::fence::Gate;
 use super::PoolDeps;
 use crate::dlq::{dlq_id, DeadLetter, Reason};
@@ -23,7 +27,6 @@ use crate::intake::envelope::LeadEnvelope;
 use crate::ledger::idempotency::{Claim, Held};
 use crate::queue::{HDR_GROUP, HDR_RECEIVED_AT, HDR_SCHEMA};
 use crate::sinks::{LeadRecord, SinkError, SinkOrdering};
-use crate::telemetry::metrics::{metrics, retry};
 use crate::telemetry::traces::{self, trace_span};
 
 /// How one delivery ended, for the dispatcher's per-group ordering.
@@ -53,25 +56,6 @@ pub struct Delivery<'a> {
 /// NAK delays while NATS itself is away (an election, a restart): short, because the outage
 /// ends on its own and costs the lead no attempt.
 const OUTAGE_RETRY_CAP: Duration = Duration::from_secs(5);
-
-/// One WARN per this long for a store outage, however many leads hit it (a three-second
-/// election would otherwise print thousands of identical lines).
-const OUTAGE_LOG_EVERY_MS: u64 = 10_000;
-static LAST_OUTAGE_WARN_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-fn warn_outage(what: &'static str, error: &dyn std::fmt::Display) {
-    let now = crate::ledger::idempotency::now_ms();
-    let last = LAST_OUTAGE_WARN_MS.load(Ordering::Relaxed);
-    if now.saturating_sub(last) >= OUTAGE_LOG_EVERY_MS
-        && LAST_OUTAGE_WARN_MS
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    {
-        tracing::warn!(error = %error, store = what, "NATS store unavailable; leads wait for it without spending attempts (next such warning in 10 s at the earliest)");
-    } else {
-        tracing::debug!(error = %error, store = what, "NATS store unavailable");
-    }
-}
 
 pub async fn process(deps: &Arc<PoolDeps>, owner: &str, d: Delivery<'_>) -> Outcome {
     let started = Instant::now();
@@ -189,19 +173,25 @@ async fn handle_lead(
             return Outcome::Dead;
         }
         Ok(Claim::Busy(wait)) => {
-            tracing::debug!(?wait, "another delivery holds the lead");
-            metrics().retry(retry::CLAIM_BUSY);
+            LeadBusy {
+                holder: Holder::Claim,
+                wait,
+            }
+            .emit(&deps.stats);
             return nak(msg, wait.max(Duration::from_millis(50))).await;
         }
         Err(e) => {
-            warn_outage("idempotency", &e);
-            metrics().retry(retry::KV_UNAVAILABLE);
+            StoreUnavailable {
+                store: "idempotency",
+                error: &e,
+            }
+            .emit(&deps.stats);
             return nak(msg, outage_delay(deps, d.delivered)).await;
         }
     };
     // This delivery's attempt number: earlier failed attempts, plus this one.
     let attempt = held.entry.attempts + 1;
-    metrics().stage("claim", "", t.elapsed());
+    LeadClaimed { took: t.elapsed() }.emit(&deps.stats);
 
     // Validation errors are permanent: the same bytes fail the same way every time.
     let t = Instant::now();
@@ -218,8 +208,11 @@ async fn handle_lead(
             super::schema::SchemaError::Unknown(_) => Reason::UnknownSchema,
             _ => Reason::SchemaMismatch,
         };
-        metrics().stage("validate", "", t.elapsed());
-        tracing::info!(stage = "validate", outcome = "invalid", error = %e, duration_ms = ms(t));
+        LeadInvalid {
+            error: &e,
+            took: t.elapsed(),
+        }
+        .emit(&deps.stats);
         return dead_letter(
             deps,
             &d,
@@ -231,21 +224,18 @@ async fn handle_lead(
         )
         .await;
     }
-    metrics().stage("validate", "", t.elapsed());
-    tracing::info!(stage = "validate", outcome = "ok", duration_ms = ms(t));
+    LeadValidated { took: t.elapsed() }.emit(&deps.stats);
 
     let t = Instant::now();
     let Value::Object(mut fields) = fields else {
         unreachable!("built as an object above")
     };
     let report = trace_span!("enrich").in_scope(|| deps.parts.enricher.enrich(&mut fields));
-    if !report.flags.is_empty() {
-        deps.stats
-            .enrich_flags
-            .fetch_add(report.flags.len() as u64, Ordering::Relaxed);
+    LeadEnriched {
+        flags: &report.flags,
+        took: t.elapsed(),
     }
-    metrics().stage("enrich", "", t.elapsed());
-    tracing::info!(stage = "enrich", outcome = "ok", flags = ?report.flags, duration_ms = ms(t));
+    .emit(&deps.stats);
 
     let record = LeadRecord {
         key: envelope.key.clone(),
@@ -266,26 +256,30 @@ async fn handle_lead(
             None
         }
         Ok(Gate::Busy(wait)) => {
-            tracing::debug!(?wait, "another router is writing this lead");
-            metrics().retry(retry::CLAIM_BUSY);
+            LeadBusy {
+                holder: Holder::Fence,
+                wait,
+            }
+            .emit(&deps.stats);
             let _ = deps.parts.idem.yield_claim(&mut held).await;
             return nak(msg, wait).await;
         }
         Err(e) => {
-            warn_outage("fence", &e);
-            metrics().retry(retry::KV_UNAVAILABLE);
+            StoreUnavailable {
+                store: "fence",
+                error: &e,
+            }
+            .emit(&deps.stats);
             let _ = deps.parts.idem.yield_claim(&mut held).await;
             return nak(msg, outage_delay(deps, d.delivered)).await;
         }
     };
     let superseded = fenced.is_none();
     if superseded {
-        tracing::info!(
-            stage = "fence",
-            outcome = "superseded",
-            superseded_by = held.entry.superseded_by,
-            "a newer event of this lead was already written; upsert sinks skip this one"
-        );
+        LeadSuperseded {
+            by: held.entry.superseded_by,
+        }
+        .emit(&deps.stats);
     }
 
     // Fan out to the sinks this lead still needs, all at once, keeping the message and the lease
@@ -346,21 +340,21 @@ async fn handle_lead(
                 held.entry.sinks.insert(name.clone(), at);
                 latest_persist =
                     Some(latest_persist.map_or(done.persisted_at, |l| l.max(done.persisted_at)));
-                deps.stats.sink_ok.fetch_add(1, Ordering::Relaxed);
-                metrics().sink_outcome(&name, "ok", None, replay, took);
-                tracing::info!(stage = "sink", sink = %name, outcome = "ok", duration_ms = took.as_secs_f64() * 1e3);
+                SinkWritten {
+                    sink: &name,
+                    replay,
+                    took,
+                }
+                .emit(&deps.stats);
             }
             Err(e) => {
-                deps.stats.sink_err.fetch_add(1, Ordering::Relaxed);
-                let outcome = if e.is_permanent() {
-                    "rejected"
-                } else {
-                    "failed"
-                };
-                metrics().sink_outcome(&name, outcome, Some(e.class()), replay, took);
-                // The sink's words (often echoing the record) go to the log: the log writer
-                // masks any personal data in them.
-                tracing::info!(stage = "sink", sink = %name, outcome, class = e.class(), error = %e, duration_ms = took.as_secs_f64() * 1e3);
+                SinkWriteFailed {
+                    sink: &name,
+                    error: &e,
+                    replay,
+                    took,
+                }
+                .emit(&deps.stats);
                 if e.is_permanent() {
                     permanent.get_or_insert((name, e));
                 } else {
@@ -408,14 +402,11 @@ async fn handle_lead(
             tracing::warn!(error = %err, "could not release the claim; the lease will expire");
         }
         let delay = deps.backoff.delay(d.delivered, e.retry_after());
-        deps.stats.retries.fetch_add(1, Ordering::Relaxed);
-        metrics().retry(retry::SINK);
-        tracing::info!(
-            stage = "handle",
-            outcome = "retry",
-            delay_ms = delay.as_millis() as u64,
-            duration_ms = ms(started)
-        );
+        LeadRetried {
+            delay,
+            took: started.elapsed(),
+        }
+        .emit(&deps.stats);
         return nak(msg, delay).await;
     }
 
@@ -426,31 +417,21 @@ async fn handle_lead(
     if let Err(e) = msg.double_ack().await {
         tracing::warn!(error = %e, "ack not confirmed; a redelivery will be a duplicate");
     }
-    let mut e2e_seen = None;
+    let mut e2e = None;
     if let (Some(persisted), Ok(received)) = (
         latest_persist,
         chrono::DateTime::parse_from_rfc3339(&envelope.received_at),
     ) {
         let received: SystemTime = received.with_timezone(&chrono::Utc).into();
-        if let Ok(e2e) = persisted.duration_since(received) {
-            deps.stats.record_e2e(e2e);
-            e2e_seen = Some(e2e);
-        }
+        e2e = persisted.duration_since(received).ok();
     }
-    metrics().delivered(replay, e2e_seen);
-    deps.stats.delivered.fetch_add(1, Ordering::Relaxed);
-    if replay {
-        deps.stats.replayed.fetch_add(1, Ordering::Relaxed);
+    LeadDelivered {
+        replay,
+        superseded,
+        e2e,
+        took: started.elapsed(),
     }
-    tracing::info!(
-        stage = "handle",
-        outcome = if superseded {
-            "superseded"
-        } else {
-            "delivered"
-        },
-        duration_ms = ms(started)
-    );
+    .emit(&deps.stats);
     if superseded {
         Outcome::Superseded
     } else {
@@ -462,14 +443,8 @@ fn outage_delay(deps: &PoolDeps, delivered: u32) -> Duration {
     deps.backoff.delay(delivered, None).min(OUTAGE_RETRY_CAP)
 }
 
-fn ms(t: Instant) -> f64 {
-    t.elapsed().as_secs_f64() * 1e3
-}
-
 async fn duplicate(deps: &PoolDeps, msg: &jetstream::Message, key: &str) -> Outcome {
-    deps.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-    metrics().handler_duplicates.inc();
-    tracing::info!(key = %key, stage = "dedupe", outcome = "duplicate");
+    LeadDuplicate { key }.emit(&deps.stats);
     let _ = msg.double_ack().await;
     Outcome::Duplicate
 }
@@ -536,7 +511,7 @@ async fn dead_letter(
     };
     let dlq_span = trace_span!("dead_letter", leadrouter.reason = reason.as_str());
     match deps.parts.dlq.put(&entry).instrument(dlq_span).await {
-        Ok(_) => {
+        Ok(new) => {
             if let Some(h) = held {
                 if let Err(e) = deps
                     .parts
@@ -547,20 +522,18 @@ async fn dead_letter(
                     tracing::warn!(error = %e, "could not record the dead letter in the idempotency store");
                 }
             }
-            deps.stats.count_dead(reason);
-            tracing::warn!(
-                stage = "dlq",
-                outcome = "dead",
-                reason = reason.as_str(),
-                attempts,
-                "lead dead-lettered"
-            );
             term(deps, d.msg, reason.as_str()).await;
+            // After the TERM, so whoever awaits the figure finds the message settled.
+            LeadDeadLettered {
+                reason,
+                attempts,
+                new,
+            }
+            .emit(&deps.stats);
             Outcome::Dead
         }
         Err(e) => {
-            tracing::error!(error = %e, stage = "dlq", outcome = "retry", "DLQ unavailable; retrying instead of dropping");
-            metrics().retry(retry::DLQ_UNAVAILABLE);
+            DlqUnavailable { error: &e }.emit(&deps.stats);
             if let Some(h) = held {
                 let _ = deps
                     .parts

@@ -10,15 +10,16 @@
 pub mod crash_net;
 pub mod dispatch;
 pub mod enrich;
+pub mod events;
 pub mod fence;
 pub mod handler;
 pub mod ownership;
 pub mod repartition;
 pub mod schema;
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -27,78 +28,125 @@ use tokio::sync::{oneshot, watch};
 
 use crate::backoff::Backoff;
 use crate::config::HandlersConfig;
-use crate::dlq::{DlqWriter, Reason};
+use crate::dlq::DlqWriter;
 use crate::intake::Grouping;
 use crate::ledger::idempotency::Idempotency;
 use crate::sinks::Sink;
+use crate::telemetry::metrics::{metrics, retry, PoolCounters};
 use dispatch::{DispatchMsg, Dispatcher};
 use enrich::Enricher;
 use fence::Fence;
 use schema::SchemaRegistry;
 
-/// Counters the pipeline keeps (Prometheus export reads them).
-#[derive(Debug, Default)]
+/// One pool's figures, for the console, `leadrouter stats` / `latency` and tests.
+///
+/// Nothing here is counted directly: the [`events`] record every outcome once, into these
+/// counters (which `/metrics` exports, summed over the process's pools) and the log.
 pub struct PipelineStats {
-    pub received: AtomicU64,
-    pub delivered: AtomicU64,
-    pub duplicates: AtomicU64,
-    pub retries: AtomicU64,
-    pub replayed: AtomicU64,
-    pub sink_ok: AtomicU64,
-    pub sink_err: AtomicU64,
-    pub enrich_flags: AtomicU64,
-    pub handler_restarts: AtomicU64,
-    dead: Mutex<HashMap<&'static str, u64>>,
-    e2e_ms: Mutex<Vec<f64>>,
-    /// Per-minute latency for `leadrouter latency` (the samples above are for tests/benches).
+    counters: Arc<PoolCounters>,
+    /// Deliveries handed to a handler, redeliveries included. `leadrouter stats` shows it; it
+    /// has no Prometheus series.
+    received: AtomicU64,
+    /// Per-minute end-to-end latency for `leadrouter latency` and the console.
     pub latency: crate::telemetry::windows::LatencyWindows,
-    /// Bumped after every finished delivery, so tests and tools can await progress.
+    /// Bumped after every counted event, so tests and tools can await a figure.
     progress: watch::Sender<u64>,
 }
 
 impl PipelineStats {
-    /// A receiver that changes whenever a delivery finished (delivered, duplicate, retry, dead).
+    /// A pool's figures, counted in `/metrics` from now on; `sinks` are its sinks' names.
+    pub(crate) fn new(sinks: &[&str]) -> PipelineStats {
+        PipelineStats {
+            counters: metrics().pool_counters(sinks),
+            received: AtomicU64::new(0),
+            latency: Default::default(),
+            progress: watch::Sender::new(0),
+        }
+    }
+
+    /// A receiver that changes whenever a figure moved (received, delivered, duplicate, retry,
+    /// dead, sink write, restart).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.progress.subscribe()
+    }
+
+    pub(crate) fn counters(&self) -> &PoolCounters {
+        &self.counters
+    }
+
+    pub(crate) fn count_received(&self) {
+        self.received.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn bump(&self) {
         self.progress.send_modify(|n| *n += 1);
     }
 
-    pub fn count_dead(&self, reason: Reason) {
-        let mut d = self.dead.lock().unwrap_or_else(|p| p.into_inner());
-        *d.entry(reason.as_str()).or_default() += 1;
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
     }
 
-    pub fn dead(&self) -> HashMap<&'static str, u64> {
-        self.dead.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    /// Leads every sink confirmed (replays included).
+    pub fn delivered(&self) -> u64 {
+        ["false", "true"]
+            .iter()
+            .map(|r| self.counters.delivered.with_label_values(&[r]).get())
+            .sum()
     }
 
-    pub fn record_e2e(&self, d: Duration) {
-        let mut v = self.e2e_ms.lock().unwrap_or_else(|p| p.into_inner());
-        // Bounded: a ring of recent samples, enough for percentiles in tests and benches.
-        if v.len() >= 100_000 {
-            v.drain(..50_000);
+    /// Replays every sink confirmed.
+    pub fn replayed(&self) -> u64 {
+        self.counters.delivered.with_label_values(&["true"]).get()
+    }
+
+    /// Deliveries of leads already done.
+    pub fn duplicates(&self) -> u64 {
+        self.counters.handler_duplicates.get()
+    }
+
+    /// Retries because a sink failed (not the waits for a busy claim or a store outage).
+    pub fn retries(&self) -> u64 {
+        self.counters
+            .retries
+            .with_label_values(&[retry::SINK])
+            .get()
+    }
+
+    pub fn handler_restarts(&self) -> u64 {
+        self.counters.handler_restarts.get()
+    }
+
+    /// Per sink: (writes confirmed, writes failed or rejected).
+    pub fn sinks(&self) -> BTreeMap<String, (u64, u64)> {
+        let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for (labels, n) in PoolCounters::series(&self.counters.sink_requests) {
+            let (Some(sink), Some(outcome)) = (labels.get("sink"), labels.get("outcome")) else {
+                continue;
+            };
+            let slot = out.entry(sink.clone()).or_default();
+            if outcome == "ok" {
+                slot.0 += n;
+            } else {
+                slot.1 += n;
+            }
         }
-        v.push(d.as_secs_f64() * 1e3);
-        drop(v);
-        self.latency.record(d);
+        out
     }
 
-    /// End-to-end latency percentile (ms) over the recent samples.
-    pub fn e2e_percentile(&self, p: f64) -> Option<f64> {
-        let mut v = self
-            .e2e_ms
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if v.is_empty() {
-            return None;
-        }
-        v.sort_by(|a, b| a.total_cmp(b));
-        let i = ((v.len() as f64 - 1.0) * p.clamp(0.0, 1.0)).round() as usize;
-        v.get(i).copied()
+    /// Sink writes: (confirmed, failed or rejected), over all sinks.
+    pub fn sink_writes(&self) -> (u64, u64) {
+        self.sinks()
+            .values()
+            .fold((0, 0), |(ok, err), (o, e)| (ok + o, err + e))
+    }
+
+    /// New DLQ entries by reason (reasons never seen left out).
+    pub fn dead(&self) -> BTreeMap<String, u64> {
+        PoolCounters::series(&self.counters.dlq_placements)
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .filter_map(|(mut labels, n)| Some((labels.remove("reason")?, n)))
+            .collect()
     }
 }
 
@@ -164,7 +212,8 @@ impl HandlerPool {
         placement: Placement,
         parts: PoolParts,
     ) -> Result<HandlerPool, PoolError> {
-        let stats = Arc::new(PipelineStats::default());
+        let sinks: Vec<&str> = parts.sinks.iter().map(|s| s.name()).collect();
+        let stats = Arc::new(PipelineStats::new(&sinks));
         let instance = parts.instance.clone();
         let grouping = parts.grouping.clone();
         let deps = Arc::new(PoolDeps {

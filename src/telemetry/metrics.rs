@@ -1,6 +1,7 @@
 //! Prometheus metrics for every stage, served as text on the public listener's `GET /metrics`.
 //!
-//! One process-wide [`Registry`] behind [`metrics()`], with typed handles. Label values are
+//! One process-wide [`Registry`] behind [`metrics()`], with typed handles; the handler
+//! outcome counters are per pool ([`PoolCounters`]) and exported as their sum. Label values are
 //! bounded: sender ids and sink names come from the configuration (an unknown sender is
 //! [`UNKNOWN_SENDER`]), everything else is a fixed set of static strings (status codes, error
 //! classes, DLQ reasons). Keys, emails, addresses and error texts never become labels.
@@ -9,9 +10,12 @@
 //! everything in base units. `docs/observability.md` lists every series;
 //! `config/alerts.yml` holds the alerting rules and `docs/runbook.md` what to do about each.
 
-use std::sync::LazyLock;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -117,34 +121,26 @@ pub struct Metrics {
     pub queue_info_up: IntGauge,
     /// `leadrouter_handler_stage_duration_seconds{stage,sink}`.
     pub stage_duration: HistogramVec,
-    /// `leadrouter_handler_duplicates_total`: done keys short-circuited (moka cache or KV).
-    pub handler_duplicates: IntCounter,
-    /// `leadrouter_handler_restarts_total`: handler actors restarted after a panic.
-    pub handler_restarts: IntCounter,
-    /// `leadrouter_sink_requests_total{sink,outcome,class,replay}`.
-    pub sink_requests: IntCounterVec,
-    /// `leadrouter_retries_total{reason}`: deliveries NAKed with a delay.
-    pub retries: IntCounterVec,
-    /// `leadrouter_dlq_placements_total{reason}`: new DLQ entries.
-    pub dlq_placements: IntCounterVec,
     /// `leadrouter_replays_total{source}`: DLQ entries republished.
     pub replays: IntCounterVec,
-    /// `leadrouter_delivered_total{replay}`: leads every sink confirmed.
-    pub delivered: IntCounterVec,
     /// `leadrouter_e2e_latency_seconds{replay}`: received_at -> last sink persisted.
     pub e2e_latency: HistogramVec,
+    /// The handler pools' outcome counters, exported as their sum.
+    pools: Arc<PoolCounterSum>,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    let c = unregistered_vec(name, help, labels);
     r.register(Box::new(c.clone())).expect("unique metric");
     c
 }
 
-fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::with_opts(Opts::new(name, help)).expect("valid metric");
-    r.register(Box::new(c.clone())).expect("unique metric");
-    c
+fn unregistered_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
+
+fn unregistered_counter(name: &str, help: &str) -> IntCounter {
+    IntCounter::with_opts(Opts::new(name, help)).expect("valid metric")
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
@@ -266,45 +262,11 @@ impl Metrics {
                 STAGE_BUCKETS,
                 &["stage", "sink"],
             ),
-            handler_duplicates: counter(
-                &r,
-                "leadrouter_handler_duplicates_total",
-                "Deliveries of leads already done, acknowledged without touching a sink (idempotency cache or KV).",
-            ),
-            handler_restarts: counter(
-                &r,
-                "leadrouter_handler_restarts_total",
-                "Handler actors restarted after a panic (their message is redelivered).",
-            ),
-            sink_requests: counter_vec(
-                &r,
-                "leadrouter_sink_requests_total",
-                "Sink writes by sink, outcome (ok, failed = transient, rejected = permanent), error class (none when ok) and whether the lead is a replay.",
-                &["sink", "outcome", "class", "replay"],
-            ),
-            retries: counter_vec(
-                &r,
-                "leadrouter_retries_total",
-                "Deliveries handed back for a later retry (NAK with delay), by reason.",
-                &["reason"],
-            ),
-            dlq_placements: counter_vec(
-                &r,
-                "leadrouter_dlq_placements_total",
-                "Leads written to the DLQ, by reason.",
-                &["reason"],
-            ),
             replays: counter_vec(
                 &r,
                 "leadrouter_replays_total",
                 "DLQ entries republished to LEADS, by where the replay was asked for (admin, cli, nats).",
                 &["source"],
-            ),
-            delivered: counter_vec(
-                &r,
-                "leadrouter_delivered_total",
-                "Leads every sink confirmed, by whether they were replays.",
-                &["replay"],
             ),
             e2e_latency: histogram_vec(
                 &r,
@@ -313,20 +275,14 @@ impl Metrics {
                 E2E_BUCKETS,
                 &["replay"],
             ),
+            pools: PoolCounterSum::registered(&r),
             registry: r,
         };
         // Series that alerts and dashboards rate() over exist at zero from the start.
-        for reason in DLQ_REASONS {
-            m.dlq_placements.with_label_values(&[reason]);
-        }
-        for reason in retry::ALL {
-            m.retries.with_label_values(&[reason]);
-        }
         for source in replay_source::ALL {
             m.replays.with_label_values(&[source]);
         }
         for replay in ["false", "true"] {
-            m.delivered.with_label_values(&[replay]);
             m.e2e_latency.with_label_values(&[replay]);
         }
         m
@@ -334,11 +290,7 @@ impl Metrics {
 
     /// The registry's current state in the text exposition format.
     pub fn encode(&self) -> String {
-        let mut buf = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
-            tracing::warn!(error = %e, "metrics encoding failed");
-        }
-        String::from_utf8(buf).unwrap_or_default()
+        encode(&self.registry)
     }
 
     /// The registry, for callers that want to add their own collectors.
@@ -359,12 +311,14 @@ impl Metrics {
         }
     }
 
-    /// Creates a configured sink's success series at zero.
-    pub fn sink(&self, name: &str) {
-        for replay in ["false", "true"] {
-            self.sink_requests
-                .with_label_values(&[name, "ok", "none", replay]);
-        }
+    /// A new handler pool's counters, counted in `/metrics` from now on. `sinks` are the
+    /// pool's sink names, whose success series exist at zero from the start.
+    ///
+    /// The process holds on to every pool's set, even after the pool stops: dropping it would
+    /// make the exported counters go down, which Prometheus reads as a reset. A process starts
+    /// one pool (`serve`) or a few dozen (a test binary), so this is not a leak that grows.
+    pub fn pool_counters(&self, sinks: &[&str]) -> Arc<PoolCounters> {
+        self.pools.add(sinks)
     }
 
     /// One answered intake request. `sender` is `None` for a sender that is not configured;
@@ -415,43 +369,193 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    pub fn retry(&self, reason: &'static str) {
-        self.retries.with_label_values(&[reason]).inc();
-    }
-
-    /// One sink write's outcome; `class` is `None` when it succeeded.
-    pub fn sink_outcome(
-        &self,
-        sink: &str,
-        outcome: &str,
-        class: Option<&str>,
-        replay: bool,
-        took: Duration,
-    ) {
-        self.sink_requests
-            .with_label_values(&[sink, outcome, class.unwrap_or("none"), replay_label(replay)])
-            .inc();
-        self.stage("sink", sink, took);
-    }
-
-    /// A lead every sink confirmed, with its end-to-end latency when known.
-    pub fn delivered(&self, replay: bool, e2e: Option<Duration>) {
-        let r = replay_label(replay);
-        self.delivered.with_label_values(&[r]).inc();
-        if let Some(d) = e2e {
-            self.e2e_latency
-                .with_label_values(&[r])
-                .observe(d.as_secs_f64());
-        }
-    }
-
-    pub fn dlq_placed(&self, reason: &'static str) {
-        self.dlq_placements.with_label_values(&[reason]).inc();
+    /// A lead's end-to-end latency (received_at -> last sink persisted).
+    pub fn e2e(&self, replay: bool, took: Duration) {
+        self.e2e_latency
+            .with_label_values(&[replay_label(replay)])
+            .observe(took.as_secs_f64());
     }
 
     pub fn replayed(&self, source: &'static str) {
         self.replays.with_label_values(&[source]).inc();
     }
+}
+
+/// One handler pool's outcome counters: the only place a handler outcome is counted.
+///
+/// Per pool rather than process-wide because the console, `leadrouter stats` and the tests
+/// read one router's figures, while a test binary runs several routers in one process against
+/// one registry. `/metrics` exports the sum over the process's pools, which for `serve` (one
+/// pool) is that pool's set. The pipeline's events (`pipeline::events`) are what increment it.
+pub struct PoolCounters {
+    /// `leadrouter_delivered_total{replay}`: leads every sink confirmed.
+    pub delivered: IntCounterVec,
+    /// `leadrouter_handler_duplicates_total`: done keys short-circuited (moka cache or KV).
+    pub handler_duplicates: IntCounter,
+    /// `leadrouter_handler_restarts_total`: handler actors restarted after a panic.
+    pub handler_restarts: IntCounter,
+    /// `leadrouter_sink_requests_total{sink,outcome,class,replay}`.
+    pub sink_requests: IntCounterVec,
+    /// `leadrouter_retries_total{reason}`: deliveries NAKed with a delay.
+    pub retries: IntCounterVec,
+    /// `leadrouter_dlq_placements_total{reason}`: new DLQ entries.
+    pub dlq_placements: IntCounterVec,
+}
+
+impl PoolCounters {
+    /// A set outside any registry, with the series alerts and dashboards rate() over at zero.
+    fn unregistered(sinks: &[&str]) -> PoolCounters {
+        let c = PoolCounters {
+            delivered: unregistered_vec(
+                "leadrouter_delivered_total",
+                "Leads every sink confirmed, by whether they were replays.",
+                &["replay"],
+            ),
+            handler_duplicates: unregistered_counter(
+                "leadrouter_handler_duplicates_total",
+                "Deliveries of leads already done, acknowledged without touching a sink (idempotency cache or KV).",
+            ),
+            handler_restarts: unregistered_counter(
+                "leadrouter_handler_restarts_total",
+                "Handler actors restarted after a panic (their message is redelivered).",
+            ),
+            sink_requests: unregistered_vec(
+                "leadrouter_sink_requests_total",
+                "Sink writes by sink, outcome (ok, failed = transient, rejected = permanent), error class (none when ok) and whether the lead is a replay.",
+                &["sink", "outcome", "class", "replay"],
+            ),
+            retries: unregistered_vec(
+                "leadrouter_retries_total",
+                "Deliveries handed back for a later retry (NAK with delay), by reason.",
+                &["reason"],
+            ),
+            dlq_placements: unregistered_vec(
+                "leadrouter_dlq_placements_total",
+                "Leads written to the DLQ, by reason.",
+                &["reason"],
+            ),
+        };
+        for reason in DLQ_REASONS {
+            c.dlq_placements.with_label_values(&[reason]);
+        }
+        for reason in retry::ALL {
+            c.retries.with_label_values(&[reason]);
+        }
+        for replay in ["false", "true"] {
+            c.delivered.with_label_values(&[replay]);
+            for sink in sinks {
+                c.sink_requests
+                    .with_label_values(&[sink, "ok", "none", replay]);
+            }
+        }
+        c
+    }
+
+    fn collectors(&self) -> [&dyn Collector; 6] {
+        [
+            &self.delivered,
+            &self.handler_duplicates,
+            &self.handler_restarts,
+            &self.sink_requests,
+            &self.retries,
+            &self.dlq_placements,
+        ]
+    }
+
+    fn add(&self, other: &PoolCounters) {
+        add_vec(&self.delivered, &other.delivered);
+        self.handler_duplicates
+            .inc_by(other.handler_duplicates.get());
+        self.handler_restarts.inc_by(other.handler_restarts.get());
+        add_vec(&self.sink_requests, &other.sink_requests);
+        add_vec(&self.retries, &other.retries);
+        add_vec(&self.dlq_placements, &other.dlq_placements);
+    }
+
+    /// Every series of a labelled counter: its labels (name -> value) and its count.
+    pub fn series(vec: &IntCounterVec) -> Vec<(BTreeMap<String, String>, u64)> {
+        let mut out = Vec::new();
+        for family in vec.collect() {
+            for m in family.get_metric() {
+                let labels = m
+                    .get_label()
+                    .iter()
+                    .map(|l| (l.name().to_string(), l.value().to_string()))
+                    .collect();
+                out.push((labels, m.get_counter().get_value() as u64));
+            }
+        }
+        out
+    }
+}
+
+fn add_vec(into: &IntCounterVec, from: &IntCounterVec) {
+    for (labels, n) in PoolCounters::series(from) {
+        let labels: HashMap<&str, &str> = labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        // Both sides come from `PoolCounters::unregistered`, so the label names always match.
+        if let Ok(c) = into.get_metric_with(&labels) {
+            c.inc_by(n);
+        }
+    }
+}
+
+/// What `/metrics` shows for the pool counters: the zero series plus every pool's counts,
+/// added up at each scrape (a handful of series, every 15 s or so).
+struct PoolCounterSum {
+    /// Never incremented: the zero series, and the descriptions the registry checks.
+    zero: PoolCounters,
+    pools: Mutex<Vec<Arc<PoolCounters>>>,
+}
+
+impl PoolCounterSum {
+    fn registered(r: &Registry) -> Arc<PoolCounterSum> {
+        let sum = Arc::new(PoolCounterSum {
+            zero: PoolCounters::unregistered(&[]),
+            pools: Mutex::new(Vec::new()),
+        });
+        r.register(Box::new(SharedPoolSum(sum.clone())))
+            .expect("unique metric");
+        sum
+    }
+
+    fn add(&self, sinks: &[&str]) -> Arc<PoolCounters> {
+        let c = Arc::new(PoolCounters::unregistered(sinks));
+        lock(&self.pools).push(c.clone());
+        c
+    }
+}
+
+/// The registry wants to own its collectors; pools are added after registration.
+struct SharedPoolSum(Arc<PoolCounterSum>);
+
+impl Collector for SharedPoolSum {
+    fn desc(&self) -> Vec<&Desc> {
+        self.0
+            .zero
+            .collectors()
+            .into_iter()
+            .flat_map(|c| c.desc())
+            .collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let sum = PoolCounters::unregistered(&[]);
+        sum.add(&self.0.zero);
+        for pool in lock(&self.0.pools).iter() {
+            sum.add(pool);
+        }
+        sum.collectors()
+            .into_iter()
+            .flat_map(|c| c.collect())
+            .collect()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A configured sender's handles for the common path (a 202), looked up once at start-up.
@@ -481,6 +585,14 @@ fn status_str(status: u16) -> &'static str {
         s if (400..500).contains(&s) => "4xx",
         _ => "other",
     }
+}
+
+fn encode(registry: &Registry) -> String {
+    let mut buf = Vec::new();
+    if let Err(e) = TextEncoder::new().encode(&registry.gather(), &mut buf) {
+        tracing::warn!(error = %e, "metrics encoding failed");
+    }
+    String::from_utf8(buf).unwrap_or_default()
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -563,6 +675,49 @@ mod tests {
         }
         assert!(
             text.contains("leadrouter_intake_requests_total{sender=\"_unknown\",status=\"404\"}")
+        );
+    }
+
+    #[test]
+    fn pools_are_exported_as_their_sum_and_never_go_down() {
+        let r = Registry::new();
+        let sum = PoolCounterSum::registered(&r);
+        let text = encode(&r);
+        for line in [
+            "leadrouter_delivered_total{replay=\"false\"} 0",
+            "leadrouter_retries_total{reason=\"kv_unavailable\"} 0",
+            "leadrouter_dlq_placements_total{reason=\"sink_rejected\"} 0",
+            "leadrouter_handler_duplicates_total 0",
+        ] {
+            assert!(
+                text.contains(line),
+                "no pool yet, still `{line}` in\n{text}"
+            );
+        }
+        let a = sum.add(&["crm"]);
+        let b = sum.add(&["crm", "archive"]);
+        a.delivered.with_label_values(&["false"]).inc_by(2);
+        b.delivered.with_label_values(&["false"]).inc();
+        b.retries.with_label_values(&[retry::SINK]).inc();
+        a.handler_duplicates.inc();
+        b.sink_requests
+            .with_label_values(&["crm", "failed", "timeout", "false"])
+            .inc();
+        drop(a);
+        let text = encode(&r);
+        for line in [
+            "leadrouter_delivered_total{replay=\"false\"} 3",
+            "leadrouter_retries_total{reason=\"sink\"} 1",
+            "leadrouter_handler_duplicates_total 1",
+            "leadrouter_sink_requests_total{class=\"none\",outcome=\"ok\",replay=\"true\",sink=\"archive\"} 0",
+            "leadrouter_sink_requests_total{class=\"timeout\",outcome=\"failed\",replay=\"false\",sink=\"crm\"} 1",
+        ] {
+            assert!(text.contains(line), "missing `{line}` in\n{text}");
+        }
+        assert_eq!(
+            text.matches("# TYPE leadrouter_delivered_total counter")
+                .count(),
+            1
         );
     }
 

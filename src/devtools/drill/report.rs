@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::storm::{FaultKind, FaultRecord};
 use super::vendor::{Answer, CounterSnapshot, LeadKind, LeadOutcome, LeadSpec};
+use crate::devtools::harness::probe::percentile;
 use crate::devtools::sandbox_crm::KeyStats;
 
 /// One run of the storm against one design.
@@ -130,17 +131,15 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
+    /// Zeros when there are no samples.
     pub fn of(mut v: Vec<f64>) -> Percentiles {
-        if v.is_empty() {
-            return Percentiles::default();
-        }
         v.sort_by(|a, b| a.total_cmp(b));
-        let at = |p: f64| v[(((v.len() - 1) as f64) * p).round() as usize];
+        let at = |p: f64| percentile(&v, p).unwrap_or_default();
         Percentiles {
             p50: at(0.50),
             p95: at(0.95),
             p99: at(0.99),
-            max: v[v.len() - 1],
+            max: at(1.0),
         }
     }
 }

@@ -1,5 +1,7 @@
 //! Readings of this machine and its processes from `/proc`, for the benches' CPU and memory
 //! columns: what each process cost, and how much the rest of a shared machine disturbed a run.
+//! And the one percentile over exact samples that the benches and the drill report, so their
+//! figures mean the same thing.
 
 pub fn clock_ticks_per_sec() -> f64 {
     match rustix::param::clock_ticks_per_second() {
@@ -71,4 +73,34 @@ pub fn load_average() -> String {
         .ok()
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|| "?".into())
+}
+
+/// The `p` (0..=1) percentile of `sorted` (ascending), nearest-rank: the smallest sample with at
+/// least a share `p` of all samples at or below it. Always a value that was measured (no
+/// interpolation), so a p99 of a few hundred samples is an actual lead's latency. `None` when
+/// there are no samples.
+///
+/// The service's own percentiles (`leadrouter latency`, the console) come from bucketed
+/// windows instead (`telemetry::windows`): they keep no samples.
+pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
+    let n = sorted.len();
+    let rank = ((n as f64) * p.clamp(0.0, 1.0)).ceil().max(1.0) as usize;
+    sorted.get(rank.min(n).checked_sub(1)?).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn percentile_is_nearest_rank() {
+        let v: Vec<u32> = (1..=100).collect();
+        assert_eq!(percentile(&v, 0.5), Some(50));
+        assert_eq!(percentile(&v, 0.95), Some(95));
+        assert_eq!(percentile(&v, 0.999), Some(100));
+        assert_eq!(percentile(&v, 0.0), Some(1));
+        assert_eq!(percentile(&v, 1.0), Some(100));
+        assert_eq!(percentile(&[7.5], 0.99), Some(7.5));
+        assert_eq!(percentile::<f64>(&[], 0.5), None);
+    }
 }
