@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{demo_sender_toml, manifest_dir, test_env, App, NatsServer};
-use leadrouter::cli::import::{self, ImportError, ImportOptions, ImportSummary, HDR_IMPORT};
+use leadrouter::cli::import::{self, ImportError, ImportOptions, ImportSummary};
 use leadrouter::config::Config;
 use leadrouter::intake::envelope::{email_hash, idempotency_key};
 use leadrouter::pipeline::PipelineStats;
+use leadrouter::queue::message::LeadMessage;
 use serde_json::{json, Value};
 
 const FILE_SINK: &str = "\n[[sinks]]\nname = \"leads-file\"\nkind = \"file\"\n";
@@ -279,34 +280,36 @@ async fn raw_vendor_lines_map_like_the_edge_and_bad_lines_are_reported() {
     let mut stream = leads_stream(&nats).await;
     let seq = stream.info().await.expect("info").state.last_sequence;
     let msg = stream.get_raw_message(seq).await.expect("stored lead");
-    let envelope: Value = serde_json::from_slice(&msg.payload).expect("envelope");
-    let fields = envelope["fields"].as_object().expect("fields").clone();
+    let lead = LeadMessage::from_stored(&msg).expect("a lead message");
+    let envelope = &lead.envelope;
+    let fields = envelope.fields.clone();
     let key = idempotency_key(
         "typeform",
         "01JD8M9ZK2Q3R4S5T6V7W8X9YZ",
         &email_hash(&fields),
     );
-    assert_eq!(envelope["key"], key.as_str());
-    assert_eq!(envelope["source_event_id"], "01JD8M9ZK2Q3R4S5T6V7W8X9YZ");
-    assert_eq!(envelope["received_at"], "2026-11-20T14:03:27.000Z");
+    assert_eq!(envelope.key, key);
+    assert_eq!(envelope.source_event_id, "01JD8M9ZK2Q3R4S5T6V7W8X9YZ");
+    assert_eq!(envelope.received_at, "2026-11-20T14:03:27.000Z");
     assert_eq!(fields["company"], "Eckert-Mauchly");
     assert!(
         !msg.payload.windows(5).any(|w| w == b"07700"),
         "unmapped notes never stored"
     );
-    let header = |name: &str| msg.headers.get(name).map(|v| v.as_str().to_string());
-    assert_eq!(header("Nats-Msg-Id").as_deref(), Some(key.as_str()));
-    assert_eq!(header(HDR_IMPORT).as_deref(), Some("typeform-export.jsonl"));
+    let headers = &lead.headers;
+    assert_eq!(headers.msg_id.as_deref(), Some(key.as_str()));
+    assert_eq!(headers.import.as_deref(), Some("typeform-export.jsonl"));
     assert_eq!(
-        header("Leadrouter-Received-At").as_deref(),
+        headers.received_at.as_deref(),
         Some("2026-11-20T14:03:27.000Z")
     );
-    assert_eq!(header("Leadrouter-Schema").as_deref(), Some("lead.v1"));
+    assert_eq!(headers.schema.as_deref(), Some("lead.v1"));
     // The routers' keyed group (the test env's shared key), not a plain hash of the email.
     let group = app.service.intake().grouping().key.group_of(&fields);
-    assert_eq!(header("Leadrouter-Group"), Some(group.clone()));
+    assert_eq!(headers.group, Some(group.clone()));
     assert_ne!(group, email_hash(&fields));
     let p = leadrouter::queue::partition::partition_of(&group, 16);
+    assert_eq!(lead.partition, Some(p));
     assert_eq!(msg.subject.as_str(), format!("leads.in.typeform.{p}"));
 
     wait_until(&stats, "typeform lead delivered", |s| s.delivered() >= 1).await;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::{App, NatsServer};
 use leadrouter::devtools::sandbox_crm::{Faults, SandboxCrm};
+use leadrouter::queue::message::{self, LeadHeaders};
 use leadrouter::telemetry::metrics::metrics;
 use serde_json::{json, Value};
 
@@ -250,9 +251,13 @@ async fn metrics_count_every_stage_with_bounded_labels() {
     {
         let client = async_nats::connect(nats.url()).await.unwrap();
         let js = async_nats::jetstream::new(client);
-        let mut h = async_nats::HeaderMap::new();
-        h.insert("Nats-Msg-Id", "metrics-test-copy-1");
-        js.publish_with_headers("leads.in.m-main", h, payload.clone().into())
+        let copy = LeadHeaders {
+            msg_id: Some("metrics-test-copy-1".into()),
+            ..LeadHeaders::default()
+        };
+        let (subject, h, body) =
+            message::encode_stored("m-main", None, &copy, payload.clone().into());
+        js.publish_with_headers(subject, h, body)
             .await
             .unwrap()
             .await

@@ -19,6 +19,7 @@ use leadrouter::pipeline::enrich::{EnrichConfig, Enricher};
 use leadrouter::pipeline::fence::Fence;
 use leadrouter::pipeline::schema::SchemaRegistry;
 use leadrouter::pipeline::{HandlerPool, PipelineStats, PoolParts};
+use leadrouter::queue::message::{header as hdr, LeadHeaders, LeadMessage};
 use leadrouter::sinks::{self, Delivered, LeadRecord, Sink, SinkConfig, SinkContext, SinkError};
 use serde_json::{json, Map, Value};
 
@@ -141,20 +142,12 @@ impl Rig {
 
     /// Publishes an envelope as the edge would; `msg_id` defaults to the key.
     async fn publish(&self, env: &LeadEnvelope, msg_id: Option<&str>) -> u64 {
-        let mut h = async_nats::HeaderMap::new();
-        h.insert("Nats-Msg-Id", msg_id.unwrap_or(&env.key));
-        h.insert("Leadrouter-Received-At", env.received_at.as_str());
-        h.insert("Leadrouter-Schema", env.schema.as_str());
-        let (group, subject) = self.grouping.place(&env.sender, &env.fields);
-        h.insert("Leadrouter-Group", group.as_str());
-        let ack = self
-            .js
-            .publish_with_headers(subject, h, serde_json::to_vec(env).unwrap().into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        ack.sequence
+        let (group, partition) = self.grouping.locate(&env.fields);
+        let mut lead = LeadMessage::new(env.clone(), group, partition);
+        if let Some(id) = msg_id {
+            lead.headers.msg_id = Some(id.to_string());
+        }
+        store(&self.js, &lead).await
     }
 
     /// Waits (on the pool's progress events) until `cond` holds.
@@ -204,6 +197,17 @@ fn envelope(sender: &str, event: &str, fields: Value) -> LeadEnvelope {
         key,
         fields,
     }
+}
+
+/// Stores an encoded lead; its sequence in `LEADS`.
+async fn store(js: &jetstream::Context, lead: &LeadMessage) -> u64 {
+    let (subject, h, body) = lead.encode().unwrap();
+    js.publish_with_headers(subject, h, body)
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence
 }
 
 fn header<'a>(h: &'a async_nats::HeaderMap, name: &str) -> &'a str {
@@ -396,23 +400,23 @@ async fn persistent_500s_dead_letter_after_exactly_max_deliver_attempts() {
     let dlq = rig.dlq_entries().await;
     assert_eq!(dlq.len(), 1);
     let (h, payload) = &dlq[0];
-    assert_eq!(header(h, "Leadrouter-Dlq-Reason"), "retries_exhausted");
+    assert_eq!(header(h, hdr::dlq::REASON), "retries_exhausted");
     assert!(
-        header(h, "Leadrouter-Dlq-Last-Error").contains("500"),
+        header(h, hdr::dlq::LAST_ERROR).contains("500"),
         "{}",
-        header(h, "Leadrouter-Dlq-Last-Error")
+        header(h, hdr::dlq::LAST_ERROR)
     );
-    assert_eq!(header(h, "Leadrouter-Dlq-Attempts"), "3");
-    assert_eq!(header(h, "Leadrouter-Original-Seq"), seq.to_string());
-    assert_eq!(header(h, "Nats-Msg-Id"), format!("LEADS:{seq}"));
-    assert_eq!(header(h, "Leadrouter-Sender"), "demo");
+    assert_eq!(header(h, hdr::dlq::ATTEMPTS), "3");
+    assert_eq!(header(h, hdr::dlq::ORIGINAL_SEQ), seq.to_string());
+    assert_eq!(header(h, hdr::MSG_ID), format!("LEADS:{seq}"));
+    assert_eq!(header(h, hdr::dlq::SENDER), "demo");
     assert!(
         !payload
             .windows(env.key.len())
             .any(|w| w == env.key.as_bytes()),
         "the payload is sealed"
     );
-    assert_eq!(header(h, "Leadrouter-Dlq-Key-Id"), "t");
+    assert_eq!(header(h, hdr::dlq::KEY_ID), "t");
     let plain = test_keys()
         .open("t", payload, format!("LEADS:{seq}").as_bytes())
         .expect("opens with the key that sealed it");
@@ -442,12 +446,9 @@ async fn schema_mismatch_dead_letters_after_one_attempt_without_sink_calls() {
     .await;
     assert_eq!(crm.stats().requests, 0);
     let dlq = rig.dlq_entries().await;
-    assert_eq!(
-        header(&dlq[0].0, "Leadrouter-Dlq-Reason"),
-        "schema_mismatch"
-    );
-    assert_eq!(header(&dlq[0].0, "Leadrouter-Dlq-Attempts"), "1");
-    assert!(header(&dlq[0].0, "Leadrouter-Dlq-Last-Error").contains("/email"));
+    assert_eq!(header(&dlq[0].0, hdr::dlq::REASON), "schema_mismatch");
+    assert_eq!(header(&dlq[0].0, hdr::dlq::ATTEMPTS), "1");
+    assert!(header(&dlq[0].0, hdr::dlq::LAST_ERROR).contains("/email"));
     assert_eq!(rig.stats.retries(), 0);
     rig.stop().await;
 }
@@ -718,8 +719,7 @@ async fn crash_net_dead_letters_a_message_the_server_gave_up_on() {
         "evt-lost-verdict",
         json!({"email": "lost@example.com"}),
     );
-    let (group, subject) = grouping().place(&env.sender, &env.fields);
-    let p = leadrouter::queue::partition::partition_of(&group, 16);
+    let (group, p) = grouping().locate(&env.fields);
     // A router that took the message and died before any verdict: pulled, never acked.
     let stream = js.get_stream("LEADS").await.unwrap();
     let settings = leadrouter::pipeline::ownership::Settings {
@@ -740,16 +740,16 @@ async fn crash_net_dead_letters_a_message_the_server_gave_up_on() {
         ))
         .await
         .unwrap();
-    let mut h = async_nats::HeaderMap::new();
-    h.insert("Nats-Msg-Id", env.key.as_str());
-    h.insert("Leadrouter-Group", group.as_str());
-    let seq = js
-        .publish_with_headers(subject, h, serde_json::to_vec(&env).unwrap().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap()
-        .sequence;
+    // Only the id and the group: what the dispatcher and the crash net need.
+    let lead = LeadMessage {
+        headers: LeadHeaders {
+            msg_id: Some(env.key.clone()),
+            group: Some(group.clone()),
+            ..LeadHeaders::default()
+        },
+        ..LeadMessage::new(env.clone(), group, p)
+    };
+    let seq = store(&js, &lead).await;
     use futures::StreamExt;
     let mut batch = consumer
         .stream()
@@ -778,9 +778,9 @@ async fn crash_net_dead_letters_a_message_the_server_gave_up_on() {
     .await;
     let dlq = rig.dlq_entries().await;
     assert_eq!(dlq.len(), 1);
-    assert_eq!(header(&dlq[0].0, "Leadrouter-Dlq-Reason"), "max_deliveries");
-    assert_eq!(header(&dlq[0].0, "Nats-Msg-Id"), format!("LEADS:{seq}"));
-    assert_eq!(header(&dlq[0].0, "Leadrouter-Key"), env.key);
+    assert_eq!(header(&dlq[0].0, hdr::dlq::REASON), "max_deliveries");
+    assert_eq!(header(&dlq[0].0, hdr::MSG_ID), format!("LEADS:{seq}"));
+    assert_eq!(header(&dlq[0].0, hdr::dlq::KEY), env.key);
     assert_eq!(rig.stats.delivered(), 0);
     rig.stop().await;
 }
@@ -790,18 +790,19 @@ async fn a_lead_published_the_old_way_is_moved_to_its_partition_and_delivered() 
     let (rig, crm, _data) = Rig::with_crm().await;
     // As an older replay or `nats pub leads.in.demo` would: no partition, a plain group header.
     let env = envelope("demo", "evt-legacy", json!({"email": "old@example.com"}));
-    let mut h = async_nats::HeaderMap::new();
-    h.insert("Nats-Msg-Id", env.key.as_str());
-    h.insert("Leadrouter-Group", email_hash(&env.fields).as_str());
-    h.insert("Leadrouter-Received-At", env.received_at.as_str());
-    let legacy_seq = rig
-        .js
-        .publish_with_headers("leads.in.demo", h, serde_json::to_vec(&env).unwrap().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap()
-        .sequence;
+    let legacy = LeadMessage {
+        sender: "demo".into(),
+        partition: None,
+        headers: LeadHeaders {
+            msg_id: Some(env.key.clone()),
+            group: Some(email_hash(&env.fields)),
+            received_at: Some(env.received_at.clone()),
+            ..LeadHeaders::default()
+        },
+        envelope: env.clone(),
+    };
+    assert_eq!(legacy.subject(), "leads.in.demo");
+    let legacy_seq = store(&rig.js, &legacy).await;
     rig.until("delivered", |s| s.delivered() == 1).await;
     assert_eq!(crm.record(&env.key).unwrap().created, 1);
     // The copy sits in the lead's partition, with the keyed group and the original headers.
@@ -812,22 +813,10 @@ async fn a_lead_published_the_old_way_is_moved_to_its_partition_and_delivered() 
         .await
         .expect("re-partitioned copy");
     assert!(copy.sequence > legacy_seq);
-    assert_eq!(
-        copy.headers.get("Leadrouter-Group").map(|v| v.as_str()),
-        Some(group.as_str())
-    );
-    assert_eq!(
-        copy.headers
-            .get("Leadrouter-Received-At")
-            .map(|v| v.as_str()),
-        Some(env.received_at.as_str())
-    );
-    assert_eq!(
-        copy.headers
-            .get("Nats-Msg-Id")
-            .map(|v| v.as_str().to_string()),
-        Some(format!("lr-repartition-{legacy_seq}"))
-    );
+    let moved = LeadMessage::from_stored(&copy).unwrap().headers;
+    assert_eq!(moved.group, Some(group));
+    assert_eq!(moved.received_at, Some(env.received_at.clone()));
+    assert_eq!(moved.msg_id, Some(format!("lr-repartition-{legacy_seq}")));
     // The re-partitioning consumer keeps the old durable name and is done with it.
     let info = stream.consumer_info("router").await.unwrap();
     assert_eq!(info.config.filter_subject, "leads.in.*");

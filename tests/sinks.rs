@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use leadrouter::devtools::sandbox_crm::{FaultMode, Faults, IdempotencyMode, SandboxCrm, Scope};
+use leadrouter::queue::message::header;
 use leadrouter::sinks::{
     self, FileSinkConfig, HttpMode, HttpSinkConfig, LeadRecord, NatsSinkConfig, SegmentSinkConfig,
     Sink, SinkConfig, SinkContext,
@@ -622,13 +623,11 @@ async fn nats_jetstream_publish_dedupes_by_msg_id() {
     let msg = stream.get_raw_message(1).await.expect("message 1");
     assert_eq!(msg.subject.as_str(), "crm.out.demo");
     assert_eq!(
-        msg.headers.get("Nats-Msg-Id").map(|v| v.as_str()),
+        msg.headers.get(header::MSG_ID).map(|v| v.as_str()),
         Some("lr_js")
     );
     assert_eq!(
-        msg.headers
-            .get("Leadrouter-Received-At")
-            .map(|v| v.as_str()),
+        msg.headers.get(header::RECEIVED_AT).map(|v| v.as_str()),
         Some("2026-11-24T20:01:02.345Z")
     );
     let got: LeadRecord = serde_json::from_slice(&msg.payload).expect("record JSON");
@@ -678,7 +677,7 @@ async fn nats_core_publish_carries_the_headers() {
         .expect("message");
     let headers = msg.headers.expect("headers");
     assert_eq!(
-        headers.get("Nats-Msg-Id").map(|v| v.as_str()),
+        headers.get(header::MSG_ID).map(|v| v.as_str()),
         Some("lr_core")
     );
     let got: LeadRecord = serde_json::from_slice(&msg.payload).expect("record JSON");

@@ -455,7 +455,13 @@ async fn off_by_default_no_export_and_no_trace_headers() {
     let js = async_nats::jetstream::new(client);
     let stream = js.get_stream("LEADS").await.unwrap();
     let m = stream.get_raw_message(1).await.unwrap();
-    assert!(m.headers.get("traceparent").is_none(), "{:?}", m.headers);
+    assert!(
+        m.headers
+            .get(leadrouter::queue::message::header::TRACEPARENT)
+            .is_none(),
+        "{:?}",
+        m.headers
+    );
     s.stop().await;
     assert_eq!(receiver.requests(), 0);
 }

@@ -50,8 +50,9 @@
 //!
 //! # What is published
 //!
-//! Each lead goes to `leads.in.{sender}` with the headers the edge sets (`Nats-Msg-Id` = key,
-//! `Leadrouter-Received-At`, `Leadrouter-Schema`, `Leadrouter-Group` = email hash) plus
+//! Each lead goes to its partition, `leads.in.{sender}.{partition}`, as the edge would store it
+//! ([`crate::queue::message`]: `Nats-Msg-Id` = key, `Leadrouter-Received-At`,
+//! `Leadrouter-Schema`, `Leadrouter-Group` = the keyed group) plus
 //! `Leadrouter-Import: <file name>` so logs and handlers can tell imports apart. Leads are sent
 //! in file order on one connection (so per-lead order in the stream follows the file), with up
 //! to `concurrency` PubAcks awaited at once. A failed or timed-out publish is retried (safe: the
@@ -84,7 +85,7 @@
 //! publishing started, the outcome is always a summary (an unreadable file or a lost queue
 //! midway sets `aborted`).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -104,14 +105,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 
-use crate::config::{Config, EnvSource, EventIdSource, SenderConfig};
-use crate::intake::envelope::{body_event_id, email_hash, idempotency_key, LeadEnvelope};
+use crate::config::{Config, EnvSource};
+use crate::intake::admit::{MissingEventId, SenderMapping};
+use crate::intake::envelope::{self, lead_key, LeadEnvelope};
 use crate::intake::group_key::GroupKey;
-use crate::intake::mapping::{self, BodyFormat, CompiledPath, Mapper, MappingError};
+use crate::intake::mapping::{BodyFormat, MappingError};
 use crate::intake::Grouping;
-use crate::queue::{
-    QueueError, HDR_GROUP, HDR_RECEIVED_AT, HDR_SCHEMA, STREAM_LEADS, SUBJECT_IN_PREFIX,
-};
+use crate::queue::message::{EncodeError, LeadMessage};
+use crate::queue::{QueueError, STREAM_LEADS};
 
 #[derive(Debug, clap::Args)]
 pub struct ImportArgs {
@@ -137,8 +138,6 @@ pub struct ImportArgs {
     pub json: bool,
 }
 
-/// Header naming the file a lead was imported from.
-pub const HDR_IMPORT: &str = "Leadrouter-Import";
 /// PubAcks awaited at once by default: enough to keep one connection busy (10,000 lines in
 /// well under a few seconds) without holding more than a few hundred leads in memory.
 pub const DEFAULT_CONCURRENCY: usize = 256;
@@ -246,12 +245,12 @@ pub enum LineError {
         sender: String,
         source: MappingError,
     },
-    #[error("no event id where sender `{0}` is configured to carry one")]
-    MissingEventId(String),
+    #[error(transparent)]
+    MissingEventId(#[from] MissingEventId),
     #[error("--received-at-field {pointer}: {message}")]
     ReceivedAt { pointer: String, message: String },
     #[error("cannot encode the envelope: {0}")]
-    Encode(serde_json::Error),
+    Encode(#[source] EncodeError),
     #[error("not stored: {0}")]
     NotStored(String),
 }
@@ -415,59 +414,9 @@ pub async fn import_into(
         .await
 }
 
-enum EventId {
-    Pointer(String),
-    Path(CompiledPath),
-    BodyHash,
-}
-
-/// What mapping a line needs from one sender, built once.
-struct SenderPlan {
-    id: String,
-    schema: String,
-    subject: String,
-    mapper: Mapper,
-    event_id: EventId,
-    allow: HashSet<String>,
-}
-
-impl SenderPlan {
-    fn build(index: usize, s: &SenderConfig) -> Result<SenderPlan, ImportError> {
-        let mapper = Mapper::new(&s.mapping).map_err(|e| ImportError::SenderConfig {
-            index,
-            key: "mapping",
-            message: e.to_string(),
-        })?;
-        let event_id = match &s.event_id {
-            Some(EventIdSource::Pointer(p)) => EventId::Pointer(p.clone()),
-            Some(EventIdSource::Path(p)) => EventId::Path(mapping::compile_path(p).map_err(
-                |e| ImportError::SenderConfig {
-                    index,
-                    key: "event_id.path",
-                    message: e.to_string(),
-                },
-            )?),
-            // A header event id cannot come with a file line: hash the body instead.
-            Some(EventIdSource::Header(_)) | None => EventId::BodyHash,
-        };
-        let allow = s.mapping.fields.keys().cloned().collect();
-        Ok(SenderPlan {
-            id: s.id.clone(),
-            schema: s.schema.clone(),
-            subject: format!("{SUBJECT_IN_PREFIX}{}", s.id),
-            mapper,
-            event_id,
-            allow,
-        })
-    }
-}
-
 /// How lines are turned into leads; pure, so it is unit-tested without NATS.
 struct Plan {
-    senders: HashMap<String, SenderPlan>,
-    /// The routers' grouping; `None` only in unit tests of the mapping (legacy subjects, which
-    /// the routers re-partition).
-    grouping: Option<Grouping>,
+    senders: HashMap<String, SenderMapping>,
     raw_sender: Option<String>,
     received_at_pointer: Option<String>,
     max_body_bytes: u64,
@@ -476,9 +425,7 @@ struct Plan {
 /// A line ready to publish.
 #[derive(Debug)]
 struct Lead {
-    subject: String,
-    envelope: LeadEnvelope,
-    group: String,
+    message: LeadMessage,
     dropped: Vec<String>,
 }
 
@@ -497,18 +444,15 @@ struct EnvelopeLine {
 }
 
 impl Plan {
-    /// The group key and subject of a lead, as the edge files it.
-    fn place(&self, sender: &SenderPlan, fields: &Map<String, Value>) -> (String, String) {
-        match &self.grouping {
-            Some(g) => g.place(&sender.id, fields),
-            None => (email_hash(fields), sender.subject.clone()),
-        }
-    }
-
     fn new(cfg: &Config, opts: &ImportOptions) -> Result<Plan, ImportError> {
         let mut senders = HashMap::new();
         for (index, s) in cfg.senders.iter().enumerate() {
-            senders.insert(s.id.clone(), SenderPlan::build(index, s)?);
+            let mapping = SenderMapping::new(s).map_err(|e| ImportError::SenderConfig {
+                index,
+                key: e.key,
+                message: e.source.to_string(),
+            })?;
+            senders.insert(s.id.clone(), mapping);
         }
         if let Some(id) = &opts.sender {
             if !senders.contains_key(id) {
@@ -525,7 +469,6 @@ impl Plan {
         }
         Ok(Plan {
             senders,
-            grouping: None,
             raw_sender: opts.sender.clone(),
             received_at_pointer: opts.received_at_pointer.clone(),
             max_body_bytes: cfg.intake.max_body_bytes,
@@ -533,13 +476,13 @@ impl Plan {
     }
 
     /// Maps one line (without its terminator). `now` is the import-time `received_at`.
-    fn lead(&self, line: &[u8], now: &str) -> Result<Lead, LineError> {
+    fn lead(&self, grouping: &Grouping, line: &[u8], now: &str) -> Result<Lead, LineError> {
         let value: Value = serde_json::from_slice(line).map_err(LineError::NotJson)?;
         let is_envelope = value
             .as_object()
             .is_some_and(|o| o.contains_key("sender") && o.contains_key("fields"));
         if is_envelope {
-            return self.envelope_lead(value, now);
+            return self.envelope_lead(grouping, value, now);
         }
         let id = self.raw_sender.as_deref().ok_or(LineError::NoSender)?;
         let sender = self
@@ -549,8 +492,8 @@ impl Plan {
         // A JSON string line is the body itself; anything else is the body as written.
         let body: &[u8] = match &value {
             Value::String(s) => s.as_bytes(),
-            _ if sender.mapper.format() == BodyFormat::Form => {
-                return Err(LineError::FormNeedsString(sender.id.clone()))
+            _ if sender.mapper().format() == BodyFormat::Form => {
+                return Err(LineError::FormNeedsString(sender.id().to_string()))
             }
             _ => line,
         };
@@ -558,43 +501,30 @@ impl Plan {
             return Err(LineError::BodyTooLarge(self.max_body_bytes));
         }
         let doc = sender
-            .mapper
+            .mapper()
             .parse(body)
             .map_err(|source| LineError::Body {
-                sender: sender.id.clone(),
+                sender: sender.id().to_string(),
                 source,
             })?;
-        let source_event_id = match &sender.event_id {
-            EventId::BodyHash => body_event_id(body),
-            EventId::Pointer(p) => {
-                found_event_id(doc.pointer(p)).ok_or_else(|| missing_event_id(sender))?
-            }
-            EventId::Path(p) => found_event_id(mapping::select_first(&doc, p))
-                .ok_or_else(|| missing_event_id(sender))?,
-        };
-        let received_at = match &self.received_at_pointer {
-            None => now.to_string(),
-            Some(p) => received_at_from(&doc, p)?,
-        };
-        let fields = sender.mapper.map(&doc);
-        let key = idempotency_key(&sender.id, &source_event_id, &email_hash(&fields));
-        let (group, subject) = self.place(sender, &fields);
+        // No request, so no headers: the edge's own step, signature check aside.
+        let mut admitted = sender.admit(grouping, None, &doc, body, now.to_string())?;
+        // After the event id, so a line missing both is rejected for its event id.
+        if let Some(p) = &self.received_at_pointer {
+            admitted.envelope.received_at = received_at_from(&doc, p)?;
+        }
         Ok(Lead {
-            subject,
-            envelope: LeadEnvelope {
-                schema: sender.schema.clone(),
-                sender: sender.id.clone(),
-                source_event_id,
-                received_at,
-                key,
-                fields,
-            },
-            group,
+            message: admitted.into_message(),
             dropped: Vec::new(),
         })
     }
 
-    fn envelope_lead(&self, value: Value, now: &str) -> Result<Lead, LineError> {
+    fn envelope_lead(
+        &self,
+        grouping: &Grouping,
+        value: Value,
+        now: &str,
+    ) -> Result<Lead, LineError> {
         let e: EnvelopeLine =
             serde_json::from_value(value).map_err(|e| LineError::Envelope(e.to_string()))?;
         let sender = self
@@ -611,7 +541,7 @@ impl Plan {
                 ))
             }
             Some(s) => s,
-            None => sender.schema.clone(),
+            None => sender.schema().to_string(),
         };
         let received_at = match e.received_at {
             Some(r) => {
@@ -624,17 +554,8 @@ impl Plan {
             }
             None => now.to_string(),
         };
-        // The allowlist applies to imports too: unmapped PII never reaches storage.
-        let mut fields = e.fields;
-        let mut dropped = Vec::new();
-        fields.retain(|name, _| {
-            let keep = sender.allow.contains(name);
-            if !keep {
-                dropped.push(name.clone());
-            }
-            keep
-        });
-        let (group, subject) = self.place(sender, &fields);
+        let (fields, dropped) = sender.allowlist(e.fields);
+        let (group, partition) = grouping.locate(&fields);
         let key = match e.key {
             Some(k) if k.len() > 256 || !header_safe(&k) => {
                 return Err(LineError::Envelope(
@@ -642,36 +563,21 @@ impl Plan {
                 ))
             }
             Some(k) => k,
-            None => idempotency_key(&sender.id, &e.source_event_id, &email_hash(&fields)),
+            None => lead_key(sender.id(), &e.source_event_id, &fields),
+        };
+        let envelope = LeadEnvelope {
+            schema,
+            sender: sender.id().to_string(),
+            source_event_id: e.source_event_id,
+            received_at,
+            key,
+            fields,
         };
         Ok(Lead {
-            subject,
-            envelope: LeadEnvelope {
-                schema,
-                sender: sender.id.clone(),
-                source_event_id: e.source_event_id,
-                received_at,
-                key,
-                fields,
-            },
-            group,
+            message: LeadMessage::new(envelope, group, partition),
             dropped,
         })
     }
-}
-
-fn missing_event_id(sender: &SenderPlan) -> LineError {
-    LineError::MissingEventId(sender.id.clone())
-}
-
-/// As the edge reads event ids: a non-blank string or a number.
-fn found_event_id(v: Option<&Value>) -> Option<String> {
-    let s = match v? {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
-        _ => return None,
-    };
-    (!s.trim().is_empty()).then_some(s)
 }
 
 fn received_at_from(doc: &Value, pointer: &str) -> Result<String, LineError> {
@@ -686,9 +592,7 @@ fn received_at_from(doc: &Value, pointer: &str) -> Result<String, LineError> {
     };
     let t = chrono::DateTime::parse_from_rfc3339(raw.trim())
         .map_err(|_| err(format!("`{raw}` is not an RFC 3339 timestamp")))?;
-    // The edge's format, so latency math and sorting see one shape.
-    Ok(t.with_timezone(&chrono::Utc)
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    Ok(envelope::timestamp(t.with_timezone(&chrono::Utc)))
 }
 
 /// Safe as a NATS header value (and what our keys and schema names look like anyway).
@@ -697,7 +601,7 @@ fn header_safe(s: &str) -> bool {
 }
 
 fn import_time() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    envelope::timestamp(chrono::Utc::now())
 }
 
 /// Everything checked and opened before touching NATS.
@@ -764,7 +668,7 @@ impl Job {
     /// Leads go straight to their partition, hashed with the routers' own group key (checked
     /// against the record the routers keep, so an import never scatters a lead's events).
     async fn run(
-        mut self,
+        self,
         client: async_nats::Client,
         key: GroupKey,
         partitions: u16,
@@ -789,8 +693,9 @@ impl Job {
             .await
             .map_err(ImportError::Partitions)?;
         key.check(&js).await?;
-        self.plan.grouping = Some(Grouping { key, partitions });
-        Ok(Runner::new(self, js).go().await)
+        Ok(Runner::new(self, js, Grouping { key, partitions })
+            .go()
+            .await)
     }
 }
 
@@ -826,6 +731,7 @@ type Acked = (Pending, Result<PublishAck, PublishError>);
 
 struct Runner {
     job_plan: Plan,
+    grouping: Grouping,
     input: Box<dyn AsyncBufRead + Unpin + Send>,
     rejects_out: Option<(PathBuf, std::io::BufWriter<std::fs::File>)>,
     rejects_error: Option<String>,
@@ -840,10 +746,11 @@ struct Runner {
 }
 
 impl Runner {
-    fn new(job: Job, js: jetstream::Context) -> Runner {
+    fn new(job: Job, js: jetstream::Context, grouping: Grouping) -> Runner {
         let bar = progress_bar(job.quiet, job.input_len);
         Runner {
             job_plan: job.plan,
+            grouping,
             input: job.input,
             rejects_out: job.rejects,
             rejects_error: None,
@@ -925,7 +832,7 @@ impl Runner {
                 self.summary.blank += 1;
                 continue;
             }
-            match self.job_plan.lead(line, &import_time()) {
+            match self.job_plan.lead(&self.grouping, line, &import_time()) {
                 Ok(lead) => self.publish(line_no, lead).await,
                 Err(e) => self.reject(line_no, e),
             }
@@ -943,23 +850,15 @@ impl Runner {
             self.summary.fields_dropped_lines += 1;
             self.dropped_names.extend(lead.dropped);
         }
-        let payload = match serde_json::to_vec(&lead.envelope) {
-            Ok(p) => Bytes::from(p),
+        let message = lead.message.imported_from(self.header_name.as_str());
+        let (subject, headers, payload) = match message.encode() {
+            Ok(parts) => parts,
             Err(e) => return self.reject(line, LineError::Encode(e)),
         };
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            async_nats::header::NATS_MESSAGE_ID,
-            lead.envelope.key.as_str(),
-        );
-        headers.insert(HDR_RECEIVED_AT, lead.envelope.received_at.as_str());
-        headers.insert(HDR_SCHEMA, lead.envelope.schema.as_str());
-        headers.insert(HDR_GROUP, lead.group.as_str());
-        headers.insert(HDR_IMPORT, self.header_name.as_str());
         let pending = Pending {
             line,
-            subject: lead.subject,
-            key: lead.envelope.key,
+            subject,
+            key: message.envelope.key,
             headers,
             payload,
             attempt: 1,
@@ -1185,6 +1084,8 @@ async fn read_line_bounded<R: AsyncBufRead + Unpin + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::intake::envelope::{body_event_id, email_hash, idempotency_key};
+    use crate::intake::group_key::KeySource;
     use std::path::Path;
 
     const NO_ENV: [(&str, &str); 0] = [];
@@ -1223,11 +1124,27 @@ email = "$.email"
         Config::from_toml(&text, Path::new("t.toml"), &NO_ENV).unwrap()
     }
 
-    fn plan(sender: Option<&str>, pointer: Option<&str>) -> Plan {
+    fn grouping() -> Grouping {
+        Grouping {
+            key: GroupKey::from_secret(b"import-unit-test-key", KeySource::Env("T".into())),
+            partitions: 16,
+        }
+    }
+
+    /// A plan with the routers' grouping, as `Job::run` has it.
+    struct Planned(Plan, Grouping);
+
+    impl Planned {
+        fn lead(&self, line: &[u8], now: &str) -> Result<Lead, LineError> {
+            self.0.lead(&self.1, line, now)
+        }
+    }
+
+    fn plan(sender: Option<&str>, pointer: Option<&str>) -> Planned {
         let mut o = ImportOptions::new("x.jsonl");
         o.sender = sender.map(str::to_string);
         o.received_at_pointer = pointer.map(str::to_string);
-        Plan::new(&config(""), &o).unwrap()
+        Planned(Plan::new(&config(""), &o).unwrap(), grouping())
     }
 
     const NOW: &str = "2030-01-01T00:00:00.000Z";
@@ -1237,26 +1154,29 @@ email = "$.email"
         let p = plan(None, None);
         let line = br#"{"sender":"demo","source_event_id":"e1","fields":{"email":"A@B.co","ssn":"1","first_name":"A"},"flags":[]}"#;
         let lead = p.lead(line, NOW).unwrap();
-        let fields = lead.envelope.fields.clone();
+        let fields = lead.message.envelope.fields.clone();
         assert_eq!(
-            lead.envelope.key,
+            lead.message.envelope.key,
             idempotency_key("demo", "e1", &email_hash(&fields))
         );
         assert!(!fields.contains_key("ssn"));
         assert_eq!(lead.dropped, vec!["ssn".to_string()]);
-        assert_eq!(lead.envelope.schema, "lead.v1");
-        assert_eq!(lead.envelope.received_at, NOW);
-        assert_eq!(lead.subject, "leads.in.demo");
+        assert_eq!(lead.message.envelope.schema, "lead.v1");
+        assert_eq!(lead.message.envelope.received_at, NOW);
+        let (group, subject) = grouping().place("demo", &fields);
+        assert_eq!(lead.message.subject(), subject);
+        assert_eq!(lead.message.headers.group, Some(group));
     }
 
     #[test]
     fn envelope_keeps_given_key_schema_and_time() {
         let p = plan(None, None);
         let line = br#"{"schema":"lead.v9","sender":"demo","source_event_id":"e1","received_at":"2020-01-01T00:00:00Z","key":"lr_abc","fields":{"email":"a@b.co"}}"#;
-        let lead = p.lead(line, NOW).unwrap();
+        let lead = p.lead(line, NOW).unwrap().message;
         assert_eq!(lead.envelope.key, "lr_abc");
         assert_eq!(lead.envelope.schema, "lead.v9");
         assert_eq!(lead.envelope.received_at, "2020-01-01T00:00:00Z");
+        assert_eq!(lead.headers.msg_id.as_deref(), Some("lr_abc"));
     }
 
     #[test]
@@ -1295,7 +1215,7 @@ email = "$.email"
         // Header event id: falls back to the hash of the line's bytes.
         let p = plan(Some("demo"), None);
         let line = br#"{"email":"a@b.co","first_name":"A","notes":"secret"}"#;
-        let lead = p.lead(line, NOW).unwrap();
+        let lead = p.lead(line, NOW).unwrap().message;
         assert_eq!(lead.envelope.source_event_id, body_event_id(line));
         assert!(!lead.envelope.fields.contains_key("notes"));
 
@@ -1305,7 +1225,8 @@ email = "$.email"
                 br#"{"id":7,"email":"a@b.co","at":"2026-11-20T15:03:27+01:00"}"#,
                 NOW,
             )
-            .unwrap();
+            .unwrap()
+            .message;
         assert_eq!(lead.envelope.source_event_id, "7");
         assert_eq!(lead.envelope.schema, "lead.v2");
         assert_eq!(lead.envelope.received_at, "2026-11-20T14:03:27.000Z");
@@ -1318,7 +1239,7 @@ email = "$.email"
     #[test]
     fn form_senders_take_a_json_string() {
         let p = plan(Some("form"), None);
-        let lead = p.lead(br#""email=a%40b.co&x=1""#, NOW).unwrap();
+        let lead = p.lead(br#""email=a%40b.co&x=1""#, NOW).unwrap().message;
         assert_eq!(lead.envelope.fields["email"], "a@b.co");
         assert_eq!(
             lead.envelope.source_event_id,

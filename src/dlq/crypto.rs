@@ -51,8 +51,8 @@ use rand::{RngCore, TryRngCore};
 use serde::Deserialize;
 use zeroize::Zeroize;
 
-/// NATS header naming the key a DLQ payload is sealed with.
-pub const HDR_KEY_ID: &str = "Leadrouter-Dlq-Key-Id";
+use crate::queue::message::header::dlq::KEY_ID as HDR_KEY_ID;
+
 /// Id of the generated local key used when no `[dlq]` keys are configured.
 pub const LOCAL_KEY_ID: &str = "local";
 /// File name of the generated local key, inside the data directory.

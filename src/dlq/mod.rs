@@ -9,18 +9,8 @@ use async_nats::jetstream;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 
-use crate::queue::{HDR_GROUP, HDR_RECEIVED_AT, HDR_SCHEMA, SUBJECT_DLQ_PREFIX};
-
-pub const HDR_REASON: &str = "Leadrouter-Dlq-Reason";
-pub const HDR_LAST_ERROR: &str = "Leadrouter-Dlq-Last-Error";
-pub const HDR_ATTEMPTS: &str = "Leadrouter-Dlq-Attempts";
-pub const HDR_ORIGINAL_SEQ: &str = "Leadrouter-Original-Seq";
-pub const HDR_SENDER: &str = "Leadrouter-Sender";
-pub const HDR_KEY: &str = "Leadrouter-Key";
-pub const HDR_FIRST_ATTEMPT: &str = "Leadrouter-First-Attempt-At";
-pub const HDR_LAST_ATTEMPT: &str = "Leadrouter-Last-Attempt-At";
-/// The masked preview, a JSON array of lines, readable without the key.
-pub const HDR_PREVIEW: &str = "Leadrouter-Dlq-Preview";
+use crate::queue::message::header::{self, dlq as hdr};
+use crate::queue::SUBJECT_DLQ_PREFIX;
 
 /// Why a lead was dead-lettered: a small, stable set, so `dlq tail | jq .reason | uniq -c`
 /// groups well. Details go in the last error.
@@ -93,8 +83,7 @@ impl DlqWriter {
     pub async fn put(&self, d: &DeadLetter<'_>) -> Result<bool, DlqError> {
         let id = dlq_id(d.original_seq);
         // Operators read these without the key: masked here, once, whatever wrote the error.
-        let envelope: Option<crate::intake::envelope::LeadEnvelope> =
-            serde_json::from_slice(&d.payload).ok();
+        let envelope = crate::queue::message::decode_envelope(&d.payload).ok();
         // Field lines first (they are what an operator needs), topped up with context to the
         // 5-line minimum; the reason and sender have their own fields in every listing.
         let lines = match &envelope {
@@ -113,35 +102,35 @@ impl DlqWriter {
         };
         let sealed = self.keys.seal(&d.payload, id.as_bytes());
         let mut h = HeaderMap::new();
-        h.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
-        h.insert(crypto::HDR_KEY_ID, sealed.key_id.as_str());
-        h.insert(HDR_REASON, d.reason.as_str());
+        h.insert(header::MSG_ID, id.as_str());
+        h.insert(hdr::KEY_ID, sealed.key_id.as_str());
+        h.insert(hdr::REASON, d.reason.as_str());
         h.insert(
-            HDR_LAST_ERROR,
+            hdr::LAST_ERROR,
             one_line(&crate::pii::mask_text(d.last_error)).as_str(),
         );
         h.insert(
-            HDR_PREVIEW,
+            hdr::PREVIEW,
             serde_json::to_string(&lines).unwrap_or_default().as_str(),
         );
-        h.insert(HDR_ATTEMPTS, d.attempts.to_string().as_str());
-        h.insert(HDR_ORIGINAL_SEQ, d.original_seq.to_string().as_str());
-        h.insert(HDR_SENDER, d.sender);
-        h.insert(HDR_KEY, d.key);
+        h.insert(hdr::ATTEMPTS, d.attempts.to_string().as_str());
+        h.insert(hdr::ORIGINAL_SEQ, d.original_seq.to_string().as_str());
+        h.insert(hdr::SENDER, d.sender);
+        h.insert(hdr::KEY, d.key);
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        h.insert(HDR_FIRST_ATTEMPT, d.first_attempt_at.unwrap_or(&now));
-        h.insert(HDR_LAST_ATTEMPT, now.as_str());
+        h.insert(hdr::FIRST_ATTEMPT, d.first_attempt_at.unwrap_or(&now));
+        h.insert(hdr::LAST_ATTEMPT, now.as_str());
         if let Some(v) = d.received_at {
-            h.insert(HDR_RECEIVED_AT, v);
+            h.insert(header::RECEIVED_AT, v);
         }
         if let Some(v) = d.schema {
-            h.insert(HDR_SCHEMA, v);
+            h.insert(header::SCHEMA, v);
         }
         if let Some(v) = d.group {
-            h.insert(HDR_GROUP, v);
+            h.insert(header::GROUP, v);
         }
         if let Some(v) = d.traceparent {
-            h.insert(crate::queue::HDR_TRACEPARENT, v);
+            h.insert(header::TRACEPARENT, v);
         }
         let subject = format!("{SUBJECT_DLQ_PREFIX}{}", subject_token(d.sender));
         let ack = self

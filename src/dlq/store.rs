@@ -14,17 +14,12 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use super::crypto::{KeyRing, HDR_KEY_ID};
-use super::{
-    dlq_id, HDR_ATTEMPTS, HDR_FIRST_ATTEMPT, HDR_KEY, HDR_LAST_ATTEMPT, HDR_LAST_ERROR,
-    HDR_ORIGINAL_SEQ, HDR_PREVIEW, HDR_REASON, HDR_SENDER,
-};
-use crate::intake::envelope::LeadEnvelope;
+use super::crypto::KeyRing;
+use super::dlq_id;
 use crate::ledger::idempotency::{Idempotency, LeadState};
-use crate::queue::{
-    HDR_GROUP, HDR_RECEIVED_AT, HDR_REPLAY_OF, HDR_REPLAY_REASON, HDR_SCHEMA, KV_DLQ_AUDIT,
-    STREAM_DLQ, SUBJECT_DLQ_PREFIX, SUBJECT_IN_PREFIX,
-};
+use crate::queue::message::header::{self, dlq as hdr};
+use crate::queue::message::{self, LeadHeaders, Replay};
+use crate::queue::{KV_DLQ_AUDIT, STREAM_DLQ, SUBJECT_DLQ_PREFIX};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DlqStoreError {
@@ -150,7 +145,7 @@ pub struct DlqStore {
     grouping: Option<crate::intake::Grouping>,
 }
 
-fn header(h: &HeaderMap, name: &str) -> Option<String> {
+fn value(h: &HeaderMap, name: &str) -> Option<String> {
     h.get(name).map(|v| v.as_str().to_string())
 }
 
@@ -191,26 +186,26 @@ impl DlqStore {
     }
 
     fn entry_from(&self, id: u64, headers: &HeaderMap, time: DateTime<Utc>) -> DlqEntry {
-        let num = |name: &str| header(headers, name).and_then(|v| v.parse::<u64>().ok());
+        let num = |name: &str| value(headers, name).and_then(|v| v.parse::<u64>().ok());
         DlqEntry {
             id,
-            sender: header(headers, HDR_SENDER).unwrap_or_default(),
-            key: header(headers, HDR_KEY).unwrap_or_default(),
-            reason: header(headers, HDR_REASON).unwrap_or_default(),
-            last_error: header(headers, HDR_LAST_ERROR).unwrap_or_default(),
-            attempts: num(HDR_ATTEMPTS)
+            sender: value(headers, hdr::SENDER).unwrap_or_default(),
+            key: value(headers, hdr::KEY).unwrap_or_default(),
+            reason: value(headers, hdr::REASON).unwrap_or_default(),
+            last_error: value(headers, hdr::LAST_ERROR).unwrap_or_default(),
+            attempts: num(hdr::ATTEMPTS)
                 .and_then(|n| u32::try_from(n).ok())
                 .unwrap_or(0),
-            original_seq: num(HDR_ORIGINAL_SEQ).unwrap_or(0),
-            received_at: header(headers, HDR_RECEIVED_AT),
-            first_attempt_at: header(headers, HDR_FIRST_ATTEMPT),
-            last_attempt_at: header(headers, HDR_LAST_ATTEMPT),
+            original_seq: num(hdr::ORIGINAL_SEQ).unwrap_or(0),
+            received_at: value(headers, header::RECEIVED_AT),
+            first_attempt_at: value(headers, hdr::FIRST_ATTEMPT),
+            last_attempt_at: value(headers, hdr::LAST_ATTEMPT),
             dead_at: time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            preview: header(headers, HDR_PREVIEW)
+            preview: value(headers, hdr::PREVIEW)
                 .and_then(|p| serde_json::from_str(&p).ok())
                 .unwrap_or_default(),
             replays: Vec::new(),
-            key_id: header(headers, HDR_KEY_ID).unwrap_or_default(),
+            key_id: value(headers, hdr::KEY_ID).unwrap_or_default(),
             unreadable: None,
         }
     }
@@ -336,7 +331,7 @@ impl DlqStore {
         let m = self.raw(id).await?;
         let mut e = self.entry_from(id, &m.headers, stream_time(&m));
         e.replays = self.replays(id).await?.0;
-        let key_id = header(&m.headers, HDR_KEY_ID).unwrap_or_default();
+        let key_id = value(&m.headers, hdr::KEY_ID).unwrap_or_default();
         let plain = self
             .keys
             .open(&key_id, &m.payload, dlq_id(e.original_seq).as_bytes())
@@ -344,7 +339,7 @@ impl DlqStore {
                 id,
                 message: err.to_string(),
             })?;
-        let traceparent = header(&m.headers, crate::queue::HDR_TRACEPARENT);
+        let traceparent = value(&m.headers, header::TRACEPARENT);
         Ok((e, Bytes::from(plain), traceparent))
     }
 
@@ -384,38 +379,37 @@ impl DlqStore {
                 });
             }
         }
-        let envelope: Option<LeadEnvelope> = serde_json::from_slice(&payload).ok();
+        let envelope = message::decode_envelope(&payload).ok();
         let sender = envelope
             .as_ref()
             .map(|e| e.sender.clone())
             .unwrap_or_else(|| entry.sender.clone());
-        let mut h = HeaderMap::new();
-        let msg_id = format!(
-            "replay:{id}:{}",
-            Utc::now().timestamp_nanos_opt().unwrap_or_default()
-        );
-        h.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
-        h.insert(HDR_REPLAY_OF, id.to_string().as_str());
-        h.insert(HDR_REPLAY_REASON, one_line(reason).as_str());
-        if let Some(r) = &entry.received_at {
-            h.insert(HDR_RECEIVED_AT, r.as_str());
-        }
+        let mut headers = LeadHeaders {
+            msg_id: Some(format!(
+                "replay:{id}:{}",
+                Utc::now().timestamp_nanos_opt().unwrap_or_default()
+            )),
+            received_at: entry.received_at.clone(),
+            replay: Some(Replay {
+                of: id.to_string(),
+                reason: Some(one_line(reason)),
+                traceparent: None,
+            }),
+            ..LeadHeaders::default()
+        };
         // Straight to the lead's partition when we know the routers' grouping; otherwise the
         // un-partitioned form, which the `router` consumer re-partitions (one at a time).
-        let mut subject = format!("{SUBJECT_IN_PREFIX}{sender}");
+        let mut partition = None;
         if let Some(env) = &envelope {
-            h.insert(HDR_SCHEMA, env.schema.as_str());
-            match &self.grouping {
+            headers.schema = Some(env.schema.clone());
+            headers.group = Some(match &self.grouping {
                 Some(g) => {
-                    let (group, partitioned) = g.place(&sender, &env.fields);
-                    h.insert(HDR_GROUP, group.as_str());
-                    subject = partitioned;
+                    let (group, p) = g.locate(&env.fields);
+                    partition = Some(p);
+                    group
                 }
-                None => h.insert(
-                    HDR_GROUP,
-                    crate::intake::envelope::email_hash(&env.fields).as_str(),
-                ),
-            }
+                None => crate::intake::envelope::email_hash(&env.fields),
+            });
         }
         // Traces: a replay starts a new trace (a root span) linked to the original lead's trace;
         // the republished lead carries the new `traceparent`, and the original one for the
@@ -423,14 +417,14 @@ impl DlqStore {
         let span = crate::telemetry::traces::trace_span!(parent: None, "replay", otel.kind = "producer", leadrouter.dlq_id = id as i64, leadrouter.key = %entry.key, leadrouter.replay = true);
         if !span.is_none() {
             crate::telemetry::traces::link(&span, traceparent.as_deref());
-            crate::telemetry::traces::inject(&span, &mut h);
-            if let Some(tp) = &traceparent {
-                h.insert(
-                    crate::telemetry::traces::HDR_REPLAY_TRACEPARENT,
-                    tp.as_str(),
-                );
+            if let Some(r) = headers.replay.as_mut() {
+                r.traceparent = traceparent;
             }
         }
+        // The bytes as dead-lettered: the handler sees exactly the lead that failed.
+        let (subject, mut h, payload) =
+            message::encode_stored(&sender, partition, &headers, payload);
+        crate::telemetry::traces::inject(&span, &mut h);
         let ack = self
             .js
             .publish_with_headers(subject, h, payload)

@@ -50,6 +50,19 @@ pub fn idempotency_key(sender: &str, source_event_id: &str, email_hash: &str) ->
     out
 }
 
+/// The key of a lead with these mapped fields. It keeps the plain email hash, not the keyed
+/// group: it must not change for a lead accepted before groups were keyed, or a vendor's retry
+/// across the upgrade would be a new lead.
+pub fn lead_key(sender: &str, source_event_id: &str, fields: &Map<String, Value>) -> String {
+    idempotency_key(sender, source_event_id, &email_hash(fields))
+}
+
+/// `received_at` as the edge writes it (milliseconds, `Z`), so latency math and sorting see one
+/// shape whoever wrote the lead.
+pub fn timestamp(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 /// The event id of a vendor that sends none: a hash of the exact bytes it signed.
 pub fn body_event_id(body: &[u8]) -> String {
     let digest = Sha256::digest(body);

@@ -1,6 +1,7 @@
 //! The public edge: `POST /v1/intake/{sender}` verifies, rate-limits, maps and durably enqueues
 //! a lead, answering 202 only after JetStream acknowledged it.
 
+pub mod admit;
 pub mod envelope;
 pub mod group_key;
 pub mod mapping;
@@ -21,9 +22,9 @@ use warp::reply::Response;
 use warp::Filter;
 
 use crate::config::{resolve_secrets, Config, EnvSource, SenderConfig};
-use crate::queue::{Publisher, HDR_GROUP, HDR_RECEIVED_AT, HDR_SCHEMA};
-use envelope::{body_event_id, email_hash, idempotency_key, LeadEnvelope};
-use mapping::{BodyFormat, CompiledPath, Mapper};
+use crate::queue::Publisher;
+use admit::SenderMapping;
+use mapping::BodyFormat;
 use schemes::{HeaderSource, Request, Verifier};
 use sender::{Admission, Outcome, Senders};
 
@@ -39,20 +40,11 @@ pub enum IntakeSetupError {
     Actors(#[from] sender::SenderUnavailable),
 }
 
-enum EventIdSource {
-    Header(String),
-    Pointer(String),
-    Path(CompiledPath),
-    BodyHash,
-}
-
 /// Everything the request path needs for one sender, built once at start-up.
 struct SenderRuntime {
     id: String,
-    schema: String,
     verifier: Verifier,
-    mapper: Mapper,
-    event_id: EventIdSource,
+    mapping: SenderMapping,
     /// Named in the 503 body so whoever sees it knows what to set.
     missing_secrets: Vec<String>,
     /// This sender's metric handles, looked up once.
@@ -77,10 +69,16 @@ pub struct Grouping {
 }
 
 impl Grouping {
-    /// The group key and the subject of a lead with these mapped fields.
-    pub fn place(&self, sender: &str, fields: &serde_json::Map<String, Value>) -> (String, String) {
+    /// The group key and the partition of a lead with these mapped fields.
+    pub fn locate(&self, fields: &serde_json::Map<String, Value>) -> (String, u16) {
         let group = self.key.group_of(fields);
         let p = crate::queue::partition::partition_of(&group, self.partitions);
+        (group, p)
+    }
+
+    /// The group key and the subject of a lead with these mapped fields.
+    pub fn place(&self, sender: &str, fields: &serde_json::Map<String, Value>) -> (String, String) {
+        let (group, p) = self.locate(fields);
         (group, crate::queue::partition::lead_subject(sender, p))
     }
 }
@@ -165,29 +163,15 @@ fn build_sender(
                 message: e.to_string(),
             }
         })?;
-    let mapper = Mapper::new(&s.mapping).map_err(|e| IntakeSetupError::Sender {
+    let mapping = SenderMapping::new(s).map_err(|e| IntakeSetupError::Sender {
         index,
-        key: "mapping",
-        message: e.to_string(),
+        key: e.key,
+        message: e.source.to_string(),
     })?;
-    let event_id = match &s.event_id {
-        None => EventIdSource::BodyHash,
-        Some(crate::config::EventIdSource::Header(h)) => EventIdSource::Header(h.clone()),
-        Some(crate::config::EventIdSource::Pointer(p)) => EventIdSource::Pointer(p.clone()),
-        Some(crate::config::EventIdSource::Path(p)) => EventIdSource::Path(
-            mapping::compile_path(p).map_err(|e| IntakeSetupError::Sender {
-                index,
-                key: "event_id.path",
-                message: e.to_string(),
-            })?,
-        ),
-    };
     Ok(SenderRuntime {
         id: s.id.clone(),
-        schema: s.schema.clone(),
         verifier,
-        mapper,
-        event_id,
+        mapping,
         missing_secrets: secrets.missing,
         metrics: crate::telemetry::metrics::metrics().sender(&s.id),
     })
@@ -394,7 +378,7 @@ where
             return Err(too_large(limit));
         }
     }
-    check_content_type(headers, sender.mapper.format())?;
+    check_content_type(headers, sender.mapping.mapper().format())?;
     let body = read_limited(body, limit).await?;
 
     if !sender.verifier.has_secrets() {
@@ -465,44 +449,46 @@ where
         Some(d) => d,
         None => parse_body(sender, &body)?,
     };
-    let source_event_id = event_id(sender, headers, &doc, &body)?;
-    let fields = sender.mapper.map(&doc);
-    // The idempotency key keeps the plain email hash: it must not change for a lead accepted
-    // before groups were keyed, or a vendor's retry across the upgrade would be a new lead.
-    let key = idempotency_key(&sender.id, &source_event_id, &email_hash(&fields));
-    let (group, subject) = state.grouping.place(&sender.id, &fields);
-    let received_at = chrono::DateTime::<chrono::Utc>::from(received)
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let envelope = LeadEnvelope {
-        schema: sender.schema.clone(),
-        sender: sender.id.clone(),
-        source_event_id,
-        received_at,
-        key,
-        fields,
-    };
-    let payload = serde_json::to_vec(&envelope).map_err(|e| {
+    let received_at = envelope::timestamp(received.into());
+    let admitted = sender
+        .mapping
+        .admit(
+            &state.grouping,
+            Some(headers as &dyn HeaderSource),
+            &doc,
+            &body,
+            received_at,
+        )
+        .map_err(|e| {
+            Answer::err(
+                StatusCode::BAD_REQUEST,
+                "missing_event_id",
+                format!(
+                    "the request carries no event id where sender `{}` is configured to send one",
+                    e.sender
+                ),
+            )
+        })?;
+    let lead = admitted.into_message();
+    let (subject, nats_headers, payload) = lead.encode().map_err(|e| {
         Answer::err(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             format!("cannot encode envelope: {e}"),
         )
     })?;
-    let mut nats_headers = async_nats::HeaderMap::new();
-    nats_headers.insert(HDR_RECEIVED_AT, envelope.received_at.as_str());
-    nats_headers.insert(HDR_SCHEMA, envelope.schema.as_str());
-    nats_headers.insert(HDR_GROUP, group.as_str());
+    let key = lead.envelope.key;
     let publish_span = crate::telemetry::traces::trace_span!("publish", otel.kind = "producer", messaging.system = "nats", messaging.operation.type = "send", messaging.destination.name = %subject);
     match state
         .publisher
-        .publish(subject, &envelope.key, nats_headers, Bytes::from(payload))
+        .publish(subject, nats_headers, payload)
         .instrument(publish_span.clone())
         .await
     {
-        Ok(stored) => Ok((envelope.key, stored.duplicate)),
+        Ok(stored) => Ok((key, stored.duplicate)),
         Err(e) => {
             crate::telemetry::traces::set_error(&publish_span, "queue_unavailable");
-            tracing::warn!(target: "leadrouter::intake", sender = %sender.id, key = %envelope.key, error = %e, "lead not stored; answering 503");
+            tracing::warn!(target: "leadrouter::intake", sender = %sender.id, key = %key, error = %e, "lead not stored; answering 503");
             Err(Answer::err(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "queue_unavailable",
@@ -617,8 +603,8 @@ where
 }
 
 fn parse_body(sender: &SenderRuntime, body: &[u8]) -> Result<Value, Answer> {
-    sender.mapper.parse(body).map_err(|e| {
-        let what = match sender.mapper.format() {
+    sender.mapping.mapper().parse(body).map_err(|e| {
+        let what = match sender.mapping.mapper().format() {
             BodyFormat::Json => "not valid JSON",
             BodyFormat::Form => "not a valid form body",
         };
@@ -628,39 +614,6 @@ fn parse_body(sender: &SenderRuntime, body: &[u8]) -> Result<Value, Answer> {
             format!("the body is {what}: {e}"),
         )
     })
-}
-
-fn event_id(
-    sender: &SenderRuntime,
-    headers: &HeaderMap,
-    doc: &Value,
-    body: &[u8],
-) -> Result<String, Answer> {
-    let found = match &sender.event_id {
-        EventIdSource::BodyHash => return Ok(body_event_id(body)),
-        EventIdSource::Header(h) => headers.header(h).map(str::to_string),
-        EventIdSource::Pointer(p) => doc.pointer(p).and_then(scalar_string),
-        EventIdSource::Path(p) => mapping::select_first(doc, p).and_then(scalar_string),
-    };
-    match found {
-        Some(id) if !id.trim().is_empty() => Ok(id),
-        _ => Err(Answer::err(
-            StatusCode::BAD_REQUEST,
-            "missing_event_id",
-            format!(
-                "the request carries no event id where sender `{}` is configured to send one",
-                sender.id
-            ),
-        )),
-    }
-}
-
-fn scalar_string(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
 }
 
 /// Serves the public listener until `shutdown` resolves.

@@ -15,10 +15,10 @@ use tokio::sync::watch;
 use super::events::{CrashNetDeadLettered, Emit};
 use super::PipelineStats;
 use crate::dlq::{dlq_id, DeadLetter, DlqWriter, Reason};
-use crate::intake::envelope::LeadEnvelope;
 use crate::ledger::idempotency::{Idempotency, LeadState};
+use crate::queue::message::{self, LeadHeaders};
 use crate::queue::pull::{pull_forever, Pull};
-use crate::queue::{HDR_GROUP, HDR_RECEIVED_AT, HDR_SCHEMA, STREAM_ADVISORIES, STREAM_LEADS};
+use crate::queue::{STREAM_ADVISORIES, STREAM_LEADS};
 
 pub const CONSUMER_NET: &str = "dlq-net";
 
@@ -97,7 +97,9 @@ async fn handle(
         );
         return true;
     };
-    let envelope: Option<LeadEnvelope> = serde_json::from_slice(&msg.payload).ok();
+    // Body and headers each as far as they go: whatever the message is, it gets its entry.
+    let envelope = message::decode_envelope(&msg.payload).ok();
+    let headers = LeadHeaders::read(Some(&msg.headers));
     let key = envelope
         .as_ref()
         .map(|e| e.key.clone())
@@ -119,7 +121,6 @@ async fn handle(
         .as_ref()
         .and_then(|(e, _)| e.last_error.clone())
         .unwrap_or_else(|| "no verdict from a handler: it crashed or stalled past ack_wait".into());
-    let header = |name: &str| msg.headers.get(name).map(|v| v.as_str().to_string());
     let sender = envelope
         .as_ref()
         .map(|e| e.sender.clone())
@@ -127,10 +128,6 @@ async fn handle(
             crate::queue::partition::parse_subject(&msg.subject).map(|s| s.sender.to_string())
         })
         .unwrap_or_default();
-    let received_at = header(HDR_RECEIVED_AT);
-    let schema = header(HDR_SCHEMA);
-    let group = header(HDR_GROUP);
-    let traceparent = header(crate::queue::HDR_TRACEPARENT);
     let dead = DeadLetter {
         sender: &sender,
         key: &key,
@@ -138,11 +135,11 @@ async fn handle(
         last_error: &last_error,
         attempts: u32::try_from(adv.deliveries).unwrap_or(u32::MAX),
         original_seq: adv.stream_seq,
-        received_at: received_at.as_deref(),
-        schema: schema.as_deref(),
-        group: group.as_deref(),
+        received_at: headers.received_at.as_deref(),
+        schema: headers.schema.as_deref(),
+        group: headers.group.as_deref(),
         first_attempt_at: None,
-        traceparent: traceparent.as_deref(),
+        traceparent: headers.traceparent.as_deref(),
         payload: msg.payload.clone(),
     };
     match dlq.put(&dead).await {

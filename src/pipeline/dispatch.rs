@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 use super::events::{Emit, HandlerRestarted, LeadReceived};
 use super::handler::{self, Delivery, Outcome};
 use super::PoolDeps;
-use crate::queue::HDR_GROUP;
+use crate::queue::message::{self, LeadHeaders};
 
 pub enum HandlerMsg {
     Run {
@@ -179,10 +179,10 @@ impl Dispatcher {
 
 /// The group header the edge set, or one computed from the envelope (hand-published leads).
 fn group_of(deps: &PoolDeps, msg: &jetstream::Message) -> String {
-    if let Some(g) = msg.headers.as_ref().and_then(|h| h.get(HDR_GROUP)) {
-        return g.as_str().to_string();
+    if let Some(g) = LeadHeaders::read(msg.headers.as_ref()).group {
+        return g;
     }
-    match serde_json::from_slice::<crate::intake::envelope::LeadEnvelope>(&msg.payload) {
+    match message::decode_envelope(&msg.payload) {
         Ok(env) => deps.parts.grouping.key.group_of(&env.fields),
         Err(_) => msg.subject.to_string(),
     }

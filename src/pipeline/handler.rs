@@ -25,7 +25,7 @@ use super::PoolDeps;
 use crate::dlq::{dlq_id, DeadLetter, Reason};
 use crate::intake::envelope::LeadEnvelope;
 use crate::ledger::idempotency::{Claim, Held};
-use crate::queue::{HDR_GROUP, HDR_RECEIVED_AT, HDR_SCHEMA};
+use crate::queue::message::{DecodeError, LeadHeaders, LeadMessage};
 use crate::sinks::{LeadRecord, SinkError, SinkOrdering};
 use crate::telemetry::traces::{self, trace_span};
 
@@ -60,14 +60,16 @@ const OUTAGE_RETRY_CAP: Duration = Duration::from_secs(5);
 pub async fn process(deps: &Arc<PoolDeps>, owner: &str, d: Delivery<'_>) -> Outcome {
     let started = Instant::now();
     let msg = d.msg;
-    let replay = msg
-        .headers
-        .as_ref()
-        .is_some_and(|h| h.get(crate::queue::HDR_REPLAY_OF).is_some());
-    let envelope: LeadEnvelope = match serde_json::from_slice(&msg.payload) {
-        Ok(e) => e,
+    let lead = match LeadMessage::from_delivery(msg) {
+        Ok(lead) => lead,
         Err(e) => {
             let sender = crate::queue::partition::sender_of(&msg.subject).to_string();
+            let why = match e {
+                DecodeError::Body { source } => {
+                    format!("the stored message is not a lead envelope: {source}")
+                }
+                other => format!("the stored message is not a lead: {other}"),
+            };
             return dead_letter(
                 deps,
                 &d,
@@ -75,11 +77,13 @@ pub async fn process(deps: &Arc<PoolDeps>, owner: &str, d: Delivery<'_>) -> Outc
                 &sender,
                 &dlq_id(d.seq),
                 Reason::MalformedEnvelope,
-                &format!("the stored message is not a lead envelope: {e}"),
+                &why,
             )
             .await;
         }
     };
+    let replay = lead.headers.replay.is_some();
+    let envelope = lead.envelope;
     if d.delivered == 1 {
         // The console's lookup index: fire-and-forget, never waited for.
         crate::ledger::lead_index::record(
@@ -92,7 +96,7 @@ pub async fn process(deps: &Arc<PoolDeps>, owner: &str, d: Delivery<'_>) -> Outc
     }
     let span = tracing::info_span!("handle", key = %envelope.key, sender = %envelope.sender, seq = d.seq as i64, attempt = i64::from(d.delivered), replay);
     // (seq and attempt as i64: the trace layer would export unsigned integers as strings.)
-    trace_handle(&span, msg, replay);
+    trace_handle(&span, msg, &lead.headers);
     // A span entered across awaits would leak into other tasks: instrument the future instead.
     let outcome = handle_lead(deps, owner, d, envelope, replay, started)
         .instrument(span.clone())
@@ -118,21 +122,18 @@ fn outcome_name(o: Outcome) -> &'static str {
 
 /// Traces: the handle span continues the trace in the message's `traceparent` (the edge's
 /// publish span, or a replay's root span), and a replay also links to the original lead's trace.
-fn trace_handle(span: &tracing::Span, msg: &jetstream::Message, replay: bool) {
+fn trace_handle(span: &tracing::Span, msg: &jetstream::Message, headers: &LeadHeaders) {
     if !traces::enabled() || span.is_none() {
         return;
     }
-    let headers = msg.headers.as_ref();
-    traces::set_parent(span, traces::from_nats(headers));
-    traces::set_attribute(span, "leadrouter.replay", replay);
+    // The whole map: the propagator also reads `tracestate`.
+    traces::set_parent(span, traces::from_nats(msg.headers.as_ref()));
+    traces::set_attribute(span, "leadrouter.replay", headers.replay.is_some());
     traces::set_attribute(span, "messaging.system", "nats");
     traces::set_attribute(span, "messaging.destination.name", msg.subject.to_string());
-    if replay {
-        let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
-        if let Some(id) = header(crate::queue::HDR_REPLAY_OF) {
-            traces::set_attribute(span, "leadrouter.replay_of", id.to_string());
-        }
-        traces::link(span, header(traces::HDR_REPLAY_TRACEPARENT));
+    if let Some(replay) = &headers.replay {
+        traces::set_attribute(span, "leadrouter.replay_of", replay.of.clone());
+        traces::link(span, replay.traceparent.as_deref());
     }
 }
 
@@ -478,17 +479,8 @@ async fn dead_letter(
     reason: Reason,
     last_error: &str,
 ) -> Outcome {
-    let header = |name: &str| {
-        d.msg
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(name))
-            .map(|v| v.as_str().to_string())
-    };
-    let received_at = header(HDR_RECEIVED_AT);
-    let schema = header(HDR_SCHEMA);
-    let group = header(HDR_GROUP);
-    let traceparent = header(crate::queue::HDR_TRACEPARENT);
+    // As found, also when the body is not a lead: the entry keeps what the message said.
+    let headers = LeadHeaders::read(d.msg.headers.as_ref());
     let attempts = held.as_ref().map(|h| h.entry.attempts + 1).unwrap_or(1);
     let first_attempt_at = held
         .as_ref()
@@ -502,11 +494,11 @@ async fn dead_letter(
         last_error,
         attempts,
         original_seq: d.seq,
-        received_at: received_at.as_deref(),
-        schema: schema.as_deref(),
-        group: group.as_deref(),
+        received_at: headers.received_at.as_deref(),
+        schema: headers.schema.as_deref(),
+        group: headers.group.as_deref(),
         first_attempt_at: first_attempt_at.as_deref(),
-        traceparent: traceparent.as_deref(),
+        traceparent: headers.traceparent.as_deref(),
         payload: d.msg.payload.clone(),
     };
     let dlq_span = trace_span!("dead_letter", leadrouter.reason = reason.as_str());

@@ -14,14 +14,13 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, AckKind};
-use async_nats::HeaderMap;
 use tokio::sync::watch;
 
-use crate::intake::envelope::LeadEnvelope;
 use crate::intake::Grouping;
+use crate::queue::message::{self, LeadMessage};
 use crate::queue::partition::{self, LEGACY_FILTER};
 use crate::queue::pull::{pull_forever, Pull};
-use crate::queue::{CONSUMER_ROUTER, HDR_GROUP, STREAM_LEADS};
+use crate::queue::{CONSUMER_ROUTER, STREAM_LEADS};
 
 pub fn consumer_config(ack_wait: Duration) -> consumer::pull::Config {
     consumer::pull::Config {
@@ -35,36 +34,12 @@ pub fn consumer_config(ack_wait: Duration) -> consumer::pull::Config {
     }
 }
 
-/// Headers a re-publish must not carry over: the old id (the stream's dedupe window would
-/// swallow the copy) and any expectations.
-fn carried(headers: Option<&HeaderMap>, group: &str, id: &str) -> HeaderMap {
-    let mut out = HeaderMap::new();
-    if let Some(h) = headers {
-        for (name, values) in h.iter() {
-            let n: &str = name.as_ref();
-            if n.eq_ignore_ascii_case(async_nats::header::NATS_MESSAGE_ID.as_ref())
-                || n.starts_with("Nats-Expected")
-                || n.eq_ignore_ascii_case(HDR_GROUP)
-            {
-                continue;
-            }
-            for v in values {
-                out.append(n, v.as_str());
-            }
-        }
-    }
-    out.insert(HDR_GROUP, group);
-    out.insert(async_nats::header::NATS_MESSAGE_ID, id);
-    out
-}
-
 /// Where a legacy message goes: its group and partition subject.
 fn place(grouping: &Grouping, msg: &jetstream::Message) -> (String, String) {
-    let sender = partition::sender_of(&msg.subject).to_string();
-    match serde_json::from_slice::<LeadEnvelope>(&msg.payload) {
-        Ok(env) => grouping.place(&sender, &env.fields),
+    match LeadMessage::from_delivery(msg) {
+        Ok(lead) => grouping.place(&lead.sender, &lead.envelope.fields),
         // Not an envelope: the handler dead-letters it; any partition will do.
-        Err(_) => grouping.place(&sender, &serde_json::Map::new()),
+        Err(_) => grouping.place(partition::sender_of(&msg.subject), &serde_json::Map::new()),
     }
 }
 
@@ -104,7 +79,7 @@ async fn move_one(js: &jetstream::Context, grouping: &Grouping, m: jetstream::Me
     let (group, subject) = place(grouping, &m);
     // Stable per legacy message: a redelivery after a lost ack is deduplicated by the stream.
     let id = format!("lr-repartition-{seq}");
-    let headers = carried(m.headers.as_ref(), &group, &id);
+    let headers = message::repartitioned_headers(m.headers.as_ref(), &group, &id);
     let stored = async {
         js.publish_with_headers(subject.clone(), headers, m.payload.clone())
             .await?
@@ -121,30 +96,5 @@ async fn move_one(js: &jetstream::Context, grouping: &Grouping, m: jetstream::Me
             tracing::warn!(seq, error = %e, "cannot re-partition a lead yet; retrying");
             let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_copy_gets_a_new_id_and_the_keyed_group() {
-        let mut h = HeaderMap::new();
-        h.insert("Nats-Msg-Id", "lr_old");
-        h.insert("Nats-Expected-Stream", "LEADS");
-        h.insert(HDR_GROUP, "plain-sha");
-        h.insert(crate::queue::HDR_RECEIVED_AT, "2026-01-01T00:00:00.000Z");
-        let out = carried(Some(&h), "keyed", "lr-repartition-7");
-        assert_eq!(
-            out.get("Nats-Msg-Id").map(|v| v.as_str()),
-            Some("lr-repartition-7")
-        );
-        assert_eq!(out.get(HDR_GROUP).map(|v| v.as_str()), Some("keyed"));
-        assert!(out.get("Nats-Expected-Stream").is_none());
-        assert_eq!(
-            out.get(crate::queue::HDR_RECEIVED_AT).map(|v| v.as_str()),
-            Some("2026-01-01T00:00:00.000Z")
-        );
     }
 }

@@ -3,6 +3,7 @@
 pub mod backlog;
 pub mod embedded;
 pub mod gauges;
+pub mod message;
 pub mod partition;
 pub mod provision;
 pub mod pull;
@@ -43,14 +44,6 @@ pub const STREAM_ADVISORIES: &str = "LEADS_ADVISORIES";
 pub const CONSUMER_ROUTER: &str = "router";
 /// Stream metadata key recording the partition count the stream was set up with.
 pub const META_PARTITIONS: &str = "leadrouter.partitions";
-
-pub const HDR_RECEIVED_AT: &str = "Leadrouter-Received-At";
-pub const HDR_SCHEMA: &str = "Leadrouter-Schema";
-pub const HDR_GROUP: &str = "Leadrouter-Group";
-pub const HDR_REPLAY_OF: &str = "Leadrouter-Replay-Of";
-pub const HDR_REPLAY_REASON: &str = "Leadrouter-Replay-Reason";
-/// W3C trace context of the lead's trace (set only while traces are exported).
-pub const HDR_TRACEPARENT: &str = crate::telemetry::traces::HDR_TRACEPARENT;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -189,15 +182,14 @@ impl Publisher {
         self.js.client().connection_state() == async_nats::connection::State::Connected
     }
 
-    /// Stores one message; `Ok` means JetStream persisted it (or already had it: `duplicate`).
+    /// Stores one encoded message ([`message`]); `Ok` means JetStream persisted it (or already
+    /// had it under its `Nats-Msg-Id`: `duplicate`).
     pub async fn publish(
         &self,
         subject: String,
-        msg_id: &str,
         mut headers: HeaderMap,
         payload: Bytes,
     ) -> Result<Stored, PublishFailure> {
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
         // `traceparent` of the current (publish) span: the handler continues this trace.
         crate::telemetry::traces::inject_current(&mut headers);
         let fut = async {

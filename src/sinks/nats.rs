@@ -134,9 +134,12 @@ impl NatsSink {
 
 fn headers(lead: &LeadRecord) -> async_nats::HeaderMap {
     let mut h = async_nats::HeaderMap::new();
-    h.insert("Nats-Msg-Id", lead.key.as_str());
-    h.insert("Leadrouter-Received-At", lead.received_at.as_str());
-    h.insert("Leadrouter-Schema", lead.schema.as_str());
+    h.insert(crate::queue::message::header::MSG_ID, lead.key.as_str());
+    h.insert(
+        crate::queue::message::header::RECEIVED_AT,
+        lead.received_at.as_str(),
+    );
+    h.insert(crate::queue::message::header::SCHEMA, lead.schema.as_str());
     h
 }
 

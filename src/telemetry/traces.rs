@@ -27,17 +27,11 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
 use crate::config::{OtlpProtocol, TelemetryConfig};
+use crate::queue::message::header::TRACEPARENT as HDR_TRACEPARENT;
 
 /// Target of the spans that exist only for traces (see [`trace_span!`]); the log layer leaves
 /// them out, so log lines keep naming the handler's span (key, sender, seq) as before.
 pub const TARGET: &str = "leadrouter::traces";
-
-/// The header a replayed lead carries with the original lead's `traceparent`, so the new
-/// trace's handle span links back to the trace that dead-lettered it.
-pub const HDR_REPLAY_TRACEPARENT: &str = "Leadrouter-Replay-Traceparent";
-
-/// Standard header names (W3C Trace Context).
-pub const HDR_TRACEPARENT: &str = "traceparent";
 
 static TRACER: OnceLock<SdkTracer> = OnceLock::new();
 

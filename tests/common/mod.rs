@@ -259,7 +259,7 @@ pub async fn stream_messages(nats_url: &str, stream: &str) -> Vec<(String, Vec<u
         if let Ok(m) = s.get_raw_message(seq).await {
             let id = m
                 .headers
-                .get("Nats-Msg-Id")
+                .get(leadrouter::queue::message::header::MSG_ID)
                 .map(|v| v.as_str().to_string())
                 .unwrap_or_default();
             out.push((id, m.payload.to_vec()));
