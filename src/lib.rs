@@ -16,3 +16,4 @@ pub mod queue;
 pub mod service;
 pub mod sinks;
 pub mod telemetry;
+pub mod timestamp;

@@ -193,7 +193,7 @@ fn envelope(sender: &str, event: &str, fields: Value) -> LeadEnvelope {
         schema: "lead.v1".into(),
         sender: sender.into(),
         source_event_id: event.into(),
-        received_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        received_at: leadrouter::timestamp::now(),
         key,
         fields,
     }

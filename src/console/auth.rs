@@ -407,7 +407,7 @@ async fn login(ctx: &Ctx, req: &Req) -> Response {
             json!({
                 "user": session.user,
                 "csrf": session.csrf,
-                "expires_at": session.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "expires_at": crate::timestamp::format_secs(session.expires_at),
             }),
         )
     } else {
@@ -449,7 +449,7 @@ pub fn describe(caller: &Caller) -> serde_json::Value {
             "auth": "session",
             "user": s.user,
             "csrf": s.csrf,
-            "expires_at": s.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "expires_at": crate::timestamp::format_secs(s.expires_at),
         }),
     }
 }

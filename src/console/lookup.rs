@@ -22,15 +22,7 @@ pub use crate::ledger::lead_index::By;
 use crate::ledger::lead_index::{self, IndexValue, MAX_LEADS};
 use crate::queue::KV_IDEMPOTENCY;
 
-fn parse_time(s: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
-}
-
-fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
+use crate::timestamp::{format as rfc3339, parse as parse_time};
 
 /// One line, masked like DLQ errors (a sink's words can quote the lead).
 fn masked(s: &str) -> String {

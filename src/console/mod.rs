@@ -54,9 +54,7 @@ pub fn parse_since(s: &str) -> Result<DateTime<Utc>, BadSince> {
         let d = chrono::Duration::from_std(d).map_err(|_| BadSince(s.to_string()))?;
         return Ok(Utc::now() - d);
     }
-    DateTime::parse_from_rfc3339(s.trim())
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|_| BadSince(s.to_string()))
+    crate::timestamp::parse(s).ok_or_else(|| BadSince(s.to_string()))
 }
 
 /// Request bodies (login form, replay requests) are small.

@@ -249,7 +249,7 @@ fn figures(ctx: &Ctx, window: Duration, ring: &VecDeque<Sample>, latest: &Sample
         "window_s": window.as_secs(),
         "step_s": step,
         "covered_s": w.covered_s,
-        "generated_at": DateTime::<Utc>::from(now).to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "generated_at": crate::timestamp::format_system(now),
         "handlers": if observed.pipeline.is_some() { "on" } else { "disabled" },
         "slo_ms": slo_ms,
         "now": {

@@ -117,7 +117,7 @@ impl DlqWriter {
         h.insert(hdr::ORIGINAL_SEQ, d.original_seq.to_string().as_str());
         h.insert(hdr::SENDER, d.sender);
         h.insert(hdr::KEY, d.key);
-        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let now = crate::timestamp::now();
         h.insert(hdr::FIRST_ATTEMPT, d.first_attempt_at.unwrap_or(&now));
         h.insert(hdr::LAST_ATTEMPT, now.as_str());
         if let Some(v) = d.received_at {

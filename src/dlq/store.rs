@@ -200,7 +200,7 @@ impl DlqStore {
             received_at: value(headers, header::RECEIVED_AT),
             first_attempt_at: value(headers, hdr::FIRST_ATTEMPT),
             last_attempt_at: value(headers, hdr::LAST_ATTEMPT),
-            dead_at: time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            dead_at: crate::timestamp::format(time),
             preview: value(headers, hdr::PREVIEW)
                 .and_then(|p| serde_json::from_str(&p).ok())
                 .unwrap_or_default(),
@@ -433,7 +433,7 @@ impl DlqStore {
             .await
             .map_err(|e| DlqStoreError::Nats(e.to_string()))?;
         let mark = ReplayMark {
-            at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            at: crate::timestamp::now(),
             reason: reason.to_string(),
             by: by.to_string(),
             new_seq: ack.sequence,

@@ -60,7 +60,7 @@ pub fn lead_key(sender: &str, source_event_id: &str, fields: &Map<String, Value>
 /// `received_at` as the edge writes it (milliseconds, `Z`), so latency math and sorting see one
 /// shape whoever wrote the lead.
 pub fn timestamp(t: chrono::DateTime<chrono::Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    crate::timestamp::format(t)
 }
 
 /// The event id of a vendor that sends none: a hash of the exact bytes it signed.

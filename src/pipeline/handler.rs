@@ -336,8 +336,7 @@ async fn handle_lead(
     for (name, result, took) in results {
         match result {
             Ok(done) => {
-                let at = chrono::DateTime::<chrono::Utc>::from(done.persisted_at)
-                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+                let at = crate::timestamp::format_system(done.persisted_at);
                 held.entry.sinks.insert(name.clone(), at);
                 latest_persist =
                     Some(latest_persist.map_or(done.persisted_at, |l| l.max(done.persisted_at)));
@@ -486,7 +485,7 @@ async fn dead_letter(
         .as_ref()
         .and_then(|h| h.entry.first_attempt_ms)
         .and_then(|ms| chrono::DateTime::from_timestamp_millis(ms as i64))
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        .map(crate::timestamp::format);
     let entry = DeadLetter {
         sender,
         key,

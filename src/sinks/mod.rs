@@ -255,10 +255,8 @@ pub async fn build(
     Ok(sink)
 }
 
-/// `persisted_at` in the form every record uses: RFC 3339, UTC, milliseconds.
-pub fn rfc3339(t: SystemTime) -> String {
-    chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
+/// `persisted_at` in the form every record uses.
+pub use crate::timestamp::format_system as rfc3339;
 
 #[cfg(test)]
 mod tests;
