@@ -22,7 +22,16 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
-use super::DrillError;
+use super::error::DrillError;
+use super::options::DrillOptions;
+use super::report::{self, Evidence, RunReport};
+use super::secrets::{base64_of, random_hex};
+use super::storm::{FaultKind, FaultRecord, RESTART_DELAY};
+use super::storm_run::{storm_run, Target};
+use super::ui::Ui;
+use super::vendor::{LeadSpec, Vendor};
+use crate::devtools::sandbox_crm::{IdempotencyMode, SandboxCrm};
+use crate::intake::schemes::Verifier;
 
 /// The seed's dedupe window.
 const DEDUPE_WINDOW: Duration = Duration::from_secs(3600);
@@ -167,7 +176,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
     }
     // The drill keys the CRM's bookkeeping by the lead's key; the seed sent no idempotency key,
     // and the drill's CRM for this run creates a record on every POST.
-    let key = super::lead_key(&event_id, raw_email);
+    let key = super::vendor::lead_key(&event_id, raw_email);
     let record = json!({
         "key": key,
         "email": email,
@@ -191,4 +200,76 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
             json!({"error": "crm", "why": e.to_string()}),
         ),
     }
+}
+
+/// The pass-through as the storm's target: its kill is the accept loop's abort, and it has no
+/// queue to restart.
+struct Direct {
+    server: DirectPassThrough,
+}
+
+impl Target for Direct {
+    async fn kill_and_restart(&mut self, _nth: usize) -> FaultRecord {
+        let t0 = Instant::now();
+        self.server.kill();
+        tokio::time::sleep(RESTART_DELAY).await;
+        let recovered = self.server.restart().await.is_ok();
+        FaultRecord {
+            unavailable_ms: t0.elapsed().as_millis() as u64,
+            recovered,
+            ..FaultRecord::new(FaultKind::KillRouter)
+        }
+    }
+
+    async fn restart_nats(&mut self) -> FaultRecord {
+        FaultRecord {
+            recovered: true,
+            skipped: Some("the direct design has no queue".into()),
+            ..FaultRecord::new(FaultKind::RestartNats)
+        }
+    }
+}
+
+pub(super) async fn run_direct(
+    opts: &DrillOptions,
+    leads: Arc<Vec<LeadSpec>>,
+    ui: &Ui,
+) -> Result<RunReport, DrillError> {
+    let crm = SandboxCrm::start(([127, 0, 0, 1], 0).into())
+        .await
+        .map_err(|e| DrillError::Setup(e.to_string()))?;
+    // The seed sent no idempotency key: every POST is a new record.
+    crm.set_idempotency(IdempotencyMode::Ignore);
+    let crm = Arc::new(crm);
+    let server = DirectPassThrough::start(&crm.url()).await?;
+    // The pass-through does not check signatures; the vendor signs anyway, as it always does.
+    let verifier = Verifier::new(
+        crate::intake::schemes::SchemeName::StandardWebhooks,
+        &Default::default(),
+        vec![format!("whsec_{}", base64_of(&random_hex(24)))],
+        Duration::from_secs(300),
+    )
+    .map_err(|e| DrillError::Setup(format!("signing: {e}")))?;
+    let vendor = Arc::new(
+        Vendor::new(vec![server.url()], verifier, opts.vendor.clone())
+            .map_err(|e| DrillError::Setup(format!("vendor HTTP client: {e}")))?,
+    );
+    let counters = vendor.counters.clone();
+    let mut target = Direct { server };
+    let (outcomes, faults, send_seconds, crm) =
+        storm_run(opts, &leads, vendor, crm, &mut target, ui, "direct").await;
+    // Synchronous: when the vendor is done, so is the design (nothing is queued).
+    target.server.kill();
+    Ok(report::reconcile(Evidence {
+        design: "direct",
+        leads: &leads,
+        outcomes: &outcomes,
+        vendor: counters.snapshot(),
+        crm: crm.keys().into_iter().map(|k| (k.key.clone(), k)).collect(),
+        dlq: None,
+        faults,
+        send_seconds,
+        drain_seconds: 0.0,
+        topology: None,
+    }))
 }

@@ -10,7 +10,7 @@
 //! router's share moves to the survivors after `handlers.ownership_timeout`, and back when it
 //! rejoins.
 //!
-//! The vendor spreads its requests over the routers through a [`Balancer`](super::Balancer)
+//! The vendor spreads its requests over the routers through a [`Balancer`]
 //! that the drill tells about a kill and a restart, as a load balancer's health check would.
 
 use std::collections::BTreeSet;
@@ -21,10 +21,13 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use futures::StreamExt;
 
+use super::error::DrillError;
+use super::options::DrillOptions;
 use super::report::{NatsKind, Topology};
-use super::storm::{FaultKind, FaultRecord};
-use super::vendor::Counters;
-use super::{DrillError, DrillOptions, Leadrouter, Ui, RECOVERY_LIMIT, RESTART_DELAY};
+use super::router;
+use super::storm::{FaultKind, FaultRecord, RECOVERY_LIMIT, RESTART_DELAY};
+use super::ui::Ui;
+use super::vendor::{Balancer, Counters};
 use crate::devtools::harness::{NatsCluster, NatsOptions, NatsServer, RaftGroup, RouterConfig};
 use crate::pipeline::ownership::MemberRecord;
 use crate::queue::{KV_ROUTERS, STREAM_LEADS};
@@ -241,6 +244,26 @@ fn disjoint_cover(claims: &[Vec<u16>], routers: usize, partitions: u16) -> bool 
         && claims.iter().all(|c| !c.is_empty())
         && disjoint
         && seen.len() == usize::from(partitions)
+}
+
+/// The design under test: one router or several, and their NATS.
+pub(super) struct Leadrouter {
+    /// In start order; the kills go round them.
+    pub(super) routers: Vec<router::RouterProcess>,
+    pub(super) nats: Nats,
+    /// One router on its embedded nats-server or `--nats-url`: faulted and reported exactly as
+    /// before `--routers` existed. Otherwise this module performs the faults.
+    pub(super) single: bool,
+    /// The vendor's balancer, told when a router goes down and comes back.
+    pub(super) balancer: Arc<Balancer>,
+    pub(super) counters: Arc<Counters>,
+    /// `handlers.partitions` of every router.
+    pub(super) partitions: u16,
+    /// For the routers' `/metrics` (partitions owned).
+    pub(super) http: reqwest::Client,
+    /// The drill's own JetStream client for the routers' membership records (several routers
+    /// only; see [`settled`](Leadrouter::settled)).
+    pub(super) js: Option<async_nats::jetstream::Context>,
 }
 
 impl Leadrouter {

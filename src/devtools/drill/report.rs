@@ -12,6 +12,22 @@ use super::vendor::{Answer, CounterSnapshot, LeadKind, LeadOutcome, LeadSpec};
 use crate::devtools::harness::probe::percentile;
 use crate::devtools::sandbox_crm::KeyStats;
 
+/// Everything the drill measured; `--json` prints this.
+#[derive(Debug, Serialize)]
+pub struct DrillReport {
+    pub leads: usize,
+    pub rate: f64,
+    pub duplicate_share: f64,
+    pub malformed_share: f64,
+    pub seed: u64,
+    pub process_faults: bool,
+    pub runs: Vec<RunReport>,
+    /// The leadrouter run lost nothing, duplicated nothing and needed nobody.
+    pub passed: bool,
+    pub table: String,
+    pub work_dir: String,
+}
+
 /// One run of the storm against one design.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {

@@ -4,7 +4,7 @@
 
 pub use crate::devtools::harness::{signal, wait_gone, RouterProcess};
 
-use super::DrillError;
+use super::error::DrillError;
 use crate::devtools::harness::HarnessError;
 
 impl From<HarnessError> for DrillError {

@@ -1,4 +1,5 @@
-//! The storm's schedule: how the CRM flaps, and when the process faults strike.
+//! The storm's schedule: how the CRM flaps, when the process faults strike, and how long a
+//! component may take to recover from one.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -7,6 +8,11 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::devtools::sandbox_crm::{FaultMode, Faults, SandboxCrm};
+
+/// Restart delay of the drill's "process supervisor" after a kill.
+pub(super) const RESTART_DELAY: Duration = Duration::from_millis(100);
+/// How long a component may take to come back before the drill calls it a failure.
+pub(super) const RECOVERY_LIMIT: Duration = Duration::from_secs(60);
 
 /// A CRM's ordinary answer time.
 pub const CRM_LATENCY: Duration = Duration::from_millis(20);

@@ -47,6 +47,18 @@ pub struct LeadSpec {
     pub copies: u8,
 }
 
+/// The sender id the drill's router is configured with.
+pub const SENDER: &str = "drill";
+
+/// The key leadrouter derives for a drill lead (the CRM's bookkeeping is keyed by it).
+pub fn lead_key(event_id: &str, email: &str) -> String {
+    let mut fields = Map::new();
+    if !email.is_empty() {
+        fields.insert("email".into(), Value::String(email.to_string()));
+    }
+    idempotency_key(SENDER, event_id, &email_hash(&fields))
+}
+
 /// How the leads are generated.
 #[derive(Debug, Clone)]
 pub struct Plan {
