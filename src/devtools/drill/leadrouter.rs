@@ -412,7 +412,7 @@ async fn drain(
     ui.stage("draining", accepted.len() as u64);
     let mut dlq = HashMap::new();
     let since_t = chrono::DateTime::<chrono::Utc>::from(since);
-    let coarse_since = crate::sinks::rfc3339(since - Duration::from_secs(60));
+    let coarse_since = crate::timestamp::format_system(since - Duration::from_secs(60));
     loop {
         let at_crm: std::collections::HashSet<String> = crm
             .keys()

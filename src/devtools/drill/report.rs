@@ -487,7 +487,7 @@ mod tests {
             created,
             record_ids: Vec::new(),
             latest_body: None,
-            first_write: Some(crate::sinks::rfc3339(SystemTime::now())),
+            first_write: Some(crate::timestamp::now()),
             last_write: None,
             last_headers: BTreeMap::new(),
         }

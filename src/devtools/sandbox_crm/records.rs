@@ -2,12 +2,9 @@
 //! the writes that update them.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-
-use crate::sinks::rfc3339;
 
 /// How `POST /leads` treats a repeated `Idempotency-Key`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -120,7 +117,7 @@ pub(super) fn messages_in_order(d: &Data) -> Vec<AnalyticsMessage> {
 }
 
 pub(super) fn now() -> String {
-    rfc3339(SystemTime::now())
+    crate::timestamp::now()
 }
 
 pub(super) fn key_stats<'a>(d: &'a mut Data, key: &str) -> &'a mut KeyStats {
