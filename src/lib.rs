@@ -7,6 +7,7 @@ pub mod config;
 pub mod console;
 pub mod devtools;
 pub mod dlq;
+pub mod error_chain;
 pub mod intake;
 pub mod ledger;
 mod listener;

@@ -5,7 +5,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             // One line: scripts and humans both read the first line of stderr.
-            eprintln!("leadrouter: {}", format!("{e:#}").replace('\n', " "));
+            eprintln!("leadrouter: {}", leadrouter::cli::error_line(&e));
             ExitCode::FAILURE
         }
     }

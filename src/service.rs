@@ -5,12 +5,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream::context::{KeyValueError, StreamsError};
 use tokio::sync::{oneshot, watch};
 
 use crate::config::{Config, EnvSource};
 use crate::console::{self, stats::Observed, AdminState};
-use crate::dlq::crypto::KeyRing;
-use crate::dlq::store::DlqStore;
+use crate::dlq::crypto::{KeyError, KeyRing};
+use crate::dlq::store::{DlqStore, DlqStoreError};
 use crate::dlq::DlqWriter;
 use crate::intake::group_key::{GroupKey, GroupKeyError};
 use crate::intake::{self, Grouping, IntakeSetupError, IntakeState};
@@ -26,20 +27,24 @@ use crate::sinks::{self, SinkBuildError, SinkContext};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
-    #[error("cannot create data dir {path}: {source}")]
+    #[error("cannot create data dir {path}")]
     DataDir {
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
     #[error(transparent)]
     Provision(#[from] ProvisionError),
+    /// The blocking task that finds (or installs) nats-server panicked or was cancelled.
+    #[error("finding or installing nats-server did not finish")]
+    ProvisionTask(#[source] tokio::task::JoinError),
     #[error(transparent)]
     Embedded(#[from] EmbeddedError),
     #[error(transparent)]
     Queue(#[from] QueueError),
     #[error(transparent)]
     Intake(#[from] IntakeSetupError),
-    #[error("config key `handlers.schemas_dir`: {0}")]
+    #[error("config key `handlers.schemas_dir`")]
     Schemas(#[from] SchemaError),
     #[error(transparent)]
     Enrich(#[from] EnrichSetupError),
@@ -47,25 +52,50 @@ pub enum ServiceError {
     Sink(#[from] SinkBuildError),
     #[error(transparent)]
     Pool(#[from] PoolError),
-    #[error("config key `dlq.keys`: {0}")]
-    DlqKeys(String),
-    #[error("idempotency bucket: {0}")]
-    Kv(String),
-    #[error("cannot listen on {addr} ({setting}): {message}")]
+    #[error("config key `dlq.keys`")]
+    DlqKeys(#[source] KeyError),
+    /// A KV bucket the service needs (it is created by the topology step) cannot be opened.
+    #[error("KV bucket {bucket}")]
+    Kv {
+        bucket: &'static str,
+        #[source]
+        source: KeyValueError,
+    },
+    #[error("opening the DLQ store")]
+    DlqStore(#[source] DlqStoreError),
+    #[error("listing the JetStream streams")]
+    ListStreams(#[source] StreamsError),
+    #[error("cannot listen on {addr} ({setting})")]
     Bind {
         addr: SocketAddr,
         setting: &'static str,
-        message: String,
+        #[source]
+        source: std::io::Error,
     },
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error("the embedded nats-server did not load stream(s) {missing} found in its store {store}: it was started with a wrong or missing store key (nats.embedded.store_key_env), or the store was encrypted and the key is now unset. Refusing to start, because starting would create empty streams next to the hidden ones. Set the key that encrypted this store.")]
     HiddenStreams { missing: String, store: PathBuf },
+    // The two variants below keep their cause in the message too: `Service::start`'s callers
+    // compare its `to_string()` (the cause is also the source; `error_chain::chain` skips the
+    // repeat).
     #[error("DLQ key check: {0}")]
-    DlqKeyCheck(String),
+    DlqKeyCheck(#[source] BoxError),
+    /// The key check failed for the key this router generated itself: the usual cause on a
+    /// second router, since each data dir generates its own.
+    #[error("DLQ key check: {source}. This router uses the DLQ key it generated at {} because [dlq] keys is empty, and another router on this NATS account recorded a different `local` key: routers that share a NATS account must share [dlq] keys. Copy the first router's dlq.key here, or configure the same [dlq] keys (e.g. keys = [{{ id = \"k1\", env = \"LEADROUTER_DLQ_KEY\" }}]) on every router", .path.display())]
+    LocalDlqKey {
+        path: PathBuf,
+        #[source]
+        source: BoxError,
+    },
     #[error("handlers group key: {0}")]
     GroupKey(#[from] GroupKeyError),
 }
+
+/// A cause from a module that reports its failures as text today (`dlq::check_keys`); it keeps
+/// whatever error type the module returns.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub struct Service {
     intake_addr: SocketAddr,
@@ -100,7 +130,7 @@ impl Service {
                 provision::ensure_nats_server(explicit.as_deref(), &provision::tools_dir())
             })
             .await
-            .map_err(|e| ProvisionError::Pip(e.to_string()))??;
+            .map_err(ServiceError::ProvisionTask)??;
             let spec = EmbeddedSpec {
                 binary,
                 template: cfg.nats.embedded.template_dir.join("nats-server.conf.tmpl"),
@@ -147,7 +177,7 @@ impl Service {
         let keys = {
             let lookup = |name: &str| env.var(name);
             let loaded = KeyRing::load_or_create(&cfg.dlq, &cfg.data_dir, &lookup)
-                .map_err(|e| ServiceError::DlqKeys(e.to_string()))?;
+                .map_err(ServiceError::DlqKeys)?;
             if let Some(w) = &loaded.warning {
                 tracing::warn!("{w}");
             }
@@ -156,24 +186,22 @@ impl Service {
         let new_checks = crate::dlq::check_keys(publisher.context(), &keys)
             .await
             .map_err(|e| {
-                if keys.key_ids().any(|id| id == crate::dlq::crypto::LOCAL_KEY_ID) {
-                    // The usual cause on a second router: each data dir generates its own key.
-                    ServiceError::DlqKeyCheck(format!(
-                        "{e}. This router uses the DLQ key it generated at {} because [dlq] keys is empty, and another router on this NATS account recorded a different `local` key: routers that share a NATS account must share [dlq] keys. Copy the first router's dlq.key here, or configure the same [dlq] keys (e.g. keys = [{{ id = \"k1\", env = \"LEADROUTER_DLQ_KEY\" }}]) on every router",
-                        cfg.data_dir.join(crate::dlq::crypto::LOCAL_KEY_FILE).display()
-                    ))
+                if keys
+                    .key_ids()
+                    .any(|id| id == crate::dlq::crypto::LOCAL_KEY_ID)
+                {
+                    ServiceError::LocalDlqKey {
+                        path: cfg.data_dir.join(crate::dlq::crypto::LOCAL_KEY_FILE),
+                        source: e.into(),
+                    }
                 } else {
-                    ServiceError::DlqKeyCheck(e)
+                    ServiceError::DlqKeyCheck(e.into())
                 }
             })?;
         if !new_checks.is_empty() {
             tracing::info!(keys = ?new_checks, "DLQ key-check records written");
         }
-        let kv = publisher
-            .context()
-            .get_key_value(queue::KV_IDEMPOTENCY)
-            .await
-            .map_err(|e| ServiceError::Kv(e.to_string()))?;
+        let kv = open_bucket(publisher.context(), queue::KV_IDEMPOTENCY).await?;
         let idem = Idempotency::new(
             kv,
             cfg.handlers.cache_capacity,
@@ -181,11 +209,7 @@ impl Service {
             cfg.handlers.ack_wait,
         );
         let fence = Fence::new(
-            publisher
-                .context()
-                .get_key_value(queue::KV_FENCE)
-                .await
-                .map_err(|e| ServiceError::Kv(e.to_string()))?,
+            open_bucket(publisher.context(), queue::KV_FENCE).await?,
             cfg.handlers.ack_wait,
         );
         let dlq_writer = DlqWriter::new(publisher.context().clone(), keys.clone());
@@ -225,7 +249,7 @@ impl Service {
         let state = Arc::new(state);
         let store = DlqStore::open(publisher_ctx.clone(), Arc::new(keys), idem)
             .await
-            .map_err(|e| ServiceError::Kv(e.to_string()))?
+            .map_err(ServiceError::DlqStore)?
             .with_grouping(grouping.clone());
         let stats = pool.as_ref().map(|p| p.stats().clone());
         let observed = Arc::new(Observed {
@@ -259,7 +283,7 @@ impl Service {
                 if let Err(e) =
                     crate::console::nats_service::run(client, store, stats, ops_rx).await
                 {
-                    tracing::error!(error = %e, "NATS operator service stopped");
+                    tracing::error!(error = %crate::error_chain::chain(&*e), "NATS operator service stopped");
                 }
             })
         };
@@ -284,7 +308,7 @@ impl Service {
                 .map_err(|e| ServiceError::Bind {
                     addr: cfg.admin.listen,
                     setting: "admin.listen / LEADROUTER_ADMIN_LISTEN",
-                    message: e.to_string(),
+                    source: e,
                 })?;
                 tracing::info!(admin = %addr, "admin API and operator console listening on http://{addr}/");
                 (Some(addr), Some(tx), Some(tokio::spawn(server)))
@@ -305,7 +329,7 @@ impl Service {
         .map_err(|e| ServiceError::Bind {
             addr: cfg.intake.listen,
             setting: "intake.listen / LEADROUTER_INTAKE_LISTEN",
-            message: e.to_string(),
+            source: e,
         })?;
         let intake_task = tokio::spawn(server);
         tracing::info!(intake = %addr, nats = %nats_url, embedded = embedded.is_some(), "leadrouter serving");
@@ -388,6 +412,15 @@ impl Service {
     }
 }
 
+async fn open_bucket(
+    js: &async_nats::jetstream::Context,
+    bucket: &'static str,
+) -> Result<async_nats::jetstream::kv::Store, ServiceError> {
+    js.get_key_value(bucket)
+        .await
+        .map_err(|source| ServiceError::Kv { bucket, source })
+}
+
 /// Every stream directory in the embedded store must be a stream the server serves.
 async fn check_streams_loaded(
     js: &async_nats::jetstream::Context,
@@ -404,7 +437,7 @@ async fn check_streams_loaded(
             Ok(n) => {
                 loaded.insert(n);
             }
-            Err(e) => return Err(ServiceError::Kv(format!("listing streams: {e}"))),
+            Err(e) => return Err(ServiceError::ListStreams(e)),
         }
     }
     let missing: Vec<&str> = on_disk

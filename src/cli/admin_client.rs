@@ -10,14 +10,31 @@ use crate::config::{Config, EnvSource};
 pub enum AdminError {
     #[error("no admin token: set {0} (the same value `leadrouter serve` runs with)")]
     NoToken(String),
-    #[error("leadrouter is not reachable at {url} ({why}); is `leadrouter serve` running with the admin API enabled?")]
-    Unreachable { url: String, why: String },
+    /// The request did not get an answer; the cause says why (refused, timed out, ...).
+    #[error("leadrouter is not reachable at {url} (is `leadrouter serve` running with the admin API enabled?)")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
     #[error("the admin token was refused (401); check {0}")]
     Unauthorized(String),
     #[error("{status}: {message}")]
     Api { status: u16, message: String },
-    #[error("unexpected answer from {url}: {why}")]
-    Protocol { url: String, why: String },
+    /// The answer's body could not be read as JSON.
+    #[error("unexpected answer from {url}")]
+    Protocol {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The answer is JSON, but not the shape this command expects.
+    #[error("unexpected answer from {url}")]
+    Shape {
+        url: String,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 pub struct AdminClient {
@@ -54,14 +71,14 @@ impl AdminClient {
             .header("x-leadrouter-actor", &self.actor)
             .send()
             .await
-            .map_err(|e| AdminError::Unreachable {
+            .map_err(|source| AdminError::Unreachable {
                 url: url.to_string(),
-                why: root_cause(&e),
+                source,
             })?;
         let status = resp.status();
-        let body: Value = resp.json().await.map_err(|e| AdminError::Protocol {
+        let body: Value = resp.json().await.map_err(|source| AdminError::Protocol {
             url: url.to_string(),
-            why: e.to_string(),
+            source,
         })?;
         if status.as_u16() == 401 {
             return Err(AdminError::Unauthorized(self.token_env.clone()));
@@ -72,9 +89,9 @@ impl AdminClient {
                 message: body["message"].as_str().unwrap_or("error").to_string(),
             });
         }
-        serde_json::from_value(body).map_err(|e| AdminError::Protocol {
+        serde_json::from_value(body).map_err(|source| AdminError::Shape {
             url: url.to_string(),
-            why: e.to_string(),
+            source,
         })
     }
 
@@ -95,12 +112,4 @@ impl AdminClient {
         let url = format!("{}{path}", self.base);
         self.send(self.http.post(&url).json(body), &url).await
     }
-}
-
-fn root_cause(e: &reqwest::Error) -> String {
-    let mut cause: &dyn std::error::Error = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
 }

@@ -93,7 +93,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::{
     self,
-    context::{PublishError, PublishErrorKind},
+    context::{GetStreamError, PublishError, PublishErrorKind},
 };
 use async_nats::HeaderMap;
 use bytes::Bytes;
@@ -106,6 +106,7 @@ use serde_json::{Map, Value};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 
 use crate::config::{Config, EnvSource};
+use crate::error_chain::chain;
 use crate::intake::admit::{MissingEventId, SenderMapping};
 use crate::intake::envelope::{self, lead_key, LeadEnvelope};
 use crate::intake::group_key::GroupKey;
@@ -195,64 +196,76 @@ pub enum ImportError {
         option: &'static str,
         message: String,
     },
-    #[error("config key `senders[{index}].{key}`: {message}")]
+    /// A sender's mapping or event id path does not compile; `key` is under `senders[i].`.
+    #[error("config key `senders[{index}].{key}`")]
     SenderConfig {
         index: usize,
         key: &'static str,
-        message: String,
+        #[source]
+        source: MappingError,
     },
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Input {
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
-    #[error("cannot write the rejects file {path}: {source}")]
+    #[error("cannot write the rejects file {path}")]
     Rejects {
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
+    /// Says what to check after the connect error itself, which is also its source.
     #[error("{0} (is `leadrouter serve` running? set nats.url or LEADROUTER_NATS_URL)")]
     Connect(#[from] QueueError),
     #[error("NATS has no `{STREAM_LEADS}` stream: run `leadrouter serve` against it once (it creates the streams), then import")]
     StreamMissing,
-    #[error("JetStream unavailable: {0}")]
-    JetStream(String),
+    #[error("JetStream unavailable")]
+    JetStream(#[source] GetStreamError),
     #[error(transparent)]
     GroupKey(#[from] crate::intake::group_key::GroupKeyError),
-    #[error("{0}")]
+    #[error(transparent)]
     Partitions(QueueError),
 }
 
-/// Why one line was not published.
+/// Why one line was not published. What the summary and the rejects file say of a line is
+/// [`chain`] of it: this message and its causes.
 #[derive(Debug, thiserror::Error)]
 pub enum LineError {
     #[error("line is longer than {0} bytes")]
     TooLong(usize),
-    #[error("not JSON: {0}")]
-    NotJson(serde_json::Error),
+    #[error("not JSON")]
+    NotJson(#[source] serde_json::Error),
     #[error("not a lead envelope (an object with `sender` and `fields`), and no --sender was given for raw vendor payloads")]
     NoSender,
     #[error("unknown sender `{0}`")]
     UnknownSender(String),
+    /// The line has `sender` and `fields` but not the envelope's shape (a missing or mistyped
+    /// key).
+    #[error("invalid envelope")]
+    EnvelopeShape(#[source] serde_json::Error),
+    /// An envelope value we refuse (the message says which and why).
     #[error("invalid envelope: {0}")]
     Envelope(String),
     #[error("sender `{0}` takes form-encoded bodies: give each raw line as a JSON string holding the body")]
     FormNeedsString(String),
     #[error("body is over the {0}-byte limit (intake.max_body_bytes)")]
     BodyTooLarge(u64),
-    #[error("invalid body for sender `{sender}`: {source}")]
+    #[error("invalid body for sender `{sender}`")]
     Body {
         sender: String,
+        #[source]
         source: MappingError,
     },
     #[error(transparent)]
     MissingEventId(#[from] MissingEventId),
     #[error("--received-at-field {pointer}: {message}")]
     ReceivedAt { pointer: String, message: String },
-    #[error("cannot encode the envelope: {0}")]
+    #[error("cannot encode the envelope")]
     Encode(#[source] EncodeError),
-    #[error("not stored: {0}")]
-    NotStored(String),
+    #[error("not stored")]
+    NotStored(#[source] PublishError),
 }
 
 /// One rejected (or failed) line.
@@ -450,7 +463,7 @@ impl Plan {
             let mapping = SenderMapping::new(s).map_err(|e| ImportError::SenderConfig {
                 index,
                 key: e.key,
-                message: e.source.to_string(),
+                source: e.source,
             })?;
             senders.insert(s.id.clone(), mapping);
         }
@@ -525,8 +538,7 @@ impl Plan {
         value: Value,
         now: &str,
     ) -> Result<Lead, LineError> {
-        let e: EnvelopeLine =
-            serde_json::from_value(value).map_err(|e| LineError::Envelope(e.to_string()))?;
+        let e: EnvelopeLine = serde_json::from_value(value).map_err(LineError::EnvelopeShape)?;
         let sender = self
             .senders
             .get(&e.sender)
@@ -686,7 +698,7 @@ impl Job {
                 {
                     ImportError::StreamMissing
                 }
-                _ => ImportError::JetStream(e.to_string()),
+                _ => ImportError::JetStream(e),
             });
         }
         crate::queue::topology::ensure_partitions(&js, partitions)
@@ -807,8 +819,9 @@ impl Runner {
                 Ok(None) => break,
                 Err(e) => {
                     self.summary.aborted = Some(format!(
-                        "reading the input failed after line {}: {e}",
-                        self.summary.lines_read
+                        "reading the input failed after line {}: {}",
+                        self.summary.lines_read,
+                        chain(&e)
                     ));
                     break;
                 }
@@ -898,7 +911,7 @@ impl Runner {
                     PublishErrorKind::MaxPayloadExceeded | PublishErrorKind::StreamNotFound
                 );
                 if !permanent && pending.attempt < PUBLISH_ATTEMPTS {
-                    tracing::warn!(target: "leadrouter::import", line = pending.line, key = %pending.key, attempt = pending.attempt, error = %e, "publish not acknowledged; retrying");
+                    tracing::warn!(target: "leadrouter::import", line = pending.line, key = %pending.key, attempt = pending.attempt, error = %chain(&e), "publish not acknowledged; retrying");
                     pending.attempt += 1;
                     let js = self.js.clone();
                     let delay = Duration::from_millis(200 * u64::from(pending.attempt));
@@ -924,24 +937,23 @@ impl Runner {
                 }
                 if e.kind() == PublishErrorKind::MaxPayloadExceeded {
                     // The line's own fault: a bad line, not a queue failure.
-                    self.reject(pending.line, LineError::NotStored(e.to_string()));
+                    self.reject(pending.line, LineError::NotStored(e));
                     return;
                 }
                 self.failures_in_a_row += 1;
                 self.summary.failed += 1;
-                tracing::warn!(target: "leadrouter::import", line = pending.line, key = %pending.key, error = %e, "lead not stored");
-                self.record(
-                    pending.line,
-                    LineError::NotStored(e.to_string()).to_string(),
-                );
+                let why = chain(&LineError::NotStored(e));
+                tracing::warn!(target: "leadrouter::import", line = pending.line, key = %pending.key, error = %why, "lead not stored");
+                self.record(pending.line, why);
             }
         }
     }
 
     fn reject(&mut self, line: u64, error: LineError) {
         self.summary.rejected += 1;
-        tracing::debug!(target: "leadrouter::import", line, error = %error, "line rejected");
-        self.record(line, error.to_string());
+        let why = chain(&error);
+        tracing::debug!(target: "leadrouter::import", line, error = %why, "line rejected");
+        self.record(line, why);
     }
 
     fn record(&mut self, line: u64, error: String) {
@@ -953,7 +965,7 @@ impl Runner {
             if let Err(e) = written {
                 // Keep importing: the summary still counts every line; say the file is short.
                 if self.rejects_error.is_none() {
-                    self.rejects_error = Some(format!("writing {}: {e}", path.display()));
+                    self.rejects_error = Some(format!("writing {}: {}", path.display(), chain(&e)));
                 }
             }
         }
@@ -978,7 +990,7 @@ impl Runner {
         if let Some((path, mut out)) = self.rejects_out.take() {
             if let Err(e) = out.flush() {
                 self.rejects_error
-                    .get_or_insert_with(|| format!("writing {}: {e}", path.display()));
+                    .get_or_insert_with(|| format!("writing {}: {}", path.display(), chain(&e)));
             }
             self.summary.rejects_file = Some(path.display().to_string());
         }
@@ -1203,7 +1215,8 @@ email = "$.email"
             (b"{not json", "not JSON"),
         ];
         for (line, want) in cases {
-            let err = p.lead(line, NOW).unwrap_err().to_string();
+            // What the summary and the rejects file say of the line.
+            let err = chain(&p.lead(line, NOW).unwrap_err());
             assert!(err.contains(want), "{err} should mention {want}");
         }
         let err = p.lead(br#"{"email":"a@b.co"}"#, NOW).unwrap_err();

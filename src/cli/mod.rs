@@ -85,8 +85,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
             .context("starting the async runtime")?;
         return rt.block_on(drill(args));
     }
-    let cfg = Config::load(&cli.config, &ProcessEnv)
-        .with_context(|| format!("loading {}", cli.config.display()))?;
+    let cfg = load_config(&cli.config)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -101,6 +100,18 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Latency(args) => rt.block_on(crate::cli::ops::latency(&cfg, &args)),
         Command::Stats(args) => rt.block_on(crate::cli::ops::stats(&cfg, &args)),
     }
+}
+
+/// The binary's one-line report of a failed command: the error and every cause under it (an
+/// error's own cause is what an operator acts on: the TOML parse error, the refused connection).
+pub fn error_line(e: &anyhow::Error) -> String {
+    crate::error_chain::chain(&**e)
+        .trim_end()
+        .replace('\n', " ")
+}
+
+fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
+    Config::load(path, &ProcessEnv).with_context(|| format!("loading {}", path.display()))
 }
 
 async fn import(cfg: &Config, args: ImportArgs) -> anyhow::Result<ExitCode> {
@@ -223,5 +234,44 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_config_is_reported_on_one_line_down_to_the_parse_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"d\"\n[intake]\nlisen = \"127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        let line = error_line(&load_config(&path).unwrap_err());
+        let want = format!(
+            "loading {p}: config file {p}: TOML parse error at line 3",
+            p = path.display()
+        );
+        assert!(line.starts_with(&want), "{line}");
+        assert!(line.contains("unknown field `lisen`"), "{line}");
+        assert!(!line.contains('\n'), "{line}");
+    }
+
+    #[test]
+    fn a_missing_config_names_the_os_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("absent.toml");
+        let line = error_line(&load_config(&path).unwrap_err());
+        assert!(
+            line.starts_with(&format!(
+                "loading {p}: cannot read config file {p}: ",
+                p = path.display()
+            )),
+            "{line}"
+        );
+        assert!(line.contains("No such file"), "{line}");
     }
 }

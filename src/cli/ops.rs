@@ -223,7 +223,7 @@ pub async fn replay(cfg: &Config, args: &ReplayArgs) -> anyhow::Result<ExitCode>
             }
             Err(e) => ReplayResult::Failed {
                 id: *id,
-                error: e.to_string(),
+                error: crate::error_chain::chain(&e),
             },
         };
         match &r {

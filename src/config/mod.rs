@@ -81,9 +81,9 @@ impl Config {
     }
 
     pub fn from_toml(text: &str, path: &Path, env: &dyn EnvSource) -> Result<Config, ConfigError> {
-        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut cfg: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            source,
         })?;
         cfg.apply_env(env)?;
         cfg.validate()?;
@@ -238,9 +238,7 @@ impl Config {
         }
         crate::sinks::validate_configs(&self.sinks)
             .map_err(|e| ConfigError::invalid(e.key, e.message))?;
-        self.dlq
-            .validate()
-            .map_err(|e| ConfigError::invalid("dlq.keys", e.to_string()))?;
+        self.dlq.validate().map_err(ConfigError::DlqKeys)?;
         self.telemetry.validate()?;
         let mut seen = HashSet::new();
         for (i, sender) in self.senders.iter().enumerate() {

@@ -53,9 +53,13 @@ fn errors_name_the_key() {
     let err = Config::from_toml(&text, Path::new("t.toml"), &NO_ENV).unwrap_err();
     assert!(err.to_string().contains("senders[0].id"), "{err}");
 
+    // A parse error names the key in its cause, the TOML parser's message.
     let err =
         Config::from_toml("[intake]\nlisten = 5\n", Path::new("t.toml"), &NO_ENV).unwrap_err();
-    assert!(err.to_string().contains("listen"), "{err}");
+    assert!(matches!(err, ConfigError::Parse { .. }), "{err:?}");
+    let shown = crate::error_chain::chain(&err);
+    assert!(shown.starts_with("config file t.toml: "), "{shown}");
+    assert!(shown.contains("listen"), "{shown}");
 
     let err = Config::from_toml("[nats]\nurl = \"http://x\"\n", Path::new("t.toml"), &NO_ENV)
         .unwrap_err();
@@ -66,7 +70,8 @@ fn errors_name_the_key() {
 fn unknown_keys_are_rejected() {
     let err =
         Config::from_toml("[intake]\nlisen = \"x\"\n", Path::new("t.toml"), &NO_ENV).unwrap_err();
-    assert!(err.to_string().contains("lisen"), "{err}");
+    let shown = crate::error_chain::chain(&err);
+    assert!(shown.contains("unknown field `lisen`"), "{shown}");
 }
 
 #[test]
@@ -118,9 +123,10 @@ fn a_bad_event_id_names_the_key_and_the_keys_it_takes() {
             "[senders.mapping.fields]",
             &format!("{event_id}\n[senders.mapping.fields]"),
         );
-        Config::from_toml(&text, Path::new("t.toml"), &NO_ENV)
-            .unwrap_err()
-            .to_string()
+        // As shown: the parse error is the cause under "config file t.toml".
+        crate::error_chain::chain(
+            &Config::from_toml(&text, Path::new("t.toml"), &NO_ENV).unwrap_err(),
+        )
     };
     let e = err("event_id = { header = \"webhook-id\", path = \"$.id\" }");
     assert!(
@@ -250,4 +256,25 @@ fn telemetry_is_off_by_default_and_follows_the_otel_env() {
     assert!(err.to_string().contains("telemetry.sample_ratio"), "{err}");
     let err = load("[telemetry]\notlp_endpoint = \"c:4317\"", &[]).unwrap_err();
     assert!(err.to_string().contains("telemetry.otlp_endpoint"), "{err}");
+}
+
+#[test]
+fn a_bad_dlq_key_names_the_setting_and_keeps_its_cause() {
+    let text = format!(
+        "[dlq]\nkeys = [{{ id = \"bad id!\", env = \"X\" }}]\n{}",
+        minimal_sender()
+    );
+    let err = Config::from_toml(&text, Path::new("t.toml"), &NO_ENV).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            ConfigError::DlqKeys(crate::dlq::crypto::KeyError::BadId { .. })
+        ),
+        "{err:?}"
+    );
+    let shown = crate::error_chain::chain(&err);
+    assert!(
+        shown.starts_with("config key `dlq.keys`: [dlq] keys: key id \"bad id!\" is invalid"),
+        "{shown}"
+    );
 }

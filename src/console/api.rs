@@ -12,16 +12,16 @@ use warp::reply::Response;
 use super::auth::{self, Caller};
 use super::{error, json_response, lookup, overview, parse_since, stats, BadSince, Ctx, Req};
 use crate::dlq::store::{DlqFilter, DlqStoreError, ReplayResult, ReplaySummary};
+use crate::error_chain::chain;
 
 fn store_error(e: DlqStoreError) -> Response {
-    match e {
-        DlqStoreError::NotFound(_) => error(StatusCode::NOT_FOUND, "not_found", e),
-        DlqStoreError::NoReason => error(StatusCode::BAD_REQUEST, "reason_required", e),
-        DlqStoreError::Unreadable { .. } => {
-            error(StatusCode::UNPROCESSABLE_ENTITY, "unreadable", e)
-        }
-        DlqStoreError::Nats(_) => error(StatusCode::SERVICE_UNAVAILABLE, "nats_unavailable", e),
-    }
+    let (status, code) = match e {
+        DlqStoreError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+        DlqStoreError::NoReason => (StatusCode::BAD_REQUEST, "reason_required"),
+        DlqStoreError::Unreadable { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "unreadable"),
+        DlqStoreError::Nats { .. } => (StatusCode::SERVICE_UNAVAILABLE, "nats_unavailable"),
+    };
+    error(status, code, chain(&e))
 }
 
 #[derive(Debug, Deserialize)]
@@ -206,7 +206,11 @@ pub async fn handle(ctx: &Ctx, caller: &Caller, rest: &[&str], req: &Req) -> Res
             match lookup::lookup(&ctx.state, &by).await {
                 Ok(Some(v)) => json_response(StatusCode::OK, v),
                 Ok(None) => error(StatusCode::NOT_FOUND, "not_found", by.not_found()),
-                Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "nats_unavailable", e),
+                Err(e) => error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "nats_unavailable",
+                    chain(&e),
+                ),
             }
         }
         ["session"]
@@ -258,12 +262,11 @@ async fn replay_batch(ctx: &Ctx, caller: &Caller, req: &Req) -> Response {
             for id in ids {
                 let r = match ctx.state.dlq.replay(id, &reason, &by).await {
                     Ok(r) => r,
-                    Err(DlqStoreError::Nats(m)) => {
-                        return error(StatusCode::SERVICE_UNAVAILABLE, "nats_unavailable", m)
-                    }
+                    // NATS gone: the rest of the batch would fail the same way.
+                    Err(e @ DlqStoreError::Nats { .. }) => return store_error(e),
                     Err(e) => ReplayResult::Failed {
                         id,
-                        error: e.to_string(),
+                        error: chain(&e),
                     },
                 };
                 match &r {

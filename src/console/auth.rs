@@ -372,16 +372,20 @@ async fn login(ctx: &Ctx, req: &Req) -> Response {
     if !same_origin(&req.headers) {
         return forbidden("cross-site login refused");
     }
-    let form: Result<LoginForm, String> = if json {
-        serde_json::from_slice(&req.body).map_err(|e| e.to_string())
+    let form: LoginForm = if json {
+        match serde_json::from_slice(&req.body) {
+            Ok(f) => f,
+            Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_body", e),
+        }
     } else {
-        serde_urlencoded::from_bytes(&req.body).map_err(|e| e.to_string())
-    };
-    let form = match form {
-        Ok(f) => f,
-        Err(e) if json => return error(StatusCode::BAD_REQUEST, "invalid_body", e),
-        Err(_) => {
-            return pages::login_page(StatusCode::BAD_REQUEST, Some("The form could not be read."))
+        match serde_urlencoded::from_bytes(&req.body) {
+            Ok(f) => f,
+            Err(_) => {
+                return pages::login_page(
+                    StatusCode::BAD_REQUEST,
+                    Some("The form could not be read."),
+                )
+            }
         }
     };
     if form.token.is_empty() || !ctx.token.matches(&form.token) {

@@ -16,8 +16,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use super::AdminState;
-use crate::dlq::store::{DlqEntry, DlqFilter};
-use crate::ledger::idempotency::{now_ms, Idempotency, LeadEntry, LeadState};
+use crate::dlq::store::{DlqEntry, DlqFilter, DlqStoreError};
+use crate::ledger::idempotency::{now_ms, Idempotency, IdempotencyError, LeadEntry, LeadState};
 pub use crate::ledger::lead_index::By;
 use crate::ledger::lead_index::{self, IndexValue, MAX_LEADS};
 use crate::queue::KV_IDEMPOTENCY;
@@ -33,14 +33,32 @@ fn masked(s: &str) -> String {
         .collect()
 }
 
+/// Why a lookup could not be answered (NATS trouble: the API answers 503 with [`chain`] of it).
+///
+/// [`chain`]: crate::error_chain::chain
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    /// Reading the lead index (its error is the index module's own).
+    #[error(transparent)]
+    Index(Box<dyn std::error::Error + Send + Sync>),
+    #[error("idempotency bucket")]
+    Bucket(#[source] async_nats::jetstream::context::KeyValueError),
+    #[error(transparent)]
+    Idempotency(#[from] IdempotencyError),
+    #[error(transparent)]
+    Dlq(#[from] DlqStoreError),
+}
+
 /// Looks the lead(s) up; `None` when nothing is known.
-pub async fn lookup(state: &AdminState, by: &By) -> Result<Option<Value>, String> {
+pub async fn lookup(state: &AdminState, by: &By) -> Result<Option<Value>, LookupError> {
     let js = &state.observed.js;
-    let index = lead_index::indexed(js, &by.filter()).await?;
+    let index = lead_index::indexed(js, &by.filter())
+        .await
+        .map_err(|e| LookupError::Index(e.into()))?;
     let kv = js
         .get_key_value(KV_IDEMPOTENCY)
         .await
-        .map_err(|e| format!("idempotency bucket: {e}"))?;
+        .map_err(LookupError::Bucket)?;
     // Used for its key mapping and reads only.
     let idem = Idempotency::new(kv, 1, Duration::from_secs(1), Duration::from_secs(1));
     let mut leads = Vec::new();
@@ -74,12 +92,8 @@ async fn lead(
     idem: &Idempotency,
     key: &str,
     ix: Option<&IndexValue>,
-) -> Result<Option<Value>, String> {
-    let entry: Option<LeadEntry> = idem
-        .get(key)
-        .await
-        .map_err(|e| e.to_string())?
-        .map(|(e, _)| e);
+) -> Result<Option<Value>, LookupError> {
+    let entry: Option<LeadEntry> = idem.get(key).await?.map(|(e, _)| e);
     if entry.is_none() && ix.is_none() {
         // Unknown key: no reason to scan the DLQ for it.
         return Ok(None);
@@ -105,8 +119,7 @@ async fn lead(
         state
             .dlq
             .list(&filter)
-            .await
-            .map_err(|e| e.to_string())?
+            .await?
             .into_iter()
             .filter(|d| d.key == key)
             .collect()

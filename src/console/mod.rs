@@ -162,7 +162,13 @@ where
     futures::pin_mut!(body);
     let mut out = BytesMut::new();
     while let Some(chunk) = body.next().await {
-        let mut chunk = chunk.map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_body", e))?;
+        let mut chunk = chunk.map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                crate::error_chain::chain(&e),
+            )
+        })?;
         if out.len() + chunk.remaining() > BODY_LIMIT {
             return Err(error(
                 StatusCode::PAYLOAD_TOO_LARGE,

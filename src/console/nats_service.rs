@@ -67,12 +67,12 @@ fn filter_of(f: FilterRequest) -> Result<DlqFilter, service::error::Error> {
 
 fn store_err(e: DlqStoreError) -> service::error::Error {
     let code = match e {
-        DlqStoreError::NotFound(_) => 404,
+        DlqStoreError::NotFound { .. } => 404,
         DlqStoreError::NoReason => 400,
         DlqStoreError::Unreadable { .. } => 422,
-        DlqStoreError::Nats(_) => 503,
+        DlqStoreError::Nats { .. } => 503,
     };
-    err(code, e)
+    err(code, crate::error_chain::chain(&e))
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<T, service::error::Error> {

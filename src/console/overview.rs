@@ -325,7 +325,9 @@ async fn dlq_by_hour(ctx: &Ctx) -> Value {
             }
             json!({"hours": hours, "reasons": reasons, "total": entries.len()})
         }
-        Err(e) => json!({"hours": hours, "reasons": {}, "total": null, "error": e.to_string()}),
+        Err(e) => {
+            json!({"hours": hours, "reasons": {}, "total": null, "error": crate::error_chain::chain(&e)})
+        }
     };
     *ctx.samples.dlq.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), v.clone()));
     v

@@ -30,7 +30,7 @@ pub struct SenderMapping {
 
 /// A sender whose mapping cannot be built; `key` is under `senders[i].`.
 #[derive(Debug, thiserror::Error)]
-#[error("`{key}`: {source}")]
+#[error("sender setting `{key}`")]
 pub struct MappingSetupError {
     pub key: &'static str,
     #[source]

@@ -34,23 +34,37 @@ pub enum GroupKeyError {
     TooShortEnv { var: String, len: usize },
     #[error("{} (handlers.group_key_file) holds {len} bytes; use at least {MIN_LEN} random bytes", path.display())]
     TooShortFile { path: PathBuf, len: usize },
-    #[error("cannot read the group key {}: {source}", path.display())]
+    #[error("cannot read the group key {}", path.display())]
     Read {
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
-    #[error("cannot create the group key {}: {source}", path.display())]
+    #[error("cannot create the group key {}", path.display())]
     Create {
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
-    #[error("group key check in bucket {bucket}: {source}")]
+    #[error("group key check in bucket {bucket}")]
     Store {
         bucket: &'static str,
-        source: Box<dyn std::error::Error + Send + Sync>,
+        #[source]
+        source: StoreError,
     },
     #[error("this process's group key ({source_label}) differs from the one the routers on this NATS account already use. Every router must hash leads with the same key, or one lead's events land in different partitions and lose their order. {fix}")]
     Mismatch { source_label: String, fix: String },
+}
+
+/// What failed in the key-check bucket.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Open(#[from] async_nats::jetstream::context::KeyValueError),
+    #[error(transparent)]
+    Read(#[from] async_nats::jetstream::kv::EntryError),
+    #[error(transparent)]
+    Write(#[from] async_nats::jetstream::kv::CreateError),
 }
 
 /// Where the secret came from, for messages.
@@ -157,19 +171,16 @@ impl GroupKey {
     /// which says nothing about the key), writing the record on the account's first start.
     pub async fn check(&self, js: &async_nats::jetstream::Context) -> Result<(), GroupKeyError> {
         let bucket = crate::queue::KV_DLQ_KEYS;
-        let store_err = |source: Box<dyn std::error::Error + Send + Sync>| GroupKeyError::Store {
-            bucket,
-            source,
-        };
+        let store_err = |source: StoreError| GroupKeyError::Store { bucket, source };
         let kv = js
             .get_key_value(bucket)
             .await
-            .map_err(|e| store_err(Box::new(e)))?;
+            .map_err(|e| store_err(e.into()))?;
         let mine = self.check_value();
         let on_record = match kv
             .get(CHECK_RECORD)
             .await
-            .map_err(|e| store_err(Box::new(e)))?
+            .map_err(|e| store_err(e.into()))?
         {
             Some(v) => v,
             None => match kv.create(CHECK_RECORD, mine.clone().into()).await {
@@ -178,10 +189,10 @@ impl GroupKey {
                 Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => {
                     kv.get(CHECK_RECORD)
                         .await
-                        .map_err(|e| store_err(Box::new(e)))?
+                        .map_err(|e| store_err(e.into()))?
                         .unwrap_or_default()
                 }
-                Err(e) => return Err(store_err(Box::new(e))),
+                Err(e) => return Err(store_err(e.into())),
             },
         };
         if subtle::ConstantTimeEq::ct_eq(on_record.as_ref(), mine.as_bytes()).into() {

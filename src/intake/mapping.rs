@@ -153,11 +153,52 @@ pub enum MappingError {
     /// The mapping itself is wrong; the message starts with the config key.
     #[error("{0}")]
     Config(String),
-    /// The request body cannot be read with this mapping (a 400 for the sender). The message is
-    /// the parser's reason (plus the field name for `json_fields`), without the words "body is
-    /// not valid JSON", which the caller adds; it never quotes body content, which may hold PII.
-    #[error("{0}")]
-    Body(String),
+    /// A path in `mapping.fields` does not compile; `key` is its config key
+    /// (`mapping.fields.email`), the cause says why.
+    #[error("{key}")]
+    FieldPath {
+        key: String,
+        #[source]
+        source: PathError,
+    },
+    /// A path given elsewhere (`event_id.path`) does not compile; the caller prefixes its key.
+    #[error("`{path}` is not a valid JSONPath")]
+    Path {
+        path: String,
+        #[source]
+        source: PathError,
+    },
+    /// The request body cannot be read with this mapping (a 400 for the sender).
+    #[error(transparent)]
+    Body(#[from] BodyError),
+}
+
+/// Why a JSONPath does not compile.
+#[derive(Debug, thiserror::Error)]
+pub enum PathError {
+    /// The parser's own message for this common slip is a bare "parser error".
+    #[error("a JSONPath starts with `$`, e.g. `$.email`")]
+    NoDollar,
+    #[error(transparent)]
+    Parse(#[from] serde_json_path::ParseError),
+}
+
+/// Why a body cannot be read: the parser's reason (plus the field name for `json_fields`),
+/// without the words "body is not valid JSON", which the caller adds. Parser messages give a
+/// position, never body content, which may hold PII.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error(transparent)]
+    Json(serde_json::Error),
+    #[error(transparent)]
+    Form(serde_urlencoded::de::Error),
+    /// A `json_fields` entry whose text is not JSON.
+    #[error("field `{field}` is not valid JSON")]
+    JsonField {
+        field: String,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 #[derive(Debug)]
@@ -204,8 +245,8 @@ impl Mapper {
                     "mapping.fields: a field name must not be empty".into(),
                 ));
             }
-            let path =
-                parse_path(spec.path()).map_err(|e| MappingError::Config(format!("{key}: {e}")))?;
+            let path = parse_path(spec.path())
+                .map_err(|source| MappingError::FieldPath { key, source })?;
             let (unwrap, default) = match spec {
                 FieldSpec::Path(_) => (false, None),
                 FieldSpec::Options(o) => (o.unwrap, o.default.clone()),
@@ -213,7 +254,7 @@ impl Mapper {
             if let Some(d) = &default {
                 if !matches!(d, Value::String(_) | Value::Number(_) | Value::Bool(_)) {
                     return Err(MappingError::Config(format!(
-                        "{key}.default: must be a string, number or boolean"
+                        "mapping.fields.{name}.default: must be a string, number or boolean"
                     )));
                 }
             }
@@ -253,9 +294,7 @@ impl Mapper {
     pub fn parse(&self, body: &[u8]) -> Result<Value, MappingError> {
         let mut doc = match self.format {
             // Bare parser reason: the intake already says "the body is not valid JSON: ".
-            BodyFormat::Json => {
-                serde_json::from_slice(body).map_err(|e| MappingError::Body(e.to_string()))?
-            }
+            BodyFormat::Json => serde_json::from_slice(body).map_err(BodyError::Json)?,
             BodyFormat::Form => parse_form(body)?,
         };
         self.expand_json_fields(&mut doc)?;
@@ -291,8 +330,9 @@ impl Mapper {
             let Value::String(text) = slot else {
                 continue;
             };
-            let parsed = serde_json::from_str(text).map_err(|e| {
-                MappingError::Body(format!("field `{name}` is not valid JSON: {e}"))
+            let parsed = serde_json::from_str(text).map_err(|source| BodyError::JsonField {
+                field: name.clone(),
+                source,
             })?;
             *slot = parsed;
         }
@@ -302,7 +342,7 @@ impl Mapper {
 
 fn parse_form(body: &[u8]) -> Result<Value, MappingError> {
     let pairs: Vec<(String, String)> =
-        serde_urlencoded::from_bytes(body).map_err(|e| MappingError::Body(e.to_string()))?;
+        serde_urlencoded::from_bytes(body).map_err(BodyError::Form)?;
     let mut obj = Map::new();
     for (k, v) in pairs {
         obj.entry(k).or_insert(Value::String(v));
@@ -348,15 +388,17 @@ impl CompiledPath {
 pub fn compile_path(p: &str) -> Result<CompiledPath, MappingError> {
     parse_path(p)
         .map(CompiledPath)
-        .map_err(|e| MappingError::Config(format!("`{p}` is not a valid JSONPath: {e}")))
+        .map_err(|source| MappingError::Path {
+            path: p.to_string(),
+            source,
+        })
 }
 
-fn parse_path(p: &str) -> Result<JsonPath, String> {
-    // The parser's own message for this common slip is a bare "parser error".
+fn parse_path(p: &str) -> Result<JsonPath, PathError> {
     if !p.trim_start().starts_with('$') {
-        return Err("a JSONPath starts with `$`, e.g. `$.email`".into());
+        return Err(PathError::NoDollar);
     }
-    JsonPath::parse(p).map_err(|e| e.to_string())
+    Ok(JsonPath::parse(p)?)
 }
 
 /// The first node `path` selects, as is (no trimming, `null` included).
@@ -368,6 +410,7 @@ pub fn select_first<'a>(doc: &'a Value, path: &CompiledPath) -> Option<&'a Value
 mod tests {
     use super::*;
     use crate::config::{EventIdSource, SenderConfig, SendersFile};
+    use crate::error_chain::chain;
     use std::path::{Path, PathBuf};
 
     const NO_ENV: [(&str, &str); 0] = [];
@@ -512,12 +555,12 @@ mod tests {
             let text = example_text(vendor);
             // The full loader also runs the cross-key validation (event_id, secrets, fields).
             let cfg = crate::config::Config::from_toml(&text, Path::new(vendor), &NO_ENV)
-                .unwrap_or_else(|e| panic!("{vendor}: {e}"));
+                .unwrap_or_else(|e| panic!("{vendor}: {}", chain(&e)));
             let sender = &cfg.senders[0];
             assert!(!sender.secret_env.is_empty(), "{vendor}");
-            Mapper::new(&sender.mapping).unwrap_or_else(|e| panic!("{vendor}: {e}"));
+            Mapper::new(&sender.mapping).unwrap_or_else(|e| panic!("{vendor}: {}", chain(&e)));
             if let Some(EventIdSource::Path(p)) = &sender.event_id {
-                compile_path(p).unwrap_or_else(|e| panic!("{vendor}: {e}"));
+                compile_path(p).unwrap_or_else(|e| panic!("{vendor}: {}", chain(&e)));
             }
         }
     }
@@ -561,7 +604,10 @@ mod tests {
     fn bad_json_body_is_a_body_error() {
         let m = mapper_for("[fields]\nemail = \"$.email\"\n").unwrap();
         let err = m.parse(br#"{"email": "secret@example.com""#).unwrap_err();
-        assert!(matches!(err, MappingError::Body(_)), "{err:?}");
+        assert!(
+            matches!(err, MappingError::Body(BodyError::Json(_))),
+            "{err:?}"
+        );
         assert!(err.to_string().contains("EOF"), "{err}");
         assert!(!err.to_string().contains("secret@example.com"), "{err}");
         assert!(matches!(m.parse(b""), Err(MappingError::Body(_))));
@@ -578,21 +624,36 @@ mod tests {
     fn invalid_jsonpath_is_a_config_error_naming_the_field() {
         let err =
             mapper_for("[fields]\nfirst_name = \"$.a\"\nemail = \"$.[broken\"\n").unwrap_err();
-        assert!(matches!(err, MappingError::Config(_)), "{err:?}");
         assert!(
-            err.to_string().starts_with("mapping.fields.email: "),
-            "{err}"
+            matches!(&err, MappingError::FieldPath { key, source: PathError::Parse(_) } if key == "mapping.fields.email"),
+            "{err:?}"
         );
+        let shown = chain(&err);
+        assert!(shown.starts_with("mapping.fields.email: "), "{shown}");
+        assert!(shown.len() > "mapping.fields.email: ".len(), "{shown}");
 
         let err =
             mapper_for("[fields]\nphone = { path = \"no-dollar\", unwrap = true }\n").unwrap_err();
-        assert!(
-            err.to_string().starts_with("mapping.fields.phone: "),
-            "{err}"
+        assert_eq!(
+            chain(&err),
+            "mapping.fields.phone: a JSONPath starts with `$`, e.g. `$.email`"
         );
 
         let err = compile_path("$[?").unwrap_err();
-        assert!(matches!(err, MappingError::Config(_)), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                MappingError::Path {
+                    source: PathError::Parse(_),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(
+            chain(&err).starts_with("`$[?` is not a valid JSONPath: "),
+            "{err}"
+        );
     }
 
     #[test]
@@ -618,8 +679,19 @@ mod tests {
         let err = m
             .parse(b"page_id=1&data.json=%7B%22email%22%3A")
             .unwrap_err();
-        assert!(matches!(err, MappingError::Body(_)), "{err:?}");
-        assert!(err.to_string().contains("`data.json`"), "{err}");
+        assert!(
+            matches!(&err, MappingError::Body(BodyError::JsonField { field, .. }) if field == "data.json"),
+            "{err:?}"
+        );
+        let shown = chain(&err);
+        assert!(
+            shown.starts_with("field `data.json` is not valid JSON: "),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("EOF"),
+            "the parser's reason is kept: {shown}"
+        );
 
         // A listed field that is absent is not an error: the body just has less to map.
         let doc = m.parse(b"page_id=1").unwrap();

@@ -22,6 +22,7 @@ use warp::reply::Response;
 use warp::Filter;
 
 use crate::config::{resolve_secrets, Config, EnvSource, SenderConfig};
+use crate::error_chain::chain;
 use crate::queue::Publisher;
 use admit::SenderMapping;
 use mapping::BodyFormat;
@@ -30,13 +31,22 @@ use sender::{Admission, Outcome, Senders};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IntakeSetupError {
-    #[error("config key `senders[{index}].{key}`: {message}")]
-    Sender {
+    /// The sender's `signature` settings (or secrets) cannot work.
+    #[error("config key `senders[{index}].signature`")]
+    Signature {
+        index: usize,
+        #[source]
+        source: schemes::SchemeError,
+    },
+    /// The sender's mapping or event id path does not compile; `key` is under `senders[i].`.
+    #[error("config key `senders[{index}].{key}`")]
+    Mapping {
         index: usize,
         key: &'static str,
-        message: String,
+        #[source]
+        source: mapping::MappingError,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Actors(#[from] sender::SenderUnavailable),
 }
 
@@ -155,18 +165,12 @@ fn build_sender(
     env: &dyn EnvSource,
 ) -> Result<SenderRuntime, IntakeSetupError> {
     let secrets = resolve_secrets(s, env);
-    let verifier =
-        Verifier::new(s.scheme, &s.signature, secrets.secrets, s.tolerance).map_err(|e| {
-            IntakeSetupError::Sender {
-                index,
-                key: "signature",
-                message: e.to_string(),
-            }
-        })?;
-    let mapping = SenderMapping::new(s).map_err(|e| IntakeSetupError::Sender {
+    let verifier = Verifier::new(s.scheme, &s.signature, secrets.secrets, s.tolerance)
+        .map_err(|source| IntakeSetupError::Signature { index, source })?;
+    let mapping = SenderMapping::new(s).map_err(|e| IntakeSetupError::Mapping {
         index,
         key: e.key,
-        message: e.source.to_string(),
+        source: e.source,
     })?;
     Ok(SenderRuntime {
         id: s.id.clone(),
@@ -417,11 +421,7 @@ where
     });
     if let Err(e) = verified {
         verify_span.record("error.type", e.code());
-        return Err(Answer::err(
-            StatusCode::UNAUTHORIZED,
-            e.code(),
-            e.to_string(),
-        ));
+        return Err(Answer::err(StatusCode::UNAUTHORIZED, e.code(), chain(&e)));
     }
 
     // After verification, so forged requests cannot spend a real sender's budget.
@@ -439,7 +439,7 @@ where
             return Err(Answer::err(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "intake_unavailable",
-                e.to_string(),
+                chain(&e),
             )
             .retry_after(Duration::from_secs(1)));
         }
@@ -474,7 +474,7 @@ where
         Answer::err(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
-            format!("cannot encode envelope: {e}"),
+            format!("cannot encode envelope: {}", chain(&e)),
         )
     })?;
     let key = lead.envelope.key;
@@ -488,11 +488,12 @@ where
         Ok(stored) => Ok((key, stored.duplicate)),
         Err(e) => {
             crate::telemetry::traces::set_error(&publish_span, "queue_unavailable");
-            tracing::warn!(target: "leadrouter::intake", sender = %sender.id, key = %key, error = %e, "lead not stored; answering 503");
+            let why = chain(&e);
+            tracing::warn!(target: "leadrouter::intake", sender = %sender.id, key = %key, error = %why, "lead not stored; answering 503");
             Err(Answer::err(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "queue_unavailable",
-                format!("the lead was not stored ({e}); retry later with the same request"),
+                format!("the lead was not stored ({why}); retry later with the same request"),
             )
             .retry_after(Duration::from_secs(2)))
         }
@@ -586,7 +587,7 @@ where
             Answer::err(
                 StatusCode::BAD_REQUEST,
                 "body_unreadable",
-                format!("the request body could not be read: {e}"),
+                format!("the request body could not be read: {}", chain(&e)),
             )
         })?;
         if (buf.len() + chunk.remaining()) as u64 > limit {
@@ -611,7 +612,7 @@ fn parse_body(sender: &SenderRuntime, body: &[u8]) -> Result<Value, Answer> {
         Answer::err(
             StatusCode::BAD_REQUEST,
             "invalid_body",
-            format!("the body is {what}: {e}"),
+            format!("the body is {what}: {}", chain(&e)),
         )
     })
 }

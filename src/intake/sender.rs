@@ -161,7 +161,7 @@ impl Actor for SenderRegistry {
                 let _ = reply.send(Some(actor));
             }
             Err(e) => {
-                tracing::error!(sender = %id, error = %e, "cannot start sender actor");
+                tracing::error!(sender = %id, error = %crate::error_chain::chain(&e), "cannot start sender actor");
                 let _ = reply.send(None);
             }
         }
@@ -198,14 +198,28 @@ pub struct Senders {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("sender actor unavailable: {0}")]
-pub struct SenderUnavailable(String);
+pub enum SenderUnavailable {
+    #[error("sender actor unavailable: the sender registry did not start")]
+    Start(#[source] ractor::SpawnErr),
+    #[error("sender actor unavailable: the sender registry did not answer")]
+    Registry(#[source] ractor::RactorErr<()>),
+    #[error("sender actor unavailable: no actor for sender {0}")]
+    NoActor(String),
+    #[error("sender actor unavailable: sender {0} actor keeps failing")]
+    KeepsFailing(String),
+    #[error("sender actor unavailable: sender {sender} actor did not answer")]
+    Actor {
+        sender: String,
+        #[source]
+        source: ractor::RactorErr<()>,
+    },
+}
 
 impl Senders {
     pub async fn start(rates: HashMap<String, RateConfig>) -> Result<Senders, SenderUnavailable> {
         let (registry, _) = Actor::spawn(None, SenderRegistry, rates)
             .await
-            .map_err(|e| SenderUnavailable(e.to_string()))?;
+            .map_err(SenderUnavailable::Start)?;
         Ok(Senders {
             registry,
             cache: Mutex::new(HashMap::new()),
@@ -225,8 +239,8 @@ impl Senders {
             }
         }
         let got = ractor::call!(self.registry, |r| RegistryMsg::Get(id.to_string(), r))
-            .map_err(|e| SenderUnavailable(e.to_string()))?
-            .ok_or_else(|| SenderUnavailable(format!("no actor for sender {id}")))?;
+            .map_err(|e| SenderUnavailable::Registry(e.map(drop)))?
+            .ok_or_else(|| SenderUnavailable::NoActor(id.to_string()))?;
         self.cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -242,9 +256,7 @@ impl Senders {
                 return Ok(a);
             }
         }
-        Err(SenderUnavailable(format!(
-            "sender {id} actor keeps failing"
-        )))
+        Err(SenderUnavailable::KeepsFailing(id.to_string()))
     }
 
     pub fn record(&self, id: &str, outcome: Outcome) {
@@ -261,7 +273,10 @@ impl Senders {
 
     pub async fn stats(&self, id: &str) -> Result<SenderStats, SenderUnavailable> {
         let actor = self.actor(id, false).await?;
-        ractor::call!(actor, SenderMsg::Stats).map_err(|e| SenderUnavailable(e.to_string()))
+        ractor::call!(actor, SenderMsg::Stats).map_err(|e| SenderUnavailable::Actor {
+            sender: id.to_string(),
+            source: e.map(drop),
+        })
     }
 
     pub fn stop(&self) {

@@ -157,6 +157,12 @@ pub enum SchemeError {
     Invalid(String),
     #[error("no live secret is configured for this sender, so nothing can be signed")]
     NoSecret,
+    /// `sign` for token-in-query: the query could not be encoded.
+    #[error("cannot encode token query")]
+    TokenQuery(#[source] serde_urlencoded::ser::Error),
+    /// `sign` for token-in-body: the body with the token could not be written.
+    #[error("cannot serialize body")]
+    TokenBody(#[source] serde_json::Error),
 }
 
 /// Why a request was refused. [`VerifyError::code`] is the stable machine-readable form.

@@ -115,7 +115,7 @@ impl Scheme for Token {
             }
             Token::Query(name) => {
                 let query = serde_urlencoded::to_string([(name.as_str(), key.raw())])
-                    .map_err(|e| SchemeError::Invalid(format!("cannot encode token query: {e}")))?;
+                    .map_err(SchemeError::TokenQuery)?;
                 signed.query = Some(query);
             }
             Token::Body(name) => {
@@ -123,8 +123,7 @@ impl Scheme for Token {
                     SchemeError::Invalid("token in body needs a JSON object body".into())
                 })?;
                 insert_token(&mut doc, name, Value::String(key.raw().to_string()))?;
-                let body = serde_json::to_vec(&doc)
-                    .map_err(|e| SchemeError::Invalid(format!("cannot serialize body: {e}")))?;
+                let body = serde_json::to_vec(&doc).map_err(SchemeError::TokenBody)?;
                 signed.body = Some(body);
             }
         }
