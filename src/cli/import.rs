@@ -148,6 +148,12 @@ pub const SUMMARY_REJECTS: usize = 20;
 pub const ABORT_AFTER_FAILURES: u64 = 16;
 /// Publish attempts per line; retries are safe because the key dedupes them.
 const PUBLISH_ATTEMPTS: u32 = 3;
+/// Between those attempts: jittered, so a burst of lines that failed together (a NATS blip)
+/// does not come back as one burst.
+const PUBLISH_BACKOFF: crate::backoff::Backoff = crate::backoff::Backoff {
+    base: Duration::from_millis(200),
+    cap: Duration::from_secs(2),
+};
 /// Lines longer than this are rejected without being held in memory. JetStream's default
 /// `max_payload` is 1 MiB, so nothing longer could be stored anyway.
 const MAX_LINE_BYTES: usize = 1024 * 1024;
@@ -914,7 +920,7 @@ impl Runner {
                     tracing::warn!(target: "leadrouter::import", line = pending.line, key = %pending.key, attempt = pending.attempt, error = %chain(&e), "publish not acknowledged; retrying");
                     pending.attempt += 1;
                     let js = self.js.clone();
-                    let delay = Duration::from_millis(200 * u64::from(pending.attempt));
+                    let delay = PUBLISH_BACKOFF.delay(pending.attempt, None);
                     self.inflight.push(
                         async move {
                             tokio::time::sleep(delay).await;

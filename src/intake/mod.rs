@@ -236,6 +236,47 @@ fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
     resp
 }
 
+/// One answered intake request, recorded once: the sender actor's tally, the service's own
+/// accepted count (what `stats` shows), the Prometheus series and the log line all come from
+/// one call, as the pipeline's outcomes do (`pipeline::events`).
+struct Answered<'a> {
+    state: &'a IntakeState,
+    sender: &'a str,
+    started: Instant,
+}
+
+impl Answered<'_> {
+    fn known(&self) -> Option<(&str, &crate::telemetry::metrics::SenderMetrics)> {
+        self.state
+            .senders
+            .get(self.sender)
+            .map(|s| (s.id.as_str(), &s.metrics))
+    }
+
+    fn accepted(self, key: &str, duplicate: bool) {
+        let took = self.started.elapsed();
+        self.state
+            .actors
+            .record(self.sender, Outcome::Accepted { duplicate });
+        self.state
+            .accepted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        crate::telemetry::metrics::metrics().intake(self.known(), 202, None, duplicate, took);
+        tracing::info!(target: "leadrouter::intake", sender = %self.sender, key = %key, duplicate, stage = "intake", outcome = "accepted", duration_ms = took.as_secs_f64() * 1e3);
+    }
+
+    fn refused(self, status: u16, code: &'static str) {
+        let took = self.started.elapsed();
+        if self.state.senders.contains_key(self.sender) {
+            self.state
+                .actors
+                .record(self.sender, Outcome::Rejected(code));
+        }
+        crate::telemetry::metrics::metrics().intake(self.known(), status, Some(code), false, took);
+        tracing::info!(target: "leadrouter::intake", sender = %self.sender, status, error = code, stage = "intake", outcome = "rejected", duration_ms = took.as_secs_f64() * 1e3);
+    }
+}
+
 /// The accepted answer's body.
 #[derive(Debug, Serialize)]
 struct Accepted<'a> {
@@ -276,26 +317,18 @@ pub fn routes(
                 crate::telemetry::traces::set_parent(&span, crate::telemetry::traces::from_http(&headers));
                 let answer = handle_intake(&state, &sender, &full, &query, &headers, body, received).instrument(span.clone()).await;
                 trace_answer(&span, &answer);
-                let known = state.senders.get(&sender).map(|s| (s.id.as_str(), &s.metrics));
-                let resp = match answer {
+                let answered = Answered { state: &state, sender: &sender, started };
+                match answer {
                     Ok((key, duplicate)) => {
-                        state.actors.record(&sender, Outcome::Accepted { duplicate });
-                        state.accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        crate::telemetry::metrics::metrics().intake(known, 202, None, duplicate, started.elapsed());
-                        tracing::info!(target: "leadrouter::intake", sender = %sender, key = %key, duplicate, stage = "intake", outcome = "accepted", duration_ms = started.elapsed().as_secs_f64() * 1e3);
+                        answered.accepted(&key, duplicate);
                         let body = serde_json::to_vec(&Accepted { id: &key, duplicate }).unwrap_or_default();
                         json_response(StatusCode::ACCEPTED, body)
                     }
                     Err(a) => {
-                        if state.senders.contains_key(&sender) {
-                            state.actors.record(&sender, Outcome::Rejected(a.code));
-                        }
-                        crate::telemetry::metrics::metrics().intake(known, a.status.as_u16(), Some(a.code), false, started.elapsed());
-                        tracing::info!(target: "leadrouter::intake", sender = %sender, status = a.status.as_u16(), error = a.code, stage = "intake", outcome = "rejected", duration_ms = started.elapsed().as_secs_f64() * 1e3);
+                        answered.refused(a.status.as_u16(), a.code);
                         a.into_response()
                     }
-                };
-                resp
+                }
             },
         );
     let healthz = warp::get()
