@@ -130,7 +130,7 @@ pub enum KeyError {
     Source { id: String },
     #[error("[dlq] key `{id}`: {setting} is not set")]
     Missing { id: String, setting: String },
-    #[error("[dlq] key `{id}`: cannot read {setting}: {source}")]
+    #[error("[dlq] key `{id}`: cannot read {setting}")]
     Read {
         id: String,
         setting: String,
@@ -147,11 +147,17 @@ pub enum KeyError {
     },
     #[error("[dlq] keys is empty: configure at least one key")]
     NoKeys,
-    #[error("cannot create the local DLQ key {}: {source}", path.display())]
+    #[error("cannot create the local DLQ key {}", path.display())]
     LocalKey {
         path: PathBuf,
         #[source]
         source: io::Error,
+    },
+    #[error("cannot create the local DLQ key {}: no randomness from the OS", path.display())]
+    Randomness {
+        path: PathBuf,
+        #[source]
+        source: rand::rand_core::OsError,
     },
 }
 
@@ -597,7 +603,10 @@ fn ensure_local_key(path: &Path) -> Result<bool, KeyError> {
     let mut key = [0u8; KEY_LEN];
     rand::rngs::OsRng
         .try_fill_bytes(&mut key)
-        .map_err(|e| err(io::Error::other(format!("no randomness from the OS: {e}"))))?;
+        .map_err(|source| KeyError::Randomness {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let mut text = base64::engine::general_purpose::STANDARD.encode(key);
     key.zeroize();
     text.push('\n');
@@ -958,6 +967,26 @@ mod tests {
             err.to_string()
                 .contains("`k2025`: file /nonexistent/dlq_old (it does not exist)"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_key_file_keeps_its_io_error() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory opens but cannot be read.
+        let c = cfg(&format!(
+            r#"dlq.keys = [{{ id = "k1", file = "{}" }}]"#,
+            dir.path().display()
+        ));
+        let err = KeyRing::from_config(&c, &env_of(&[])).unwrap_err();
+        assert!(matches!(err, KeyError::Read { .. }), "{err:?}");
+        assert!(err
+            .to_string()
+            .ends_with(&format!("cannot read file {}", dir.path().display())));
+        let text = crate::telemetry::logs::chain(&err);
+        assert!(
+            text.len() > err.to_string().len() + 2,
+            "the cause follows: {text}"
         );
     }
 

@@ -40,8 +40,8 @@ impl Reason {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {
-    #[error("DLQ write failed: {0}")]
-    Write(String),
+    #[error("DLQ write failed")]
+    Write(#[source] jetstream::context::PublishError),
 }
 
 /// One dead-lettered lead, as written.
@@ -137,9 +137,9 @@ impl DlqWriter {
             .js
             .publish_with_headers(subject, h, Bytes::from(sealed.bytes))
             .await
-            .map_err(|e| DlqError::Write(e.to_string()))?
+            .map_err(DlqError::Write)?
             .await
-            .map_err(|e| DlqError::Write(e.to_string()))?;
+            .map_err(DlqError::Write)?;
         Ok(!ack.duplicate)
     }
 }
@@ -182,36 +182,74 @@ fn keycheck_key(id: &str) -> String {
     format!("keycheck.{id}")
 }
 
-/// Verifies every key of the ring against its key-check record in `leads_dlq_keys`, writing
-/// records for keys seen for the first time. Returns the ids that got a new record.
+/// Why the DLQ keys could not be verified against their key-check records.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyCheckError {
+    #[error("bucket {}", crate::queue::KV_DLQ_KEYS)]
+    Bucket(#[source] jetstream::context::KeyValueError),
+    #[error("reading {key}")]
+    Read {
+        key: String,
+        #[source]
+        source: jetstream::kv::EntryError,
+    },
+    #[error("writing {key}")]
+    Write {
+        key: String,
+        #[source]
+        source: jetstream::kv::CreateError,
+    },
+    #[error("key `{id}` does not open the key-check record written when `{id}` was first used: its material changed (wrong env var or file?). Refusing to start, so no entry gets sealed with a key that is not `{id}`; restore the original key, or give the new one a new id")]
+    MaterialChanged { id: String },
+    #[error("key `{id}` vanished from the ring")]
+    Vanished { id: String },
+    #[error("key `{id}`: another node wrote its key-check record with different material")]
+    OtherMaterial { id: String },
+}
+
+/// [`verify_keys`] with its error as one line of text (the error and its causes), for callers
+/// that report it as text.
 pub async fn check_keys(
     js: &async_nats::jetstream::Context,
     ring: &crypto::KeyRing,
 ) -> Result<Vec<String>, String> {
+    verify_keys(js, ring)
+        .await
+        .map_err(|e| crate::telemetry::logs::chain(&e))
+}
+
+/// Verifies every key of the ring against its key-check record in `leads_dlq_keys`, writing
+/// records for keys seen for the first time. Returns the ids that got a new record.
+pub async fn verify_keys(
+    js: &async_nats::jetstream::Context,
+    ring: &crypto::KeyRing,
+) -> Result<Vec<String>, KeyCheckError> {
     let kv = js
         .get_key_value(crate::queue::KV_DLQ_KEYS)
         .await
-        .map_err(|e| format!("bucket {}: {e}", crate::queue::KV_DLQ_KEYS))?;
+        .map_err(KeyCheckError::Bucket)?;
     let mut created = Vec::new();
     for id in ring.key_ids() {
         let k = keycheck_key(id);
         let aad = k.as_bytes();
-        match kv.get(&k).await.map_err(|e| format!("reading {k}: {e}"))? {
+        let read = |source| KeyCheckError::Read {
+            key: k.clone(),
+            source,
+        };
+        match kv.get(&k).await.map_err(read)? {
             Some(sealed) => {
                 let ok = ring
                     .open(id, &sealed, aad)
                     .map(|p| p == KEYCHECK_TEXT)
                     .unwrap_or(false);
                 if !ok {
-                    return Err(format!(
-                        "key `{id}` does not open the key-check record written when `{id}` was first used: its material changed (wrong env var or file?). Refusing to start, so no entry gets sealed with a key that is not `{id}`; restore the original key, or give the new one a new id"
-                    ));
+                    return Err(KeyCheckError::MaterialChanged { id: id.to_string() });
                 }
             }
             None => {
                 let sealed = ring
                     .seal_with(id, KEYCHECK_TEXT, aad)
-                    .ok_or_else(|| format!("key `{id}` vanished from the ring"))?;
+                    .ok_or_else(|| KeyCheckError::Vanished { id: id.to_string() })?;
                 // `create` so two nodes starting together with different material for the
                 // same id cannot both believe they wrote the record.
                 match kv.create(&k, sealed.bytes.into()).await {
@@ -220,18 +258,17 @@ pub async fn check_keys(
                         if e.kind()
                             == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists =>
                     {
-                        let sealed = kv
-                            .get(&k)
-                            .await
-                            .map_err(|e| format!("reading {k}: {e}"))?
-                            .unwrap_or_default();
+                        let sealed = kv.get(&k).await.map_err(read)?.unwrap_or_default();
                         if ring.open(id, &sealed, aad).ok().as_deref() != Some(KEYCHECK_TEXT) {
-                            return Err(format!(
-                                "key `{id}`: another node wrote its key-check record with different material"
-                            ));
+                            return Err(KeyCheckError::OtherMaterial { id: id.to_string() });
                         }
                     }
-                    Err(e) => return Err(format!("writing {k}: {e}")),
+                    Err(source) => {
+                        return Err(KeyCheckError::Write {
+                            key: k.clone(),
+                            source,
+                        })
+                    }
                 }
             }
         }

@@ -14,23 +14,32 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use super::crypto::KeyRing;
+use super::crypto::{CryptoError, KeyRing};
 use super::dlq_id;
 use crate::ledger::idempotency::{Idempotency, LeadState};
 use crate::queue::message::header::{self, dlq as hdr};
 use crate::queue::message::{self, LeadHeaders, Replay};
-use crate::queue::{KV_DLQ_AUDIT, STREAM_DLQ, SUBJECT_DLQ_PREFIX};
+use crate::queue::{NatsError, KV_DLQ_AUDIT, STREAM_DLQ, SUBJECT_DLQ_PREFIX};
+use crate::telemetry::logs::chain;
 
+/// What the DLQ's readers get wrong. The text is short; the cause is the
+/// [`source`](std::error::Error::source): show [`chain`] to an operator.
 #[derive(Debug, thiserror::Error)]
 pub enum DlqStoreError {
     #[error("no DLQ entry with id {0}")]
     NotFound(u64),
     #[error("a replay needs a reason (what was fixed)")]
     NoReason,
-    #[error("DLQ entry {id}: {message}")]
-    Unreadable { id: u64, message: String },
-    #[error("NATS: {0}")]
-    Nats(String),
+    /// The payload does not open with the configured keys.
+    #[error("DLQ entry {id} cannot be opened")]
+    Unreadable {
+        id: u64,
+        #[source]
+        source: CryptoError,
+    },
+    /// A NATS call failed (what was being done, the client's error as the source).
+    #[error(transparent)]
+    Nats(#[from] NatsError),
 }
 
 /// One replay of an entry, kept for audit.
@@ -145,6 +154,9 @@ pub struct DlqStore {
     grouping: Option<crate::intake::Grouping>,
 }
 
+/// What a failed `get_stream(LEADS_DLQ)` was doing.
+const OPEN_STREAM: &str = "opening stream LEADS_DLQ";
+
 fn value(h: &HeaderMap, name: &str) -> Option<String> {
     h.get(name).map(|v| v.as_str().to_string())
 }
@@ -162,7 +174,7 @@ impl DlqStore {
         let audit = js
             .get_key_value(KV_DLQ_AUDIT)
             .await
-            .map_err(|e| DlqStoreError::Nats(e.to_string()))?;
+            .map_err(NatsError::during("opening bucket leads_dlq_audit"))?;
         Ok(DlqStore {
             js,
             audit,
@@ -215,7 +227,7 @@ impl DlqStore {
             .audit
             .entry(audit_key(id))
             .await
-            .map_err(|e| DlqStoreError::Nats(e.to_string()))?
+            .map_err(|e| NatsError::new(format!("reading the replays of DLQ entry {id}"), e))?
         {
             Some(e) if e.operation == kv::Operation::Put => Ok((
                 serde_json::from_slice(&e.value).unwrap_or_default(),
@@ -231,7 +243,7 @@ impl DlqStore {
             .js
             .get_stream(STREAM_DLQ)
             .await
-            .map_err(|e| DlqStoreError::Nats(e.to_string()))?;
+            .map_err(NatsError::during(OPEN_STREAM))?;
         let deliver_policy = match (filter.after_id, filter.since) {
             (Some(after), _) => consumer::DeliverPolicy::ByStartSequence {
                 start_sequence: after + 1,
@@ -252,7 +264,7 @@ impl DlqStore {
         let info = stream
             .get_info()
             .await
-            .map_err(|e| DlqStoreError::Nats(e.to_string()))?;
+            .map_err(NatsError::during("reading the info of stream LEADS_DLQ"))?;
         let mut out = Vec::new();
         if info.state.messages == 0 {
             return Ok(out);
@@ -266,11 +278,11 @@ impl DlqStore {
                 ..Default::default()
             })
             .await
-            .map_err(|e| DlqStoreError::Nats(e.to_string()))?;
+            .map_err(NatsError::during("creating a consumer to list the DLQ"))?;
         let mut msgs = c
             .messages()
             .await
-            .map_err(|e| DlqStoreError::Nats(e.to_string()))?;
+            .map_err(NatsError::during("listing the DLQ"))?;
         loop {
             let next = tokio::time::timeout(std::time::Duration::from_secs(2), msgs.next()).await;
             let Ok(Some(Ok(m))) = next else { break };
@@ -300,11 +312,11 @@ impl DlqStore {
     pub async fn get(&self, id: u64) -> Result<DlqEntry, DlqStoreError> {
         match self.get_with_payload(id).await {
             Ok((entry, _, _)) => Ok(entry),
-            Err(DlqStoreError::Unreadable { message, .. }) => {
+            Err(DlqStoreError::Unreadable { source, .. }) => {
                 let m = self.raw(id).await?;
                 let mut e = self.entry_from(id, &m.headers, stream_time(&m));
                 e.replays = self.replays(id).await?.0;
-                e.unreadable = Some(message);
+                e.unreadable = Some(chain(&source));
                 Ok(e)
             }
             Err(e) => Err(e),
@@ -316,7 +328,7 @@ impl DlqStore {
             .js
             .get_stream(STREAM_DLQ)
             .await
-            .map_err(|e| DlqStoreError::Nats(e.to_string()))?;
+            .map_err(NatsError::during(OPEN_STREAM))?;
         stream
             .get_raw_message(id)
             .await
@@ -335,10 +347,7 @@ impl DlqStore {
         let plain = self
             .keys
             .open(&key_id, &m.payload, dlq_id(e.original_seq).as_bytes())
-            .map_err(|err| DlqStoreError::Unreadable {
-                id,
-                message: err.to_string(),
-            })?;
+            .map_err(|source| DlqStoreError::Unreadable { id, source })?;
         let traceparent = value(&m.headers, header::TRACEPARENT);
         Ok((e, Bytes::from(plain), traceparent))
     }
@@ -361,7 +370,7 @@ impl DlqStore {
             Err(e) => {
                 return Ok(ReplayResult::Failed {
                     id,
-                    error: e.to_string(),
+                    error: chain(&e),
                 })
             }
         };
@@ -429,9 +438,9 @@ impl DlqStore {
             .js
             .publish_with_headers(subject, h, payload)
             .await
-            .map_err(|e| DlqStoreError::Nats(e.to_string()))?
+            .map_err(|e| NatsError::new(format!("republishing DLQ entry {id}"), e))?
             .await
-            .map_err(|e| DlqStoreError::Nats(e.to_string()))?;
+            .map_err(|e| NatsError::new(format!("republishing DLQ entry {id}"), e))?;
         let mark = ReplayMark {
             at: crate::timestamp::now(),
             reason: reason.to_string(),
@@ -450,30 +459,37 @@ impl DlqStore {
     }
 
     async fn record(&self, id: u64, mark: ReplayMark) -> Result<(), DlqStoreError> {
-        for _ in 0..8 {
+        const TRIES: u32 = 8;
+        let mut tries = 0;
+        loop {
+            tries += 1;
             let (mut marks, revision) = self.replays(id).await?;
             marks.push(mark.clone());
             let value = Bytes::from(serde_json::to_vec(&marks).unwrap_or_default());
-            let res = if revision == 0 {
+            let res: Result<u64, async_nats::Error> = if revision == 0 {
                 self.audit
                     .create(audit_key(id), value)
                     .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                    .map_err(Into::into)
             } else {
                 self.audit
                     .update(audit_key(id), value, revision)
                     .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                    .map_err(Into::into)
             };
-            if res.is_ok() {
-                return Ok(());
+            match res {
+                Ok(_) => return Ok(()),
+                // Lost a race with another replay of the entry (or NATS is away): read again.
+                Err(_) if tries < TRIES => {}
+                Err(source) => {
+                    return Err(NatsError::new(
+                        format!("could not record the replay of {id}"),
+                        source,
+                    )
+                    .into())
+                }
             }
         }
-        Err(DlqStoreError::Nats(format!(
-            "could not record the replay of {id}"
-        )))
     }
 
     /// Replays every entry matching `filter` (replayed ones are skipped unless the filter asks
@@ -505,7 +521,7 @@ impl DlqStore {
                     Ok(r) => r,
                     Err(err) => ReplayResult::Failed {
                         id: e.id,
-                        error: err.to_string(),
+                        error: chain(&err),
                     },
                 }
             };

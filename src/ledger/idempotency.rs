@@ -12,10 +12,36 @@ use async_nats::jetstream::kv;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+/// A read or write of `leads_idempotency` failed; the KV error is the source.
 #[derive(Debug, thiserror::Error)]
 pub enum IdempotencyError {
-    #[error("idempotency store: {0}")]
-    Store(String),
+    #[error("idempotency store: cannot read the record of {key}")]
+    Read {
+        key: String,
+        #[source]
+        source: kv::EntryError,
+    },
+    #[error("idempotency store: cannot create the record of {key}")]
+    Create {
+        key: String,
+        #[source]
+        source: kv::CreateError,
+    },
+    #[error("idempotency store: cannot update the record of {key}")]
+    Update {
+        key: String,
+        #[source]
+        source: kv::UpdateError,
+    },
+    #[error("idempotency store: cannot purge the record of {key}")]
+    Purge {
+        key: String,
+        #[source]
+        source: kv::PurgeError,
+    },
+    /// Every revision-checked write lost its race.
+    #[error("idempotency store: cannot mark {key} dead: contention")]
+    Contended { key: String },
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -139,7 +165,10 @@ impl Idempotency {
             .kv
             .entry(kv_key(key))
             .await
-            .map_err(|e| IdempotencyError::Store(e.to_string()))?;
+            .map_err(|source| IdempotencyError::Read {
+                key: key.to_string(),
+                source,
+            })?;
         Ok(entry.and_then(|e| {
             if e.operation != kv::Operation::Put {
                 return None;
@@ -175,7 +204,12 @@ impl Idempotency {
                             }))
                         }
                         Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => continue,
-                        Err(e) => return Err(IdempotencyError::Store(e.to_string())),
+                        Err(source) => {
+                            return Err(IdempotencyError::Create {
+                                key: key.to_string(),
+                                source,
+                            })
+                        }
                     }
                 }
                 Some((entry, revision)) => {
@@ -217,7 +251,12 @@ impl Idempotency {
                             }))
                         }
                         Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
-                        Err(e) => return Err(IdempotencyError::Store(e.to_string())),
+                        Err(source) => {
+                            return Err(IdempotencyError::Update {
+                                key: key.to_string(),
+                                source,
+                            })
+                        }
                     }
                 }
             }
@@ -231,7 +270,10 @@ impl Idempotency {
             .kv
             .update(kv_key(&held.key), encode(&held.entry), held.revision)
             .await
-            .map_err(|e| IdempotencyError::Store(e.to_string()))?;
+            .map_err(|source| IdempotencyError::Update {
+                key: held.key.clone(),
+                source,
+            })?;
         held.revision = revision;
         Ok(())
     }
@@ -306,30 +348,35 @@ impl Idempotency {
             entry.state = LeadState::Dead;
             entry.lease_until_ms = 0;
             entry.dlq = Some(dlq.clone());
+            // `Err(None)`: lost a race, read again.
             let res = if revision == 0 {
-                self.kv
-                    .create(kv_key(key), encode(&entry))
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.kind() == kv::CreateErrorKind::AlreadyExists)
+                match self.kv.create(kv_key(key), encode(&entry)).await {
+                    Ok(_) => Ok(()),
+                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Err(None),
+                    Err(source) => Err(Some(IdempotencyError::Create {
+                        key: key.to_string(),
+                        source,
+                    })),
+                }
             } else {
-                self.kv
-                    .update(kv_key(key), encode(&entry), revision)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.kind() == kv::UpdateErrorKind::WrongLastRevision)
+                match self.kv.update(kv_key(key), encode(&entry), revision).await {
+                    Ok(_) => Ok(()),
+                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(None),
+                    Err(source) => Err(Some(IdempotencyError::Update {
+                        key: key.to_string(),
+                        source,
+                    })),
+                }
             };
             match res {
                 Ok(()) => return Ok(()),
-                Err(true) => continue,
-                Err(false) => {
-                    return Err(IdempotencyError::Store(format!("cannot mark {key} dead")))
-                }
+                Err(None) => continue,
+                Err(Some(e)) => return Err(e),
             }
         }
-        Err(IdempotencyError::Store(format!(
-            "cannot mark {key} dead: contention"
-        )))
+        Err(IdempotencyError::Contended {
+            key: key.to_string(),
+        })
     }
 
     /// Expires a lease held by a handler that died, so its redelivery need not wait it out.
@@ -350,7 +397,10 @@ impl Idempotency {
         self.kv
             .purge(kv_key(key))
             .await
-            .map_err(|e| IdempotencyError::Store(e.to_string()))
+            .map_err(|source| IdempotencyError::Purge {
+                key: key.to_string(),
+                source,
+            })
     }
 }
 

@@ -110,7 +110,7 @@ pub fn record(
     tokio::spawn(async move {
         for (subject, value) in entries {
             if let Err(e) = client.publish(subject, value).await {
-                tracing::debug!(error = %e, "lead index entry not written");
+                tracing::debug!(error = %crate::telemetry::logs::chain(&e), "lead index entry not written");
                 return;
             }
         }
@@ -176,7 +176,21 @@ impl By {
     }
 }
 
+/// [`query`] with its error as one line of text (the error and its causes), for callers that
+/// answer with text.
 pub async fn indexed(js: &jetstream::Context, filter: &str) -> Result<Vec<IndexValue>, String> {
+    query(js, filter)
+        .await
+        .map_err(|e| crate::telemetry::logs::chain(&e))
+}
+
+/// The index entries matching `filter` (see [`By::filter`]), newest lead first, at most
+/// [`MAX_LEADS`].
+pub async fn query(
+    js: &jetstream::Context,
+    filter: &str,
+) -> Result<Vec<IndexValue>, crate::queue::NatsError> {
+    use crate::queue::NatsError;
     use futures::TryStreamExt;
     let stream = match js.get_stream(format!("KV_{KV_LEAD_INDEX}")).await {
         Ok(s) => s,
@@ -187,11 +201,11 @@ pub async fn indexed(js: &jetstream::Context, filter: &str) -> Result<Vec<IndexV
     let mut info = stream
         .info_with_subjects(filter)
         .await
-        .map_err(|e| format!("lead index: {e}"))?;
+        .map_err(NatsError::during("lead index: listing its subjects"))?;
     while let Some((subject, _)) = info
         .try_next()
         .await
-        .map_err(|e| format!("lead index: {e}"))?
+        .map_err(NatsError::during("lead index: listing its subjects"))?
     {
         subjects.push(subject);
         if subjects.len() >= 4 * MAX_LEADS {

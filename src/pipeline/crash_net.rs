@@ -19,6 +19,7 @@ use crate::ledger::idempotency::{Idempotency, LeadState};
 use crate::queue::message::{self, LeadHeaders};
 use crate::queue::pull::{pull_forever, Pull};
 use crate::queue::{STREAM_ADVISORIES, STREAM_LEADS};
+use crate::telemetry::logs::chain;
 
 pub const CONSUMER_NET: &str = "dlq-net";
 
@@ -155,7 +156,7 @@ async fn handle(
             true
         }
         Err(e) => {
-            tracing::error!(error = %e, "crash net could not write the DLQ; will retry");
+            tracing::error!(error = %chain(&e), "crash net could not write the DLQ; will retry");
             false
         }
     }

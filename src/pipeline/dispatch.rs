@@ -22,6 +22,7 @@ use super::events::{Emit, HandlerRestarted, LeadReceived};
 use super::handler::{self, Delivery, Outcome};
 use super::PoolDeps;
 use crate::queue::message::{self, LeadHeaders};
+use crate::telemetry::logs::chain;
 
 pub enum HandlerMsg {
     Run {
@@ -218,7 +219,7 @@ impl DispatchState {
             delivered: w.delivered,
         });
         if let Err(e) = sent {
-            tracing::error!(error = %e, handler = idx, "handler unreachable; message left for redelivery");
+            tracing::error!(error = %chain(&e), handler = idx, "handler unreachable; message left for redelivery");
         }
     }
 
@@ -234,7 +235,7 @@ impl DispatchState {
                 u32::try_from(i.delivered).unwrap_or(u32::MAX),
             ),
             Err(e) => {
-                tracing::warn!(error = %e, "message without JetStream metadata ignored");
+                tracing::warn!(error = %chain(&*e), "message without JetStream metadata ignored");
                 return;
             }
         };
@@ -503,7 +504,7 @@ impl Actor for Dispatcher {
         };
         HandlerRestarted {
             handler: idx,
-            error: &err,
+            error: &*err,
         }
         .emit(&state.deps.stats);
         // Its message was not acked. Free the lease it held and ask for the redelivery now

@@ -108,6 +108,9 @@ pub struct EnrichConfig {
 pub struct EnrichSetupError {
     pub key: &'static str,
     pub message: String,
+    /// What failed underneath (reading or opening the database), when something did.
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 /// What enrichment did or could not do to one lead. Flags are from [`flags`], in the order the
@@ -318,7 +321,7 @@ impl GeoIp {
             Err(e) => {
                 if !self.warned.swap(true, Ordering::Relaxed) {
                     // The address is not logged (PII); the error says what is wrong with the db.
-                    tracing::warn!(error = %e, "geo-IP lookup failed; leads get flag geoip_unavailable (logged once)");
+                    tracing::warn!(error = %crate::telemetry::logs::chain(&e), "geo-IP lookup failed; leads get flag geoip_unavailable (logged once)");
                 }
                 report.flag(flags::GEOIP_UNAVAILABLE);
                 return;
@@ -425,6 +428,7 @@ fn parse_region(raw: &str) -> Result<country::Id, EnrichSetupError> {
         message: format!(
             "`{raw}` is not an ISO 3166 alpha-2 region with phone number metadata (e.g. \"US\", \"GB\")"
         ),
+        source: None,
     }
     };
     let id: country::Id = code.parse().map_err(|_| invalid())?;
@@ -462,17 +466,19 @@ fn length_mask(meta: &Metadata) -> u64 {
 }
 
 fn open_geoip(path: &Path) -> Result<GeoIp, EnrichSetupError> {
-    let setup = |message: String| EnrichSetupError {
-        key: "geoip_db",
-        message,
-    };
-    let bytes =
-        std::fs::read(path).map_err(|e| setup(format!("cannot read {}: {e}", path.display())))?;
+    let setup =
+        |message: String, source: Box<dyn std::error::Error + Send + Sync>| EnrichSetupError {
+            key: "geoip_db",
+            message,
+            source: Some(source),
+        };
+    let bytes = std::fs::read(path)
+        .map_err(|e| setup(format!("cannot read {}", path.display()), e.into()))?;
     let reader = maxminddb::Reader::from_source(bytes).map_err(|e| {
-        setup(format!(
-            "{} is not a MaxMind DB (.mmdb) file: {e}",
-            path.display()
-        ))
+        setup(
+            format!("{} is not a MaxMind DB (.mmdb) file", path.display()),
+            e.into(),
+        )
     })?;
     let meta = reader.metadata();
     let database_type = meta.database_type.clone();
@@ -814,6 +820,13 @@ mod tests {
         let text = err.to_string();
         assert!(text.starts_with("config key `enrich.geoip_db`: "), "{text}");
         assert!(text.contains("/nonexistent/GeoLite2-City.mmdb"), "{text}");
+        // The I/O error is the source, not a copy of its text.
+        let io = err
+            .source
+            .as_deref()
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .expect("io source");
+        assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
     }
 
     #[test]

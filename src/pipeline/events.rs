@@ -14,6 +14,7 @@ use super::schema::SchemaError;
 use super::PipelineStats;
 use crate::dlq::{DlqError, Reason};
 use crate::sinks::SinkError;
+use crate::telemetry::logs::chain;
 use crate::telemetry::metrics::{metrics, replay_label, retry};
 
 const HANDLER: &str = "leadrouter::pipeline::handler";
@@ -76,7 +77,7 @@ impl Emit for LeadInvalid<'_> {
     fn emit(self, _: &PipelineStats) {
         metrics().stage("validate", "", self.took);
         // The error names the failing field and rule, never its value.
-        tracing::info!(target: HANDLER, stage = "validate", outcome = "invalid", error = %self.error, duration_ms = ms(self.took));
+        tracing::info!(target: HANDLER, stage = "validate", outcome = "invalid", error = %chain(self.error), duration_ms = ms(self.took));
     }
 }
 
@@ -154,7 +155,7 @@ impl Emit for SinkWriteFailed<'_> {
         metrics().stage("sink", self.sink, self.took);
         // The sink's words (often echoing the record) go to the log: the log writer masks any
         // personal data in them.
-        tracing::info!(target: HANDLER, stage = "sink", sink = %self.sink, outcome, class, error = %self.error, duration_ms = ms(self.took));
+        tracing::info!(target: HANDLER, stage = "sink", sink = %self.sink, outcome, class, error = %chain(self.error), duration_ms = ms(self.took));
         stats.bump();
     }
 }
@@ -219,7 +220,7 @@ static LAST_OUTAGE_WARN_MS: AtomicU64 = AtomicU64::new(0);
 /// A NATS KV store (`store`) could not be read or written: NAKed, no attempt spent.
 pub struct StoreUnavailable<'a> {
     pub store: &'static str,
-    pub error: &'a dyn std::fmt::Display,
+    pub error: &'a dyn std::error::Error,
 }
 
 impl Emit for StoreUnavailable<'_> {
@@ -233,9 +234,9 @@ impl Emit for StoreUnavailable<'_> {
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            tracing::warn!(target: HANDLER, error = %error, store, "NATS store unavailable; leads wait for it without spending attempts (next such warning in 10 s at the earliest)");
+            tracing::warn!(target: HANDLER, error = %chain(error), store, "NATS store unavailable; leads wait for it without spending attempts (next such warning in 10 s at the earliest)");
         } else {
-            tracing::debug!(target: HANDLER, error = %error, store, "NATS store unavailable");
+            tracing::debug!(target: HANDLER, error = %chain(error), store, "NATS store unavailable");
         }
         stats.bump();
     }
@@ -249,7 +250,7 @@ pub struct DlqUnavailable<'a> {
 impl Emit for DlqUnavailable<'_> {
     fn emit(self, stats: &PipelineStats) {
         count_retry(stats, retry::DLQ_UNAVAILABLE);
-        tracing::error!(target: HANDLER, error = %self.error, stage = "dlq", outcome = "retry", "DLQ unavailable; retrying instead of dropping");
+        tracing::error!(target: HANDLER, error = %chain(self.error), stage = "dlq", outcome = "retry", "DLQ unavailable; retrying instead of dropping");
         stats.bump();
     }
 }
@@ -355,13 +356,13 @@ impl Emit for CrashNetDeadLettered<'_> {
 /// A handler actor panicked; it is restarted and its message redelivered.
 pub struct HandlerRestarted<'a> {
     pub handler: usize,
-    pub error: &'a dyn std::fmt::Display,
+    pub error: &'a (dyn std::error::Error + Send + Sync),
 }
 
 impl Emit for HandlerRestarted<'_> {
     fn emit(self, stats: &PipelineStats) {
         stats.counters().handler_restarts.inc();
-        tracing::error!(target: DISPATCH, handler = self.handler, error = %self.error, "handler crashed; restarting it and redelivering its message");
+        tracing::error!(target: DISPATCH, handler = self.handler, error = %chain(self.error), "handler crashed; restarting it and redelivering its message");
         stats.bump();
     }
 }

@@ -27,6 +27,7 @@ use crate::intake::envelope::LeadEnvelope;
 use crate::ledger::idempotency::{Claim, Held};
 use crate::queue::message::{DecodeError, LeadHeaders, LeadMessage};
 use crate::sinks::{LeadRecord, SinkError, SinkOrdering};
+use crate::telemetry::logs::chain;
 use crate::telemetry::traces::{self, trace_span};
 
 /// How one delivery ended, for the dispatcher's per-group ordering.
@@ -66,9 +67,12 @@ pub async fn process(deps: &Arc<PoolDeps>, owner: &str, d: Delivery<'_>) -> Outc
             let sender = crate::queue::partition::sender_of(&msg.subject).to_string();
             let why = match e {
                 DecodeError::Body { source } => {
-                    format!("the stored message is not a lead envelope: {source}")
+                    format!(
+                        "the stored message is not a lead envelope: {}",
+                        chain(&source)
+                    )
                 }
-                other => format!("the stored message is not a lead: {other}"),
+                other => format!("the stored message is not a lead: {}", chain(&other)),
             };
             return dead_letter(
                 deps,
@@ -221,7 +225,7 @@ async fn handle_lead(
             &envelope.sender,
             key,
             reason,
-            &e.to_string(),
+            &chain(&e),
         )
         .await;
     }
@@ -312,11 +316,11 @@ async fn handle_lead(
             _ = tick.tick() => {
                 let _ = msg.ack_with(AckKind::Progress).await;
                 if let Err(e) = deps.parts.idem.renew(&mut held).await {
-                    tracing::warn!(error = %e, "lease renewal failed");
+                    tracing::warn!(error = %chain(&e), "lease renewal failed");
                 }
                 if let Some(f) = fenced.as_mut() {
                     if let Err(e) = deps.parts.fence.renew(f).await {
-                        tracing::warn!(error = %e, "fence lease renewal failed");
+                        tracing::warn!(error = %chain(&e), "fence lease renewal failed");
                     }
                 }
             }
@@ -326,7 +330,7 @@ async fn handle_lead(
     // next event must not wait for a lease.
     if let Some(f) = fenced.take() {
         if let Err(e) = deps.parts.fence.leave(f).await {
-            tracing::debug!(error = %e, "fence not released; its lease expires");
+            tracing::debug!(error = %chain(&e), "fence not released; its lease expires");
         }
     }
 
@@ -379,12 +383,12 @@ async fn handle_lead(
             &envelope.sender,
             key,
             Reason::SinkRejected,
-            &format!("{name}: {e}"),
+            &format!("{name}: {}", chain(&e)),
         )
         .await;
     }
     if let Some((name, e)) = transient {
-        let last_error = format!("{name}: {e}");
+        let last_error = format!("{name}: {}", chain(&e));
         if attempt >= deps.max_deliver {
             return dead_letter(
                 deps,
@@ -399,7 +403,7 @@ async fn handle_lead(
         }
         // Record the sinks that did confirm, so the retry goes to the failed ones only.
         if let Err(err) = deps.parts.idem.release(&mut held, Some(last_error)).await {
-            tracing::warn!(error = %err, "could not release the claim; the lease will expire");
+            tracing::warn!(error = %chain(&err), "could not release the claim; the lease will expire");
         }
         let delay = deps.backoff.delay(d.delivered, e.retry_after());
         LeadRetried {
@@ -412,10 +416,10 @@ async fn handle_lead(
 
     if let Err(e) = deps.parts.idem.mark_done(&mut held).await {
         // Every sink confirmed; a redelivery will find the sinks' own idempotency. Ack anyway.
-        tracing::warn!(error = %e, "could not mark the lead done");
+        tracing::warn!(error = %chain(&e), "could not mark the lead done");
     }
     if let Err(e) = msg.double_ack().await {
-        tracing::warn!(error = %e, "ack not confirmed; a redelivery will be a duplicate");
+        tracing::warn!(error = %chain(&*e), "ack not confirmed; a redelivery will be a duplicate");
     }
     let mut e2e = None;
     if let (Some(persisted), Ok(received)) = (
@@ -451,7 +455,7 @@ async fn duplicate(deps: &PoolDeps, msg: &jetstream::Message, key: &str) -> Outc
 
 async fn nak(msg: &jetstream::Message, delay: Duration) -> Outcome {
     if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
-        tracing::debug!(error = %e, "NAK failed; ack_wait will redeliver");
+        tracing::debug!(error = %chain(&*e), "NAK failed; ack_wait will redeliver");
     }
     Outcome::Retrying { after: delay }
 }
@@ -462,7 +466,7 @@ async fn term(deps: &PoolDeps, msg: &jetstream::Message, reason: &str) {
     if let Some(reply) = &msg.reply {
         let body = Bytes::from(format!("+TERM {reason}"));
         if let Err(e) = deps.parts.client.publish(reply.clone(), body).await {
-            tracing::warn!(error = %e, "TERM failed; the message will be redelivered and recognised as dead");
+            tracing::warn!(error = %chain(&e), "TERM failed; the message will be redelivered and recognised as dead");
         }
     }
 }
@@ -510,7 +514,7 @@ async fn dead_letter(
                     .mark_dead(h, Some(last_error.to_string()), dlq_id(d.seq))
                     .await
                 {
-                    tracing::warn!(error = %e, "could not record the dead letter in the idempotency store");
+                    tracing::warn!(error = %chain(&e), "could not record the dead letter in the idempotency store");
                 }
             }
             term(deps, d.msg, reason.as_str()).await;

@@ -32,6 +32,7 @@ use crate::backoff::Retries;
 use crate::queue::partition::{self, PRIORITY_GROUP};
 use crate::queue::pull::{pull_forever, Pull};
 use crate::queue::{KV_ROUTERS, STREAM_LEADS};
+use crate::telemetry::logs::chain;
 
 /// What the ownership loop needs from `[handlers]`.
 #[derive(Debug, Clone)]
@@ -210,7 +211,7 @@ pub async fn run(
             Ok(kv) => kv,
             Err(e) => {
                 let backoff = retries.failed();
-                tracing::warn!(error = %e, retry_in = ?backoff, "membership bucket unavailable");
+                tracing::warn!(error = %chain(&e), retry_in = ?backoff, "membership bucket unavailable");
                 tokio::select! {
                     _ = stop.changed() => break,
                     _ = tokio::time::sleep(backoff) => {}
@@ -222,7 +223,7 @@ pub async fn run(
             Ok(w) => w,
             Err(e) => {
                 let backoff = retries.failed();
-                tracing::warn!(error = %e, retry_in = ?backoff, "cannot watch the membership bucket yet");
+                tracing::warn!(error = %chain(&e), retry_in = ?backoff, "cannot watch the membership bucket yet");
                 tokio::select! {
                     _ = stop.changed() => break,
                     _ = tokio::time::sleep(backoff) => {}
@@ -258,7 +259,7 @@ pub async fn run(
                         }
                     }
                     Some(Err(e)) => {
-                        tracing::warn!(error = %e, "membership watch failed; re-watching");
+                        tracing::warn!(error = %chain(&e), "membership watch failed; re-watching");
                         continue 'session;
                     }
                     None => continue 'session,
@@ -271,7 +272,7 @@ pub async fn run(
                     };
                     match kv.put(&me, serde_json::to_vec(&record).unwrap_or_default().into()).await {
                         Ok(_) => last_put_ok = Instant::now(),
-                        Err(e) => tracing::debug!(error = %e, "membership heartbeat failed"),
+                        Err(e) => tracing::debug!(error = %chain(&e), "membership heartbeat failed"),
                     }
                     // Until our own first record came back through the watch, the list is
                     // not complete; and while our own records fail, NATS is away for us and
@@ -395,13 +396,13 @@ async fn ensure_bucket(
     js: &jetstream::Context,
     timeout: Duration,
     replicas: usize,
-) -> Result<kv::Store, String> {
+) -> Result<kv::Store, jetstream::context::CreateKeyValueError> {
     // Records age out a little after the timeout: a killed router's record does not linger.
     let max_age = timeout * 2;
     match js.get_key_value(KV_ROUTERS).await {
         Ok(kv) => Ok(kv),
-        Err(_) => js
-            .create_key_value(kv::Config {
+        Err(_) => {
+            js.create_key_value(kv::Config {
                 bucket: KV_ROUTERS.into(),
                 description: "leadrouter: live routers (partition membership)".into(),
                 history: 1,
@@ -411,7 +412,7 @@ async fn ensure_bucket(
                 ..Default::default()
             })
             .await
-            .map_err(|e| e.to_string()),
+        }
     }
 }
 
@@ -423,7 +424,7 @@ async fn unpin(js: &jetstream::Context, p: u16) {
         .unpin_consumer(&partition::consumer_name(p), PRIORITY_GROUP)
         .await
     {
-        tracing::debug!(partition = p, error = %e, "unpin");
+        tracing::debug!(partition = p, error = %chain(&e), "unpin");
     }
 }
 

@@ -21,6 +21,7 @@ use crate::queue::message::{self, LeadMessage};
 use crate::queue::partition::{self, LEGACY_FILTER};
 use crate::queue::pull::{pull_forever, Pull};
 use crate::queue::{CONSUMER_ROUTER, STREAM_LEADS};
+use crate::telemetry::logs::chain;
 
 pub fn consumer_config(ack_wait: Duration) -> consumer::pull::Config {
     consumer::pull::Config {
@@ -88,12 +89,12 @@ async fn move_one(js: &jetstream::Context, grouping: &Grouping, m: jetstream::Me
     match stored.await {
         Ok(_) => {
             if let Err(e) = m.double_ack().await {
-                tracing::debug!(seq, error = %e, "re-partitioned lead's ack not confirmed; its redelivery is deduplicated");
+                tracing::debug!(seq, error = %chain(&*e), "re-partitioned lead's ack not confirmed; its redelivery is deduplicated");
             }
             tracing::debug!(seq, subject = %subject, "lead re-partitioned");
         }
         Err(e) => {
-            tracing::warn!(seq, error = %e, "cannot re-partition a lead yet; retrying");
+            tracing::warn!(seq, error = %chain(&e), "cannot re-partition a lead yet; retrying");
             let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
         }
     }

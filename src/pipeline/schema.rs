@@ -42,6 +42,8 @@ use jsonschema::error::ValidationErrorKind;
 use jsonschema::{ValidationError, Validator};
 use serde_json::Value;
 
+use crate::telemetry::logs::chain;
+
 /// How many validation errors one [`SchemaError::Invalid`] lists; the rest are counted.
 pub const MAX_REPORTED_ERRORS: usize = 10;
 /// Default minimum time between two checks of the schema directory for changed files.
@@ -59,9 +61,47 @@ pub enum SchemaError {
     /// The fields do not match; `errors` are value-free `"path: keyword: message"` strings.
     #[error("lead does not match {schema}: {}", errors.join("; "))]
     Invalid { schema: String, errors: Vec<String> },
-    /// A schema file or the directory cannot be read, parsed or compiled; names the file.
-    #[error("{0}")]
-    Load(String),
+    /// Schema files or the directory cannot be read, parsed or compiled: every problem, each
+    /// naming its file, with its cause.
+    #[error("{}", problem_lines(.0))]
+    Load(Vec<LoadProblem>),
+}
+
+/// One schema file (or the directory) that did not load. The text names the file; the cause
+/// (the I/O, JSON or compile error) is the [`source`](std::error::Error::source).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadProblem {
+    #[error("schema directory {}", dir.display())]
+    Dir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("schema file {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("schema file {}: the name `{name}` is not a valid schema name ([a-z0-9._-]+)", path.display())]
+    BadName { path: PathBuf, name: String },
+    #[error("schema file {}: not JSON", path.display())]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("schema file {}: invalid schema", path.display())]
+    Compile {
+        path: PathBuf,
+        #[source]
+        source: ValidationError<'static>,
+    },
+}
+
+/// `SchemaError::Load`'s text: several problems (each with its cause) rather than one source.
+fn problem_lines(problems: &[LoadProblem]) -> String {
+    problems.iter().map(chain).collect::<Vec<_>>().join("; ")
 }
 
 /// The compiled schemas of one directory. `Send + Sync`: share it between handlers via `Arc`.
@@ -105,9 +145,9 @@ struct Stamp {
 #[derive(Default)]
 struct ScanResult {
     compiled: Vec<(String, Arc<Validator>, Stamp)>,
-    failed: Vec<(String, Stamp, String)>,
+    failed: Vec<(String, Stamp, LoadProblem)>,
     /// Problems that are not a single file's compile error (unreadable dir, bad file name).
-    problems: Vec<String>,
+    problems: Vec<LoadProblem>,
     seen: Vec<String>,
 }
 
@@ -126,9 +166,8 @@ impl SchemaRegistry {
             check_interval_ms: AtomicU64::new(duration_ms(DEFAULT_CHECK_INTERVAL)),
         };
         let scan = registry.scan_dir();
-        let errors = scan.error_messages();
-        if !errors.is_empty() {
-            return Err(SchemaError::Load(errors.join("; ")));
+        if scan.has_errors() {
+            return Err(SchemaError::Load(scan.into_problems()));
         }
         registry.apply(scan);
         registry.mark_checked();
@@ -187,13 +226,12 @@ impl SchemaRegistry {
         // A file that failed before and has not changed is still broken: report it again here,
         // since the caller explicitly asked.
         let scan = self.scan_dir_inner(true);
-        let errors = scan.error_messages();
-        self.apply(scan);
+        let errors = self.apply(scan);
         self.mark_checked();
         if errors.is_empty() {
             Ok(())
         } else {
-            Err(SchemaError::Load(errors.join("; ")))
+            Err(SchemaError::Load(errors))
         }
     }
 
@@ -256,10 +294,10 @@ impl SchemaRegistry {
         };
         let scan = self.scan_dir();
         for problem in &scan.problems {
-            tracing::error!(dir = %self.dir.display(), problem = %problem, "schema directory check failed; keeping the compiled schemas");
+            tracing::error!(dir = %self.dir.display(), problem = %chain(problem), "schema directory check failed; keeping the compiled schemas");
         }
-        for (name, _, message) in &scan.failed {
-            tracing::error!(schema = %name, error = %message, "changed schema file does not compile; keeping the previous version");
+        for (name, _, problem) in &scan.failed {
+            tracing::error!(schema = %name, error = %chain(problem), "changed schema file does not compile; keeping the previous version");
         }
         self.apply(scan);
     }
@@ -274,18 +312,22 @@ impl SchemaRegistry {
         let mut out = ScanResult::default();
         let entries = match fs::read_dir(&self.dir) {
             Ok(entries) => entries,
-            Err(e) => {
-                out.problems
-                    .push(format!("schema directory {}: {e}", self.dir.display()));
+            Err(source) => {
+                out.problems.push(LoadProblem::Dir {
+                    dir: self.dir.clone(),
+                    source,
+                });
                 return out;
             }
         };
         for entry in entries {
             let entry = match entry {
                 Ok(entry) => entry,
-                Err(e) => {
-                    out.problems
-                        .push(format!("schema directory {}: {e}", self.dir.display()));
+                Err(source) => {
+                    out.problems.push(LoadProblem::Dir {
+                        dir: self.dir.clone(),
+                        source,
+                    });
                     continue;
                 }
             };
@@ -304,9 +346,8 @@ impl SchemaRegistry {
             // target's stamp is what changes.
             let meta = match fs::metadata(&path) {
                 Ok(meta) => meta,
-                Err(e) => {
-                    out.problems
-                        .push(format!("schema file {}: {e}", path.display()));
+                Err(source) => {
+                    out.problems.push(LoadProblem::Read { path, source });
                     continue;
                 }
             };
@@ -314,10 +355,10 @@ impl SchemaRegistry {
                 continue;
             }
             if !is_valid_schema_name(name) {
-                out.problems.push(format!(
-                    "schema file {}: the name `{name}` is not a valid schema name ([a-z0-9._-]+)",
-                    path.display()
-                ));
+                out.problems.push(LoadProblem::BadName {
+                    path,
+                    name: name.to_owned(),
+                });
                 continue;
             }
             out.seen.push(name.to_owned());
@@ -334,21 +375,19 @@ impl SchemaRegistry {
                     continue;
                 }
             }
-            match compile_file(&path) {
+            match compile_file(path) {
                 Ok(validator) => out
                     .compiled
                     .push((name.to_owned(), Arc::new(validator), stamp)),
-                Err(message) => out.failed.push((
-                    name.to_owned(),
-                    stamp,
-                    format!("schema file {}: {message}", path.display()),
-                )),
+                Err(problem) => out.failed.push((name.to_owned(), stamp, problem)),
             }
         }
         out
     }
 
-    fn apply(&self, scan: ScanResult) {
+    /// Applies what compiled; returns the problems of the scan (directory problems first).
+    fn apply(&self, scan: ScanResult) -> Vec<LoadProblem> {
+        let mut problems = scan.problems;
         let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
         for (name, validator, stamp) in scan.compiled {
             let replaced = state.compiled.insert(
@@ -364,11 +403,13 @@ impl SchemaRegistry {
                 tracing::info!(schema = %name, "schema file changed; recompiled");
             }
         }
-        for (name, stamp, _) in scan.failed {
-            state.failed.insert(name, stamp);
-        }
         // Only trust the listing for deletions if it was complete.
-        if scan.problems.is_empty() {
+        let listing_complete = problems.is_empty();
+        for (name, stamp, problem) in scan.failed {
+            state.failed.insert(name, stamp);
+            problems.push(problem);
+        }
+        if listing_complete {
             for (name, entry) in state.compiled.iter_mut() {
                 let present = scan.seen.iter().any(|s| s == name);
                 if !present && !entry.gone {
@@ -377,16 +418,20 @@ impl SchemaRegistry {
                 entry.gone = !present;
             }
         }
+        problems
     }
 }
 
 impl ScanResult {
-    fn error_messages(&self) -> Vec<String> {
-        self.problems
-            .iter()
-            .cloned()
-            .chain(self.failed.iter().map(|(_, _, m)| m.clone()))
-            .collect()
+    fn has_errors(&self) -> bool {
+        !self.problems.is_empty() || !self.failed.is_empty()
+    }
+
+    /// Directory problems first, then the files that failed to compile.
+    fn into_problems(self) -> Vec<LoadProblem> {
+        let mut out = self.problems;
+        out.extend(self.failed.into_iter().map(|(_, _, p)| p));
+        out
     }
 }
 
@@ -401,16 +446,22 @@ pub fn is_valid_schema_name(name: &str) -> bool {
             .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
 }
 
-fn compile_file(path: &Path) -> Result<Validator, String> {
-    let text = fs::read_to_string(path).map_err(|e| e.to_string())?;
-    let schema: Value = serde_json::from_str(&text).map_err(|e| format!("not JSON: {e}"))?;
+fn compile_file(path: PathBuf) -> Result<Validator, LoadProblem> {
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(source) => return Err(LoadProblem::Read { path, source }),
+    };
+    let schema: Value = match serde_json::from_str(&text) {
+        Ok(schema) => schema,
+        Err(source) => return Err(LoadProblem::Json { path, source }),
+    };
     // The draft comes from `$schema` (2020-12 when absent). Formats are asserted explicitly:
     // 2019-09 and later only annotate them by default. Without the resolve-http/resolve-file
     // features, a remote `$ref` fails here, at load, rather than at validation.
     jsonschema::options()
         .should_validate_formats(true)
         .build(&schema)
-        .map_err(|e| format!("invalid schema: {e}"))
+        .map_err(|source| LoadProblem::Compile { path, source })
 }
 
 /// One value-free error line. `Required` names the missing property in the path, since that is
@@ -612,11 +663,19 @@ mod tests {
         fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
         let err = SchemaRegistry::load(dir.path()).err().expect("load fails");
         let text = err.to_string();
-        assert!(matches!(err, SchemaError::Load(_)));
         assert!(
-            text.contains("bad.json") && text.contains("not JSON"),
+            text.contains("bad.json") && text.contains("not JSON: key must be a string"),
             "{text}"
         );
+        // The parse error itself is kept, typed, not only its text.
+        let SchemaError::Load(problems) = &err else {
+            panic!("{err:?}")
+        };
+        assert!(
+            matches!(&problems[..], [LoadProblem::Json { path, .. }] if path.ends_with("bad.json")),
+            "{problems:?}"
+        );
+        assert!(std::error::Error::source(&problems[0]).is_some());
 
         fs::write(dir.path().join("bad.json"), r#"{"type": "no-such-type"}"#).unwrap();
         let text = SchemaRegistry::load(dir.path()).err().unwrap().to_string();

@@ -27,15 +27,19 @@ pub struct Backlog {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("reading the backlog of {STREAM_LEADS}: {0}")]
-pub struct BacklogError(String);
+pub enum BacklogError {
+    #[error("reading the backlog of {STREAM_LEADS}: cannot open the stream")]
+    Stream(#[source] jetstream::context::GetStreamError),
+    #[error("reading the backlog of {STREAM_LEADS}: no handler consumer exists yet")]
+    NoConsumer,
+}
 
 /// Reads every partition's consumer info; consumers not created yet count as empty.
 pub async fn read(js: &jetstream::Context, partitions: u16) -> Result<Backlog, BacklogError> {
     let stream = js
         .get_stream_no_info(STREAM_LEADS)
         .await
-        .map_err(|e| BacklogError(e.to_string()))?;
+        .map_err(BacklogError::Stream)?;
     let mut b = Backlog::default();
     let mut oldest: Option<u64> = None;
     let names = (0..partitions)
@@ -78,7 +82,7 @@ pub async fn read(js: &jetstream::Context, partitions: u16) -> Result<Backlog, B
         }
     }
     if !any {
-        return Err(BacklogError("no handler consumer exists yet".into()));
+        return Err(BacklogError::NoConsumer);
     }
     b.oldest_unacked = oldest.map(Duration::from_millis);
     Ok(b)

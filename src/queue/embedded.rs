@@ -17,25 +17,28 @@ use tokio::sync::watch;
 
 use crate::backoff::Retries;
 use crate::config::StoreKey;
+use crate::telemetry::logs::chain;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedError {
-    #[error("cannot prepare {path}: {source}")]
+    #[error("cannot prepare {}", path.display())]
     Io {
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
     #[error("nats config template {0} not found (nats.embedded.template_dir)")]
     Template(PathBuf),
-    #[error("cannot start nats-server {binary}: {source}")]
+    #[error("cannot start nats-server {}", binary.display())]
     Spawn {
         binary: PathBuf,
+        #[source]
         source: std::io::Error,
     },
     #[error("nats-server did not become ready within {timeout:?}; last log lines:\n{log}")]
     NotReady { timeout: Duration, log: String },
-    #[error("embedded nats-server supervisor: {0}")]
-    Actor(String),
+    #[error("embedded nats-server supervisor")]
+    Actor(#[source] ractor::SpawnErr),
     #[error("a store key is set but the nats config template {0} has no {{{{jetstream_encryption}}}} placeholder inside its jetstream block; add it (see nats/nats-server.conf.tmpl) or unset the key")]
     TemplateLacksEncryption(PathBuf),
 }
@@ -103,8 +106,11 @@ pub struct ChildStatus {
 }
 
 pub enum SupervisorMsg {
-    /// The child with this pid exited.
-    Exited { pid: u32, status: String },
+    /// The child with this pid exited (or could not be waited for).
+    Exited {
+        pid: u32,
+        status: std::io::Result<std::process::ExitStatus>,
+    },
     /// Start a new child (after a backoff delay).
     Restart,
 }
@@ -135,8 +141,12 @@ impl EmbeddedNats {
         let (actor, handle) = Actor::spawn(None, NatsSupervisor, (spec, tx))
             .await
             .map_err(|e| match e {
-                ractor::SpawnErr::StartupFailed(inner) => EmbeddedError::Actor(inner.to_string()),
-                other => EmbeddedError::Actor(other.to_string()),
+                // The supervisor's start-up is `spawn_child`: its own error, as it was.
+                ractor::SpawnErr::StartupFailed(inner) => match inner.downcast::<EmbeddedError>() {
+                    Ok(ours) => *ours,
+                    Err(other) => EmbeddedError::Actor(ractor::SpawnErr::StartupFailed(other)),
+                },
+                other => EmbeddedError::Actor(other),
             })?;
         Ok(EmbeddedNats {
             actor,
@@ -301,10 +311,7 @@ async fn spawn_child(spec: &EmbeddedSpec) -> Result<Child, EmbeddedError> {
 fn watch_child(mut child: Child, myself: ActorRef<SupervisorMsg>) -> Option<u32> {
     let pid = child.id()?;
     tokio::spawn(async move {
-        let status = match child.wait().await {
-            Ok(s) => s.to_string(),
-            Err(e) => e.to_string(),
-        };
+        let status = child.wait().await;
         let _ = myself.cast(SupervisorMsg::Exited { pid, status });
     });
     Some(pid)
@@ -349,7 +356,14 @@ impl Actor for NatsSupervisor {
                     return Ok(());
                 }
                 let backoff = state.restarts.failed();
-                tracing::error!(pid, %status, ?backoff, "embedded nats-server exited; restarting");
+                match &status {
+                    Ok(status) => {
+                        tracing::error!(pid, %status, ?backoff, "embedded nats-server exited; restarting")
+                    }
+                    Err(e) => {
+                        tracing::error!(pid, status = %chain(e), ?backoff, "embedded nats-server exited; restarting")
+                    }
+                }
                 state.status.send_modify(|s| s.running = false);
                 myself.send_after(backoff, || SupervisorMsg::Restart);
             }
@@ -366,7 +380,7 @@ impl Actor for NatsSupervisor {
                 }
                 Err(e) => {
                     let backoff = state.restarts.failed();
-                    tracing::error!(error = %e, ?backoff, "embedded nats-server restart failed");
+                    tracing::error!(error = %chain(&e), ?backoff, "embedded nats-server restart failed");
                     myself.send_after(backoff, || SupervisorMsg::Restart);
                 }
             },

@@ -64,7 +64,7 @@ pub mod header {
 pub enum DecodeError {
     #[error("`{subject}` is not a lead subject (`leads.in.{{sender}}` or `leads.in.{{sender}}.{{partition}}`)")]
     Subject { subject: String },
-    #[error("not a lead envelope: {source}")]
+    #[error("not a lead envelope")]
     Body {
         #[source]
         source: serde_json::Error,
@@ -388,10 +388,10 @@ mod tests {
         assert!(std::error::Error::source(&err).is_some());
         let err =
             LeadMessage::decode("leads.in.demo.1", None, br#"{"sender":"demo"}"#).unwrap_err();
-        assert!(
-            err.to_string().starts_with("not a lead envelope: "),
-            "{err}"
-        );
+        assert_eq!(err.to_string(), "not a lead envelope");
+        let text = crate::telemetry::logs::chain(&err);
+        assert!(text.starts_with("not a lead envelope: "), "{text}");
+        assert!(text.contains("missing field"), "{text}");
         let body = serde_json::to_vec(&envelope()).unwrap();
         for subject in ["leads.dlq.demo", "leads.in.demo.x", "leads.in."] {
             let err = LeadMessage::decode(subject, None, &body).unwrap_err();

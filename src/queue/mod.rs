@@ -9,6 +9,8 @@ pub mod provision;
 pub mod pull;
 pub mod topology;
 
+use std::borrow::Cow;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -45,17 +47,76 @@ pub const CONSUMER_ROUTER: &str = "router";
 /// Stream metadata key recording the partition count the stream was set up with.
 pub const META_PARTITIONS: &str = "leadrouter.partitions";
 
+/// A NATS or JetStream call that failed: what leadrouter was doing (the text), and the
+/// client's own error (the [`source`](std::error::Error::source)). For errors that gather calls
+/// of many kinds (a DLQ listing reads a stream, its info, a consumer and its messages); where one
+/// call kind maps to one variant, that variant holds the concrete async-nats error instead.
+#[derive(Debug, thiserror::Error)]
+#[error("NATS: {what}")]
+pub struct NatsError {
+    what: Cow<'static, str>,
+    #[source]
+    source: async_nats::Error,
+}
+
+impl NatsError {
+    pub fn new(
+        what: impl Into<Cow<'static, str>>,
+        source: impl Into<async_nats::Error>,
+    ) -> NatsError {
+        NatsError {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+
+    /// For `map_err`: `.map_err(NatsError::during("reading stream LEADS_DLQ"))`.
+    pub fn during<E: Into<async_nats::Error>>(
+        what: impl Into<Cow<'static, str>>,
+    ) -> impl FnOnce(E) -> NatsError {
+        let what = what.into();
+        move |source| NatsError::new(what, source)
+    }
+
+    /// What was being done, without the cause.
+    pub fn what(&self) -> &str {
+        &self.what
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
-    #[error("cannot connect to NATS at {url}: {source}")]
+    #[error("cannot connect to NATS at {url}")]
     Connect {
         url: String,
+        #[source]
         source: async_nats::ConnectError,
     },
     #[error("nats config key `{key}`: {message}")]
     Credentials { key: &'static str, message: String },
+    #[error("nats config key `nats.creds_file`: cannot load {}", path.display())]
+    CredsFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("nats config key `nats.url`: `{url}` is not a NATS server address")]
+    Url {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The streams or buckets are not as leadrouter needs them, and JetStream cannot be made to
+    /// agree (the message says which setting and what to do).
     #[error("JetStream topology: {0}")]
     Topology(String),
+    /// A JetStream call made while creating or reconciling the topology failed.
+    #[error("JetStream topology: {what}")]
+    Jetstream {
+        what: String,
+        #[source]
+        source: async_nats::Error,
+    },
 }
 
 /// Connects to `url` (one URL or a comma-separated list) with the credentials the config names.
@@ -108,9 +169,9 @@ pub async fn connect(
         opts = opts
             .credentials_file(path)
             .await
-            .map_err(|e| QueueError::Credentials {
-                key: "nats.creds_file",
-                message: format!("{}: {e}", path.display()),
+            .map_err(|source| QueueError::CredsFile {
+                path: path.clone(),
+                source,
             })?;
     }
     if cfg.tls_required {
@@ -131,12 +192,15 @@ pub async fn connect(
     }
     let addrs: Vec<async_nats::ServerAddr> = url
         .split(',')
-        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
-        .collect::<Result<_, _>>()
-        .map_err(|e| QueueError::Credentials {
-            key: "nats.url",
-            message: e.to_string(),
-        })?;
+        .map(|u| {
+            u.trim()
+                .parse::<async_nats::ServerAddr>()
+                .map_err(|source| QueueError::Url {
+                    url: u.trim().to_string(),
+                    source,
+                })
+        })
+        .collect::<Result<_, _>>()?;
     opts.connect(addrs)
         .await
         .map_err(|source| QueueError::Connect {
@@ -156,8 +220,8 @@ pub struct Publisher {
 pub enum PublishFailure {
     #[error("JetStream did not acknowledge within {0:?}")]
     Timeout(Duration),
-    #[error("JetStream publish failed: {0}")]
-    Nats(String),
+    #[error("JetStream publish failed")]
+    Nats(#[source] jetstream::context::PublishError),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -197,8 +261,8 @@ impl Publisher {
                 .js
                 .publish_with_headers(subject, headers, payload)
                 .await
-                .map_err(|e| PublishFailure::Nats(e.to_string()))?;
-            ack.await.map_err(|e| PublishFailure::Nats(e.to_string()))
+                .map_err(PublishFailure::Nats)?;
+            ack.await.map_err(PublishFailure::Nats)
         };
         match tokio::time::timeout(self.timeout, fut).await {
             Ok(Ok(ack)) => Ok(Stored {

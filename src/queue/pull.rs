@@ -13,7 +13,9 @@ use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
 use tokio::sync::watch;
 
+use super::NatsError;
 use crate::backoff::Retries;
+use crate::telemetry::logs::chain;
 
 /// How to pull.
 #[derive(Debug, Clone)]
@@ -49,11 +51,14 @@ pub async fn pull_forever<F, Fut>(
             return;
         }
         let attempt = async {
-            let s = js.get_stream(stream).await.map_err(|e| e.to_string())?;
+            let s = js
+                .get_stream(stream)
+                .await
+                .map_err(NatsError::during("opening the stream"))?;
             let c: consumer::PullConsumer = s
                 .create_consumer(config.clone())
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(NatsError::during("creating the consumer"))?;
             let mut b = c.stream();
             if let Some(g) = pull.group {
                 b = b.group(g);
@@ -63,7 +68,7 @@ pub async fn pull_forever<F, Fut>(
                 .expires(pull.expires)
                 .messages()
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(NatsError::during("starting to pull"))
         };
         let attempt = tokio::select! {
             _ = stop.changed() => return,
@@ -76,7 +81,7 @@ pub async fn pull_forever<F, Fut>(
             }
             Err(e) => {
                 let backoff = retries.failed();
-                tracing::debug!(consumer = %pull.what, error = %e, retry_in = ?backoff, "cannot consume yet");
+                tracing::debug!(consumer = %pull.what, error = %chain(&e), retry_in = ?backoff, "cannot consume yet");
                 tokio::select! {
                     _ = stop.changed() => return,
                     _ = tokio::time::sleep(backoff) => {}
@@ -96,7 +101,7 @@ pub async fn pull_forever<F, Fut>(
                     }
                 }
                 Some(Err(e)) => {
-                    tracing::debug!(consumer = %pull.what, error = %e, "pull error; re-subscribing");
+                    tracing::debug!(consumer = %pull.what, error = %chain(&e), "pull error; re-subscribing");
                     break;
                 }
                 None => break,

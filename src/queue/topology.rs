@@ -106,11 +106,11 @@ pub async fn ensure_partitions(
     let mut stream = js
         .get_stream(STREAM_LEADS)
         .await
-        .map_err(|e| QueueError::Topology(format!("{LABEL}: {e}")))?;
+        .map_err(failed(LABEL.to_string()))?;
     let mut have = stream
         .info()
         .await
-        .map_err(|e| QueueError::Topology(format!("{LABEL}: info: {e}")))?
+        .map_err(failed(format!("{LABEL}: info")))?
         .config
         .clone();
     let want = partitions.to_string();
@@ -124,7 +124,7 @@ pub async fn ensure_partitions(
             have.metadata.insert(META_PARTITIONS.into(), want);
             js.update_stream(have)
                 .await
-                .map_err(|e| QueueError::Topology(format!("{LABEL}: update: {e}")))?;
+                .map_err(failed(format!("{LABEL}: update")))?;
             Ok(Change::Updated(LABEL, vec![format!("partitions -> {partitions}")]))
         }
     }
@@ -139,17 +139,17 @@ async fn ensure_stream(
         Ok(mut s) => Some(
             s.info()
                 .await
-                .map_err(|e| QueueError::Topology(format!("{label}: info: {e}")))?
+                .map_err(failed(format!("{label}: info")))?
                 .config
                 .clone(),
         ),
         Err(e) if is_not_found(&e) => None,
-        Err(e) => return Err(QueueError::Topology(format!("{label}: {e}"))),
+        Err(e) => return Err(failed(label.to_string())(e)),
     };
     let Some(have) = existing else {
         js.create_stream(want)
             .await
-            .map_err(|e| QueueError::Topology(format!("{label}: create: {e}")))?;
+            .map_err(failed(format!("{label}: create")))?;
         return Ok(Change::Created(label));
     };
     if have.storage != want.storage {
@@ -200,12 +200,10 @@ async fn ensure_stream(
     next.max_age = want.max_age;
     next.duplicate_window = want.duplicate_window;
     next.num_replicas = want.num_replicas;
-    js.update_stream(next).await.map_err(|e| {
-        QueueError::Topology(format!(
-            "{label}: JetStream refused the change ({}): {e}",
-            diffs.join(", ")
-        ))
-    })?;
+    js.update_stream(next).await.map_err(failed(format!(
+        "{label}: JetStream refused the change ({})",
+        diffs.join(", ")
+    )))?;
     Ok(Change::Updated(label, diffs))
 }
 
@@ -214,10 +212,7 @@ async fn ensure_kv(js: &jetstream::Context, cfg: &StreamsConfig) -> Result<Chang
     match js.get_key_value(KV_IDEMPOTENCY).await {
         Ok(store) => {
             let mut s = store.stream.clone();
-            let info = s
-                .info()
-                .await
-                .map_err(|e| QueueError::Topology(format!("{LABEL}: info: {e}")))?;
+            let info = s.info().await.map_err(failed(format!("{LABEL}: info")))?;
             let mut have = info.config.clone();
             if have.max_age == cfg.idempotency_ttl && have.num_replicas == cfg.replicas {
                 return Ok(Change::Unchanged(LABEL));
@@ -231,7 +226,7 @@ async fn ensure_kv(js: &jetstream::Context, cfg: &StreamsConfig) -> Result<Chang
             have.num_replicas = cfg.replicas;
             js.update_stream(have)
                 .await
-                .map_err(|e| QueueError::Topology(format!("{LABEL}: update: {e}")))?;
+                .map_err(failed(format!("{LABEL}: update")))?;
             Ok(Change::Updated(LABEL, diffs))
         }
         Err(_) => {
@@ -245,7 +240,7 @@ async fn ensure_kv(js: &jetstream::Context, cfg: &StreamsConfig) -> Result<Chang
                 ..Default::default()
             })
             .await
-            .map_err(|e| QueueError::Topology(format!("{LABEL}: create: {e}")))?;
+            .map_err(failed(format!("{LABEL}: create")))?;
             Ok(Change::Created(LABEL))
         }
     }
@@ -282,7 +277,7 @@ async fn ensure_index(js: &jetstream::Context, cfg: &StreamsConfig) -> Result<Ch
     let mut have = s
         .info()
         .await
-        .map_err(|e| QueueError::Topology(format!("{LABEL}: info: {e}")))?
+        .map_err(failed(format!("{LABEL}: info")))?
         .config
         .clone();
     if have.max_age == cfg.max_age {
@@ -296,7 +291,7 @@ async fn ensure_index(js: &jetstream::Context, cfg: &StreamsConfig) -> Result<Ch
     have.max_age = cfg.max_age;
     js.update_stream(have)
         .await
-        .map_err(|e| QueueError::Topology(format!("{LABEL}: update: {e}")))?;
+        .map_err(failed(format!("{LABEL}: update")))?;
     Ok(Change::Updated(LABEL, diffs))
 }
 
@@ -336,8 +331,16 @@ pub(crate) async fn ensure_bucket(
         ..Default::default()
     })
     .await
-    .map_err(|e| QueueError::Topology(format!("{label}: create: {e}")))?;
+    .map_err(failed(format!("{label}: create")))?;
     Ok(Change::Created(label))
+}
+
+/// For `map_err` on a JetStream call: the call's error, kept whole as the source.
+fn failed<E: Into<async_nats::Error>>(what: String) -> impl FnOnce(E) -> QueueError {
+    move |e| QueueError::Jetstream {
+        what,
+        source: e.into(),
+    }
 }
 
 fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {

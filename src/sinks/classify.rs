@@ -102,17 +102,20 @@ pub(crate) fn classify_status(
             class: class::RATE_LIMITED,
             message,
             retry_after: retry_after(),
+            source: None,
         },
         408 => SinkError::Transient {
             class: class::TIMEOUT,
             message,
             retry_after: retry_after(),
+            source: None,
         },
         500..=599 => SinkError::Transient {
             class: class::HTTP_5XX,
             message,
             // 503 often carries Retry-After too; honour it when present.
             retry_after: retry_after(),
+            source: None,
         },
         400..=499 => SinkError::permanent(class::HTTP_4XX, message),
         300..=399 => SinkError::permanent(
@@ -172,7 +175,7 @@ pub(crate) fn http_client(
         .user_agent(concat!("leadrouter/", env!("CARGO_PKG_VERSION")))
         .pool_idle_timeout(Duration::from_secs(60))
         .build()
-        .map_err(|e| SinkBuildError::new(index, "", format!("cannot build HTTP client: {e}")))
+        .map_err(|e| SinkBuildError::new(index, "", "cannot build HTTP client").with_source(e))
 }
 
 /// Checks that `url` is an absolute http(s) URL; `key` names it in the error.
@@ -181,8 +184,9 @@ pub(crate) fn parse_http_url(
     key: &str,
     url: &str,
 ) -> Result<reqwest::Url, SinkBuildError> {
-    let u = reqwest::Url::parse(url.trim())
-        .map_err(|e| SinkBuildError::new(index, key, format!("`{url}` is not a URL: {e}")))?;
+    let u = reqwest::Url::parse(url.trim()).map_err(|e| {
+        SinkBuildError::new(index, key, format!("`{url}` is not a URL")).with_source(e)
+    })?;
     if u.scheme() != "http" && u.scheme() != "https" {
         return Err(SinkBuildError::new(
             index,

@@ -400,6 +400,9 @@ pub fn validate_configs(sinks: &[SinkConfig]) -> Result<(), SinkBuildError> {
 pub struct SinkBuildError {
     pub key: String,
     pub message: String,
+    /// What failed underneath (a file that cannot be opened, a URL that does not parse).
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 impl SinkBuildError {
@@ -413,6 +416,29 @@ impl SinkBuildError {
         SinkBuildError {
             key,
             message: message.into(),
+            source: None,
         }
+    }
+
+    /// `message` followed by the cause, for callers that keep only the text next to `key`
+    /// (config validation reports `key` and this).
+    pub fn detail(&self) -> String {
+        match &self.source {
+            Some(cause) => format!(
+                "{}: {}",
+                self.message,
+                crate::telemetry::logs::chain(cause.as_ref())
+            ),
+            None => self.message.clone(),
+        }
+    }
+
+    /// The same error, keeping `cause` as its source.
+    pub fn with_source(
+        mut self,
+        cause: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        self.source = Some(cause.into());
+        self
     }
 }

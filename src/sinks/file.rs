@@ -110,7 +110,7 @@ impl FileSink {
     ) -> Result<FileSink, SinkBuildError> {
         let path = spec.resolve(&ctx.data_dir);
         let err = |what: &str, e: std::io::Error| {
-            SinkBuildError::new(index, "path", format!("{what} {}: {e}", path.display()))
+            SinkBuildError::new(index, "path", format!("{what} {}", path.display())).with_source(e)
         };
         if let Some(dir) = path.parent() {
             tokio::fs::create_dir_all(dir)
@@ -248,11 +248,11 @@ impl Sink for FileSink {
             Err(e) => {
                 // Part of the line may be in the file; the next one starts on a fresh line.
                 st.needs_newline = true;
-                tracing::warn!(sink = %self.name, path = %self.path.display(), error = %e, "append failed");
-                Err(SinkError::transient(
-                    class::IO,
-                    format!("cannot append: {}", e.kind()),
-                ))
+                tracing::warn!(sink = %self.name, path = %self.path.display(), error = %crate::telemetry::logs::chain(&e), "append failed");
+                Err(
+                    SinkError::transient(class::IO, format!("cannot append: {}", e.kind()))
+                        .with_source(e),
+                )
             }
         }
     }

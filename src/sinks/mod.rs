@@ -112,6 +112,10 @@ pub mod class {
     pub const TOO_LARGE: &str = "too_large";
 }
 
+/// A sink's verdict on one lead. `message` is written for the operator (it is stored as the
+/// lead's last error): a status and a short reason, never lead data or a URL. `source`, when
+/// set, is the client error underneath (safe to show: never a reqwest error, whose text carries
+/// the URL); render [`chain`](crate::telemetry::logs::chain) wherever the verdict is stored.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SinkError {
     #[error("{class}: {message}")]
@@ -119,11 +123,15 @@ pub enum SinkError {
         class: &'static str,
         message: String,
         retry_after: Option<Duration>,
+        #[source]
+        source: Option<Arc<dyn std::error::Error + Send + Sync>>,
     },
     #[error("{class}: {message}")]
     Permanent {
         class: &'static str,
         message: String,
+        #[source]
+        source: Option<Arc<dyn std::error::Error + Send + Sync>>,
     },
 }
 
@@ -147,13 +155,27 @@ impl SinkError {
             class,
             message: message.into(),
             retry_after: None,
+            source: None,
         }
     }
     pub fn permanent(class: &'static str, message: impl Into<String>) -> SinkError {
         SinkError::Permanent {
             class,
             message: message.into(),
+            source: None,
         }
+    }
+    /// The same verdict, keeping `cause` as its source.
+    pub fn with_source(
+        mut self,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> SinkError {
+        match &mut self {
+            SinkError::Transient { source, .. } | SinkError::Permanent { source, .. } => {
+                *source = Some(Arc::new(cause));
+            }
+        }
+        self
     }
     /// The short text without the class prefix.
     pub fn message(&self) -> &str {

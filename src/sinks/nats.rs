@@ -143,7 +143,7 @@ fn headers(lead: &LeadRecord) -> async_nats::HeaderMap {
     h
 }
 
-fn classify_js(err: &async_nats::jetstream::context::PublishError) -> SinkError {
+fn classify_js(err: async_nats::jetstream::context::PublishError) -> SinkError {
     use async_nats::jetstream::context::PublishErrorKind as K;
     match err.kind() {
         K::TimedOut => SinkError::transient(class::TIMEOUT, "no PubAck in time"),
@@ -157,7 +157,7 @@ fn classify_js(err: &async_nats::jetstream::context::PublishError) -> SinkError 
             SinkError::permanent(class::CONFIG, format!("publish refused: {}", err.kind()))
         }
         K::BrokenPipe | K::MaxAckPending | K::Other => {
-            SinkError::transient(class::CONNECT, format!("publish failed: {}", err.kind()))
+            SinkError::transient(class::CONNECT, "publish failed").with_source(err)
         }
     }
 }
@@ -182,7 +182,7 @@ impl Sink for NatsSink {
                 })
                 .await
                 .map_err(|_| SinkError::transient(class::TIMEOUT, "no PubAck in time"))?
-                .map_err(|e| classify_js(&e))?;
+                .map_err(classify_js)?;
                 if ack.duplicate {
                     tracing::debug!(sink = %self.name, key = %lead.key, "stream already held this key");
                 }
@@ -196,13 +196,13 @@ impl Sink for NatsSink {
                     .publish_with_headers(subject, headers(lead), payload)
                     .await
                     .map_err(|e| {
-                        SinkError::transient(class::CONNECT, format!("publish failed: {e}"))
+                        SinkError::transient(class::CONNECT, "publish failed").with_source(e)
                     })?;
                 tokio::time::timeout(timeout, self.client.flush())
                     .await
                     .map_err(|_| SinkError::transient(class::TIMEOUT, "flush timed out"))?
                     .map_err(|e| {
-                        SinkError::transient(class::CONNECT, format!("flush failed: {e}"))
+                        SinkError::transient(class::CONNECT, "flush failed").with_source(e)
                     })?;
                 Ok(Delivered {
                     persisted_at: SystemTime::now(),

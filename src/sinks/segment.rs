@@ -124,9 +124,14 @@ impl SegmentSink {
     ) -> Result<SegmentSink, SinkBuildError> {
         let write_key = ctx.secret(index, "write_key_env", &spec.write_key_env)?;
         let join = |p: &str| {
-            spec.endpoint
-                .join(p)
-                .map_err(|e| SinkBuildError::new(index, "endpoint", e.to_string()))
+            spec.endpoint.join(p).map_err(|e| {
+                SinkBuildError::new(
+                    index,
+                    "endpoint",
+                    format!("cannot make the `{p}` URL from it"),
+                )
+                .with_source(e)
+            })
         };
         let basic = base64::engine::general_purpose::STANDARD.encode(format!("{write_key}:"));
         let mut auth = HeaderValue::from_str(&format!("Basic {basic}")).map_err(|_| {

@@ -58,11 +58,12 @@ pub use crate::__leadrouter_trace_span as trace_span;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TracesError {
-    #[error("OTLP exporter for {endpoint} ({protocol}): {message}")]
+    #[error("OTLP exporter for {endpoint} ({protocol})")]
     Exporter {
         endpoint: String,
         protocol: &'static str,
-        message: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("traces were already set up in this process")]
     AlreadySetUp,
@@ -87,10 +88,10 @@ pub fn init(cfg: &TelemetryConfig) -> Result<Option<Traces>, TracesError> {
         return Ok(None);
     };
     let protocol = cfg.otlp_protocol;
-    let err = |message: String| TracesError::Exporter {
+    let err = |source: Box<dyn std::error::Error + Send + Sync>| TracesError::Exporter {
         endpoint: endpoint.clone(),
         protocol: protocol.as_str(),
-        message,
+        source,
     };
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| TracesError::NoRuntime)?;
     let exporter = match protocol {
@@ -107,7 +108,7 @@ pub fn init(cfg: &TelemetryConfig) -> Result<Option<Traces>, TracesError> {
             b.build()
         }
         OtlpProtocol::HttpProtobuf => {
-            let client = RuntimeHttpClient::new(runtime).map_err(|e| err(e.to_string()))?;
+            let client = RuntimeHttpClient::new(runtime).map_err(|e| err(e.into()))?;
             opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
@@ -116,7 +117,7 @@ pub fn init(cfg: &TelemetryConfig) -> Result<Option<Traces>, TracesError> {
                 .build()
         }
     }
-    .map_err(|e| err(e.to_string()))?;
+    .map_err(|e| err(e.into()))?;
     let sampler = if cfg.sample_ratio >= 1.0 {
         Sampler::AlwaysOn
     } else {
@@ -164,8 +165,12 @@ impl Traces {
         });
         match tokio::time::timeout(Duration::from_secs(6), done).await {
             Ok(Ok(Ok(()))) => tracing::debug!("traces flushed"),
-            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "traces not fully flushed at shutdown"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "traces not fully flushed at shutdown"),
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(error = %crate::telemetry::logs::chain(&e), "traces not fully flushed at shutdown")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %crate::telemetry::logs::chain(&e), "traces not fully flushed at shutdown")
+            }
             Err(_) => tracing::warn!("traces not flushed within 6 s at shutdown"),
         }
     }
