@@ -8,7 +8,7 @@ use std::error::Error;
 /// A cause whose text the line already holds is left out, so an error that still writes its
 /// source into its own message (many library errors do, async-nats' among them) is not said
 /// twice; its own causes are still followed.
-pub fn chain(err: &dyn Error) -> String {
+pub fn chain<E: Error + ?Sized>(err: &E) -> String {
     let mut line = err.to_string();
     let mut next = err.source();
     while let Some(cause) = next {
@@ -78,5 +78,29 @@ mod tests {
     fn anyhow_contexts_are_part_of_the_chain() {
         let e = anyhow::Error::new(io()).context("loading config/x.toml");
         assert_eq!(chain(&*e), "loading config/x.toml: no such file");
+    }
+
+    #[test]
+    fn chain_joins_the_causes_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("reading the DLQ stream")]
+        struct Outer(#[source] Middle);
+        #[derive(Debug, thiserror::Error)]
+        #[error("request failed: {0}")]
+        struct Middle(#[source] std::io::Error);
+
+        let io = || std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out");
+        // The middle error prints its own source too: it appears once.
+        assert_eq!(
+            chain(&Outer(Middle(io()))),
+            "reading the DLQ stream: request failed: timed out"
+        );
+        assert_eq!(chain(&io()), "timed out");
+        // Boxed errors (async_nats::Error, ractor's ActorProcessingErr) work through a deref.
+        let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(Outer(Middle(io())));
+        assert_eq!(
+            chain(&*boxed),
+            "reading the DLQ stream: request failed: timed out"
+        );
     }
 }

@@ -59,7 +59,7 @@ where
             Err(e) => {
                 // Out of file descriptors and the like: wait for some to close instead of
                 // spinning (what hyper 0.14's listener did).
-                tracing::error!(error = %crate::telemetry::logs::chain(&e), "accept failed");
+                tracing::error!(error = %crate::error_chain::chain(&e), "accept failed");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
@@ -72,7 +72,7 @@ where
             let conn = builder.serve_connection(TokioIo::new(stream), svc);
             if let Err(e) = watcher.watch(conn).await {
                 // Clients that hang up mid-request are routine, not the server's failure.
-                tracing::debug!(error = %crate::telemetry::logs::chain(&*e), "connection ended with an error");
+                tracing::debug!(error = %crate::error_chain::chain(&*e), "connection ended with an error");
             }
         });
     }

@@ -237,7 +237,7 @@ impl Config {
             ));
         }
         crate::sinks::validate_configs(&self.sinks)
-            .map_err(|e| ConfigError::invalid(e.key, e.message))?;
+            .map_err(|e| ConfigError::invalid(e.key.clone(), e.detail()))?;
         self.dlq.validate().map_err(ConfigError::DlqKeys)?;
         self.telemetry.validate()?;
         let mut seen = HashSet::new();

@@ -983,7 +983,7 @@ mod tests {
         assert!(err
             .to_string()
             .ends_with(&format!("cannot read file {}", dir.path().display())));
-        let text = crate::telemetry::logs::chain(&err);
+        let text = crate::error_chain::chain(&err);
         assert!(
             text.len() > err.to_string().len() + 2,
             "the cause follows: {text}"

@@ -215,7 +215,7 @@ pub async fn check_keys(
 ) -> Result<Vec<String>, String> {
     verify_keys(js, ring)
         .await
-        .map_err(|e| crate::telemetry::logs::chain(&e))
+        .map_err(|e| crate::error_chain::chain(&e))
 }
 
 /// Verifies every key of the ring against its key-check record in `leads_dlq_keys`, writing

@@ -16,11 +16,11 @@ use serde::{Deserialize, Serialize};
 
 use super::crypto::{CryptoError, KeyRing};
 use super::dlq_id;
+use crate::error_chain::chain;
 use crate::ledger::idempotency::{Idempotency, LeadState};
 use crate::queue::message::header::{self, dlq as hdr};
 use crate::queue::message::{self, LeadHeaders, Replay};
 use crate::queue::{NatsError, KV_DLQ_AUDIT, STREAM_DLQ, SUBJECT_DLQ_PREFIX};
-use crate::telemetry::logs::chain;
 
 /// What the DLQ's readers get wrong. The text is short; the cause is the
 /// [`source`](std::error::Error::source): show [`chain`] to an operator.

@@ -110,7 +110,7 @@ pub fn record(
     tokio::spawn(async move {
         for (subject, value) in entries {
             if let Err(e) = client.publish(subject, value).await {
-                tracing::debug!(error = %crate::telemetry::logs::chain(&e), "lead index entry not written");
+                tracing::debug!(error = %crate::error_chain::chain(&e), "lead index entry not written");
                 return;
             }
         }
@@ -181,7 +181,7 @@ impl By {
 pub async fn indexed(js: &jetstream::Context, filter: &str) -> Result<Vec<IndexValue>, String> {
     query(js, filter)
         .await
-        .map_err(|e| crate::telemetry::logs::chain(&e))
+        .map_err(|e| crate::error_chain::chain(&e))
 }
 
 /// The index entries matching `filter` (see [`By::filter`]), newest lead first, at most

@@ -15,11 +15,11 @@ use tokio::sync::watch;
 use super::events::{CrashNetDeadLettered, Emit};
 use super::PipelineStats;
 use crate::dlq::{dlq_id, DeadLetter, DlqWriter, Reason};
+use crate::error_chain::chain;
 use crate::ledger::idempotency::{Idempotency, LeadState};
 use crate::queue::message::{self, LeadHeaders};
 use crate::queue::pull::{pull_forever, Pull};
 use crate::queue::{STREAM_ADVISORIES, STREAM_LEADS};
-use crate::telemetry::logs::chain;
 
 pub const CONSUMER_NET: &str = "dlq-net";
 

@@ -21,8 +21,8 @@ use tokio::sync::oneshot;
 use super::events::{Emit, HandlerRestarted, LeadReceived};
 use super::handler::{self, Delivery, Outcome};
 use super::PoolDeps;
+use crate::error_chain::chain;
 use crate::queue::message::{self, LeadHeaders};
-use crate::telemetry::logs::chain;
 
 pub enum HandlerMsg {
     Run {

@@ -321,7 +321,7 @@ impl GeoIp {
             Err(e) => {
                 if !self.warned.swap(true, Ordering::Relaxed) {
                     // The address is not logged (PII); the error says what is wrong with the db.
-                    tracing::warn!(error = %crate::telemetry::logs::chain(&e), "geo-IP lookup failed; leads get flag geoip_unavailable (logged once)");
+                    tracing::warn!(error = %crate::error_chain::chain(&e), "geo-IP lookup failed; leads get flag geoip_unavailable (logged once)");
                 }
                 report.flag(flags::GEOIP_UNAVAILABLE);
                 return;

@@ -13,8 +13,8 @@ use std::time::Duration;
 use super::schema::SchemaError;
 use super::PipelineStats;
 use crate::dlq::{DlqError, Reason};
+use crate::error_chain::chain;
 use crate::sinks::SinkError;
-use crate::telemetry::logs::chain;
 use crate::telemetry::metrics::{metrics, replay_label, retry};
 
 const HANDLER: &str = "leadrouter::pipeline::handler";

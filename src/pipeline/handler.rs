@@ -23,11 +23,11 @@ use super::events::{
 use super::fence::Gate;
 use super::PoolDeps;
 use crate::dlq::{dlq_id, DeadLetter, Reason};
+use crate::error_chain::chain;
 use crate::intake::envelope::LeadEnvelope;
 use crate::ledger::idempotency::{Claim, Held};
 use crate::queue::message::{DecodeError, LeadHeaders, LeadMessage};
 use crate::sinks::{LeadRecord, SinkError, SinkOrdering};
-use crate::telemetry::logs::chain;
 use crate::telemetry::traces::{self, trace_span};
 
 /// How one delivery ended, for the dispatcher's per-group ordering.

@@ -29,10 +29,10 @@ use tokio::sync::{oneshot, watch};
 
 use super::dispatch::DispatchMsg;
 use crate::backoff::Retries;
+use crate::error_chain::chain;
 use crate::queue::partition::{self, PRIORITY_GROUP};
 use crate::queue::pull::{pull_forever, Pull};
 use crate::queue::{KV_ROUTERS, STREAM_LEADS};
-use crate::telemetry::logs::chain;
 
 /// What the ownership loop needs from `[handlers]`.
 #[derive(Debug, Clone)]

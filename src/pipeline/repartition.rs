@@ -16,12 +16,12 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, AckKind};
 use tokio::sync::watch;
 
+use crate::error_chain::chain;
 use crate::intake::Grouping;
 use crate::queue::message::{self, LeadMessage};
 use crate::queue::partition::{self, LEGACY_FILTER};
 use crate::queue::pull::{pull_forever, Pull};
 use crate::queue::{CONSUMER_ROUTER, STREAM_LEADS};
-use crate::telemetry::logs::chain;
 
 pub fn consumer_config(ack_wait: Duration) -> consumer::pull::Config {
     consumer::pull::Config {

@@ -42,7 +42,7 @@ use jsonschema::error::ValidationErrorKind;
 use jsonschema::{ValidationError, Validator};
 use serde_json::Value;
 
-use crate::telemetry::logs::chain;
+use crate::error_chain::chain;
 
 /// How many validation errors one [`SchemaError::Invalid`] lists; the rest are counted.
 pub const MAX_REPORTED_ERRORS: usize = 10;

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::backoff::Retries;
 use crate::config::StoreKey;
-use crate::telemetry::logs::chain;
+use crate::error_chain::chain;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedError {

@@ -8,7 +8,7 @@ use async_nats::jetstream;
 use tokio::sync::watch;
 
 use super::STREAM_DLQ;
-use crate::telemetry::logs::chain;
+use crate::error_chain::chain;
 use crate::telemetry::metrics::metrics;
 
 /// How often the queue gauges are refreshed from the consumers' info.

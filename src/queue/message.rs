@@ -389,7 +389,7 @@ mod tests {
         let err =
             LeadMessage::decode("leads.in.demo.1", None, br#"{"sender":"demo"}"#).unwrap_err();
         assert_eq!(err.to_string(), "not a lead envelope");
-        let text = crate::telemetry::logs::chain(&err);
+        let text = crate::error_chain::chain(&err);
         assert!(text.starts_with("not a lead envelope: "), "{text}");
         assert!(text.contains("missing field"), "{text}");
         let body = serde_json::to_vec(&envelope()).unwrap();

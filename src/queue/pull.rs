@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use super::NatsError;
 use crate::backoff::Retries;
-use crate::telemetry::logs::chain;
+use crate::error_chain::chain;
 
 /// How to pull.
 #[derive(Debug, Clone)]

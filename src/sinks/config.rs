@@ -427,7 +427,7 @@ impl SinkBuildError {
             Some(cause) => format!(
                 "{}: {}",
                 self.message,
-                crate::telemetry::logs::chain(cause.as_ref())
+                crate::error_chain::chain(cause.as_ref())
             ),
             None => self.message.clone(),
         }

@@ -248,7 +248,7 @@ impl Sink for FileSink {
             Err(e) => {
                 // Part of the line may be in the file; the next one starts on a fresh line.
                 st.needs_newline = true;
-                tracing::warn!(sink = %self.name, path = %self.path.display(), error = %crate::telemetry::logs::chain(&e), "append failed");
+                tracing::warn!(sink = %self.name, path = %self.path.display(), error = %crate::error_chain::chain(&e), "append failed");
                 Err(
                     SinkError::transient(class::IO, format!("cannot append: {}", e.kind()))
                         .with_source(e),

@@ -257,7 +257,7 @@ impl Sink for HttpSink {
         let remote_id = match resp.bytes().await {
             Ok(b) => remote_id(&b),
             Err(e) => {
-                tracing::warn!(sink = %self.name, key = %lead.key, error = %crate::telemetry::logs::chain(&e.without_url()), "answer body unreadable");
+                tracing::warn!(sink = %self.name, key = %lead.key, error = %crate::error_chain::chain(&e.without_url()), "answer body unreadable");
                 None
             }
         };

@@ -115,7 +115,7 @@ pub mod class {
 /// A sink's verdict on one lead. `message` is written for the operator (it is stored as the
 /// lead's last error): a status and a short reason, never lead data or a URL. `source`, when
 /// set, is the client error underneath (safe to show: never a reqwest error, whose text carries
-/// the URL); render [`chain`](crate::telemetry::logs::chain) wherever the verdict is stored.
+/// the URL); render [`chain`](crate::error_chain::chain) wherever the verdict is stored.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SinkError {
     #[error("{class}: {message}")]

@@ -104,31 +104,6 @@ impl Drop for MaskedEvent {
     }
 }
 
-/// An error and its causes on one line, for whatever is logged, stored or shown to an operator:
-/// the error's own text, then each [`source`](std::error::Error::source) joined with `": "`.
-///
-/// Our errors keep their own text short and leave the cause to `source()`, so `err.to_string()`
-/// alone says *what* failed but not *why*; log fields (`error = %chain(&e)`), DLQ `last_error`s
-/// and API answers use this instead. A cause whose text is already in the line is skipped:
-/// some libraries (async-nats, ractor) print their source inside their own message as well.
-pub fn chain<E: std::error::Error + ?Sized>(err: &E) -> String {
-    use std::fmt::Write as _;
-    let mut line = String::new();
-    let _ = write!(line, "{err}");
-    let mut next = err.source();
-    while let Some(cause) = next {
-        let text = cause.to_string();
-        if !text.is_empty() && !line.contains(text.as_str()) {
-            if !line.is_empty() {
-                line.push_str(": ");
-            }
-            line.push_str(&text);
-        }
-        next = cause.source();
-    }
-    line
-}
-
 /// Masks the string values (and PII-named numbers) of JSON text, keeping everything else as
 /// written: key order, numbers, escapes.
 pub fn mask_json_lines(s: &str) -> String {
@@ -273,30 +248,6 @@ mod tests {
         }
         let v: Value = serde_json::from_str(text.trim()).expect(&text);
         assert_eq!(v["level"], "WARN");
-    }
-
-    #[test]
-    fn chain_joins_the_causes_once() {
-        #[derive(Debug, thiserror::Error)]
-        #[error("reading the DLQ stream")]
-        struct Outer(#[source] Middle);
-        #[derive(Debug, thiserror::Error)]
-        #[error("request failed: {0}")]
-        struct Middle(#[source] std::io::Error);
-
-        let io = || std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out");
-        // The middle error prints its own source too: it appears once.
-        assert_eq!(
-            chain(&Outer(Middle(io()))),
-            "reading the DLQ stream: request failed: timed out"
-        );
-        assert_eq!(chain(&io()), "timed out");
-        // Boxed errors (async_nats::Error, ractor's ActorProcessingErr) work through a deref.
-        let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(Outer(Middle(io())));
-        assert_eq!(
-            chain(&*boxed),
-            "reading the DLQ stream: request failed: timed out"
-        );
     }
 
     #[test]

@@ -590,7 +590,7 @@ fn status_str(status: u16) -> &'static str {
 fn encode(registry: &Registry) -> String {
     let mut buf = Vec::new();
     if let Err(e) = TextEncoder::new().encode(&registry.gather(), &mut buf) {
-        tracing::warn!(error = %super::logs::chain(&e), "metrics encoding failed");
+        tracing::warn!(error = %crate::error_chain::chain(&e), "metrics encoding failed");
     }
     String::from_utf8(buf).unwrap_or_default()
 }

@@ -166,10 +166,10 @@ impl Traces {
         match tokio::time::timeout(Duration::from_secs(6), done).await {
             Ok(Ok(Ok(()))) => tracing::debug!("traces flushed"),
             Ok(Ok(Err(e))) => {
-                tracing::warn!(error = %crate::telemetry::logs::chain(&e), "traces not fully flushed at shutdown")
+                tracing::warn!(error = %crate::error_chain::chain(&e), "traces not fully flushed at shutdown")
             }
             Ok(Err(e)) => {
-                tracing::warn!(error = %crate::telemetry::logs::chain(&e), "traces not fully flushed at shutdown")
+                tracing::warn!(error = %crate::error_chain::chain(&e), "traces not fully flushed at shutdown")
             }
             Err(_) => tracing::warn!("traces not flushed within 6 s at shutdown"),
         }

@@ -56,7 +56,7 @@ impl DirectPassThrough {
         let http = reqwest::Client::builder()
             .timeout(CRM_TIMEOUT)
             .build()
-            .map_err(|e| DrillError::Setup(format!("baseline HTTP client: {e}")))?;
+            .map_err(|e| DrillError::start("baseline HTTP client", e))?;
         let shared = Arc::new(Shared {
             crm_url: format!("{}/leads", crm_url.trim_end_matches('/')),
             http,
@@ -64,10 +64,10 @@ impl DirectPassThrough {
         });
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
-            .map_err(|e| DrillError::Setup(format!("baseline listener: {e}")))?;
+            .map_err(|e| DrillError::start("baseline listener", e))?;
         let addr = listener
             .local_addr()
-            .map_err(|e| DrillError::Setup(format!("baseline listener: {e}")))?;
+            .map_err(|e| DrillError::start("baseline listener", e))?;
         let mut me = DirectPassThrough {
             addr,
             shared,
@@ -96,7 +96,7 @@ impl DirectPassThrough {
         }
         let listener = TcpListener::bind(self.addr)
             .await
-            .map_err(|e| DrillError::Setup(format!("baseline listener {}: {e}", self.addr)))?;
+            .map_err(|e| DrillError::start(format!("baseline listener {}", self.addr), e))?;
         self.task = Some(tokio::spawn(accept_loop(listener, self.shared.clone())));
         Ok(())
     }
@@ -197,7 +197,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
         ),
         Err(e) => answer(
             StatusCode::BAD_GATEWAY,
-            json!({"error": "crm", "why": e.to_string()}),
+            json!({"error": "crm", "why": crate::error_chain::chain(&e)}),
         ),
     }
 }
@@ -237,7 +237,7 @@ pub(super) async fn run_direct(
 ) -> Result<RunReport, DrillError> {
     let crm = SandboxCrm::start(([127, 0, 0, 1], 0).into())
         .await
-        .map_err(|e| DrillError::Setup(e.to_string()))?;
+        .map_err(|e| DrillError::start("sandbox CRM", e))?;
     // The seed sent no idempotency key: every POST is a new record.
     crm.set_idempotency(IdempotencyMode::Ignore);
     let crm = Arc::new(crm);
@@ -249,10 +249,10 @@ pub(super) async fn run_direct(
         vec![format!("whsec_{}", base64_of(&random_hex(24)))],
         Duration::from_secs(300),
     )
-    .map_err(|e| DrillError::Setup(format!("signing: {e}")))?;
+    .map_err(|e| DrillError::start("signing", e))?;
     let vendor = Arc::new(
         Vendor::new(vec![server.url()], verifier, opts.vendor.clone())
-            .map_err(|e| DrillError::Setup(format!("vendor HTTP client: {e}")))?,
+            .map_err(|e| DrillError::start("vendor HTTP client", e))?,
     );
     let counters = vendor.counters.clone();
     let mut target = Direct { server };

@@ -68,14 +68,14 @@ impl Nats {
     pub(super) async fn drill_client(&self) -> Option<jetstream::Context> {
         let client = match self {
             Nats::Embedded => return None,
-            Nats::Cluster(c) => c.client().await.map_err(|e| e.to_string()),
+            Nats::Cluster(c) => c.client().await.map_err(|e| crate::error_chain::chain(&e)),
             Nats::External(_) | Nats::Shared(_) => {
                 let url = self.url().unwrap_or_default();
                 async_nats::ConnectOptions::new()
                     .connection_timeout(NATS_REQUEST_TIMEOUT)
                     .connect(url.as_str())
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| crate::error_chain::chain(&e))
             }
         };
         match client {

@@ -192,7 +192,7 @@ fn router_dir(work: &Path, single: bool, i: usize) -> PathBuf {
 
 /// The assets the router's config points at, from the checkout the drill runs in.
 fn checkout_dirs() -> Result<(PathBuf, PathBuf), DrillError> {
-    let cwd = std::env::current_dir().map_err(|e| DrillError::Setup(e.to_string()))?;
+    let cwd = std::env::current_dir().map_err(|e| DrillError::start("the working directory", e))?;
     let tmpl = cwd.join("nats");
     let schemas = cwd.join("config/schemas");
     if !tmpl.join("nats-server.conf.tmpl").is_file() || !schemas.join("lead.v1.json").is_file() {
@@ -214,7 +214,7 @@ pub(super) async fn run_leadrouter(
     let (tmpl, schemas) = checkout_dirs()?;
     let crm = SandboxCrm::start(([127, 0, 0, 1], 0).into())
         .await
-        .map_err(|e| DrillError::Setup(e.to_string()))?;
+        .map_err(|e| DrillError::start("sandbox CRM", e))?;
     crm.set_idempotency(IdempotencyMode::Honor);
     let crm = Arc::new(crm);
     let single = opts.single_router();
@@ -238,7 +238,7 @@ pub(super) async fn run_leadrouter(
     ]);
     let nats = fleet::start_nats(opts, work, ui).await?;
     let nats_url = nats.url();
-    let exe = std::env::current_exe().map_err(|e| DrillError::Setup(e.to_string()))?;
+    let exe = std::env::current_exe().map_err(|e| DrillError::start("the leadrouter binary", e))?;
     let mut routers = Vec::with_capacity(n);
     let mut cfgs = Vec::with_capacity(n);
     for (i, ports) in picked.chunks_exact(3).enumerate() {
@@ -353,7 +353,7 @@ pub(super) async fn run_leadrouter(
         .iter()
         .map(|c| AdminClient::from_config(c, &env))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| DrillError::Dlq(e.to_string()))?;
+        .map_err(DrillError::Dlq)?;
     let drain_started = Instant::now();
     let dlq = drain(
         &admins,

@@ -14,12 +14,9 @@ impl From<HarnessError> for DrillError {
             HarnessError::NotReady { what, waited, log } => {
                 DrillError::NotReady { what, waited, log }
             }
-            HarnessError::Spawn { exe, source } => DrillError::Spawn {
-                exe,
-                why: source.to_string(),
-            },
+            HarnessError::Spawn { exe, source } => DrillError::Spawn { exe, source },
             HarnessError::Io { path, source } => DrillError::Io { path, source },
-            other => DrillError::Setup(other.to_string()),
+            other => DrillError::Harness(other),
         }
     }
 }
