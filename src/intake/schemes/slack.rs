@@ -1,5 +1,7 @@
 //! Slack: `X-Slack-Signature: v0=<hex>` over `v0:{timestamp}:{body}`, with the timestamp in unix
-//! seconds in `X-Slack-Request-Timestamp`.
+//! seconds in `X-Slack-Request-Timestamp`. The shape (a hex MAC in one header over
+//! `{version}{timestamp}:{body}`, the timestamp in another) is defined here once as
+//! [`TimestampHeaderMac`]; Webflow is the same shape with no version and milliseconds.
 
 use std::time::Duration;
 
@@ -11,29 +13,43 @@ use super::keys::{HmacSha256, Keys, Secret};
 use super::timestamp::Unit;
 use super::{Encoding, Request, Scheme, SchemeError, SignInput, Signed, VerifyError};
 
-const SIGNATURE: &str = "X-Slack-Signature";
-const TIMESTAMP: &str = "X-Slack-Request-Timestamp";
-const PREFIX: &str = "v0=";
-const UNIT: Unit = Unit::Secs;
-
-fn signed_content(mac: &mut HmacSha256, timestamp: &str, body: &[u8]) {
-    mac.update(b"v0:");
-    mac.update(timestamp.as_bytes());
-    mac.update(b":");
-    mac.update(body);
+/// A hex MAC in `signature` (after `prefix`) over `{version}{timestamp}:{body}`, with the
+/// timestamp in `unit`s in the `timestamp` header.
+pub(super) struct TimestampHeaderMac {
+    pub signature: &'static str,
+    pub prefix: &'static str,
+    pub timestamp: &'static str,
+    pub unit: Unit,
+    pub version: &'static [u8],
+    /// The malformed-timestamp message, naming the header and its unit.
+    pub not_a_timestamp: &'static str,
 }
 
-pub(super) struct Slack;
+pub(super) const SLACK: TimestampHeaderMac = TimestampHeaderMac {
+    signature: "X-Slack-Signature",
+    prefix: "v0=",
+    timestamp: "X-Slack-Request-Timestamp",
+    unit: Unit::Secs,
+    version: b"v0:",
+    not_a_timestamp: "X-Slack-Request-Timestamp is not unix seconds",
+};
 
-impl Scheme for Slack {
+impl TimestampHeaderMac {
+    fn signed_content(&self, mac: &mut HmacSha256, timestamp: &str, body: &[u8]) {
+        mac.update(self.version);
+        mac.update(timestamp.as_bytes());
+        mac.update(b":");
+        mac.update(body);
+    }
+}
+
+impl Scheme for TimestampHeaderMac {
     fn verify(&self, keys: &Keys, req: &Request<'_>) -> Result<Option<Duration>, VerifyError> {
-        let sig = prefixed(req.headers, SIGNATURE, PREFIX, Encoding::Hex)?;
-        let (ts, at) = UNIT.read(
-            req.headers,
-            TIMESTAMP,
-            "X-Slack-Request-Timestamp is not unix seconds",
-        )?;
-        keys.check_mac(&[sig], |m| signed_content(m, ts, req.body))?;
+        let sig = prefixed(req.headers, self.signature, self.prefix, Encoding::Hex)?;
+        let (ts, at) = self
+            .unit
+            .read(req.headers, self.timestamp, self.not_a_timestamp)?;
+        keys.check_mac(&[sig], |m| self.signed_content(m, ts, req.body))?;
         Ok(Some(at))
     }
 
@@ -43,14 +59,14 @@ impl Scheme for Slack {
         input: &SignInput<'_>,
         since_epoch: Duration,
     ) -> Result<Signed, SchemeError> {
-        let ts = UNIT.format(since_epoch);
-        let sig = key.mac(|m| signed_content(m, &ts, input.body));
+        let ts = self.unit.format(since_epoch);
+        let sig = key.mac(|m| self.signed_content(m, &ts, input.body));
         Ok(Signed::from_headers([
             (
-                SIGNATURE,
-                format!("{PREFIX}{}", encode(&sig, Encoding::Hex)),
+                self.signature,
+                format!("{}{}", self.prefix, encode(&sig, Encoding::Hex)),
             ),
-            (TIMESTAMP, ts),
+            (self.timestamp, ts),
         ]))
     }
 }

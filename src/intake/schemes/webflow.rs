@@ -1,54 +1,18 @@
 //! Webflow: `x-webflow-signature: <hex>` over `{timestamp}:{body}`, with the timestamp in unix
-//! milliseconds in `x-webflow-timestamp`.
+//! milliseconds in `x-webflow-timestamp`: Slack's shape ([`TimestampHeaderMac`]) without a
+//! version.
 
-use std::time::Duration;
-
-use hmac::Mac;
-
-use super::encoding::encode;
-use super::headers::prefixed;
-use super::keys::{HmacSha256, Keys, Secret};
+use super::slack::TimestampHeaderMac;
 use super::timestamp::Unit;
-use super::{Encoding, Request, Scheme, SchemeError, SignInput, Signed, VerifyError};
 
-const SIGNATURE: &str = "x-webflow-signature";
-const TIMESTAMP: &str = "x-webflow-timestamp";
-const UNIT: Unit = Unit::Millis;
-
-fn signed_content(mac: &mut HmacSha256, timestamp: &str, body: &[u8]) {
-    mac.update(timestamp.as_bytes());
-    mac.update(b":");
-    mac.update(body);
-}
-
-pub(super) struct Webflow;
-
-impl Scheme for Webflow {
-    fn verify(&self, keys: &Keys, req: &Request<'_>) -> Result<Option<Duration>, VerifyError> {
-        let sig = prefixed(req.headers, SIGNATURE, "", Encoding::Hex)?;
-        let (ts, at) = UNIT.read(
-            req.headers,
-            TIMESTAMP,
-            "x-webflow-timestamp is not unix milliseconds",
-        )?;
-        keys.check_mac(&[sig], |m| signed_content(m, ts, req.body))?;
-        Ok(Some(at))
-    }
-
-    fn sign(
-        &self,
-        key: &Secret,
-        input: &SignInput<'_>,
-        since_epoch: Duration,
-    ) -> Result<Signed, SchemeError> {
-        let ts = UNIT.format(since_epoch);
-        let sig = key.mac(|m| signed_content(m, &ts, input.body));
-        Ok(Signed::from_headers([
-            (SIGNATURE, encode(&sig, Encoding::Hex)),
-            (TIMESTAMP, ts),
-        ]))
-    }
-}
+pub(super) const WEBFLOW: TimestampHeaderMac = TimestampHeaderMac {
+    signature: "x-webflow-signature",
+    prefix: "",
+    timestamp: "x-webflow-timestamp",
+    unit: Unit::Millis,
+    version: b"",
+    not_a_timestamp: "x-webflow-timestamp is not unix milliseconds",
+};
 
 #[cfg(test)]
 mod tests {
