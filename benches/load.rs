@@ -59,7 +59,9 @@ use leadrouter::config::Config;
 use leadrouter::devtools::harness::probe::{
     load_average, machine, peak_rss_mib, percentile, Cores, CpuProbe,
 };
-use leadrouter::devtools::harness::report::{cores_cells, f2, knob_count, knob_number, met, quick};
+use leadrouter::devtools::harness::report::{
+    cores_cells, f2, knob_count, knob_number, met, quick, reproduce,
+};
 use leadrouter::devtools::harness::{
     free_ports, http_sink, sender_signer, signed_headers, RouterConfig, RouterProcess, SenderSpec,
 };
@@ -94,11 +96,10 @@ struct Knobs {
 
 impl Knobs {
     fn from_env() -> Knobs {
-        let quick = quick();
         Knobs {
-            quick,
-            requests: knob_count("BENCH_REQUESTS", if quick { 300 } else { 5_000 }),
-            seconds: knob_number("BENCH_SECONDS", if quick { 1.0 } else { 5.0 }),
+            quick: quick(),
+            requests: knob_count("BENCH_REQUESTS", 300, 5_000),
+            seconds: knob_number("BENCH_SECONDS", 1.0, 5.0),
         }
     }
 
@@ -845,11 +846,12 @@ fn write_readme_block(markdown: &str) {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let knobs = Knobs::from_env();
-    let knobs_line = format!(
-        "{}BENCH_REQUESTS={} BENCH_SECONDS={} cargo bench --bench load",
-        if knobs.quick { "BENCH_QUICK=1 " } else { "" },
-        knobs.requests,
-        knobs.seconds,
+    let knobs_line = reproduce(
+        "load",
+        &[
+            ("BENCH_REQUESTS", knobs.requests.to_string()),
+            ("BENCH_SECONDS", knobs.seconds.to_string()),
+        ],
     );
     let load_before = load_average();
     eprintln!("load bench: {knobs_line}");

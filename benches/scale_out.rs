@@ -40,7 +40,9 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use leadrouter::config::Config;
 use leadrouter::devtools::harness::probe::{load_average, machine, percentile, Cores, CpuProbe};
-use leadrouter::devtools::harness::report::{cores_cells, f0, f2, knob_count, quick, yes};
+use leadrouter::devtools::harness::report::{
+    cores_cells, f0, f2, knob_count, quick, reproduce, yes,
+};
 use leadrouter::devtools::harness::{
     self, http_sink, sender_signer, HandlersSection, NatsServer, RouterConfig, RouterProcess,
     SenderSpec,
@@ -85,15 +87,11 @@ struct Knobs {
 
 impl Knobs {
     fn from_env() -> Knobs {
-        let quick = quick();
-        let count = |name: &str, quick_default: usize, default: usize| {
-            knob_count(name, if quick { quick_default } else { default })
-        };
         Knobs {
-            quick,
-            leads: count("BENCH_LEADS", 1_000, 20_000),
-            kills: count("BENCH_KILLS", 2, 5),
-            rounds: count("BENCH_ROUNDS", 1, 3),
+            quick: quick(),
+            leads: knob_count("BENCH_LEADS", 1_000, 20_000),
+            kills: knob_count("BENCH_KILLS", 2, 5),
+            rounds: knob_count("BENCH_ROUNDS", 1, 3),
         }
     }
 
@@ -1277,12 +1275,13 @@ impl Report {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let knobs = Knobs::from_env();
-    let reproduce = format!(
-        "{}BENCH_LEADS={} BENCH_ROUNDS={} BENCH_KILLS={} cargo bench --bench scale_out",
-        if knobs.quick { "BENCH_QUICK=1 " } else { "" },
-        knobs.leads,
-        knobs.rounds,
-        knobs.kills
+    let reproduce = reproduce(
+        "scale_out",
+        &[
+            ("BENCH_LEADS", knobs.leads.to_string()),
+            ("BENCH_ROUNDS", knobs.rounds.to_string()),
+            ("BENCH_KILLS", knobs.kills.to_string()),
+        ],
     );
     eprintln!("scale-out bench: {reproduce}");
     let load_before = load_average();

@@ -17,8 +17,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::admin::{admin_config, admin_env, sandbox_crm, schemas, AdminApp};
-use common::NatsServer;
+use common::admin::start_console;
 use futures::{SinkExt, StreamExt};
 use leadrouter::devtools::sandbox_crm::Faults;
 use serde_json::{json, Value};
@@ -407,16 +406,7 @@ async fn console_in_chromium_login_see_dead_letter_replay_it() {
     let bin = chromium();
     let started = Instant::now();
 
-    let schemas = schemas();
-    let sender = common::demo_sender().field("company", "$.company");
-    let cfg = admin_config(schemas.path()).sender(sender);
-    let s = AdminApp::start(
-        NatsServer::start(),
-        sandbox_crm().await,
-        cfg,
-        admin_env(TOKEN),
-    )
-    .await;
+    let (s, _schemas) = start_console(TOKEN).await;
     let (app, crm, admin) = (&s.app, &s.crm, &s.admin);
 
     // Some traffic for the overview, then a lead the failing CRM sends to the DLQ.

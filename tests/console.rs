@@ -7,8 +7,8 @@ mod common;
 use std::ops::Deref;
 use std::time::{Duration, Instant};
 
-use common::admin::{admin_config, admin_env, sandbox_crm, schemas, AdminApp};
-use common::{App, NatsServer, SenderSpec};
+use common::admin::{admin_config, admin_env, console_sender, schemas, start_console, AdminApp};
+use common::{App, NatsServer};
 use leadrouter::devtools::sandbox_crm::Faults;
 use reqwest::header::{HeaderMap, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
 use reqwest::Method;
@@ -18,12 +18,6 @@ const TOKEN: &str = "console-admin-token-0123456789abcdef";
 const GET: Method = Method::GET;
 const POST: Method = Method::POST;
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
-
-/// The demo sender, plus `company` (which masked previews show, so markup in it reaches the
-/// console).
-fn sender() -> SenderSpec {
-    common::demo_sender().field("company", "$.company")
-}
 
 /// The shared admin set-up, with the schema directory it reads kept alive.
 struct Setup {
@@ -46,15 +40,7 @@ impl Setup {
 }
 
 async fn setup() -> Setup {
-    let dir = schemas();
-    let cfg = admin_config(dir.path()).sender(sender());
-    let s = AdminApp::start(
-        NatsServer::start(),
-        sandbox_crm().await,
-        cfg,
-        admin_env(TOKEN),
-    )
-    .await;
+    let (s, dir) = start_console(TOKEN).await;
     Setup { s, _schemas: dir }
 }
 
@@ -245,7 +231,7 @@ async fn every_page_and_api_call_needs_the_token() {
 async fn no_admin_token_means_no_admin_listener() {
     let nats = NatsServer::start();
     let dir = schemas();
-    let cfg = || admin_config(dir.path()).sender(sender());
+    let cfg = || admin_config(dir.path()).sender(console_sender());
     let mut e = admin_env(TOKEN);
     e.remove("LEADROUTER_ADMIN_TOKEN");
     let app = App::start_with(&nats.url(), cfg(), e.clone()).await;

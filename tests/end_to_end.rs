@@ -6,15 +6,12 @@ use std::time::Duration;
 
 use common::{demo_config, App, NatsServer};
 use leadrouter::devtools::harness::{file_sink, http_sink};
-use leadrouter::devtools::sandbox_crm::SandboxCrm;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_lead_reaches_the_crm_enriched_and_without_unmapped_fields() {
     let nats = NatsServer::start();
-    let crm = SandboxCrm::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let crm = common::sandbox_crm().await;
     let cfg = demo_config()
         .sink(http_sink("crm", format!("{}/leads", crm.url()), None))
         .sink(file_sink("leads-file", None));

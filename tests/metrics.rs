@@ -9,7 +9,7 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
 
-use common::admin::{sandbox_crm, AdminApp};
+use common::admin::AdminApp;
 use common::{HandlersSection, NatsServer, RouterConfig, SenderSpec};
 use leadrouter::devtools::sandbox_crm::Faults;
 use leadrouter::queue::message::{self, LeadHeaders};
@@ -172,7 +172,7 @@ async fn metrics_count_every_stage_with_bounded_labels() {
         })
         .sender(sender("m-main", 1000))
         .sender(sender("m-limited", 1));
-    let s = AdminApp::start(NatsServer::start(), sandbox_crm().await, cfg, env).await;
+    let s = AdminApp::start(NatsServer::start(), common::sandbox_crm().await, cfg, env).await;
     let (app, crm, nats) = (&s.app, &s.crm, &s.nats);
 
     // Three leads, delivered.

@@ -152,9 +152,7 @@ fn is_key(v: &Value, key: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_never_show_a_leads_personal_data_and_operators_get_latency_and_stats() {
     let nats = NatsServer::start();
-    let crm = SandboxCrm::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let crm = common::sandbox_crm().await;
     let serve = Serve::start(&nats, &crm).await;
     let http = common::http_client();
 

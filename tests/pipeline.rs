@@ -135,9 +135,7 @@ impl Rig {
         wrap: impl FnOnce(Arc<dyn Sink>) -> Arc<dyn Sink>,
         more: &[SinkConfig],
     ) -> (Rig, SandboxCrm, tempfile::TempDir) {
-        let crm = SandboxCrm::start("127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
+        let crm = common::sandbox_crm().await;
         let nats = NatsServer::start();
         let client = async_nats::connect(nats.url()).await.unwrap();
         let data = tempfile::tempdir().unwrap();
@@ -433,9 +431,7 @@ async fn schema_mismatch_dead_letters_after_one_attempt_without_sink_calls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crm_ok_and_analytics_failing_retries_analytics_only() {
-    let analytics = SandboxCrm::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let analytics = common::sandbox_crm().await;
     analytics.set_faults(Faults::fail_next(2, 503));
     let segment = segment_sink(
         "analytics",

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use common::admin::{admin_config, admin_env, sandbox_crm, schemas, AdminApp};
+use common::admin::{admin_config, admin_env, schemas, AdminApp};
 use common::{NatsServer, RouterConfig};
 use leadrouter::devtools::harness::segment_sink;
 use leadrouter::devtools::sandbox_crm::{Faults, Scope};
@@ -48,7 +48,7 @@ async fn setup(schemas_dir: &Path) -> AdminApp {
 }
 
 async fn setup_on(nats: NatsServer, cfg: RouterConfig, env: HashMap<String, String>) -> AdminApp {
-    AdminApp::start(nats, sandbox_crm().await, cfg, env).await
+    AdminApp::start(nats, common::sandbox_crm().await, cfg, env).await
 }
 
 /// The `leadrouter` binary pointed at the admin API at `admin`, as an operator runs it.
@@ -359,7 +359,7 @@ async fn admin_api_needs_the_token_and_nats_service_answers_plain_requests() {
 async fn replaying_a_lead_that_reached_a_sink_writes_only_what_is_missing() {
     let dir = schemas();
     // The sandbox CRM answers Segment's API too (its analytics scope), so it is both sinks.
-    let crm = sandbox_crm().await;
+    let crm = common::sandbox_crm().await;
     let analytics = segment_sink(
         "analytics",
         "TEST_SEGMENT_KEY",

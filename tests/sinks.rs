@@ -50,9 +50,7 @@ fn ctx(data_dir: &Path, env: &[(&str, &str)], nats: Option<async_nats::Client>) 
 }
 
 async fn sandbox() -> SandboxCrm {
-    SandboxCrm::start("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("sandbox starts")
+    common::sandbox_crm().await
 }
 
 fn http_cfg(sb: &SandboxCrm) -> HttpSinkConfig {

@@ -41,9 +41,7 @@ fn otlp(endpoint: String, protocol: &str) -> TelemetrySection {
 /// `telemetry`: the `[telemetry]` table; `env`: extra variables for the child.
 async fn serve(telemetry: TelemetrySection, env: &[(&str, &str)]) -> Served {
     let nats = NatsServer::start();
-    let crm = SandboxCrm::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let crm = common::sandbox_crm().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = common::served_config(dir.path(), &nats.url(), &crm.url()).telemetry(telemetry);
     let parsed = cfg

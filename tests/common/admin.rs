@@ -11,7 +11,7 @@ use leadrouter::pipeline::PipelineStats;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 
-use super::{any_port, crm_sink, quick_handlers, App, NatsServer, RouterConfig};
+use super::{any_port, crm_sink, quick_handlers, App, NatsServer, RouterConfig, SenderSpec};
 
 /// 32 bytes, base64: the DLQ key `k1`, in `TEST_DLQ_KEY`.
 pub const KEY_K1: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
@@ -49,10 +49,26 @@ pub fn admin_config(schemas_dir: &Path) -> RouterConfig {
         .dlq_key("k1", "TEST_DLQ_KEY")
 }
 
-pub async fn sandbox_crm() -> SandboxCrm {
-    SandboxCrm::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap()
+/// The demo sender plus `company`, which masked previews show: markup in it reaches the
+/// console.
+pub fn console_sender() -> SenderSpec {
+    super::demo_sender().field("company", "$.company")
+}
+
+/// What the console's tests start from: a fresh nats-server, [`admin_config`] on a copy of the
+/// shipped schema with [`console_sender`], and the admin token `token`. The schema directory
+/// is the caller's to keep.
+pub async fn start_console(token: &str) -> (AdminApp, tempfile::TempDir) {
+    let dir = schemas();
+    let cfg = admin_config(dir.path()).sender(console_sender());
+    let s = AdminApp::start(
+        NatsServer::start(),
+        super::sandbox_crm().await,
+        cfg,
+        admin_env(token),
+    )
+    .await;
+    (s, dir)
 }
 
 pub struct AdminApp {

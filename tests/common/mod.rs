@@ -123,6 +123,13 @@ pub fn crm_sink(crm_url: &str) -> leadrouter::sinks::SinkConfig {
     )
 }
 
+/// The in-process sandbox CRM on any loopback port.
+pub async fn sandbox_crm() -> leadrouter::devtools::sandbox_crm::SandboxCrm {
+    leadrouter::devtools::sandbox_crm::SandboxCrm::start(any_port())
+        .await
+        .expect("sandbox CRM starts")
+}
+
 /// `127.0.0.1:0`: the kernel picks, for listeners of a service in this process (it reports
 /// the address it bound).
 pub fn any_port() -> SocketAddr {

@@ -9,29 +9,46 @@ pub fn quick() -> bool {
     std::env::var("BENCH_QUICK").is_ok_and(|v| v == "1")
 }
 
-/// The positive integer in the env var `name`, else `default`. Anything else there is a
-/// mistake in the run's command line, which must not be measured as if it were the default.
-pub fn knob_count(name: &str, default: usize) -> usize {
+/// The positive integer in the env var `name`; unset, `quick_default` in a [`quick`] run and
+/// `default` otherwise. Anything else there is a mistake in the run's command line, which must
+/// not be measured as if it were the default.
+pub fn knob_count(name: &str, quick_default: usize, default: usize) -> usize {
     match std::env::var(name) {
         Ok(v) => v
             .parse::<usize>()
             .ok()
             .filter(|n| *n > 0)
             .unwrap_or_else(|| panic!("{name} is a positive integer, not {v:?}")),
+        Err(_) if quick() => quick_default,
         Err(_) => default,
     }
 }
 
-/// The positive, finite number in the env var `name`, else `default` (see [`knob_count`]).
-pub fn knob_number(name: &str, default: f64) -> f64 {
+/// The positive, finite number in the env var `name` (see [`knob_count`]).
+pub fn knob_number(name: &str, quick_default: f64, default: f64) -> f64 {
     match std::env::var(name) {
         Ok(v) => v
             .parse::<f64>()
             .ok()
             .filter(|s| *s > 0.0 && s.is_finite())
             .unwrap_or_else(|| panic!("{name} is a positive number, not {v:?}")),
+        Err(_) if quick() => quick_default,
         Err(_) => default,
     }
+}
+
+/// The command line that reproduces a run of `bench`: its knobs as they were, with
+/// `BENCH_QUICK=1` first in a quick run.
+pub fn reproduce(bench: &str, knobs: &[(&str, String)]) -> String {
+    let mut line = String::new();
+    if quick() {
+        line.push_str("BENCH_QUICK=1 ");
+    }
+    for (name, value) in knobs {
+        line.push_str(&format!("{name}={value} "));
+    }
+    line.push_str(&format!("cargo bench --bench {bench}"));
+    line
 }
 
 /// `v` with no decimals; `n/a` for NaN (a figure that could not be measured).
