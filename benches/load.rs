@@ -47,6 +47,7 @@
 //! it to `benches/results/load.md` and into docs/performance.md between the load-bench markers.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -56,16 +57,17 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use leadrouter::config::Config;
 use leadrouter::devtools::harness::probe::{
-    clock_ticks_per_sec, cpu_ticks, load_average, machine, machine_busy_ticks, peak_rss_mib,
-    percentile,
+    load_average, machine, peak_rss_mib, percentile, Cores, CpuProbe,
+};
+use leadrouter::devtools::harness::report::{
+    cores_cells, f2, knob_count, knob_number, met, quick, reproduce,
 };
 use leadrouter::devtools::harness::{
-    free_ports, http_sink, process_alive, signal, wait_gone, RouterConfig, RouterProcess,
-    SenderSpec, Signal,
+    free_ports, http_sink, sender_signer, signed_headers, RouterConfig, RouterProcess, SenderSpec,
 };
 use leadrouter::devtools::sandbox_crm::{Faults, SandboxCrm};
-use leadrouter::intake::schemes::{SignInput, Verifier};
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use leadrouter::intake::schemes::Verifier;
+use reqwest::header::HeaderMap;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const ADMIN_TOKEN: &str = "bench-admin-token-not-a-secret-0123";
@@ -94,29 +96,10 @@ struct Knobs {
 
 impl Knobs {
     fn from_env() -> Knobs {
-        let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| v == "1");
-        let requests = match std::env::var("BENCH_REQUESTS") {
-            Ok(v) => v
-                .parse::<usize>()
-                .ok()
-                .filter(|n| *n > 0)
-                .expect("BENCH_REQUESTS is a positive integer"),
-            Err(_) if quick => 300,
-            Err(_) => 5_000,
-        };
-        let seconds = match std::env::var("BENCH_SECONDS") {
-            Ok(v) => v
-                .parse::<f64>()
-                .ok()
-                .filter(|s| *s > 0.0 && s.is_finite())
-                .expect("BENCH_SECONDS is a positive number"),
-            Err(_) if quick => 1.0,
-            Err(_) => 5.0,
-        };
         Knobs {
-            quick,
-            requests,
-            seconds,
+            quick: quick(),
+            requests: knob_count("BENCH_REQUESTS", 300, 5_000),
+            seconds: knob_number("BENCH_SECONDS", 1.0, 5.0),
         }
     }
 
@@ -134,63 +117,6 @@ fn root() -> &'static Path {
 }
 
 // ---------------------------------------------------------------------------------------------
-// /proc readings
-
-/// Cores used by the router, its nats-server and this process over one phase, and by
-/// everything else on the machine: the gauge of how much a shared machine disturbed the phase.
-#[derive(Clone, Copy)]
-struct Cores {
-    router: f64,
-    nats: f64,
-    bench: f64,
-    other: f64,
-}
-
-struct CpuProbe {
-    at: Instant,
-    router_pid: u32,
-    nats_pid: u32,
-    router: u64,
-    nats: u64,
-    bench: u64,
-    machine: u64,
-}
-
-impl CpuProbe {
-    fn start(router: &Router) -> CpuProbe {
-        CpuProbe {
-            at: Instant::now(),
-            router_pid: router.pid,
-            nats_pid: router.nats_pid,
-            router: cpu_ticks(router.pid).unwrap_or(0),
-            nats: cpu_ticks(router.nats_pid).unwrap_or(0),
-            bench: cpu_ticks(std::process::id()).unwrap_or(0),
-            machine: machine_busy_ticks().unwrap_or(0),
-        }
-    }
-
-    fn stop(self) -> Cores {
-        let secs = self.at.elapsed().as_secs_f64();
-        let tck = clock_ticks_per_sec();
-        let cores = |now: Option<u64>, then: u64| {
-            now.map_or(f64::NAN, |n| n.saturating_sub(then) as f64 / tck / secs)
-        };
-        let router = cores(cpu_ticks(self.router_pid), self.router);
-        let nats = cores(cpu_ticks(self.nats_pid), self.nats);
-        let bench = cores(cpu_ticks(std::process::id()), self.bench);
-        // The per-process and machine counters are sampled microseconds apart and tick at
-        // 100 Hz, so a quiet machine can come out slightly negative: clamp.
-        let other = (cores(machine_busy_ticks(), self.machine) - router - nats - bench).max(0.0);
-        Cores {
-            router,
-            nats,
-            bench,
-            other,
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // The router process
 
 enum Role {
@@ -204,7 +130,6 @@ struct Router {
     proc: RouterProcess,
     pid: u32,
     nats_pid: u32,
-    intake: SocketAddr,
     admin: SocketAddr,
     nats_url: String,
     verifier: Verifier,
@@ -243,10 +168,6 @@ impl Router {
                 .rate(1_000_000, 1_000_000)
                 .fields(&["email", "first_name", "last_name", "phone", "utm_source"]),
         );
-        let cfg_path = dir.path().join("leadrouter.toml");
-        let text = rc.write(&cfg_path).expect("write leadrouter.toml");
-        // Parsed here too: a config mistake fails with the key's name before a process starts,
-        // and the sender's scheme options build the signer.
         let env = HashMap::from([
             ("BENCH_SECRET".to_string(), SECRET.to_string()),
             (
@@ -254,25 +175,19 @@ impl Router {
                 ADMIN_TOKEN.to_string(),
             ),
         ]);
-        let cfg = Config::from_toml(&text, &cfg_path, &env).expect("bench config is valid");
-        let sender = cfg.sender("demo").expect("sender demo configured");
-        let verifier = Verifier::new(
-            sender.scheme,
-            &sender.signature,
-            vec![SECRET.into()],
-            sender.tolerance,
-        )
-        .expect("verifier for demo");
+        // Parsed here too: a config mistake fails with the key's name before a process starts,
+        // and the sender's scheme options build the signer.
+        let cfg_path = dir.path().join("leadrouter.toml");
+        let cfg = rc.parse(&cfg_path, &env).expect("bench config is valid");
+        let verifier = sender_signer(&cfg, "demo", &env).expect("verifier for demo");
 
         // The harness scrubs the caller's LEADROUTER_* settings (listen addresses, data dir,
-        // store key, ...), which would override the config written above; the bench's router
+        // store key, ...), which would override the config written here; the bench's router
         // sees only its own.
-        let mut proc = RouterProcess::new(env!("CARGO_BIN_EXE_leadrouter"), &cfg_path, intake)
-            .log(dir.path().join("router.log"))
-            .data_dir(&data)
+        let mut proc = RouterProcess::for_config(env!("CARGO_BIN_EXE_leadrouter"), &rc, &cfg_path)
+            .expect("write leadrouter.toml")
             .env("LEADROUTER_TOOLS_DIR", root().join(".tools"))
-            .env("LEADROUTER_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("BENCH_SECRET", SECRET);
+            .envs(env);
         // The first run on a machine installs the pinned nats-server, hence the generous
         // deadline.
         if let Err(e) = proc.start(Duration::from_secs(300)).await {
@@ -287,7 +202,6 @@ impl Router {
             proc,
             pid,
             nats_pid,
-            intake,
             admin,
             nats_url: format!("nats://127.0.0.1:{nats_port}"),
             verifier,
@@ -297,32 +211,20 @@ impl Router {
     }
 
     fn intake_url(&self) -> String {
-        format!("http://{}/v1/intake/demo", self.intake)
+        format!("{}/v1/intake/demo", self.proc.intake_url())
+    }
+
+    /// CPU of this router and its nats-server from now until [`CpuProbe::stop`].
+    fn cpu_probe(&self) -> CpuProbe {
+        CpuProbe::start(&[self.pid], &[self.nats_pid])
     }
 
     /// SIGTERM, as an orchestrator stops it, then waits for the graceful shutdown.
     async fn stop(mut self) -> String {
-        let status = self.proc.stop(Duration::from_secs(60)).await.to_string();
-        // Stopping nats-server is the router's job; if it outlived the router, end it here
-        // rather than leave an orphan holding a port.
-        let nats = self.nats_pid as i32;
-        if !wait_gone(nats, Duration::from_secs(5)).await {
-            signal(nats, Signal::TERM);
-            return format!("{status}; its nats-server outlived it and was sent SIGTERM");
-        }
-        status
-    }
-}
-
-impl Drop for Router {
-    /// A panicking bench must not leave a router and a nats-server behind.
-    fn drop(&mut self) {
-        if self.proc.pid().is_some() {
-            self.proc.kill9();
-            if self.nats_pid != 0 && process_alive(self.nats_pid as i32) {
-                signal(self.nats_pid as i32, Signal::KILL);
-            }
-        }
+        self.proc
+            .stop_with_nats(Duration::from_secs(60))
+            .await
+            .to_string()
     }
 }
 
@@ -349,25 +251,8 @@ fn prepare(router: &Router, tag: &str, n: usize) -> Vec<Prepared> {
     (0..n)
         .map(|i| {
             let body = lead_body(tag, i);
-            let event_id = format!("{tag}-{i}");
-            let signed = router
-                .verifier
-                .sign(&SignInput {
-                    body: &body,
-                    now: SystemTime::now(),
-                    event_id: &event_id,
-                    method: "POST",
-                    url: &url,
-                })
+            let headers = signed_headers(&router.verifier, &url, &format!("{tag}-{i}"), &body)
                 .expect("sign a bench request");
-            let mut headers = HeaderMap::new();
-            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            for (k, v) in signed.headers {
-                headers.insert(
-                    HeaderName::from_bytes(k.as_bytes()).expect("signature header name"),
-                    HeaderValue::from_str(&v).expect("signature header value"),
-                );
-            }
             Prepared {
                 headers,
                 body: Bytes::from(body),
@@ -395,6 +280,19 @@ struct Run {
 }
 
 impl Run {
+    /// requests | errors | throughput | p50 | p95 | p99
+    fn cells(&self) -> String {
+        format!(
+            "{} | {} | {:.0} | {} | {} | {}",
+            self.requests,
+            self.errors(),
+            self.ok_per_sec(),
+            f2(self.p(0.50)),
+            f2(self.p(0.95)),
+            f2(self.p(0.99)),
+        )
+    }
+
     fn errors(&self) -> usize {
         self.requests - self.ok
     }
@@ -412,39 +310,29 @@ fn pct_ms(sorted_us: &[u64], p: f64) -> f64 {
     percentile(sorted_us, p).map_or(f64::NAN, |us| us as f64 / 1000.0)
 }
 
-/// `concurrency` workers post as fast as answers come back.
-async fn closed_loop(
-    router: &Router,
-    http: &reqwest::Client,
-    reqs: Vec<Prepared>,
-    concurrency: usize,
-) -> Run {
-    let n = reqs.len();
-    let reqs = Arc::new(reqs);
+/// `concurrency` workers run `op(0..n)` as fast as each one finishes; an op that succeeds
+/// (returns true) is a latency sample.
+async fn timed_closed_loop<F, Fut>(router: &Router, n: usize, concurrency: usize, op: F) -> Run
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = bool> + Send,
+{
     let next = Arc::new(AtomicUsize::new(0));
-    let url = router.intake_url();
-    let probe = CpuProbe::start(router);
+    let probe = router.cpu_probe();
     let start = Instant::now();
     let mut workers = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
-        let (reqs, next, http, url) = (reqs.clone(), next.clone(), http.clone(), url.clone());
+        let (next, op) = (next.clone(), op.clone());
         workers.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(p) = reqs.get(i) else { break };
+                if i >= n {
+                    break;
+                }
                 let t = Instant::now();
-                let sent = http
-                    .post(&url)
-                    .headers(p.headers.clone())
-                    .body(p.body.clone())
-                    .send()
-                    .await;
-                if let Ok(r) = sent {
-                    // The latency includes reading the (small) answer: the request is done then.
-                    if r.status().as_u16() == 202 && r.bytes().await.is_ok() {
-                        lat.push(t.elapsed().as_micros() as u64);
-                    }
+                if op(i).await {
+                    lat.push(t.elapsed().as_micros() as u64);
                 }
             }
             lat
@@ -464,6 +352,34 @@ async fn closed_loop(
         lat_us,
         cores,
     }
+}
+
+/// `concurrency` workers post as fast as answers come back.
+async fn closed_loop(
+    router: &Router,
+    http: &reqwest::Client,
+    reqs: Vec<Prepared>,
+    concurrency: usize,
+) -> Run {
+    let n = reqs.len();
+    let reqs = Arc::new(reqs);
+    let (url, http) = (router.intake_url(), http.clone());
+    timed_closed_loop(router, n, concurrency, move |i| {
+        let p = &reqs[i];
+        let sent = http
+            .post(&url)
+            .headers(p.headers.clone())
+            .body(p.body.clone())
+            .send();
+        async move {
+            // The latency includes reading the (small) answer: the request is done then.
+            match sent.await {
+                Ok(r) => r.status().as_u16() == 202 && r.bytes().await.is_ok(),
+                Err(_) => false,
+            }
+        }
+    })
+    .await
 }
 
 /// What one open-loop request saw.
@@ -562,48 +478,19 @@ async fn raw_ceiling(
     concurrency: usize,
 ) -> Run {
     let payload = Bytes::from(vec![b'x'; CEILING_PAYLOAD_BYTES]);
-    let next = Arc::new(AtomicUsize::new(0));
-    let probe = CpuProbe::start(router);
-    let start = Instant::now();
-    let mut workers = Vec::with_capacity(concurrency);
-    for _ in 0..concurrency {
-        let (js, payload, next, tag) = (js.clone(), payload.clone(), next.clone(), tag.to_owned());
-        workers.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    break;
-                }
-                let mut h = async_nats::HeaderMap::new();
-                h.insert("Nats-Msg-Id", format!("{tag}-{i}").as_str());
-                let t = Instant::now();
-                if let Ok(ack) = js
-                    .publish_with_headers(format!("bench.ceiling.{tag}"), h, payload.clone())
-                    .await
-                {
-                    if ack.await.is_ok() {
-                        lat.push(t.elapsed().as_micros() as u64);
-                    }
-                }
+    let (js, tag) = (js.clone(), tag.to_owned());
+    timed_closed_loop(router, n, concurrency, move |i| {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Nats-Msg-Id", format!("{tag}-{i}").as_str());
+        let (js, subject, payload) = (js.clone(), format!("bench.ceiling.{tag}"), payload.clone());
+        async move {
+            match js.publish_with_headers(subject, h, payload).await {
+                Ok(ack) => ack.await.is_ok(),
+                Err(_) => false,
             }
-            lat
-        }));
-    }
-    let mut lat_us = Vec::with_capacity(n);
-    for w in workers {
-        lat_us.extend(w.await.expect("ceiling worker"));
-    }
-    let secs = start.elapsed().as_secs_f64();
-    let cores = probe.stop();
-    lat_us.sort_unstable();
-    Run {
-        requests: n,
-        ok: lat_us.len(),
-        secs,
-        lat_us,
-        cores,
-    }
+        }
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -697,7 +584,7 @@ async fn end_to_end(knobs: &Knobs, rss: &mut Vec<(String, Option<f64>)>) -> E2e 
 
     let n = (E2E_RATE * knobs.seconds).round() as usize;
     let reqs = prepare(&router, "e2e", n);
-    let probe = CpuProbe::start(&router);
+    let probe = router.cpu_probe();
     // Anchors the pacer's Instants to the wall clock the CRM stamps `first_write` with.
     let (anchor_instant, anchor_wall) = (Instant::now(), SystemTime::now());
     let (samples, send_secs) = open_loop(&router, &http, reqs, E2E_RATE).await;
@@ -758,30 +645,6 @@ async fn end_to_end(knobs: &Knobs, rss: &mut Vec<(String, Option<f64>)>) -> E2e 
 // ---------------------------------------------------------------------------------------------
 // Report
 
-fn ms(v: f64) -> String {
-    if v.is_nan() {
-        "n/a".into()
-    } else {
-        format!("{v:.2}")
-    }
-}
-
-fn cores(v: f64) -> String {
-    if v.is_nan() {
-        "n/a".into()
-    } else {
-        format!("{v:.2}")
-    }
-}
-
-fn met(ok: bool) -> &'static str {
-    if ok {
-        "met"
-    } else {
-        "**NOT met**"
-    }
-}
-
 struct Report {
     knobs_line: String,
     machine: String,
@@ -817,16 +680,11 @@ impl Report {
         s.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         for (c, r) in &self.ceilings {
             s.push_str(&format!(
-                "| {c} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} |\n",
-                r.requests,
-                r.errors(),
-                r.ok_per_sec(),
-                ms(r.p(0.50)),
-                ms(r.p(0.95)),
-                ms(r.p(0.99)),
-                cores(r.cores.nats),
-                cores(r.cores.bench),
-                cores(r.cores.other),
+                "| {c} | {} | {} | {} | {} |\n",
+                r.cells(),
+                f2(r.cores.nats),
+                f2(r.cores.bench),
+                f2(r.cores.other),
             ));
         }
 
@@ -839,37 +697,21 @@ impl Report {
         s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         for (c, r) in &self.intakes {
             s.push_str(&format!(
-                "| closed loop, concurrency {c} | {} | {} | {:.0} | {} | {} | {} | {:.0}% | {} | {} | {} | {} |\n",
-                r.requests,
-                r.errors(),
-                r.ok_per_sec(),
-                ms(r.p(0.50)),
-                ms(r.p(0.95)),
-                ms(r.p(0.99)),
+                "| closed loop, concurrency {c} | {} | {:.0}% | {} |\n",
+                r.cells(),
                 100.0 * self.ratio(*c),
-                cores(r.cores.router),
-                cores(r.cores.nats),
-                cores(r.cores.bench),
-                cores(r.cores.other),
+                cores_cells(&r.cores),
             ));
         }
         let o = &self.open;
         s.push_str(&format!(
-            "| open loop, {OPEN_RATE:.0} req/s offered | {} | {} | {:.0} | {} | {} | {} | | {} | {} | {} | {} |\n",
-            o.requests,
-            o.errors(),
-            o.ok_per_sec(),
-            ms(o.p(0.50)),
-            ms(o.p(0.95)),
-            ms(o.p(0.99)),
-            cores(o.cores.router),
-            cores(o.cores.nats),
-            cores(o.cores.bench),
-            cores(o.cores.other),
+            "| open loop, {OPEN_RATE:.0} req/s offered | {} | | {} |\n",
+            o.cells(),
+            cores_cells(&o.cores),
         ));
         s.push_str(&format!(
             "\nThe open loop's own send lag (pacer and runtime, part of its latency): p99 {} ms.\n",
-            ms(self.open_lag_p99)
+            f2(self.open_lag_p99)
         ));
 
         let e = &self.e2e;
@@ -887,22 +729,19 @@ impl Report {
         s.push_str("| run | offered | accepted | at the CRM | CRM duplicates | p50 ms | p95 ms | p99 ms | router cores | nats-server cores | bench cores | other cores |\n");
         s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         s.push_str(&format!(
-            "| send -> CRM write | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| send -> CRM write | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             e.offered,
             e.accepted,
             e.delivered,
             e.duplicates,
-            ms(pct_ms(&e.lat_us, 0.50)),
-            ms(pct_ms(&e.lat_us, 0.95)),
-            ms(pct_ms(&e.lat_us, 0.99)),
-            cores(e.cores.router),
-            cores(e.cores.nats),
-            cores(e.cores.bench),
-            cores(e.cores.other),
+            f2(pct_ms(&e.lat_us, 0.50)),
+            f2(pct_ms(&e.lat_us, 0.95)),
+            f2(pct_ms(&e.lat_us, 0.99)),
+            cores_cells(&e.cores),
         ));
         match &e.router_view {
             Some(([p50, p95, p99], samples)) => {
-                let f = |v: &Option<f64>| v.map_or("n/a".into(), ms);
+                let f = |v: &Option<f64>| v.map_or("n/a".into(), f2);
                 s.push_str(&format!(
                     "| router's own view (`/api/latency`: `received_at` -> sink confirmed, 10% buckets, warm-up included) | | | {samples} | | {} | {} | {} | | | | |\n",
                     f(p50),
@@ -927,7 +766,7 @@ impl Report {
         let open_p99 = o.p(0.99);
         s.push_str(&format!(
             "| intake p99 <= {TARGET_INTAKE_P99_MS} ms at {OPEN_RATE:.0} req/s | {} ms, {} errors | {} |\n",
-            ms(open_p99),
+            f2(open_p99),
             o.errors(),
             met(open_p99 <= TARGET_INTAKE_P99_MS && o.errors() == 0)
         ));
@@ -949,7 +788,7 @@ impl Report {
         s.push_str(&format!(
             "| end-to-end p95 <= {TARGET_E2E_P95_MS} ms at {E2E_RATE:.0} leads/s, {} ms sink | {} ms, {} of {} offered at the CRM | {} |\n",
             CRM_LATENCY.as_millis(),
-            ms(p95),
+            f2(p95),
             e.delivered,
             e.offered,
             met(p95 <= TARGET_E2E_P95_MS && all_there)
@@ -1007,11 +846,12 @@ fn write_readme_block(markdown: &str) {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let knobs = Knobs::from_env();
-    let knobs_line = format!(
-        "{}BENCH_REQUESTS={} BENCH_SECONDS={} cargo bench --bench load",
-        if knobs.quick { "BENCH_QUICK=1 " } else { "" },
-        knobs.requests,
-        knobs.seconds,
+    let knobs_line = reproduce(
+        "load",
+        &[
+            ("BENCH_REQUESTS", knobs.requests.to_string()),
+            ("BENCH_SECONDS", knobs.seconds.to_string()),
+        ],
     );
     let load_before = load_average();
     eprintln!("load bench: {knobs_line}");
@@ -1042,7 +882,7 @@ async fn main() {
 
     let n = (OPEN_RATE * knobs.seconds).round() as usize;
     let reqs = prepare(&edge, "open", n);
-    let probe = CpuProbe::start(&edge);
+    let probe = edge.cpu_probe();
     let (samples, secs) = open_loop(&edge, &http, reqs, OPEN_RATE).await;
     let open_cores = probe.stop();
     let open_lag_p99 = pct_ms(&sorted_us(samples.iter().map(|s| s.send_lag)), 0.99);
@@ -1054,7 +894,7 @@ async fn main() {
         lat_us,
         cores: open_cores,
     };
-    eprintln!("open loop: p99 {} ms", ms(open.p(0.99)));
+    eprintln!("open loop: p99 {} ms", f2(open.p(0.99)));
     rss.push((
         "router (edge only, intake phases)".into(),
         peak_rss_mib(edge.pid),

@@ -39,11 +39,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use leadrouter::config::Config;
-use leadrouter::devtools::harness::probe::{
-    clock_ticks_per_sec, cpu_ticks, load_average, machine, machine_busy_ticks, percentile,
+use leadrouter::devtools::harness::probe::{load_average, machine, percentile, Cores, CpuProbe};
+use leadrouter::devtools::harness::report::{
+    cores_cells, f0, f2, knob_count, quick, reproduce, yes,
 };
 use leadrouter::devtools::harness::{
-    self, http_sink, HandlersSection, NatsServer, RouterConfig, RouterProcess, SenderSpec,
+    self, http_sink, sender_signer, HandlersSection, NatsServer, RouterConfig, RouterProcess,
+    SenderSpec,
 };
 use leadrouter::devtools::sandbox_crm::{Faults, KeyStats, SandboxCrm};
 use leadrouter::intake::group_key::GroupKey;
@@ -85,22 +87,11 @@ struct Knobs {
 
 impl Knobs {
     fn from_env() -> Knobs {
-        let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| v == "1");
-        let positive = |name: &str, quick_default: usize, default: usize| match std::env::var(name)
-        {
-            Ok(v) => v
-                .parse::<usize>()
-                .ok()
-                .filter(|n| *n > 0)
-                .unwrap_or_else(|| panic!("{name} is a positive integer, not {v:?}")),
-            Err(_) if quick => quick_default,
-            Err(_) => default,
-        };
         Knobs {
-            quick,
-            leads: positive("BENCH_LEADS", 1_000, 20_000),
-            kills: positive("BENCH_KILLS", 2, 5),
-            rounds: positive("BENCH_ROUNDS", 1, 3),
+            quick: quick(),
+            leads: knob_count("BENCH_LEADS", 1_000, 20_000),
+            kills: knob_count("BENCH_KILLS", 2, 5),
+            rounds: knob_count("BENCH_ROUNDS", 1, 3),
         }
     }
 
@@ -119,62 +110,6 @@ fn bench_env() -> HashMap<String, String> {
         ("BENCH_DLQ_KEY".to_string(), DLQ_KEY.to_string()),
         (GROUP_KEY_ENV.to_string(), GROUP_KEY.to_string()),
     ])
-}
-
-#[derive(Clone, Copy)]
-struct Cores {
-    routers: f64,
-    nats: f64,
-    bench: f64,
-    other: f64,
-}
-
-/// CPU of a fixed set of processes over one phase.
-struct CpuProbe {
-    at: Instant,
-    routers: Vec<(u32, u64)>,
-    nats: (u32, u64),
-    bench: u64,
-    machine: u64,
-}
-
-impl CpuProbe {
-    fn start(router_pids: &[u32], nats_pid: u32) -> CpuProbe {
-        CpuProbe {
-            at: Instant::now(),
-            routers: router_pids
-                .iter()
-                .map(|p| (*p, cpu_ticks(*p).unwrap_or(0)))
-                .collect(),
-            nats: (nats_pid, cpu_ticks(nats_pid).unwrap_or(0)),
-            bench: cpu_ticks(std::process::id()).unwrap_or(0),
-            machine: machine_busy_ticks().unwrap_or(0),
-        }
-    }
-
-    fn stop(self) -> Cores {
-        let secs = self.at.elapsed().as_secs_f64();
-        let tck = clock_ticks_per_sec();
-        let cores = |now: Option<u64>, then: u64| {
-            now.map_or(f64::NAN, |n| n.saturating_sub(then) as f64 / tck / secs)
-        };
-        let routers = self
-            .routers
-            .iter()
-            .map(|(pid, then)| cores(cpu_ticks(*pid), *then))
-            .sum::<f64>();
-        let nats = cores(cpu_ticks(self.nats.0), self.nats.1);
-        let bench = cores(cpu_ticks(std::process::id()), self.bench);
-        // Counters tick at 100 Hz and are read microseconds apart: a quiet machine can come out
-        // slightly negative.
-        let other = (cores(machine_busy_ticks(), self.machine) - routers - nats - bench).max(0.0);
-        Cores {
-            routers,
-            nats,
-            bench,
-            other,
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -227,14 +162,7 @@ impl Fleet {
         let cfg: Config = probe
             .parse(&dir.path().join("probe.toml"), &env)
             .expect("bench config is valid");
-        let sender = cfg.sender("demo").expect("sender demo configured");
-        let verifier = Verifier::new(
-            sender.scheme,
-            &sender.signature,
-            vec![SECRET.into()],
-            sender.tolerance,
-        )
-        .expect("verifier for demo");
+        let verifier = sender_signer(&cfg, "demo", &env).expect("verifier for demo");
         let group_key = GroupKey::load(&cfg.handlers, &cfg.data_dir, &env)
             .expect("group key from BENCH_GROUP_KEY");
         let js = async_nats::jetstream::new(
@@ -525,13 +453,8 @@ fn prepare(fleet: &Fleet, tag: &str, n: usize) -> Vec<Prepared> {
             let url = targets[target].url.clone();
             let event_id = format!("{tag}-{i}");
             let body = lead_body(tag, i);
-            let headers = leadrouter::devtools::harness::signed_headers(
-                &fleet.verifier,
-                &url,
-                &event_id,
-                &body,
-            )
-            .expect("sign a bench request");
+            let headers = harness::signed_headers(&fleet.verifier, &url, &event_id, &body)
+                .expect("sign a bench request");
             Prepared {
                 target,
                 url,
@@ -799,7 +722,7 @@ async fn scale_run(knobs: &Knobs, round: usize, n: usize) -> ScaleRun {
 
     let reqs = prepare(&fleet, &format!("r{round}n{n}-"), knobs.leads);
     let expected = (warm.accepted.len() + knobs.leads) as u64;
-    let probe = CpuProbe::start(&fleet.live_pids(), fleet.nats_pid());
+    let probe = CpuProbe::start(&fleet.live_pids(), &[fleet.nats_pid()]);
     let start_wall = SystemTime::now();
     let run = closed_loop(&fleet, reqs).await;
     let keys: Vec<&str> = run.accepted.iter().map(|a| a.key.as_str()).collect();
@@ -1053,30 +976,6 @@ async fn failover(knobs: &Knobs) -> Failover {
 // ---------------------------------------------------------------------------------------------
 // Report
 
-fn f0(v: f64) -> String {
-    if v.is_nan() {
-        "n/a".into()
-    } else {
-        format!("{v:.0}")
-    }
-}
-
-fn f2(v: f64) -> String {
-    if v.is_nan() {
-        "n/a".into()
-    } else {
-        format!("{v:.2}")
-    }
-}
-
-fn yes(ok: bool) -> &'static str {
-    if ok {
-        "yes"
-    } else {
-        "**NO**"
-    }
-}
-
 fn correctness_cell(c: &Correctness) -> String {
     let mut s = format!("{} of {} exactly once", c.exactly_once, c.accepted);
     let mut extra = Vec::new();
@@ -1235,7 +1134,7 @@ impl Report {
                 .collect::<Vec<_>>()
                 .join(" / ");
             s.push_str(&format!(
-                "| {} | {} | {shares} | {} | {} | {} | {:.2} | {} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {shares} | {} | {} | {} | {:.2} | {} | {:.2} | {} | {} | {} | {} | {} | {} | {} |\n",
                 r.round,
                 r.routers,
                 r.leads,
@@ -1247,10 +1146,7 @@ impl Report {
                 f0(pct(&r.lat_ms, 0.50)),
                 f0(pct(&r.lat_ms, 0.95)),
                 f0(r.lat_ms.last().copied().unwrap_or(f64::NAN)),
-                f2(r.cores.routers),
-                f2(r.cores.nats),
-                f2(r.cores.bench),
-                f2(r.cores.other),
+                cores_cells(&r.cores),
                 f2(r.cores.routers + r.cores.nats + r.cores.bench + r.cores.other),
                 r.failures,
                 correctness_cell(&r.correct),
@@ -1379,12 +1275,13 @@ impl Report {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let knobs = Knobs::from_env();
-    let reproduce = format!(
-        "{}BENCH_LEADS={} BENCH_ROUNDS={} BENCH_KILLS={} cargo bench --bench scale_out",
-        if knobs.quick { "BENCH_QUICK=1 " } else { "" },
-        knobs.leads,
-        knobs.rounds,
-        knobs.kills
+    let reproduce = reproduce(
+        "scale_out",
+        &[
+            ("BENCH_LEADS", knobs.leads.to_string()),
+            ("BENCH_ROUNDS", knobs.rounds.to_string()),
+            ("BENCH_KILLS", knobs.kills.to_string()),
+        ],
     );
     eprintln!("scale-out bench: {reproduce}");
     let load_before = load_average();

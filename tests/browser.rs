@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,14 +17,13 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{App, NatsServer};
+use common::admin::start_console;
 use futures::{SinkExt, StreamExt};
-use leadrouter::devtools::sandbox_crm::{Faults, SandboxCrm};
+use leadrouter::devtools::sandbox_crm::Faults;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 const TOKEN: &str = "browser-admin-token-0123456789abcdef";
-const KEY_K1: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 const MARKUP_NAME: &str = "<b>bold</b>";
 const MARKUP_COMPANY: &str = "<img src=x onerror=alert(1)> <b>bold</b> & co";
 
@@ -397,13 +395,6 @@ fn js(s: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // The service
 
-fn env() -> HashMap<String, String> {
-    let mut e = common::test_env();
-    e.insert("LEADROUTER_ADMIN_TOKEN".into(), TOKEN.into());
-    e.insert("TEST_DLQ_KEY".into(), KEY_K1.into());
-    e
-}
-
 fn output_dir() -> PathBuf {
     let dir = common::manifest_dir().join("test-output").join("console");
     std::fs::create_dir_all(&dir).unwrap();
@@ -415,55 +406,17 @@ async fn console_in_chromium_login_see_dead_letter_replay_it() {
     let bin = chromium();
     let started = Instant::now();
 
-    let nats = NatsServer::start();
-    let schemas = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        common::manifest_dir().join("config/schemas/lead.v1.json"),
-        schemas.path().join("lead.v1.json"),
-    )
-    .unwrap();
-    let crm = SandboxCrm::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let senders = format!(
-        "{}company = \"$.company\"\n\n[[sinks]]\nname = \"crm\"\nkind = \"http\"\nurl = \"{}/leads\"\ntimeout = \"2s\"\n",
-        common::demo_sender_toml(),
-        crm.url()
-    );
-    let extra = format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\n[handlers]\nmax_deliver = 2\nack_wait = \"3s\"\nbackoff_base = \"20ms\"\nbackoff_cap = \"50ms\"\nschema_reload = \"0s\"\nschemas_dir = {:?}\n[dlq]\nkeys = [{{ id = \"k1\", env = \"TEST_DLQ_KEY\" }}]\n",
-        schemas.path().display().to_string()
-    );
-    let app = App::start_with(&nats.url(), &senders, &extra, env()).await;
-    let admin = format!(
-        "http://{}",
-        app.service.admin_addr().expect("admin listener")
-    );
-    let stats = app.service.pipeline_stats().unwrap().clone();
-    let wait = |what: &'static str, cond: Box<dyn Fn() -> bool + Send>| {
-        let stats = stats.clone();
-        async move {
-            let mut rx = stats.subscribe();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while !cond() {
-                let left = deadline.saturating_duration_since(Instant::now());
-                assert!(!left.is_zero(), "timed out waiting for {what}");
-                let _ = tokio::time::timeout(left, rx.changed()).await;
-            }
-        }
-    };
+    let (s, _schemas) = start_console(TOKEN).await;
+    let (app, crm, admin) = (&s.app, &s.crm, &s.admin);
 
     // Some traffic for the overview, then a lead the failing CRM sends to the DLQ.
     for i in 0..4 {
         let body =
             json!({"email": format!("ok{i}@example.com"), "first_name": "Ada", "company": "Acme"});
-        let (st, b, _) = app
-            .post_signed("demo", &format!("evt-ok-{i}"), body.to_string().as_bytes())
+        app.accept("demo", &format!("evt-ok-{i}"), body.to_string().as_bytes())
             .await;
-        assert_eq!(st, 202, "{b}");
     }
-    let s2 = stats.clone();
-    wait("four deliveries", Box::new(move || s2.delivered() == 4)).await;
+    s.wait("four deliveries", |st| st.delivered() == 4).await;
     crm.set_faults(Faults::fail_next(1000, 500));
     let body = json!({
         "email": "markup.person@example.com",
@@ -471,17 +424,11 @@ async fn console_in_chromium_login_see_dead_letter_replay_it() {
         "phone": "+1 650 555 4567",
         "company": MARKUP_COMPANY,
     });
-    let (st, b, _) = app
-        .post_signed("demo", "evt-markup-1", body.to_string().as_bytes())
+    let key = app
+        .accept("demo", "evt-markup-1", body.to_string().as_bytes())
         .await;
-    assert_eq!(st, 202, "{b}");
-    let key = b["id"].as_str().unwrap().to_string();
-    let s2 = stats.clone();
-    wait(
-        "the dead letter",
-        Box::new(move || s2.dead().get("retries_exhausted") == Some(&1)),
-    )
-    .await;
+    s.wait("the dead letter", |_| s.dead("retries_exhausted") == 1)
+        .await;
 
     let browser = Browser::launch(&bin);
     let mut page = Page::open(&browser).await;
@@ -620,12 +567,8 @@ async fn console_in_chromium_login_see_dead_letter_replay_it() {
     assert!(result.as_str().unwrap().contains("replayed"), "{result}");
 
     // The lead reaches the sandbox CRM.
-    let s2 = stats.clone();
-    wait(
-        "the replay delivered",
-        Box::new(move || s2.delivered() == 5),
-    )
-    .await;
+    s.wait("the replay delivered", |st| st.delivered() == 5)
+        .await;
     let rec = crm.record(&key).expect("the CRM got the lead");
     assert_eq!(rec.created, 1);
 
@@ -672,7 +615,7 @@ async fn console_in_chromium_login_see_dead_letter_replay_it() {
     );
     drop(page);
     drop(browser);
-    app.service.shutdown().await;
+    s.shutdown().await;
     eprintln!(
         "browser test: done in {:.1} s",
         started.elapsed().as_secs_f64()

@@ -4,85 +4,44 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::path::Path;
+use std::ops::Deref;
 use std::time::{Duration, Instant};
 
+use common::admin::{admin_config, admin_env, console_sender, schemas, start_console, AdminApp};
 use common::{App, NatsServer};
-use leadrouter::devtools::sandbox_crm::{Faults, SandboxCrm};
+use leadrouter::devtools::sandbox_crm::Faults;
 use reqwest::header::{HeaderMap, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
+use reqwest::Method;
 use serde_json::{json, Value};
 
 const TOKEN: &str = "console-admin-token-0123456789abcdef";
-const KEY_K1: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+const GET: Method = Method::GET;
+const POST: Method = Method::POST;
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
-fn env() -> HashMap<String, String> {
-    let mut e = common::test_env();
-    e.insert("LEADROUTER_ADMIN_TOKEN".into(), TOKEN.into());
-    e.insert("TEST_DLQ_KEY".into(), KEY_K1.into());
-    e
-}
-
-/// The demo sender, plus `company` (which masked previews show, so markup in it reaches the
-/// console).
-fn senders() -> String {
-    format!("{}company = \"$.company\"\n", common::demo_sender_toml())
-}
-
+/// The shared admin set-up, with the schema directory it reads kept alive.
 struct Setup {
-    app: App,
-    crm: SandboxCrm,
-    _nats: NatsServer,
+    s: AdminApp,
     _schemas: tempfile::TempDir,
-    admin: String,
-    http: reqwest::Client,
 }
 
-fn schemas() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        common::manifest_dir().join("config/schemas/lead.v1.json"),
-        dir.path().join("lead.v1.json"),
-    )
-    .unwrap();
-    dir
-}
+impl Deref for Setup {
+    type Target = AdminApp;
 
-async fn setup() -> Setup {
-    let nats = NatsServer::start();
-    let dir = schemas();
-    let crm = SandboxCrm::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let senders = format!(
-        "{}\n[[sinks]]\nname = \"crm\"\nkind = \"http\"\nurl = \"{}/leads\"\ntimeout = \"2s\"\n",
-        senders(),
-        crm.url()
-    );
-    let extra = extra_toml(dir.path());
-    let app = App::start_with(&nats.url(), &senders, &extra, env()).await;
-    let admin = format!("http://{}", app.service.admin_addr().expect("admin API on"));
-    Setup {
-        app,
-        crm,
-        _nats: nats,
-        _schemas: dir,
-        admin,
-        // Redirects are what some answers are about: do not follow them.
-        http: reqwest::Client::builder()
-            .pool_max_idle_per_host(0)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap(),
+    fn deref(&self) -> &AdminApp {
+        &self.s
     }
 }
 
-fn extra_toml(schemas: &Path) -> String {
-    format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\n[handlers]\nmax_deliver = 2\nack_wait = \"3s\"\nbackoff_base = \"20ms\"\nbackoff_cap = \"50ms\"\nschema_reload = \"0s\"\nschemas_dir = {:?}\n[dlq]\nkeys = [{{ id = \"k1\", env = \"TEST_DLQ_KEY\" }}]\n",
-        schemas.display().to_string()
-    )
+impl Setup {
+    async fn shutdown(self) {
+        self.s.shutdown().await;
+    }
+}
+
+async fn setup() -> Setup {
+    let (s, dir) = start_console(TOKEN).await;
+    Setup { s, _schemas: dir }
 }
 
 fn lead(email: &str) -> Vec<u8> {
@@ -96,60 +55,6 @@ fn lead(email: &str) -> Vec<u8> {
 }
 
 impl Setup {
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.admin)
-    }
-
-    async fn wait(&self, what: &str, cond: impl Fn(&leadrouter::pipeline::PipelineStats) -> bool) {
-        let stats = self.app.service.pipeline_stats().unwrap().clone();
-        let mut rx = stats.subscribe();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !cond(&stats) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "timed out waiting for {what}");
-            let _ = tokio::time::timeout(left, rx.changed()).await;
-        }
-    }
-
-    fn dead(&self, reason: &str) -> u64 {
-        self.app
-            .service
-            .pipeline_stats()
-            .unwrap()
-            .dead()
-            .get(reason)
-            .copied()
-            .unwrap_or(0)
-    }
-
-    fn delivered(&self) -> u64 {
-        self.app.service.pipeline_stats().unwrap().delivered()
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value, HeaderMap) {
-        let r = self
-            .http
-            .get(self.url(path))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap();
-        common::read(r).await
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let r = self
-            .http
-            .post(self.url(path))
-            .bearer_auth(TOKEN)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let (s, b, _) = common::read(r).await;
-        (s, b)
-    }
-
     /// Logs in through the login form; returns the cookie header value and the CSRF token.
     async fn login(&self, name: &str) -> (String, String) {
         let r = self
@@ -164,17 +69,31 @@ impl Setup {
         assert_eq!(r.headers()[LOCATION], "/");
         let set = r.headers()[SET_COOKIE].to_str().unwrap().to_string();
         let cookie = set.split(';').next().unwrap().to_string();
-        let (st, who, _) = common::read(
-            self.http
-                .get(self.url("/api/session"))
-                .header(COOKIE, &cookie)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (st, who, _) = self.session(GET, "/api/session", &cookie, &[], None).await;
         assert_eq!(st, 200, "{who}");
         (cookie, who["csrf"].as_str().unwrap().to_string())
+    }
+
+    /// `method path` with the session `cookie` and `headers` (and `body` as JSON).
+    async fn session(
+        &self,
+        method: Method,
+        path: &str,
+        cookie: &str,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> (u16, Value, HeaderMap) {
+        let mut req = self
+            .http
+            .request(method, self.url(path))
+            .header(COOKIE, cookie);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        common::send(req).await
     }
 
     /// Posts lead(s) that the failing CRM sends to the DLQ; returns their keys.
@@ -183,9 +102,7 @@ impl Setup {
         let before = self.dead("retries_exhausted");
         let mut keys = Vec::new();
         for (event, email) in events {
-            let (st, b, _) = self.app.post_signed("demo", event, &lead(email)).await;
-            assert_eq!(st, 202, "{b}");
-            keys.push(b["id"].as_str().unwrap().to_string());
+            keys.push(self.app.accept("demo", event, &lead(email)).await);
         }
         let want = before + events.len() as u64;
         self.wait("dead-lettered", |_| self.dead("retries_exhausted") == want)
@@ -294,16 +211,10 @@ async fn every_page_and_api_call_needs_the_token() {
     }
 
     // With the token: the pages and the API answer, with the same headers.
-    let r = s
-        .http
-        .get(s.url("/dlq"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    assert_secure_headers(r.headers(), "/dlq with token");
-    let html = r.text().await.unwrap();
+    let (st, html, h) = s.get("/dlq").await;
+    assert_eq!(st, 200);
+    assert_secure_headers(&h, "/dlq with token");
+    let html = html.as_str().expect("the page's HTML");
     assert!(html.contains("<script src=\"/assets/console.js\" defer></script>"));
     let (st, b, h) = s.get("/api/session").await;
     assert_eq!((st, b["auth"].as_str()), (200, Some("token")), "{b}");
@@ -311,24 +222,19 @@ async fn every_page_and_api_call_needs_the_token() {
     assert_secure_headers(&h, "/api/session");
     let (st, b, _) = s.get("/api/nope").await;
     assert_eq!((st, b["error"].as_str()), (404, Some("not_found")));
-    let r = s
-        .http
-        .delete(s.url("/api/dlq"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 405);
-    s.app.service.shutdown().await;
+    let (st, _, _) = common::send(s.http.delete(s.url("/api/dlq")).bearer_auth(TOKEN)).await;
+    assert_eq!(st, 405);
+    s.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_admin_token_means_no_admin_listener() {
     let nats = NatsServer::start();
     let dir = schemas();
-    let mut e = env();
+    let cfg = || admin_config(dir.path()).sender(console_sender());
+    let mut e = admin_env(TOKEN);
     e.remove("LEADROUTER_ADMIN_TOKEN");
-    let app = App::start_with(&nats.url(), &senders(), &extra_toml(dir.path()), e.clone()).await;
+    let app = App::start_with(&nats.url(), cfg(), e.clone()).await;
     assert!(
         app.service.admin_addr().is_none(),
         "the admin listener must not run without a token"
@@ -336,7 +242,7 @@ async fn no_admin_token_means_no_admin_listener() {
     app.service.shutdown().await;
     // An empty token is no token.
     e.insert("LEADROUTER_ADMIN_TOKEN".into(), String::new());
-    let app = App::start_with(&nats.url(), &senders(), &extra_toml(dir.path()), e).await;
+    let app = App::start_with(&nats.url(), cfg(), e).await;
     assert!(app.service.admin_addr().is_none());
     app.service.shutdown().await;
 }
@@ -344,10 +250,15 @@ async fn no_admin_token_means_no_admin_listener() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_sessions_are_httponly_strict_and_csrf_safe() {
     let s = setup().await;
+    let login = |headers: &[(&str, &str)]| {
+        let mut req = s.http.post(s.url("/login"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req
+    };
     // A wrong token: the login page again, with a message, and no cookie.
-    let r = s
-        .http
-        .post(s.url("/login"))
+    let r = login(&[])
         .form(&[("token", "not-it")])
         .send()
         .await
@@ -356,18 +267,13 @@ async fn login_sessions_are_httponly_strict_and_csrf_safe() {
     assert!(r.headers().get(SET_COOKIE).is_none());
     assert!(r.text().await.unwrap().contains("not the admin token"));
     // JSON login works too; a foreign page cannot log this browser in.
-    let r = s
-        .http
-        .post(s.url("/login"))
+    let r = login(&[])
         .json(&json!({"token": TOKEN}))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let r = s
-        .http
-        .post(s.url("/login"))
-        .header("origin", "http://evil.example")
+    let r = login(&[("origin", "http://evil.example")])
         .form(&[("token", TOKEN)])
         .send()
         .await
@@ -377,9 +283,7 @@ async fn login_sessions_are_httponly_strict_and_csrf_safe() {
 
     // The cookie: HttpOnly, SameSite=Strict, whole site, not Secure on plain loopback HTTP
     // (Secure when a TLS proxy says https).
-    let r = s
-        .http
-        .post(s.url("/login"))
+    let r = login(&[])
         .form(&[("token", TOKEN), ("name", "alice")])
         .send()
         .await
@@ -390,10 +294,7 @@ async fn login_sessions_are_httponly_strict_and_csrf_safe() {
         assert!(set.contains(attr), "{attr} in {set}");
     }
     assert!(!set.contains("Secure"), "{set}");
-    let r = s
-        .http
-        .post(s.url("/login"))
-        .header("x-forwarded-proto", "https")
+    let r = login(&[("x-forwarded-proto", "https")])
         .form(&[("token", TOKEN)])
         .send()
         .await
@@ -405,135 +306,65 @@ async fn login_sessions_are_httponly_strict_and_csrf_safe() {
 
     let (cookie, csrf) = s.login("alice").await;
     assert_eq!(csrf.len(), 64);
-    let (st, who, _) = common::read(
-        s.http
-            .get(s.url("/api/session"))
-            .header(COOKIE, &cookie)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (st, who, _) = s.session(GET, "/api/session", &cookie, &[], None).await;
     assert_eq!((st, who["user"].as_str()), (200, Some("console:alice")));
     // Pages with the session; the login page sends a logged-in browser on.
-    for page in ["/", "/dlq", "/leads"] {
-        let r = s
-            .http
-            .get(s.url(page))
-            .header(COOKIE, &cookie)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 200, "{page}");
+    for (page, want) in [("/", 200), ("/dlq", 200), ("/leads", 200), ("/login", 303)] {
+        let (st, _, _) = s.session(GET, page, &cookie, &[], None).await;
+        assert_eq!(st, want, "{page}");
     }
-    let r = s
-        .http
-        .get(s.url("/login"))
-        .header(COOKIE, &cookie)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 303);
 
     // State changes with the cookie need the CSRF token and a same-origin request.
     let body = json!({"filter": {"reason": "retries_exhausted"}, "reason": "x"});
-    let r = s
-        .http
-        .post(s.url("/api/replay"))
-        .header(COOKIE, &cookie)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 403, "no CSRF token");
-    let r = s
-        .http
-        .post(s.url("/api/replay"))
-        .header(COOKIE, &cookie)
-        .header("x-csrf-token", "0".repeat(64))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 403, "wrong CSRF token");
-    for (h, v) in [
-        ("origin", "http://evil.example"),
-        ("sec-fetch-site", "cross-site"),
+    let wrong = "0".repeat(64);
+    for (headers, why) in [
+        (vec![], "no CSRF token"),
+        (vec![("x-csrf-token", wrong.as_str())], "wrong CSRF token"),
+        (
+            vec![
+                ("x-csrf-token", csrf.as_str()),
+                ("origin", "http://evil.example"),
+            ],
+            "origin: http://evil.example",
+        ),
+        (
+            vec![
+                ("x-csrf-token", csrf.as_str()),
+                ("sec-fetch-site", "cross-site"),
+            ],
+            "sec-fetch-site: cross-site",
+        ),
     ] {
-        let r = s
-            .http
-            .post(s.url("/api/replay"))
-            .header(COOKIE, &cookie)
-            .header("x-csrf-token", &csrf)
-            .header(h, v)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 403, "{h}: {v}");
+        let (st, _, _) = s
+            .session(POST, "/api/replay", &cookie, &headers, Some(&body))
+            .await;
+        assert_eq!(st, 403, "{why}");
     }
-    let r = s
-        .http
-        .post(s.url("/api/replay"))
-        .header(COOKIE, &cookie)
-        .header("x-csrf-token", &csrf)
-        .header("origin", &s.admin)
-        .header("sec-fetch-site", "same-origin")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let (st, sum, _) = common::read(r).await;
+    let same_origin = [
+        ("x-csrf-token", csrf.as_str()),
+        ("origin", s.admin.as_str()),
+        ("sec-fetch-site", "same-origin"),
+    ];
+    let (st, sum, _) = s
+        .session(POST, "/api/replay", &cookie, &same_origin, Some(&body))
+        .await;
     assert_eq!((st, sum["replayed"].as_u64()), (200, Some(0)), "{sum}");
     // Reading needs no CSRF token.
-    let r = s
-        .http
-        .get(s.url("/api/dlq"))
-        .header(COOKIE, &cookie)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    let (st, _, _) = s.session(GET, "/api/dlq", &cookie, &[], None).await;
+    assert_eq!(st, 200);
 
     // Logging out ends the session (CSRF-checked like any change).
-    let r = s
-        .http
-        .post(s.url("/logout"))
-        .header(COOKIE, &cookie)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 403);
-    let r = s
-        .http
-        .post(s.url("/logout"))
-        .header(COOKIE, &cookie)
-        .header("x-csrf-token", &csrf)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    assert!(r.headers()[SET_COOKIE]
-        .to_str()
-        .unwrap()
-        .contains("Max-Age=0"));
-    let r = s
-        .http
-        .get(s.url("/api/dlq"))
-        .header(COOKIE, &cookie)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 401);
-    let r = s
-        .http
-        .get(s.url("/"))
-        .header(COOKIE, &cookie)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 303);
-    s.app.service.shutdown().await;
+    let (st, _, _) = s.session(POST, "/logout", &cookie, &[], None).await;
+    assert_eq!(st, 403);
+    let csrf_only = [("x-csrf-token", csrf.as_str())];
+    let (st, _, h) = s.session(POST, "/logout", &cookie, &csrf_only, None).await;
+    assert_eq!(st, 200);
+    assert!(h[SET_COOKIE].to_str().unwrap().contains("Max-Age=0"));
+    for (path, want) in [("/api/dlq", 401), ("/", 303)] {
+        let (st, _, _) = s.session(GET, path, &cookie, &[], None).await;
+        assert_eq!(st, want, "{path} after logout");
+    }
+    s.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -681,22 +512,17 @@ async fn dlq_calls_list_show_and_replay_with_who_when_why() {
     assert_eq!(shown["replays"][0]["by"], "api");
     let (_, hidden, _) = s.get("/api/dlq?hide_replayed=true").await;
     assert_eq!(hidden["entries"].as_array().unwrap().len(), 0);
-    s.app.service.shutdown().await;
+    s.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_latency_and_overview_figures() {
     let s = setup().await;
     for i in 0..3 {
-        let (st, b, _) = s
-            .app
-            .post_signed(
-                "demo",
-                &format!("evt-ok-{i}"),
-                &lead(&format!("ok{i}@example.com")),
-            )
+        let email = format!("ok{i}@example.com");
+        s.app
+            .accept("demo", &format!("evt-ok-{i}"), &lead(&email))
             .await;
-        assert_eq!(st, 202, "{b}");
     }
     s.wait("delivered", |st| st.delivered() == 3).await;
     s.dead_letter(&[("evt-dead-1", "dead@example.com")]).await;
@@ -771,16 +597,14 @@ async fn stats_latency_and_overview_figures() {
     let per_hour = dlq["reasons"]["retries_exhausted"].as_array().unwrap();
     assert_eq!(per_hour.iter().map(|v| v.as_u64().unwrap()).sum::<u64>(), 1);
     assert_eq!(per_hour.last().unwrap(), 1, "placed in the current hour");
-    s.app.service.shutdown().await;
+    s.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lead_lookup_by_key_event_id_and_email() {
     let s = setup().await;
     let email = "Grace.Lookup@Example.org";
-    let (st, b, _) = s.app.post_signed("demo", "evt-look-1", &lead(email)).await;
-    assert_eq!(st, 202, "{b}");
-    let delivered_key = b["id"].as_str().unwrap().to_string();
+    let delivered_key = s.app.accept("demo", "evt-look-1", &lead(email)).await;
     s.wait("delivered", |_| s.delivered() == 1).await;
     let dead_key = s
         .dead_letter(&[("evt-look-2", "grace.lookup@example.org")])
@@ -845,12 +669,7 @@ async fn lead_lookup_by_key_event_id_and_email() {
 
     // Replayed after the fix: delivered, and the timeline says who replayed it and why.
     s.crm.heal();
-    let (st, r) = s
-        .post(
-            &format!("/api/dlq/{dlq_id}/replay"),
-            json!({"reason": "CRM healed"}),
-        )
-        .await;
+    let (st, r) = s.replay(dlq_id, "CRM healed").await;
     assert_eq!((st, r["outcome"].as_str()), (200, Some("replayed")), "{r}");
     s.wait("replay delivered", |_| s.delivered() == 2).await;
     let v = s
@@ -870,5 +689,5 @@ async fn lead_lookup_by_key_event_id_and_email() {
     let replayed = tl.iter().find(|e| e["what"] == "replayed").unwrap();
     assert!(replayed["detail"].as_str().unwrap().contains("CRM healed"));
     assert_eq!(s.crm.record(&dead_key).unwrap().created, 1);
-    s.app.service.shutdown().await;
+    s.shutdown().await;
 }

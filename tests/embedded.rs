@@ -174,32 +174,27 @@ fn bad_config_names_the_key_and_exits_non_zero() {
 /// would hide the streams and let us create empty ones, so `serve` must refuse instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_encryption_hides_leads_on_disk_and_a_wrong_key_refuses_to_start() {
-    let extra = format!(
-        "[handlers]\nenabled = false\n[nats.embedded]\nport = {}\nbinary = {:?}\ntemplate_dir = {:?}\n",
-        free_port(),
-        common::nats_server_bin().display().to_string(),
-        common::manifest_dir().join("nats").display().to_string(),
-    );
+    let mut cfg = common::demo_config()
+        .embedded_nats(free_port(), common::manifest_dir().join("nats"))
+        .embedded_nats_binary(common::nats_server_bin());
+    cfg.handlers.enabled = Some(false);
     let mut env = common::test_env();
     env.insert(
         "LEADROUTER_NATS_STORE_KEY".into(),
         "right-key-7f3a9c0e5b1d4e2f8a6c".into(),
     );
-    let app =
-        common::App::start_with("embedded", common::demo_sender_toml(), &extra, env.clone()).await;
+    let app = common::App::start_with("embedded", cfg, env.clone()).await;
     let email = "store.encryption.probe@example.net";
     let body =
         serde_json::to_vec(&serde_json::json!({"email": email, "first_name": "Quinella"})).unwrap();
-    let (st, b, _) = app.post_signed("demo", "evt-store-1", &body).await;
-    assert_eq!(st, 202, "{b}");
+    app.accept("demo", "evt-store-1", &body).await;
     let common::App {
         service, data, cfg, ..
     } = app;
     service.shutdown().await;
 
     let store = cfg.nats_store_dir();
-    let mut files = Vec::new();
-    walk(&store, &mut files);
+    let files = common::walk(&store);
     assert!(
         files.iter().any(|f| f.to_string_lossy().contains("LEADS")),
         "the LEADS stream is on disk"
@@ -252,6 +247,7 @@ async fn store_encryption_hides_leads_on_disk_and_a_wrong_key_refuses_to_start()
 
 #[test]
 fn explicit_store_key_env_that_is_unset_is_a_config_error() {
+    // Config text on purpose: the error must name the key as the operator wrote it.
     let cfg = leadrouter::config::Config::from_toml(
         "[nats.embedded]\nstore_key_env = \"MY_STORE_KEY\"\n",
         std::path::Path::new("t.toml"),
@@ -268,17 +264,4 @@ fn explicit_store_key_env_that_is_unset_is_a_config_error() {
         err.contains("nats.embedded.store_key_env") && err.contains("MY_STORE_KEY"),
         "{err}"
     );
-}
-
-fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else {
-                out.push(p);
-            }
-        }
-    }
 }

@@ -2,26 +2,21 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{demo_sender_toml, App, NatsServer};
-use leadrouter::devtools::sandbox_crm::SandboxCrm;
+use common::{demo_config, App, NatsServer};
+use leadrouter::devtools::harness::{file_sink, http_sink};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_lead_reaches_the_crm_enriched_and_without_unmapped_fields() {
     let nats = NatsServer::start();
-    let crm = SandboxCrm::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let sinks = format!(
-        "{}\n[[sinks]]\nname = \"crm\"\nkind = \"http\"\nurl = \"{}/leads\"\n[[sinks]]\nname = \"leads-file\"\nkind = \"file\"\n",
-        demo_sender_toml(),
-        crm.url()
-    );
-    let app = App::start(&nats.url(), &sinks).await;
+    let crm = common::sandbox_crm().await;
+    let cfg = demo_config()
+        .sink(http_sink("crm", format!("{}/leads", crm.url()), None))
+        .sink(file_sink("leads-file", None));
+    let app = App::start(&nats.url(), cfg).await;
     let stats = app.service.pipeline_stats().expect("pool runs").clone();
-    let mut progress = stats.subscribe();
 
     let body = serde_json::to_vec(&json!({
         "email": "Grace.Hopper@Example.COM",
@@ -30,16 +25,9 @@ async fn signed_lead_reaches_the_crm_enriched_and_without_unmapped_fields() {
         "ssn": "078-05-1120",
     }))
     .unwrap();
-    let (status, answer, _) = app.post_signed("demo", "evt-e2e", &body).await;
-    assert_eq!(status, 202, "{answer}");
-    let key = answer["id"].as_str().unwrap().to_string();
-
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while stats.delivered() < 1 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "lead not delivered in time");
-        let _ = tokio::time::timeout(left, progress.changed()).await;
-    }
+    let key = app.accept("demo", "evt-e2e", &body).await;
+    app.wait_for("the lead delivered", |s| s.delivered() >= 1)
+        .await;
 
     let rec = crm
         .record(&key)

@@ -5,14 +5,14 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream::{self, stream};
 use leadrouter::config::{Config, EventIdSource};
 use leadrouter::devtools::harness::{
-    file_sink, free_port, free_ports, http_sink, HandlersSection, HarnessError, NatsCluster,
-    NatsServer, RaftGroup, RouterConfig, RouterProcess, SenderSpec, Stopped, StreamsSection,
-    TelemetrySection,
+    file_sink, free_port, free_ports, http_sink, nats_server_bin, process_alive, segment_sink,
+    sender_signer, sign_request, wait_gone, HandlersSection, HarnessError, NatsCluster, NatsServer,
+    RaftGroup, RouterConfig, RouterProcess, SenderSpec, Stopped, StreamsSection, TelemetrySection,
 };
 use leadrouter::sinks::SinkKind;
 
@@ -249,6 +249,58 @@ fn router_config_renders_what_the_router_parses() {
         .unwrap();
 }
 
+#[test]
+fn sender_options_and_sinks_render_what_the_router_parses_and_signs_for() {
+    let cfg = RouterConfig::new()
+        .sender(
+            SenderSpec::new("hooks", "hmac-sha256")
+                .secret_env("HARNESS_SECRET")
+                .event_id_pointer("/event_id")
+                .field("email", "$.email"),
+        )
+        .sender(
+            SenderSpec::new("form", "token")
+                .secret_env("HARNESS_SECRET")
+                .signature("location", "query")
+                .signature("name", "key")
+                .event_id_header("x-event")
+                .format("form")
+                .field("email", "$.email"),
+        )
+        .sink(segment_sink(
+            "analytics",
+            "HARNESS_WRITE_KEY",
+            "http://127.0.0.1:9",
+            Some(Duration::from_secs(2)),
+        ));
+    let env = HashMap::from([("HARNESS_SECRET".to_string(), "s3cret".to_string())]);
+    let parsed = cfg
+        .parse(Path::new("senders.toml"), &env)
+        .unwrap_or_else(|e| panic!("{e}\n{}", cfg.to_toml().unwrap()));
+    let hooks = parsed.sender("hooks").unwrap();
+    assert_eq!(
+        hooks.event_id,
+        Some(EventIdSource::Pointer("/event_id".into()))
+    );
+    let form = parsed.sender("form").unwrap();
+    assert_eq!(form.event_id, Some(EventIdSource::Header("x-event".into())));
+    assert_eq!(form.signature.name.as_deref(), Some("key"));
+    assert_eq!(
+        leadrouter::cli::send::content_type(&form.mapping),
+        "application/x-www-form-urlencoded"
+    );
+    assert_eq!(parsed.sinks[0].kind.as_str(), "segment");
+
+    // The signer is the configured sender's, and the signature goes where its scheme puts it.
+    let signer = sender_signer(&parsed, "form", &env).unwrap();
+    let url = "http://127.0.0.1:9/v1/intake/form";
+    let req = sign_request(&signer, url, "e1", b"email=a%40b.c", SystemTime::now(), "x").unwrap();
+    assert_eq!(req.url, format!("{url}?key=s3cret"));
+    assert_eq!(req.body, b"email=a%40b.c");
+    assert_eq!(req.headers["content-type"], "x");
+    assert!(sender_signer(&parsed, "nobody", &env).is_err());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_router_process_starts_is_killed_restarts_and_stops_gracefully() {
     let nats = NatsServer::start().expect("nats-server starts");
@@ -305,4 +357,47 @@ async fn a_router_process_starts_is_killed_restarts_and_stops_gracefully() {
         other => panic!("{other:?}"),
     }
     assert!(started.elapsed() < WAIT);
+}
+
+/// A router with its embedded nats-server: `stop_with_nats` ends both, and a dropped handle
+/// (a panicking test or bench) leaves no nats-server behind either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_nats_server_goes_with_its_router() {
+    let dir = leadrouter::devtools::harness::TempDir::new("harness-embedded").unwrap();
+    let router = |i: usize| {
+        let mut cfg = RouterConfig::new()
+            .data_dir(dir.path().join(format!("data{i}")))
+            .embedded_nats(free_port().unwrap(), manifest_dir().join("nats"))
+            .embedded_nats_binary(nats_server_bin().unwrap())
+            .intake_listen(addr(free_port().unwrap()))
+            .admin_token_env("HARNESS_NO_ADMIN");
+        cfg.handlers.enabled = Some(false);
+        RouterProcess::for_config(
+            env!("CARGO_BIN_EXE_leadrouter"),
+            &cfg,
+            dir.path().join(format!("r{i}.toml")),
+        )
+        .unwrap()
+    };
+
+    let mut stopped = router(0);
+    stopped.start(WAIT).await.expect("ready");
+    let nats = stopped.nats_pid().expect("the embedded server's pid file");
+    assert!(process_alive(nats));
+    let how = stopped.stop_with_nats(WAIT).await;
+    assert!(
+        matches!(how.router, Stopped::Exited(s) if s.success()),
+        "{how}"
+    );
+    assert!(!how.nats_outlived, "{how}");
+    assert!(!process_alive(nats));
+
+    let mut dropped = router(1);
+    dropped.start(WAIT).await.expect("ready");
+    let nats = dropped.nats_pid().expect("the embedded server's pid file");
+    drop(dropped);
+    assert!(
+        wait_gone(nats, WAIT).await,
+        "nats-server {nats} outlived its owner"
+    );
 }

@@ -5,17 +5,22 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{demo_sender_toml, manifest_dir, test_env, App, NatsServer};
+use common::{demo_config, manifest_dir, test_env, wait_stats, App, NatsServer, RouterConfig};
 use leadrouter::cli::import::{self, ImportError, ImportOptions, ImportSummary};
 use leadrouter::config::Config;
+use leadrouter::devtools::harness::file_sink;
 use leadrouter::intake::envelope::{email_hash, idempotency_key};
 use leadrouter::pipeline::PipelineStats;
 use leadrouter::queue::message::LeadMessage;
 use serde_json::{json, Value};
 
-const FILE_SINK: &str = "\n[[sinks]]\nname = \"leads-file\"\nkind = \"file\"\n";
+/// `cfg` and a file sink (`{data_dir}/sinks/leads.jsonl`), where imported leads land.
+fn with_file_sink(cfg: RouterConfig) -> RouterConfig {
+    cfg.sink(file_sink("leads-file", None))
+}
 
 /// `n` envelopes of sender `demo`; every other one carries its key, the rest leave it to the
 /// importer (which must compute the same one).
@@ -67,21 +72,17 @@ async fn import_with_harness_client(
     summary
 }
 
-/// Awaits pool progress events (no fixed sleeps) until `done`, or fails after 60 s.
-async fn wait_until(stats: &PipelineStats, what: &str, done: impl Fn(&PipelineStats) -> bool) {
-    let mut progress = stats.subscribe();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done(stats) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(
-            !left.is_zero(),
-            "{what}: not reached in time (delivered {}, duplicates {}, dead {:?})",
-            stats.delivered(),
-            stats.duplicates(),
-            stats.dead()
-        );
-        let _ = tokio::time::timeout(left, progress.changed()).await;
-    }
+/// A running service with the file sink, its pool's stats, and the options importing an
+/// export of `n` envelopes (in the returned directory, which the caller keeps).
+async fn start_with_export(
+    nats: &NatsServer,
+    n: usize,
+) -> (App, Arc<PipelineStats>, ImportOptions, tempfile::TempDir) {
+    let app = App::start(&nats.url(), with_file_sink(demo_config())).await;
+    let stats = app.service.pipeline_stats().expect("pool runs").clone();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = quiet(&envelope_export(dir.path(), "export.jsonl", n));
+    (app, stats, opts, dir)
 }
 
 /// Keys of the file sink, with how many lines each has.
@@ -97,6 +98,14 @@ fn sink_keys(app: &App) -> HashMap<String, usize> {
     keys
 }
 
+/// What `leadrouter import` reads: the demo sender on the NATS at `url`.
+fn config_on(url: &str) -> Config {
+    demo_config()
+        .nats_url(url)
+        .parse(Path::new("test.toml"), &test_env())
+        .expect("config")
+}
+
 async fn leads_stream(nats: &NatsServer) -> async_nats::jetstream::stream::Stream {
     let client = async_nats::connect(nats.url()).await.expect("connect");
     async_nats::jetstream::new(client)
@@ -109,11 +118,7 @@ async fn leads_stream(nats: &NatsServer) -> async_nats::jetstream::stream::Strea
 async fn reimporting_10k_envelopes_writes_each_lead_once() {
     const N: usize = 10_000;
     let nats = NatsServer::start();
-    let app = App::start(&nats.url(), &format!("{}{FILE_SINK}", demo_sender_toml())).await;
-    let stats = app.service.pipeline_stats().expect("pool runs").clone();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = envelope_export(dir.path(), "export.jsonl", N);
-    let opts = quiet(&file);
+    let (app, stats, opts, _export) = start_with_export(&nats, N).await;
 
     let first = import_with_harness_client(&nats, &app.cfg, &opts).await;
     assert_eq!(
@@ -130,7 +135,7 @@ async fn reimporting_10k_envelopes_writes_each_lead_once() {
     assert!(first.ok && first.aborted.is_none(), "{first}");
 
     let t = Instant::now();
-    wait_until(&stats, "first import delivered", |s| {
+    wait_stats(&stats, "first import delivered", |s| {
         s.delivered() >= N as u64
     })
     .await;
@@ -170,15 +175,11 @@ async fn reimporting_10k_envelopes_writes_each_lead_once() {
 async fn reimport_beyond_the_dedupe_window_is_stopped_by_the_idempotency_record() {
     const N: usize = 100;
     let mut nats = NatsServer::start();
-    let app = App::start(&nats.url(), &format!("{}{FILE_SINK}", demo_sender_toml())).await;
-    let stats = app.service.pipeline_stats().expect("pool runs").clone();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = envelope_export(dir.path(), "export.jsonl", N);
-    let opts = quiet(&file);
+    let (app, stats, opts, _export) = start_with_export(&nats, N).await;
 
     let first = import_with_harness_client(&nats, &app.cfg, &opts).await;
     assert_eq!((first.published, first.rejected), (N as u64, 0), "{first}");
-    wait_until(&stats, "first import delivered", |s| {
+    wait_stats(&stats, "first import delivered", |s| {
         s.delivered() >= N as u64
     })
     .await;
@@ -194,7 +195,7 @@ async fn reimport_beyond_the_dedupe_window_is_stopped_by_the_idempotency_record(
         (N as u64, 0, 0),
         "the stream takes them again: {second}"
     );
-    wait_until(&stats, "second import short-circuited", |s| {
+    wait_stats(&stats, "second import short-circuited", |s| {
         s.duplicates() >= N as u64
     })
     .await;
@@ -216,8 +217,10 @@ async fn raw_vendor_lines_map_like_the_edge_and_bad_lines_are_reported() {
         "LEADROUTER_TYPEFORM_SECRET".into(),
         "typeform-test-secret".into(),
     );
-    let senders = format!("{}\n{typeform_toml}{FILE_SINK}", demo_sender_toml());
-    let app = App::start_with(&nats.url(), &senders, "", env).await;
+    // The shipped example as it is, text and all: that it maps a real Typeform payload the
+    // way the edge does is part of what this checks.
+    let cfg = with_file_sink(demo_config()).extra(typeform_toml);
+    let app = App::start_with(&nats.url(), cfg, env).await;
     let stats = app.service.pipeline_stats().expect("pool runs").clone();
 
     let fixture: Value = serde_json::from_str(
@@ -312,7 +315,7 @@ async fn raw_vendor_lines_map_like_the_edge_and_bad_lines_are_reported() {
     assert_eq!(lead.partition, Some(p));
     assert_eq!(msg.subject.as_str(), format!("leads.in.typeform.{p}"));
 
-    wait_until(&stats, "typeform lead delivered", |s| s.delivered() >= 1).await;
+    wait_stats(&stats, "typeform lead delivered", |s| s.delivered() >= 1).await;
     assert_eq!(
         sink_keys(&app).into_keys().collect::<HashSet<_>>(),
         HashSet::from([key])
@@ -322,16 +325,12 @@ async fn raw_vendor_lines_map_like_the_edge_and_bad_lines_are_reported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_nats_is_one_clear_error() {
-    // A port nobody listens on: bound, then released.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    // A port nobody listens on.
+    let port = common::free_port();
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("nats://127.0.0.1:{port}");
-    let text = format!("[nats]\nurl = {url:?}\n{}", demo_sender_toml());
     let env = test_env();
-    let cfg = Config::from_toml(&text, Path::new("test.toml"), &env).expect("config");
+    let cfg = config_on(&url);
     let file = envelope_export(dir.path(), "export.jsonl", 3);
 
     let started = Instant::now();
@@ -369,8 +368,7 @@ async fn unreachable_nats_is_one_clear_error() {
 async fn a_nats_without_the_leads_stream_is_refused_up_front() {
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let text = format!("[nats]\nurl = {:?}\n{}", nats.url(), demo_sender_toml());
-    let cfg = Config::from_toml(&text, Path::new("test.toml"), &test_env()).expect("config");
+    let cfg = config_on(&nats.url());
     let file = envelope_export(dir.path(), "export.jsonl", 3);
     let client = async_nats::connect(nats.url()).await.expect("connect");
     let err = import::import_into(client, &cfg, &test_env(), &quiet(&file))
@@ -386,7 +384,7 @@ async fn a_nats_without_the_leads_stream_is_refused_up_front() {
 async fn cli_import_finds_nats_from_env_and_prints_a_json_summary() {
     let nats = NatsServer::start();
     // The running service created the streams the import needs.
-    let app = App::start(&nats.url(), &format!("{}{FILE_SINK}", demo_sender_toml())).await;
+    let app = App::start(&nats.url(), with_file_sink(demo_config())).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let file = envelope_export(dir.path(), "cli.jsonl", 5);
     let run = || {

@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
-use common::{demo_sender_toml, stream_messages, App, NatsServer};
+use common::{demo_config, stream_messages, App, NatsServer, RouterConfig, SenderSpec};
 use serde_json::json;
 
 fn lead(email: &str) -> Vec<u8> {
@@ -22,7 +22,7 @@ fn lead(email: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accepted_lead_is_stored_with_only_allowlisted_fields() {
     let nats = NatsServer::start();
-    let app = App::start(&nats.url(), demo_sender_toml()).await;
+    let app = App::start(&nats.url(), demo_config()).await;
 
     let (status, body, _) = app
         .post_signed("demo", "evt_1", &lead("Ada@Example.com"))
@@ -49,7 +49,7 @@ async fn accepted_lead_is_stored_with_only_allowlisted_fields() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_event_twice_is_one_message_and_duplicate() {
     let nats = NatsServer::start();
-    let app = App::start(&nats.url(), demo_sender_toml()).await;
+    let app = App::start(&nats.url(), demo_config()).await;
     let body = lead("dup@example.com");
     let (s1, b1, _) = app.post_signed("demo", "evt_dup", &body).await;
     let (s2, b2, _) = app.post_signed("demo", "evt_dup", &body).await;
@@ -64,153 +64,116 @@ async fn same_event_twice_is_one_message_and_duplicate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_the_contract_statuses() {
     let nats = NatsServer::start();
-    let senders = format!(
-        "{}\n{}",
-        demo_sender_toml(),
-        r#"
-[[senders]]
-id = "hooks"
-scheme = "hmac-sha256"
-secret_env = ["TEST_DEMO_SECRET"]
-event_id = { pointer = "/event_id" }
-[senders.mapping.fields]
-email = "$.email"
-"#
-    );
-    let app = App::start(&nats.url(), &senders).await;
-    let url = format!("{}/v1/intake/demo", app.base);
+    let hooks = SenderSpec::new("hooks", "hmac-sha256")
+        .secret_env("TEST_DEMO_SECRET")
+        .event_id_pointer("/event_id")
+        .field("email", "$.email");
+    let app = App::start(&nats.url(), demo_config().sender(hooks)).await;
+    let post = |path: &str, content_type: &str| {
+        app.http
+            .post(format!("{}{path}", app.base))
+            .header("content-type", content_type)
+    };
+    let demo = |content_type: &str| post("/v1/intake/demo", content_type);
 
-    // 400: signed but not JSON.
-    let (s, b, _) = app.post_signed("demo", "e1", b"{not json").await;
-    assert_eq!((s, b["error"].as_str()), (400, Some("invalid_body")), "{b}");
-
-    // 400: the configured event id is absent.
-    let (s, b, _) = app
-        .post_signed("hooks", "ignored", br#"{"email":"a@b.c"}"#)
-        .await;
-    assert_eq!(
-        (s, b["error"].as_str()),
-        (400, Some("missing_event_id")),
-        "{b}"
-    );
-
-    // 401: no signature at all.
-    let resp = app
-        .http
-        .post(&url)
-        .header("content-type", "application/json")
-        .body(lead("x@y.z"))
-        .send()
-        .await
-        .unwrap();
-    let (s, b, _) = common::read(resp).await;
-    assert_eq!(
-        (s, b["error"].as_str()),
-        (401, Some("signature_missing")),
-        "{b}"
-    );
-
-    // 401: wrong signature.
-    let resp = app
-        .http
-        .post(&url)
-        .header("content-type", "application/json")
-        .header("webhook-id", "e2")
-        .header("webhook-timestamp", now_secs().to_string())
-        .header(
-            "webhook-signature",
-            "v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
-        )
-        .body(lead("x@y.z"))
-        .send()
-        .await
-        .unwrap();
-    let (s, b, _) = common::read(resp).await;
-    assert_eq!(
-        (s, b["error"].as_str()),
-        (401, Some("signature_invalid")),
-        "{b}"
-    );
-
-    // 401: stale (a correct signature, ten minutes old).
+    // Signed, and still refused: what is in the body, or when it was signed.
     let old = SystemTime::now() - Duration::from_secs(600);
-    let (s, b, _) = app.post_signed_at("demo", "e3", &lead("x@y.z"), old).await;
-    assert_eq!(
-        (s, b["error"].as_str()),
-        (401, Some("signature_stale")),
-        "{b}"
-    );
+    let signed = [
+        // Not JSON.
+        (
+            app.post_signed("demo", "e1", b"{not json").await,
+            400,
+            "invalid_body",
+        ),
+        // The configured event id is absent.
+        (
+            app.post_signed("hooks", "ignored", br#"{"email":"a@b.c"}"#)
+                .await,
+            400,
+            "missing_event_id",
+        ),
+        // Stale: a correct signature, ten minutes old.
+        (
+            app.post_signed_at("demo", "e3", &lead("x@y.z"), old).await,
+            401,
+            "signature_stale",
+        ),
+    ];
+    for ((s, b, _), status, error) in signed {
+        assert_eq!((s, b["error"].as_str()), (status, Some(error)), "{b}");
+    }
 
-    // 404: unknown sender.
-    let resp = app
-        .http
-        .post(format!("{}/v1/intake/nobody", app.base))
-        .header("content-type", "application/json")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    let (s, b, _) = common::read(resp).await;
-    assert_eq!(
-        (s, b["error"].as_str()),
-        (404, Some("unknown_sender")),
-        "{b}"
-    );
-
-    // 413: declared length over the limit.
-    let big = vec![b'a'; 70 * 1024];
-    let resp = app
-        .http
-        .post(&url)
-        .header("content-type", "application/json")
-        .body(big.clone())
-        .send()
-        .await
-        .unwrap();
-    let (s, b, _) = common::read(resp).await;
-    assert_eq!(
-        (s, b["error"].as_str()),
-        (413, Some("body_too_large")),
-        "{b}"
-    );
-
-    // 413: chunked body (no Content-Length) that grows over the limit.
+    // Unsigned or forged, too big, or of the wrong type.
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         (0..80).map(|_| Ok(vec![b'a'; 1024])).collect();
-    let resp = app
-        .http
-        .post(&url)
-        .header("content-type", "application/json")
-        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
-        .send()
-        .await
-        .unwrap();
-    let (s, b, _) = common::read(resp).await;
-    assert_eq!(
-        (s, b["error"].as_str()),
-        (413, Some("body_too_large")),
-        "{b}"
-    );
-
-    // 415: wrong content type.
-    let resp = app
-        .http
-        .post(&url)
-        .header("content-type", "text/plain")
-        .body("hello")
-        .send()
-        .await
-        .unwrap();
-    let (s, b, _) = common::read(resp).await;
-    assert_eq!(
-        (s, b["error"].as_str()),
-        (415, Some("unsupported_media_type")),
-        "{b}"
-    );
+    let unsigned = [
+        (
+            "no signature at all",
+            demo("application/json").body(lead("x@y.z")),
+            401,
+            "signature_missing",
+        ),
+        (
+            "wrong signature",
+            forged(
+                demo("application/json"),
+                "e2",
+                "v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+            )
+            .body(lead("x@y.z")),
+            401,
+            "signature_invalid",
+        ),
+        (
+            "unknown sender",
+            post("/v1/intake/nobody", "application/json").body("{}"),
+            404,
+            "unknown_sender",
+        ),
+        (
+            "declared length over the limit",
+            demo("application/json").body(vec![b'a'; 70 * 1024]),
+            413,
+            "body_too_large",
+        ),
+        (
+            "chunked body (no Content-Length) that grows over the limit",
+            demo("application/json")
+                .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks))),
+            413,
+            "body_too_large",
+        ),
+        (
+            "wrong content type",
+            demo("text/plain").body("hello"),
+            415,
+            "unsupported_media_type",
+        ),
+    ];
+    for (what, req, status, error) in unsigned {
+        let (s, b, _) = common::send(req).await;
+        assert_eq!(
+            (s, b["error"].as_str()),
+            (status, Some(error)),
+            "{what}: {b}"
+        );
+    }
 
     // Nothing of the above reached the stream.
     assert_eq!(stream_messages(&nats.url(), "LEADS").await.len(), 0);
     app.service.shutdown().await;
+}
+
+/// `req` with Standard Webhooks headers for `event_id`, signed now with `signature`: what a
+/// forger sends.
+fn forged(
+    req: reqwest::RequestBuilder,
+    event_id: &str,
+    signature: &str,
+) -> reqwest::RequestBuilder {
+    req.header("webhook-id", event_id)
+        .header("webhook-timestamp", now_secs().to_string())
+        .header("webhook-signature", signature)
 }
 
 fn now_secs() -> u64 {
@@ -223,26 +186,15 @@ fn now_secs() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limits_are_per_sender_and_answer_429_with_retry_after() {
     let nats = NatsServer::start();
-    let senders = r#"
-[[senders]]
-id = "alpha"
-scheme = "standard-webhooks"
-secret_env = ["TEST_DEMO_SECRET"]
-event_id = { header = "webhook-id" }
-rate = { per_second = 1, burst = 2 }
-[senders.mapping.fields]
-email = "$.email"
-
-[[senders]]
-id = "beta"
-scheme = "standard-webhooks"
-secret_env = ["TEST_DEMO_SECRET"]
-event_id = { header = "webhook-id" }
-rate = { per_second = 1, burst = 2 }
-[senders.mapping.fields]
-email = "$.email"
-"#;
-    let app = App::start(&nats.url(), senders).await;
+    let limited = |id| {
+        SenderSpec::standard_webhooks(id, "TEST_DEMO_SECRET")
+            .rate(1, 2)
+            .field("email", "$.email")
+    };
+    let cfg = RouterConfig::new()
+        .sender(limited("alpha"))
+        .sender(limited("beta"));
+    let app = App::start(&nats.url(), cfg).await;
     let body = lead("rate@example.com");
     for i in 0..2 {
         let (s, b, _) = app.post_signed("alpha", &format!("a{i}"), &body).await;
@@ -279,25 +231,12 @@ email = "$.email"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sender_without_secret_fails_closed_with_503() {
     let nats = NatsServer::start();
-    let app = App::start_with(
-        &nats.url(),
-        demo_sender_toml(),
-        "",
-        std::collections::HashMap::new(),
-    )
-    .await;
-    let resp = app
+    let app = App::start_with(&nats.url(), demo_config(), std::collections::HashMap::new()).await;
+    let req = app
         .http
-        .post(format!("{}/v1/intake/demo", app.base))
-        .header("content-type", "application/json")
-        .header("webhook-id", "x")
-        .header("webhook-timestamp", now_secs().to_string())
-        .header("webhook-signature", "v1,AAAA")
-        .body(lead("x@y.z"))
-        .send()
-        .await
-        .unwrap();
-    let (s, b, h) = common::read(resp).await;
+        .post(app.intake_url("demo"))
+        .header("content-type", "application/json");
+    let (s, b, h) = common::send(forged(req, "x", "v1,AAAA").body(lead("x@y.z"))).await;
     assert_eq!(
         (s, b["error"].as_str()),
         (503, Some("sender_unconfigured")),
@@ -311,14 +250,9 @@ async fn sender_without_secret_fails_closed_with_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_down_answers_503_and_health_endpoints_tell() {
     let mut nats = NatsServer::start();
-    let app = App::start(&nats.url(), demo_sender_toml()).await;
-    let ready = app
-        .http
-        .get(format!("{}/readyz", app.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status().as_u16(), 200);
+    let app = App::start(&nats.url(), demo_config()).await;
+    let probe = |path: &str| common::send(app.http.get(format!("{}{path}", app.base)));
+    assert_eq!(probe("/readyz").await.0, 200);
 
     nats.kill();
     let (s, b, h) = app
@@ -330,20 +264,8 @@ async fn queue_down_answers_503_and_health_endpoints_tell() {
         "{b}"
     );
     assert!(h.contains_key("retry-after"));
-    let ready = app
-        .http
-        .get(format!("{}/readyz", app.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status().as_u16(), 503);
-    let health = app
-        .http
-        .get(format!("{}/healthz", app.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status().as_u16(), 200);
+    assert_eq!(probe("/readyz").await.0, 503);
+    assert_eq!(probe("/healthz").await.0, 200);
 
     // Back up: the vendor's retry of the 503'd request is stored once.
     nats.restart();
@@ -370,7 +292,7 @@ async fn queue_down_answers_503_and_health_endpoints_tell() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_202_survives_a_nats_crash_while_posting() {
     let mut nats = NatsServer::start();
-    let app = std::sync::Arc::new(App::start(&nats.url(), demo_sender_toml()).await);
+    let app = std::sync::Arc::new(App::start(&nats.url(), demo_config()).await);
 
     // Each request during the outage waits out the 1 s publish timeout, so keep that window short.
     let total = 240usize;

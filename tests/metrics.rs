@@ -7,10 +7,11 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use common::{App, NatsServer};
-use leadrouter::devtools::sandbox_crm::{Faults, SandboxCrm};
+use common::admin::AdminApp;
+use common::{HandlersSection, NatsServer, RouterConfig, SenderSpec};
+use leadrouter::devtools::sandbox_crm::Faults;
 use leadrouter::queue::message::{self, LeadHeaders};
 use leadrouter::telemetry::metrics::metrics;
 use serde_json::{json, Value};
@@ -108,47 +109,19 @@ fn split_labels(body: &str) -> Vec<&str> {
     parts
 }
 
-fn senders_toml(crm_url: &str) -> String {
-    let sender = |id: &str, rate: &str| {
-        format!(
-            r#"
-[[senders]]
-id = "{id}"
-scheme = "standard-webhooks"
-secret_env = ["TEST_DEMO_SECRET"]
-event_id = {{ header = "webhook-id" }}
-rate = {rate}
-[senders.mapping.fields]
-email = "$.email"
-first_name = "$.first_name"
-"#
-        )
-    };
-    format!(
-        "{}{}\n[[sinks]]\nname = \"crm\"\nkind = \"http\"\nurl = \"{crm_url}/leads\"\ntimeout = \"2s\"\n",
-        sender("m-main", "{ per_second = 1000, burst = 1000 }"),
-        sender("m-limited", "{ per_second = 1, burst = 1 }"),
-    )
+/// A sender with a bucket of `per_second` tokens a second and as many in a burst.
+fn sender(id: &str, per_second: u32) -> SenderSpec {
+    SenderSpec::standard_webhooks(id, "TEST_DEMO_SECRET")
+        .rate(per_second, per_second)
+        .fields(&["email", "first_name"])
 }
 
 fn lead(email: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({"email": email, "first_name": "Mira"})).unwrap()
 }
 
-/// Waits, without sleeping, until `cond` holds: re-checked after every finished delivery.
-async fn wait(app: &App, what: &str, cond: impl Fn() -> bool) {
-    let mut rx = app
-        .service
-        .pipeline_stats()
-        .expect("handlers on")
-        .subscribe();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "timed out waiting for {what}");
-        let _ = tokio::time::timeout(left, rx.changed()).await;
-    }
-}
+/// A sample's name, labels and value.
+type Sample<'a> = (&'a str, &'a [(&'a str, &'a str)], f64);
 
 /// A sample as the process exports it (the pool counters are summed at each scrape).
 fn exported(name: &str, labels: &[(&str, &str)]) -> u64 {
@@ -165,33 +138,19 @@ fn dead(reason: &str) -> u64 {
     exported("leadrouter_dlq_placements_total", &[("reason", reason)])
 }
 
-async fn admin_post(
-    http: &reqwest::Client,
-    admin: &str,
-    path: &str,
-    actor: Option<&str>,
-    body: Value,
-) -> Value {
-    let mut req = http
-        .post(format!("{admin}{path}"))
-        .bearer_auth(TOKEN)
-        .json(&body);
+/// A replay through the admin API, as `actor` when given; the answer of a 200.
+async fn admin_post(s: &AdminApp, path: &str, actor: Option<&str>, body: Value) -> Value {
+    let mut req = s.http.post(s.url(path)).bearer_auth(TOKEN).json(&body);
     if let Some(a) = actor {
         req = req.header("x-leadrouter-actor", a);
     }
-    let (st, b, _) = common::read(req.send().await.unwrap()).await;
+    let (st, b, _) = common::send(req).await;
     assert_eq!(st, 200, "{path}: {b}");
     b
 }
 
-async fn dlq_ids(http: &reqwest::Client, admin: &str, reason: &str) -> Vec<u64> {
-    let r = http
-        .get(format!("{admin}/api/dlq?reason={reason}"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
-    let (st, b, _) = common::read(r).await;
+async fn dlq_ids(s: &AdminApp, reason: &str) -> Vec<u64> {
+    let (st, b, _) = s.get(&format!("/api/dlq?reason={reason}")).await;
     assert_eq!(st, 200, "{b}");
     b["entries"]
         .as_array()
@@ -203,37 +162,29 @@ async fn dlq_ids(http: &reqwest::Client, admin: &str, reason: &str) -> Vec<u64> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_every_stage_with_bounded_labels() {
-    let nats = NatsServer::start();
-    let crm = SandboxCrm::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
     let mut env = common::test_env();
     env.insert("LEADROUTER_ADMIN_TOKEN".into(), TOKEN.into());
-    let extra = format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\n[handlers]\nmax_deliver = 2\nack_wait = \"3s\"\nmax_ack_pending = 100\nbackoff_base = \"20ms\"\nbackoff_cap = \"50ms\"\nschemas_dir = {:?}\n",
-        common::manifest_dir()
-            .join("config/schemas")
-            .display()
-            .to_string()
-    );
-    let app = App::start_with(&nats.url(), &senders_toml(&crm.url()), &extra, env).await;
-    let admin = format!("http://{}", app.service.admin_addr().expect("admin API on"));
-    let http = common::http_client();
+    let cfg = RouterConfig::new()
+        .admin_listen(common::any_port())
+        .handlers(HandlersSection {
+            max_ack_pending: Some(100),
+            ..common::quick_handlers(&common::shipped_schemas())
+        })
+        .sender(sender("m-main", 1000))
+        .sender(sender("m-limited", 1));
+    let s = AdminApp::start(NatsServer::start(), common::sandbox_crm().await, cfg, env).await;
+    let (app, crm, nats) = (&s.app, &s.crm, &s.nats);
 
     // Three leads, delivered.
     let mut keys = Vec::new();
     for i in 1..=3 {
-        let (st, b, _) = app
-            .post_signed(
-                "m-main",
-                &format!("evt-a{i}"),
-                &lead(&format!("a{i}@example.com")),
-            )
-            .await;
-        assert_eq!(st, 202, "{b}");
-        keys.push(b["id"].as_str().unwrap().to_string());
+        let email = format!("a{i}@example.com");
+        keys.push(
+            app.accept("m-main", &format!("evt-a{i}"), &lead(&email))
+                .await,
+        );
     }
-    wait(&app, "3 delivered", || delivered("false") == 3).await;
+    s.wait("3 delivered", |_| delivered("false") == 3).await;
 
     // The vendor retries the first: the edge's dedupe window answers duplicate.
     let (st, b, _) = app
@@ -263,7 +214,7 @@ async fn metrics_count_every_stage_with_bounded_labels() {
             .await
             .unwrap();
     }
-    wait(&app, "handler duplicate", || {
+    s.wait("handler duplicate", |_| {
         exported("leadrouter_handler_duplicates_total", &[]) == 1
     })
     .await;
@@ -282,15 +233,12 @@ async fn metrics_count_every_stage_with_bounded_labels() {
         (401, Some("signature_stale")),
         "{b}"
     );
-    let r = app
+    let req = app
         .http
-        .post(format!("{}/v1/intake/no-such-sender", app.base))
+        .post(app.intake_url("no-such-sender"))
         .header("content-type", "application/json")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 404);
+        .body("{}");
+    assert_eq!(common::send(req).await.0, 404);
 
     // Rate limited: a bucket of one token.
     let (mut limited_ok, mut limited_429) = (0u64, 0u64);
@@ -312,53 +260,42 @@ async fn metrics_count_every_stage_with_bounded_labels() {
         limited_429 >= 1,
         "three requests at once overrun a one-token bucket"
     );
-    wait(&app, "rate-limited sender's leads delivered", || {
+    s.wait("rate-limited sender's leads delivered", |_| {
         delivered("false") == 3 + limited_ok
     })
     .await;
 
     // One sink failure, then the retry succeeds.
     crm.set_faults(Faults::fail_next(1, 500));
-    let (st, b, _) = app
-        .post_signed("m-main", "evt-a4", &lead("a4@example.com"))
+    app.accept("m-main", "evt-a4", &lead("a4@example.com"))
         .await;
-    assert_eq!(st, 202, "{b}");
-    wait(&app, "retried lead delivered", || {
+    s.wait("retried lead delivered", |_| {
         delivered("false") == 4 + limited_ok
     })
     .await;
 
     // A CRM that keeps failing: the lead is dead-lettered after max_deliver = 2 attempts.
     crm.set_faults(Faults::fail_next(1000, 500));
-    let (st, b, _) = app
-        .post_signed("m-main", "evt-a5", &lead("a5@example.com"))
+    app.accept("m-main", "evt-a5", &lead("a5@example.com"))
         .await;
-    assert_eq!(st, 202, "{b}");
-    wait(&app, "retries exhausted", || dead("retries_exhausted") == 1).await;
+    s.wait("retries exhausted", |_| dead("retries_exhausted") == 1)
+        .await;
 
     // Fixed; replayed through the admin API: delivered as a replay.
     crm.heal();
-    let ids = dlq_ids(&http, &admin, "retries_exhausted").await;
+    let ids = dlq_ids(&s, "retries_exhausted").await;
     assert_eq!(ids.len(), 1);
-    let r = admin_post(
-        &http,
-        &admin,
-        &format!("/api/dlq/{}/replay", ids[0]),
-        None,
-        json!({"reason": "CRM back"}),
-    )
-    .await;
+    let path = format!("/api/dlq/{}/replay", ids[0]);
+    let r = admin_post(&s, &path, None, json!({"reason": "CRM back"})).await;
     assert_eq!(r["outcome"], "replayed", "{r}");
-    wait(&app, "replay delivered", || delivered("true") == 1).await;
+    s.wait("replay delivered", |_| delivered("true") == 1).await;
 
     // A schema failure, replayed (unfixed) through the NATS service and then the CLI's way
     // (the admin API with `x-leadrouter-actor: cli:<user>`): it comes back each time.
-    let (st, b, _) = app
-        .post_signed("m-main", "evt-a6", &lead("not-an-email"))
+    app.accept("m-main", "evt-a6", &lead("not-an-email")).await;
+    s.wait("schema mismatch", |_| dead("schema_mismatch") == 1)
         .await;
-    assert_eq!(st, 202, "{b}");
-    wait(&app, "schema mismatch", || dead("schema_mismatch") == 1).await;
-    let id = dlq_ids(&http, &admin, "schema_mismatch").await[0];
+    let id = dlq_ids(&s, "schema_mismatch").await[0];
     let client = async_nats::connect(nats.url()).await.unwrap();
     let reply = client
         .request(
@@ -371,20 +308,19 @@ async fn metrics_count_every_stage_with_bounded_labels() {
         .unwrap();
     let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
     assert_eq!(reply["outcome"], "replayed", "{reply}");
-    wait(&app, "back in the DLQ", || dead("schema_mismatch") == 2).await;
+    s.wait("back in the DLQ", |_| dead("schema_mismatch") == 2)
+        .await;
+    let path = format!("/api/dlq/{id}/replay");
     let r = admin_post(
-        &http,
-        &admin,
-        &format!("/api/dlq/{id}/replay"),
+        &s,
+        &path,
         Some("cli:tester"),
         json!({"reason": "and again"}),
     )
     .await;
     assert_eq!(r["outcome"], "replayed", "{r}");
-    wait(&app, "back in the DLQ again", || {
-        dead("schema_mismatch") == 3
-    })
-    .await;
+    s.wait("back in the DLQ again", |_| dead("schema_mismatch") == 3)
+        .await;
 
     // Queue gauges, read the way the service's 5 s poller reads them.
     let js = async_nats::jetstream::new(client.clone());
@@ -405,114 +341,157 @@ async fn metrics_count_every_stage_with_bounded_labels() {
     let text = resp.text().await.unwrap();
     let m = Scrape::parse(&text);
 
+    let ok = 4.0 + limited_ok as f64;
+    let (limited_ok, limited_429) = (limited_ok as f64, limited_429 as f64);
     let main = |status| [("sender", "m-main"), ("status", status)];
     let limited = |status| [("sender", "m-limited"), ("status", status)];
-    // a1..a6 and the duplicate: 7 accepted; the stale signature.
-    assert_eq!(
-        m.value("leadrouter_intake_requests_total", &main("202")),
-        7.0
-    );
-    assert_eq!(
-        m.value("leadrouter_intake_requests_total", &main("401")),
-        1.0
-    );
-    assert_eq!(
-        m.value("leadrouter_intake_requests_total", &main("503")),
-        0.0
-    );
-    assert_eq!(
-        m.value("leadrouter_intake_requests_total", &limited("202")),
-        limited_ok as f64
-    );
-    assert_eq!(
-        m.value("leadrouter_intake_requests_total", &limited("429")),
-        limited_429 as f64
-    );
-    assert_eq!(
-        m.value(
+    let sink = |outcome, class, replay| {
+        [
+            ("sink", "crm"),
+            ("outcome", outcome),
+            ("class", class),
+            ("replay", replay),
+        ]
+    };
+    // Each sample's exact value.
+    let exact: &[Sample] = &[
+        // a1..a6 and the duplicate: 7 accepted; the stale signature.
+        ("leadrouter_intake_requests_total", &main("202"), 7.0),
+        ("leadrouter_intake_requests_total", &main("401"), 1.0),
+        ("leadrouter_intake_requests_total", &main("503"), 0.0),
+        (
             "leadrouter_intake_requests_total",
-            &[("sender", "_unknown"), ("status", "404")]
+            &limited("202"),
+            limited_ok,
         ),
-        1.0
-    );
+        (
+            "leadrouter_intake_requests_total",
+            &limited("429"),
+            limited_429,
+        ),
+        (
+            "leadrouter_intake_requests_total",
+            &[("sender", "_unknown"), ("status", "404")],
+            1.0,
+        ),
+        (
+            "leadrouter_intake_duration_seconds_count",
+            &[("sender", "m-main")],
+            8.0,
+        ),
+        (
+            "leadrouter_intake_duration_seconds_bucket",
+            &[("sender", "m-main"), ("le", "+Inf")],
+            8.0,
+        ),
+        (
+            "leadrouter_intake_rate_limited_total",
+            &[("sender", "m-limited")],
+            limited_429,
+        ),
+        (
+            "leadrouter_intake_rate_limited_total",
+            &[("sender", "m-main")],
+            0.0,
+        ),
+        (
+            "leadrouter_intake_signature_failures_total",
+            &[("sender", "m-main"), ("reason", "signature_stale")],
+            1.0,
+        ),
+        (
+            "leadrouter_intake_duplicates_total",
+            &[("sender", "m-main")],
+            1.0,
+        ),
+        ("leadrouter_handler_duplicates_total", &[], 1.0),
+        // Sinks: a1-a4 and the limited sender's leads ok; a4 failed once, a5 twice; the replay
+        // ok.
+        (
+            "leadrouter_sink_requests_total",
+            &sink("ok", "none", "false"),
+            ok,
+        ),
+        (
+            "leadrouter_sink_requests_total",
+            &sink("ok", "none", "true"),
+            1.0,
+        ),
+        (
+            "leadrouter_sink_requests_total",
+            &sink("failed", "http_5xx", "false"),
+            3.0,
+        ),
+        (
+            "leadrouter_handler_stage_duration_seconds_count",
+            &[("stage", "sink"), ("sink", "crm")],
+            ok + 1.0 + 3.0,
+        ),
+        // a4's first attempt and a5's first attempt were NAKed for a retry.
+        ("leadrouter_retries_total", &[("reason", "sink")], 2.0),
+        (
+            "leadrouter_dlq_placements_total",
+            &[("reason", "retries_exhausted")],
+            1.0,
+        ),
+        (
+            "leadrouter_dlq_placements_total",
+            &[("reason", "schema_mismatch")],
+            3.0,
+        ),
+        (
+            "leadrouter_dlq_placements_total",
+            &[("reason", "max_deliveries")],
+            0.0,
+        ),
+        ("leadrouter_replays_total", &[("source", "admin")], 1.0),
+        ("leadrouter_replays_total", &[("source", "nats")], 1.0),
+        ("leadrouter_replays_total", &[("source", "cli")], 1.0),
+        ("leadrouter_delivered_total", &[("replay", "false")], ok),
+        ("leadrouter_delivered_total", &[("replay", "true")], 1.0),
+        (
+            "leadrouter_e2e_latency_seconds_count",
+            &[("replay", "false")],
+            ok,
+        ),
+        (
+            "leadrouter_e2e_latency_seconds_count",
+            &[("replay", "true")],
+            1.0,
+        ),
+        (
+            "leadrouter_e2e_latency_seconds_bucket",
+            &[("replay", "false"), ("le", "+Inf")],
+            ok,
+        ),
+        // Queue gauges: everything handled, the limit as configured, four DLQ entries.
+        ("leadrouter_queue_info_up", &[], 1.0),
+        ("leadrouter_queue_pending_messages", &[], 0.0),
+        ("leadrouter_queue_max_ack_pending", &[], 100.0),
+        ("leadrouter_queue_oldest_unacked_seconds", &[], 0.0),
+        // The only router owns every partition.
+        ("leadrouter_partitions_owned", &[], 16.0),
+        ("leadrouter_dlq_messages", &[], 4.0),
+        ("leadrouter_handler_restarts_total", &[], 0.0),
+        (
+            "leadrouter_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))],
+            1.0,
+        ),
+    ];
+    for (name, labels, want) in exact {
+        assert_eq!(m.value(name, labels), *want, "{name}{labels:?}");
+    }
     // The caller's path segment never becomes a label value.
     assert_eq!(
         m.label_values("leadrouter_intake_requests_total", "sender"),
         ["_unknown", "m-limited", "m-main"]
     );
-    assert_eq!(
-        m.value(
-            "leadrouter_intake_duration_seconds_count",
-            &[("sender", "m-main")]
-        ),
-        8.0
-    );
-    assert_eq!(
-        m.value(
-            "leadrouter_intake_duration_seconds_bucket",
-            &[("sender", "m-main"), ("le", "+Inf")]
-        ),
-        8.0
-    );
-    assert!(m
-        .get(
-            "leadrouter_intake_duration_seconds_bucket",
-            &[("sender", "m-main"), ("le", "0.0005")]
-        )
-        .is_some());
-    assert_eq!(
-        m.value(
-            "leadrouter_intake_rate_limited_total",
-            &[("sender", "m-limited")]
-        ),
-        limited_429 as f64
-    );
-    assert_eq!(
-        m.value(
-            "leadrouter_intake_rate_limited_total",
-            &[("sender", "m-main")]
-        ),
-        0.0
-    );
-    assert_eq!(
-        m.value(
-            "leadrouter_intake_signature_failures_total",
-            &[("sender", "m-main"), ("reason", "signature_stale")]
-        ),
-        1.0
-    );
-    assert_eq!(
-        m.value(
-            "leadrouter_intake_duplicates_total",
-            &[("sender", "m-main")]
-        ),
-        1.0
-    );
-    assert_eq!(m.value("leadrouter_handler_duplicates_total", &[]), 1.0);
-
-    // Sinks: a1-a4 and the limited sender's leads ok; a4 failed once, a5 twice; the replay ok.
-    let ok = 4.0 + limited_ok as f64;
-    let sink = |outcome, class, replay| {
-        m.value(
-            "leadrouter_sink_requests_total",
-            &[
-                ("sink", "crm"),
-                ("outcome", outcome),
-                ("class", class),
-                ("replay", replay),
-            ],
-        )
-    };
-    assert_eq!(sink("ok", "none", "false"), ok);
-    assert_eq!(sink("ok", "none", "true"), 1.0);
-    assert_eq!(sink("failed", "http_5xx", "false"), 3.0);
-    assert_eq!(
-        m.value(
-            "leadrouter_handler_stage_duration_seconds_count",
-            &[("stage", "sink"), ("sink", "crm")]
-        ),
-        ok + 1.0 + 3.0
-    );
+    let present = |name: &str, labels: &[(&str, &str)]| m.get(name, labels).is_some();
+    assert!(present(
+        "leadrouter_intake_duration_seconds_bucket",
+        &[("sender", "m-main"), ("le", "0.0005")]
+    ));
     for stage in ["claim", "validate", "enrich"] {
         assert!(
             m.value(
@@ -522,97 +501,17 @@ async fn metrics_count_every_stage_with_bounded_labels() {
             "{stage}"
         );
     }
-    // a4's first attempt and a5's first attempt were NAKed for a retry.
-    assert_eq!(
-        m.value("leadrouter_retries_total", &[("reason", "sink")]),
-        2.0
-    );
-    assert_eq!(
-        m.value(
-            "leadrouter_dlq_placements_total",
-            &[("reason", "retries_exhausted")]
-        ),
-        1.0
-    );
-    assert_eq!(
-        m.value(
-            "leadrouter_dlq_placements_total",
-            &[("reason", "schema_mismatch")]
-        ),
-        3.0
-    );
-    assert_eq!(
-        m.value(
-            "leadrouter_dlq_placements_total",
-            &[("reason", "max_deliveries")]
-        ),
-        0.0
-    );
-    for (source, n) in [("admin", 1.0), ("nats", 1.0), ("cli", 1.0)] {
-        assert_eq!(
-            m.value("leadrouter_replays_total", &[("source", source)]),
-            n,
-            "{source}"
-        );
-    }
-    assert_eq!(
-        m.value("leadrouter_delivered_total", &[("replay", "false")]),
-        ok
-    );
-    assert_eq!(
-        m.value("leadrouter_delivered_total", &[("replay", "true")]),
-        1.0
-    );
-    assert_eq!(
-        m.value(
-            "leadrouter_e2e_latency_seconds_count",
-            &[("replay", "false")]
-        ),
-        ok
-    );
-    assert_eq!(
-        m.value(
-            "leadrouter_e2e_latency_seconds_count",
-            &[("replay", "true")]
-        ),
-        1.0
-    );
     // Fine enough for the 2 s SLO and for milliseconds.
     for le in ["0.001", "0.005", "1.5", "2", "2.5", "+Inf"] {
         assert!(
-            m.get(
+            present(
                 "leadrouter_e2e_latency_seconds_bucket",
                 &[("replay", "false"), ("le", le)]
-            )
-            .is_some(),
+            ),
             "bucket {le}"
         );
     }
-    assert_eq!(
-        m.value(
-            "leadrouter_e2e_latency_seconds_bucket",
-            &[("replay", "false"), ("le", "+Inf")]
-        ),
-        ok
-    );
-
-    // Queue gauges: everything handled, the limit as configured, four DLQ entries.
-    assert_eq!(m.value("leadrouter_queue_info_up", &[]), 1.0);
-    assert_eq!(m.value("leadrouter_queue_pending_messages", &[]), 0.0);
     assert!(m.value("leadrouter_queue_ack_pending_messages", &[]) >= 0.0);
-    assert_eq!(m.value("leadrouter_queue_max_ack_pending", &[]), 100.0);
-    assert_eq!(m.value("leadrouter_queue_oldest_unacked_seconds", &[]), 0.0);
-    // The only router owns every partition.
-    assert_eq!(m.value("leadrouter_partitions_owned", &[]), 16.0);
-    assert_eq!(m.value("leadrouter_dlq_messages", &[]), 4.0);
-    assert_eq!(m.value("leadrouter_handler_restarts_total", &[]), 0.0);
-    assert_eq!(
-        m.value(
-            "leadrouter_build_info",
-            &[("version", env!("CARGO_PKG_VERSION"))]
-        ),
-        1.0
-    );
 
     // No lead data in any label.
     for needle in ["@example.com", "lr_", "evt-", "127.0.0.1", "no-such-sender"] {
@@ -664,7 +563,7 @@ async fn metrics_count_every_stage_with_bounded_labels() {
         );
     }
 
-    app.service.shutdown().await;
+    s.shutdown().await;
 }
 
 fn alerts() -> serde_norway::Value {

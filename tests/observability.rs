@@ -4,14 +4,11 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{manifest_dir, NatsServer, DEMO_SECRET};
-use leadrouter::devtools::harness::{
-    http_sink, HandlersSection, RouterConfig, RouterProcess, Stopped,
-};
+use common::{NatsServer, DEMO_SECRET};
+use leadrouter::devtools::harness::RouterProcess;
 use leadrouter::devtools::sandbox_crm::{Faults, SandboxCrm};
 use serde_json::{json, Value};
 
@@ -32,8 +29,6 @@ const PII: &[&str] = &[
     "Wolfgangina",
 ];
 
-use common::free_port;
-
 struct Serve {
     router: RouterProcess,
     config: std::path::PathBuf,
@@ -44,32 +39,9 @@ struct Serve {
 impl Serve {
     async fn start(nats: &NatsServer, crm: &SandboxCrm) -> Serve {
         let dir = tempfile::tempdir().unwrap();
-        let (ip, ap) = (free_port(), free_port());
-        let config = dir.path().join("leadrouter.toml");
-        let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
-        let cfg = RouterConfig::new()
-            .data_dir(dir.path().join("data"))
-            .nats_url(nats.url())
-            .intake_listen(loopback(ip))
-            .admin_listen(loopback(ap))
-            .handlers(HandlersSection {
-                max_deliver: Some(2),
-                ack_wait: Some(Duration::from_secs(3)),
-                backoff_base: Some(Duration::from_millis(20)),
-                backoff_cap: Some(Duration::from_millis(50)),
-                schemas_dir: Some(manifest_dir().join("config/schemas")),
-                ..Default::default()
-            })
-            .dlq_key("k1", "TEST_DLQ_KEY")
-            .sender(common::demo_sender())
-            .sink(http_sink(
-                "crm",
-                format!("{}/leads", crm.url()),
-                Some(Duration::from_secs(2)),
-            ));
-        let mut router = RouterProcess::for_config(env!("CARGO_BIN_EXE_leadrouter"), &cfg, &config)
-            .unwrap()
-            .current_dir(manifest_dir())
+        let cfg = common::served_config(dir.path(), &nats.url(), &crm.url())
+            .dlq_key("k1", "TEST_DLQ_KEY");
+        let router = common::served(&cfg, dir.path())
             .env("TEST_DEMO_SECRET", DEMO_SECRET)
             .env("TEST_DLQ_KEY", DLQ_KEY)
             .env("LEADROUTER_ADMIN_TOKEN", TOKEN)
@@ -78,13 +50,11 @@ impl Serve {
                 "LEADROUTER_LOG",
                 "debug,async_nats=info,hyper=info,hyper_util=info,warp=info,reqwest=info",
             );
-        if let Err(e) = router.start(WAIT).await {
-            panic!("leadrouter serve starts: {e}\n{}", router.log_text());
-        }
+        let router = common::serve(router).await;
         let serve = Serve {
+            config: router.config_path().to_path_buf(),
+            intake: router.intake_url(),
             router,
-            config,
-            intake: format!("http://127.0.0.1:{ip}"),
             _dir: dir,
         };
         tokio::task::block_in_place(|| {
@@ -159,13 +129,7 @@ impl Serve {
 
     /// SIGTERM and wait; returns the whole log, the last lines flushed by the exit.
     async fn stop(mut self) -> String {
-        match self.router.stop(WAIT).await {
-            Stopped::Exited(status) => {
-                assert!(status.success(), "serve exits cleanly on SIGTERM: {status}")
-            }
-            other => panic!("serve exits cleanly on SIGTERM: {other}"),
-        }
-        self.router.log_text()
+        common::stop_cleanly(&mut self.router).await
     }
 }
 
@@ -188,9 +152,7 @@ fn is_key(v: &Value, key: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_never_show_a_leads_personal_data_and_operators_get_latency_and_stats() {
     let nats = NatsServer::start();
-    let crm = SandboxCrm::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let crm = common::sandbox_crm().await;
     let serve = Serve::start(&nats, &crm).await;
     let http = common::http_client();
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use leadrouter::config::{HandlersConfig, StreamsConfig};
+use leadrouter::devtools::harness::{file_sink, segment_sink};
 use leadrouter::devtools::sandbox_crm::{Faults, SandboxCrm};
 use leadrouter::dlq::DlqWriter;
 use leadrouter::intake::envelope::{email_hash, idempotency_key, LeadEnvelope};
@@ -55,21 +56,16 @@ fn fast_handlers() -> HandlersConfig {
 }
 
 async fn sink_from(
-    toml_text: &str,
+    cfg: &SinkConfig,
     data: &std::path::Path,
     client: &async_nats::Client,
 ) -> Arc<dyn Sink> {
-    let cfg: SinkConfig = toml::from_str(toml_text).expect("sink config");
     let ctx = SinkContext {
         data_dir: data.to_path_buf(),
         nats: Some(client.clone()),
         env: [("TEST_SEGMENT_KEY".to_string(), "wk_test".to_string())].into(),
     };
-    sinks::build(0, &cfg, &ctx).await.expect("sink builds")
-}
-
-fn http_sink(url: &str) -> String {
-    format!("name = \"crm\"\nkind = \"http\"\nurl = \"{url}/leads\"\ntimeout = \"2s\"\n")
+    sinks::build(0, cfg, &ctx).await.expect("sink builds")
 }
 
 impl Rig {
@@ -130,14 +126,26 @@ impl Rig {
 
     /// A rig whose one sink is the sandbox CRM (its data dir kept alive by the caller).
     async fn with_crm() -> (Rig, SandboxCrm, tempfile::TempDir) {
-        let crm = SandboxCrm::start("127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
+        Rig::with_crm_and(fast_handlers(), |crm| crm, &[]).await
+    }
+
+    /// A rig whose sinks are the sandbox CRM's `crm` sink as `wrap` makes it, then `more`.
+    async fn with_crm_and(
+        handlers: HandlersConfig,
+        wrap: impl FnOnce(Arc<dyn Sink>) -> Arc<dyn Sink>,
+        more: &[SinkConfig],
+    ) -> (Rig, SandboxCrm, tempfile::TempDir) {
+        let crm = common::sandbox_crm().await;
         let nats = NatsServer::start();
         let client = async_nats::connect(nats.url()).await.unwrap();
         let data = tempfile::tempdir().unwrap();
-        let sinks = vec![sink_from(&http_sink(&crm.url()), data.path(), &client).await];
-        (Rig::start_on(nats, fast_handlers(), sinks).await, crm, data)
+        let mut sinks = vec![wrap(
+            sink_from(&common::crm_sink(&crm.url()), data.path(), &client).await,
+        )];
+        for cfg in more {
+            sinks.push(sink_from(cfg, data.path(), &client).await);
+        }
+        (Rig::start_on(nats, handlers, sinks).await, crm, data)
     }
 
     /// Publishes an envelope as the edge would; `msg_id` defaults to the key.
@@ -152,16 +160,7 @@ impl Rig {
 
     /// Waits (on the pool's progress events) until `cond` holds.
     async fn until(&self, what: &str, cond: impl Fn(&PipelineStats) -> bool) {
-        let mut rx = self.stats.subscribe();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if cond(&self.stats) {
-                return;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "timed out waiting for: {what}");
-            let _ = tokio::time::timeout(left, rx.changed()).await;
-        }
+        common::wait_stats(&self.stats, what, cond).await;
     }
 
     async fn dlq_entries(&self) -> Vec<(async_nats::HeaderMap, Vec<u8>)> {
@@ -220,22 +219,8 @@ fn test_keys() -> leadrouter::dlq::crypto::KeyRing {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lead_reaches_every_sink_once_and_redelivery_is_a_duplicate() {
-    let crm = SandboxCrm::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let nats = NatsServer::start();
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let sinks = vec![
-        sink_from(&http_sink(&crm.url()), data.path(), &client).await,
-        sink_from(
-            "name = \"archive\"\nkind = \"file\"\n",
-            data.path(),
-            &client,
-        )
-        .await,
-    ];
-    let rig = Rig::start_on(nats, fast_handlers(), sinks).await;
+    let (rig, crm, data) =
+        Rig::with_crm_and(fast_handlers(), |crm| crm, &[file_sink("archive", None)]).await;
 
     let env = envelope(
         "demo",
@@ -284,6 +269,19 @@ struct CrashAfterWrite {
     before: bool,
 }
 
+impl CrashAfterWrite {
+    /// `before`: the panic comes before the sink call instead.
+    fn wrap(before: bool) -> impl FnOnce(Arc<dyn Sink>) -> Arc<dyn Sink> {
+        move |inner| {
+            Arc::new(CrashAfterWrite {
+                inner,
+                crashed: AtomicBool::new(false),
+                before,
+            })
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl Sink for CrashAfterWrite {
     fn name(&self) -> &str {
@@ -303,19 +301,8 @@ impl Sink for CrashAfterWrite {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_sink_write_redelivers_and_the_crm_creates_once() {
-    let crm = SandboxCrm::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let nats = NatsServer::start();
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let inner = sink_from(&http_sink(&crm.url()), data.path(), &client).await;
-    let sink = Arc::new(CrashAfterWrite {
-        inner,
-        crashed: AtomicBool::new(false),
-        before: false,
-    });
-    let rig = Rig::start_on(nats, fast_handlers(), vec![sink]).await;
+    let (rig, crm, _data) =
+        Rig::with_crm_and(fast_handlers(), CrashAfterWrite::wrap(false), &[]).await;
 
     let env = envelope("demo", "evt-crash", json!({"email": "crash@example.com"}));
     rig.publish(&env, None).await;
@@ -335,19 +322,8 @@ async fn crash_after_sink_write_redelivers_and_the_crm_creates_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handler_panic_is_restarted_and_its_message_is_not_lost() {
-    let crm = SandboxCrm::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let nats = NatsServer::start();
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let inner = sink_from(&http_sink(&crm.url()), data.path(), &client).await;
-    let sink = Arc::new(CrashAfterWrite {
-        inner,
-        crashed: AtomicBool::new(false),
-        before: true,
-    });
-    let rig = Rig::start_on(nats, fast_handlers(), vec![sink]).await;
+    let (rig, crm, _data) =
+        Rig::with_crm_and(fast_handlers(), CrashAfterWrite::wrap(true), &[]).await;
 
     let env = envelope("demo", "evt-panic", json!({"email": "panic@example.com"}));
     rig.publish(&env, None).await;
@@ -455,25 +431,15 @@ async fn schema_mismatch_dead_letters_after_one_attempt_without_sink_calls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crm_ok_and_analytics_failing_retries_analytics_only() {
-    let crm = SandboxCrm::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let analytics = SandboxCrm::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let analytics = common::sandbox_crm().await;
     analytics.set_faults(Faults::fail_next(2, 503));
-    let nats = NatsServer::start();
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let segment = format!(
-        "name = \"analytics\"\nkind = \"segment\"\nwrite_key_env = \"TEST_SEGMENT_KEY\"\nendpoint = \"{}\"\ntimeout = \"2s\"\n",
-        analytics.url()
+    let segment = segment_sink(
+        "analytics",
+        "TEST_SEGMENT_KEY",
+        analytics.url(),
+        Some(Duration::from_secs(2)),
     );
-    let sinks = vec![
-        sink_from(&http_sink(&crm.url()), data.path(), &client).await,
-        sink_from(&segment, data.path(), &client).await,
-    ];
-    let rig = Rig::start_on(nats, fast_handlers(), sinks).await;
+    let (rig, crm, _data) = Rig::with_crm_and(fast_handlers(), |crm| crm, &[segment]).await;
 
     let env = envelope(
         "demo",
@@ -500,27 +466,13 @@ async fn crm_ok_and_analytics_failing_retries_analytics_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_lead_completes_in_stream_order_while_other_leads_flow() {
-    let crm = SandboxCrm::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let (rig, crm, data) =
+        Rig::with_crm_and(fast_handlers(), |crm| crm, &[file_sink("archive", None)]).await;
     // The create is turned away once with a 2 s Retry-After, so without per-lead FIFO the update
     // would overtake it, and a lead held up behind it would show a 2 s gap.
     let mut f = Faults::fail_next(1, 429);
     f.retry_after_secs = 2;
     crm.set_faults(f);
-    let nats = NatsServer::start();
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let sinks = vec![
-        sink_from(&http_sink(&crm.url()), data.path(), &client).await,
-        sink_from(
-            "name = \"archive\"\nkind = \"file\"\n",
-            data.path(),
-            &client,
-        )
-        .await,
-    ];
-    let rig = Rig::start_on(nats, fast_handlers(), sinks).await;
 
     let create = envelope(
         "demo",
@@ -663,22 +615,17 @@ impl Sink for Slow {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_sink_longer_than_ack_wait_is_not_redelivered() {
-    let crm = SandboxCrm::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let nats = NatsServer::start();
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let inner = sink_from(&http_sink(&crm.url()), data.path(), &client).await;
-    let sink = Arc::new(Slow {
-        inner,
-        delay: Duration::from_millis(3_500),
-    });
     let handlers = HandlersConfig {
         ack_wait: Duration::from_secs(1),
         ..fast_handlers()
     };
-    let rig = Rig::start_on(nats, handlers, vec![sink]).await;
+    let slow = |inner| -> Arc<dyn Sink> {
+        Arc::new(Slow {
+            inner,
+            delay: Duration::from_millis(3_500),
+        })
+    };
+    let (rig, crm, _data) = Rig::with_crm_and(handlers, slow, &[]).await;
 
     let env = envelope(
         "demo",

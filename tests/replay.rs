@@ -5,141 +5,71 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{App, NatsServer};
-use leadrouter::devtools::sandbox_crm::{Faults, SandboxCrm, Scope};
+use common::admin::{admin_config, admin_env, schemas, AdminApp};
+use common::{NatsServer, RouterConfig};
+use leadrouter::devtools::harness::segment_sink;
+use leadrouter::devtools::sandbox_crm::{Faults, Scope};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "test-admin-token-0123456789";
 
 fn env() -> HashMap<String, String> {
-    let mut e = common::test_env();
-    e.insert("LEADROUTER_ADMIN_TOKEN".into(), TOKEN.into());
-    e.insert("TEST_DLQ_KEY".into(), KEY_K1.into());
+    let mut e = admin_env(TOKEN);
     e.insert("TEST_SEGMENT_KEY".into(), "seg-write-key".into());
     e
 }
 
-struct Setup {
-    app: App,
-    crm: SandboxCrm,
-    nats: NatsServer,
-    admin: String,
-    http: reqwest::Client,
-}
+/// DLQ keys as (id, env var); the first seals.
+type Keys<'a> = &'a [(&'a str, &'a str)];
 
-const KEY_K1: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
-const ONE_KEY: &str = r#"keys = [{ id = "k1", env = "TEST_DLQ_KEY" }]"#;
+const ONE_KEY: Keys = &[("k1", "TEST_DLQ_KEY")];
 
-async fn setup(schemas_dir: &Path) -> Setup {
-    setup_on(NatsServer::start(), schemas_dir, "", ONE_KEY, env()).await
-}
-
-/// A service on `nats` with a sandbox CRM sink (plus `more_sinks`), the admin API on, and the
-/// DLQ keys given as the `[dlq]` table's body.
-async fn setup_on(
-    nats: NatsServer,
-    schemas_dir: &Path,
-    more_sinks: &str,
-    dlq_keys: &str,
-    env: HashMap<String, String>,
-) -> Setup {
-    let crm = SandboxCrm::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let senders = format!(
-        "{}\n[[sinks]]\nname = \"crm\"\nkind = \"http\"\nurl = \"{}/leads\"\ntimeout = \"2s\"\n{}",
-        common::demo_sender_toml(),
-        crm.url(),
-        more_sinks.replace("{crm}", &crm.url()),
-    );
-    let extra = format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\n[handlers]\nmax_deliver = 2\nack_wait = \"3s\"\nbackoff_base = \"20ms\"\nbackoff_cap = \"50ms\"\nschema_reload = \"0s\"\nschemas_dir = {:?}\n[dlq]\n{dlq_keys}\n",
-        schemas_dir.display().to_string()
-    );
-    let app = App::start_with(&nats.url(), &senders, &extra, env).await;
-    let admin = format!("http://{}", app.service.admin_addr().expect("admin API on"));
-    Setup {
-        app,
-        crm,
-        nats,
-        admin,
-        http: common::http_client(),
-    }
-}
-
-impl Setup {
-    async fn wait(&self, what: &str, cond: impl Fn(&leadrouter::pipeline::PipelineStats) -> bool) {
-        let stats = self.app.service.pipeline_stats().unwrap().clone();
-        let mut rx = stats.subscribe();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !cond(&stats) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "timed out waiting for {what}");
-            let _ = tokio::time::timeout(left, rx.changed()).await;
-        }
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.admin))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap();
-        let (s, b, _) = common::read(r).await;
-        (s, b)
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.admin))
-            .bearer_auth(TOKEN)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let (s, b, _) = common::read(r).await;
-        (s, b)
-    }
-
-    /// Runs the `leadrouter` binary against this service's admin API, as an operator would.
-    fn cli(&self, args: &[&str]) -> std::process::Output {
-        std::process::Command::new(env!("CARGO_BIN_EXE_leadrouter"))
-            .args(args)
-            .current_dir(common::manifest_dir())
-            .env(
-                "LEADROUTER_ADMIN_LISTEN",
-                self.admin.trim_start_matches("http://"),
-            )
-            .env("LEADROUTER_ADMIN_TOKEN", TOKEN)
-            .output()
-            .expect("run leadrouter")
-    }
-
-    fn dead(&self, reason: &str) -> u64 {
-        self.app
-            .service
-            .pipeline_stats()
-            .unwrap()
-            .dead()
-            .get(reason)
-            .copied()
-            .unwrap_or(0)
-    }
-}
-
-fn schemas() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        common::manifest_dir().join("config/schemas/lead.v1.json"),
-        dir.path().join("lead.v1.json"),
+/// The demo sender and the DLQ `keys` on top of the shared admin set-up.
+fn config(schemas_dir: &Path, keys: Keys) -> RouterConfig {
+    with_keys(
+        admin_config(schemas_dir).sender(common::demo_sender()),
+        keys,
     )
-    .unwrap();
-    dir
+}
+
+/// `cfg` with exactly the DLQ `keys`.
+fn with_keys(mut cfg: RouterConfig, keys: Keys) -> RouterConfig {
+    cfg.dlq.keys.clear();
+    for (id, var) in keys {
+        cfg = cfg.dlq_key(*id, *var);
+    }
+    cfg
+}
+
+async fn setup(schemas_dir: &Path) -> AdminApp {
+    setup_on(NatsServer::start(), config(schemas_dir, ONE_KEY), env()).await
+}
+
+async fn setup_on(nats: NatsServer, cfg: RouterConfig, env: HashMap<String, String>) -> AdminApp {
+    AdminApp::start(nats, common::sandbox_crm().await, cfg, env).await
+}
+
+/// The `leadrouter` binary pointed at the admin API at `admin`, as an operator runs it.
+fn cli_command(admin: &str, args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_leadrouter"));
+    cmd.args(args)
+        .current_dir(common::manifest_dir())
+        .env(
+            "LEADROUTER_ADMIN_LISTEN",
+            admin.trim_start_matches("http://"),
+        )
+        .env("LEADROUTER_ADMIN_TOKEN", TOKEN);
+    cmd
+}
+
+fn cli_at(admin: &str, args: &[&str]) -> std::process::Output {
+    cli_command(admin, args).output().expect("run leadrouter")
+}
+
+fn cli(s: &AdminApp, args: &[&str]) -> std::process::Output {
+    cli_at(&s.admin, args)
 }
 
 fn lead(email: &str) -> Vec<u8> {
@@ -147,21 +77,35 @@ fn lead(email: &str) -> Vec<u8> {
         .unwrap()
 }
 
+/// Posts a lead while the CRM fails for good, and waits until it is the `n`th dead letter.
+async fn dead_letter(s: &AdminApp, event_id: &str, email: &str, n: u64) -> String {
+    s.crm.set_faults(Faults::fail_next(1000, 500));
+    let key = s.app.accept("demo", event_id, &lead(email)).await;
+    s.wait("dead-lettered", |_| s.dead("retries_exhausted") == n)
+        .await;
+    key
+}
+
+/// A JSON summary printed by a CLI run that succeeded.
+fn summary(out: &std::process::Output) -> Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON summary")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letter_is_encrypted_at_rest_and_replays_once_after_the_fix() {
     let dir = schemas();
     let s = setup(dir.path()).await;
-    s.crm.set_faults(Faults::fail_next(1000, 500));
     let email = "zelda.distinctive@example.org";
-    let (st, b, _) = s.app.post_signed("demo", "evt-dlq-1", &lead(email)).await;
-    assert_eq!(st, 202, "{b}");
-    let key = b["id"].as_str().unwrap().to_string();
-    s.wait("dead-lettered", |_| s.dead("retries_exhausted") == 1)
-        .await;
+    let key = dead_letter(&s, "evt-dlq-1", email, 1).await;
 
     // Encrypted at rest: no field of the lead in clear in the DLQ stream's files.
     let mut found = Vec::new();
-    for entry in walk(s.nats.store_dir()) {
+    for entry in common::walk(s.nats.store_dir()) {
         if entry.to_string_lossy().contains("LEADS_DLQ") {
             let bytes = std::fs::read(&entry).unwrap_or_default();
             // The masked preview keeps the last four digits by design (`+1 *** *** 4567`), so
@@ -176,7 +120,7 @@ async fn dead_letter_is_encrypted_at_rest_and_replays_once_after_the_fix() {
     assert!(found.is_empty(), "plaintext in the DLQ store: {found:?}");
 
     // Listed with reason, masked preview, no clear PII.
-    let (st, list) = s.get("/api/dlq?reason=retries_exhausted").await;
+    let (st, list, _) = s.get("/api/dlq?reason=retries_exhausted").await;
     assert_eq!(st, 200, "{list}");
     let entries = list["entries"].as_array().unwrap();
     assert_eq!(entries.len(), 1);
@@ -203,12 +147,7 @@ async fn dead_letter_is_encrypted_at_rest_and_replays_once_after_the_fix() {
 
     // Fix the CRM, replay twice: one write.
     s.crm.heal();
-    let (st, r) = s
-        .post(
-            &format!("/api/dlq/{id}/replay"),
-            json!({"reason": "CRM back up"}),
-        )
-        .await;
+    let (st, r) = s.replay(id, "CRM back up").await;
     assert_eq!((st, r["outcome"].as_str()), (200, Some("replayed")), "{r}");
     s.wait("replay delivered", |st| st.delivered() == 1).await;
     // The replay went straight to the lead's partition (not the un-partitioned form).
@@ -224,9 +163,7 @@ async fn dead_letter_is_encrypted_at_rest_and_replays_once_after_the_fix() {
         leadrouter::queue::partition::parse_subject(&copy.subject).expect("a lead subject");
     assert_eq!(subject.sender, "demo");
     assert!(subject.partition.is_some(), "{}", copy.subject);
-    let (st, r2) = s
-        .post(&format!("/api/dlq/{id}/replay"), json!({"reason": "again"}))
-        .await;
+    let (st, r2) = s.replay(id, "again").await;
     assert_eq!(st, 200, "{r2}");
     assert_eq!(
         r2["outcome"], "skipped",
@@ -237,12 +174,12 @@ async fn dead_letter_is_encrypted_at_rest_and_replays_once_after_the_fix() {
     assert_eq!(rec.writes, 1);
 
     // The entry stays, marked.
-    let (_, shown) = s.get(&format!("/api/dlq/{id}")).await;
+    let (_, shown, _) = s.get(&format!("/api/dlq/{id}")).await;
     assert_eq!(shown["replays"][0]["reason"], "CRM back up");
-    let (_, hidden) = s.get("/api/dlq?hide_replayed=true").await;
+    let (_, hidden, _) = s.get("/api/dlq?hide_replayed=true").await;
     assert_eq!(hidden["entries"].as_array().unwrap().len(), 0);
     assert!(s.app.service.pipeline_stats().unwrap().replayed() >= 1);
-    s.app.service.shutdown().await;
+    s.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,15 +193,10 @@ async fn schema_fix_then_batch_replay_delivers_and_failures_return_with_new_reas
     let s = setup(dir.path()).await;
 
     for i in 0..3 {
-        let (st, b, _) = s
-            .app
-            .post_signed(
-                "demo",
-                &format!("evt-schema-{i}"),
-                &lead(&format!("s{i}@example.com")),
-            )
+        let email = format!("s{i}@example.com");
+        s.app
+            .accept("demo", &format!("evt-schema-{i}"), &lead(&email))
             .await;
-        assert_eq!(st, 202, "{b}");
     }
     s.wait("three schema dead letters", |_| {
         s.dead("schema_mismatch") == 3
@@ -305,87 +237,60 @@ async fn schema_fix_then_batch_replay_delivers_and_failures_return_with_new_reas
     assert_eq!(s.crm.stats().records, 3);
 
     // The same sweep from the CLI: everything was replayed before, so all skipped, none sent.
-    let out = s.cli(&[
-        "replay",
-        "--filter-reason",
-        "schema_mismatch",
-        "--reason",
-        "again",
-        "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let sum: Value = serde_json::from_slice(&out.stdout).expect("JSON summary");
+    let sum = summary(&cli(
+        &s,
+        &[
+            "replay",
+            "--filter-reason",
+            "schema_mismatch",
+            "--reason",
+            "again",
+            "--json",
+        ],
+    ));
     assert_eq!(
         (sum["replayed"].as_u64(), sum["skipped"].as_u64()),
         (Some(0), Some(6)),
         "{sum}"
     );
     assert_eq!(s.crm.stats().records, 3);
-    s.app.service.shutdown().await;
+    s.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_api_needs_the_token_and_nats_service_answers_plain_requests() {
     let dir = schemas();
     let s = setup(dir.path()).await;
-    s.crm.set_faults(Faults::fail_next(1000, 500));
-    let (st, _, _) = s
-        .app
-        .post_signed("demo", "evt-nats", &lead("n@example.com"))
-        .await;
-    assert_eq!(st, 202);
-    s.wait("dead-lettered", |_| s.dead("retries_exhausted") == 1)
-        .await;
+    dead_letter(&s, "evt-nats", "n@example.com", 1).await;
 
     for path in ["/api/dlq", "/api/dlq/1", "/api/stats"] {
-        let r = s
-            .http
-            .get(format!("{}{path}", s.admin))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 401, "{path} without token");
-        let r = s
-            .http
-            .get(format!("{}{path}", s.admin))
-            .bearer_auth("wrong")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 401, "{path} with a wrong token");
+        for (token, why) in [
+            (None, "without token"),
+            (Some("wrong"), "with a wrong token"),
+        ] {
+            let mut req = s.http.get(s.url(path));
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            let (st, _, _) = common::send(req).await;
+            assert_eq!(st, 401, "{path} {why}");
+        }
     }
 
     // Clear errors for the wrong route, method and body type.
-    let r = s
+    let form = s
         .http
-        .get(format!("{}/api/nope", s.admin))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 404);
-    let r = s
-        .http
-        .delete(format!("{}/api/dlq", s.admin))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 405);
-    let r = s
-        .http
-        .post(format!("{}/api/dlq/1/replay", s.admin))
-        .bearer_auth(TOKEN)
+        .post(s.url("/api/dlq/1/replay"))
         .header("content-type", "application/x-www-form-urlencoded")
-        .body("reason=x")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 415);
+        .body("reason=x");
+    for (req, want) in [
+        (s.http.get(s.url("/api/nope")), 404),
+        (s.http.delete(s.url("/api/dlq")), 405),
+        (form, 415),
+    ] {
+        let (st, _, _) = common::send(req.bearer_auth(TOKEN)).await;
+        assert_eq!(st, want);
+    }
 
     // Any NATS client: list, stats, replay, and a micro error for a bad request.
     let client = async_nats::connect(s.nats.url()).await.unwrap();
@@ -422,7 +327,7 @@ async fn admin_api_needs_the_token_and_nats_service_answers_plain_requests() {
     s.wait("delivered", |st| st.delivered() == 1).await;
 
     // The CLI finds the service from env and prints JSON lines.
-    let out = s.cli(&["dlq", "tail"]);
+    let out = cli(&s, &["dlq", "tail"]);
     assert!(
         out.status.success(),
         "{}",
@@ -438,20 +343,14 @@ async fn admin_api_needs_the_token_and_nats_service_answers_plain_requests() {
     assert_eq!(lines[0]["replayed"], true);
 
     // Unreachable service: one line, non-zero.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_leadrouter"))
-        .args(["dlq", "tail"])
-        .current_dir(common::manifest_dir())
-        .env("LEADROUTER_ADMIN_LISTEN", "127.0.0.1:1")
-        .env("LEADROUTER_ADMIN_TOKEN", TOKEN)
-        .output()
-        .unwrap();
+    let out = cli_at("127.0.0.1:1", &["dlq", "tail"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("not reachable") && err.trim().lines().count() == 1,
         "{err}"
     );
-    s.app.service.shutdown().await;
+    s.shutdown().await;
 }
 
 /// A lead that reached the CRM but not analytics is dead-lettered; the replay (from the CLI)
@@ -459,38 +358,41 @@ async fn admin_api_needs_the_token_and_nats_service_answers_plain_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replaying_a_lead_that_reached_a_sink_writes_only_what_is_missing() {
     let dir = schemas();
-    let segment = "[[sinks]]\nname = \"analytics\"\nkind = \"segment\"\nwrite_key_env = \"TEST_SEGMENT_KEY\"\nendpoint = \"{crm}\"\ntimeout = \"2s\"\n";
-    let s = setup_on(NatsServer::start(), dir.path(), segment, ONE_KEY, env()).await;
+    // The sandbox CRM answers Segment's API too (its analytics scope), so it is both sinks.
+    let crm = common::sandbox_crm().await;
+    let analytics = segment_sink(
+        "analytics",
+        "TEST_SEGMENT_KEY",
+        crm.url(),
+        Some(Duration::from_secs(2)),
+    );
+    let cfg = config(dir.path(), ONE_KEY).sink(analytics);
+    let s = AdminApp::start(NatsServer::start(), crm, cfg, env()).await;
     s.crm
         .set_faults_for(Scope::Analytics, Faults::fail_next(1000, 500));
-    let (st, b, _) = s
+    let key = s
         .app
-        .post_signed("demo", "evt-half", &lead("half@example.com"))
+        .accept("demo", "evt-half", &lead("half@example.com"))
         .await;
-    assert_eq!(st, 202, "{b}");
-    let key = b["id"].as_str().unwrap().to_string();
     s.wait("dead-lettered", |_| s.dead("retries_exhausted") == 1)
         .await;
     assert_eq!(s.crm.record(&key).expect("CRM has it").created, 1);
 
     s.crm.heal();
-    let (_, list) = s.get("/api/dlq").await;
+    let (_, list, _) = s.get("/api/dlq").await;
     let id = list["entries"][0]["id"].as_u64().expect("listed");
-    let out = s.cli(&[
-        "replay",
-        "--id",
-        &id.to_string(),
-        "--reason",
-        "analytics fixed",
-        "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: Value = serde_json::from_slice(&out.stdout).expect("JSON summary");
-    assert_eq!(summary["replayed"], 1, "{summary}");
+    let sum = summary(&cli(
+        &s,
+        &[
+            "replay",
+            "--id",
+            &id.to_string(),
+            "--reason",
+            "analytics fixed",
+            "--json",
+        ],
+    ));
+    assert_eq!(sum["replayed"], 1, "{sum}");
     s.wait("replay delivered", |st| st.delivered() == 1).await;
 
     let rec = s.crm.record(&key).unwrap();
@@ -501,7 +403,7 @@ async fn replaying_a_lead_that_reached_a_sink_writes_only_what_is_missing() {
     );
     let identify = s.crm.message(&key).expect("analytics got it");
     assert_eq!(identify.calls, 1);
-    s.app.service.shutdown().await;
+    s.shutdown().await;
 }
 
 /// Rotation: a new key seals new entries while the old one still opens old entries. A key
@@ -511,32 +413,16 @@ async fn replaying_a_lead_that_reached_a_sink_writes_only_what_is_missing() {
 async fn dlq_keys_rotate_and_a_changed_key_is_refused_at_start() {
     let dir = schemas();
     let s = setup(dir.path()).await;
-    s.crm.set_faults(Faults::fail_next(1000, 500));
-    let (st, _, _) = s
-        .app
-        .post_signed("demo", "evt-old", &lead("old@example.com"))
-        .await;
-    assert_eq!(st, 202);
-    s.wait("dead-lettered", |_| s.dead("retries_exhausted") == 1)
-        .await;
-    let Setup { app, nats, .. } = s;
-    app.service.shutdown().await;
+    dead_letter(&s, "evt-old", "old@example.com", 1).await;
+    let nats = s.shutdown().await;
 
     // k2 is new and seals; k1 is kept to open what it sealed.
-    let rotated =
-        r#"keys = [{ id = "k2", env = "TEST_DLQ_KEY2" }, { id = "k1", env = "TEST_DLQ_KEY" }]"#;
+    let rotated: Keys = &[("k2", "TEST_DLQ_KEY2"), ("k1", "TEST_DLQ_KEY")];
     let mut e2 = env();
     e2.insert("TEST_DLQ_KEY2".into(), "a".repeat(64));
-    let s = setup_on(nats, dir.path(), "", rotated, e2.clone()).await;
-    s.crm.set_faults(Faults::fail_next(1000, 500));
-    let (st, _, _) = s
-        .app
-        .post_signed("demo", "evt-new", &lead("new@example.com"))
-        .await;
-    assert_eq!(st, 202);
-    s.wait("dead-lettered", |_| s.dead("retries_exhausted") == 1)
-        .await;
-    let (_, list) = s.get("/api/dlq").await;
+    let s = setup_on(nats, config(dir.path(), rotated), e2.clone()).await;
+    dead_letter(&s, "evt-new", "new@example.com", 1).await;
+    let (_, list, _) = s.get("/api/dlq").await;
     let ids: Vec<(u64, String)> = list["entries"]
         .as_array()
         .unwrap()
@@ -552,50 +438,37 @@ async fn dlq_keys_rotate_and_a_changed_key_is_refused_at_start() {
     assert_eq!((ids[0].1.as_str(), ids[1].1.as_str()), ("k1", "k2"));
     s.crm.heal();
     for (id, _) in &ids {
-        let (st, r) = s
-            .post(
-                &format!("/api/dlq/{id}/replay"),
-                json!({"reason": "rotation check"}),
-            )
-            .await;
+        let (st, r) = s.replay(*id, "rotation check").await;
         assert_eq!((st, r["outcome"].as_str()), (200, Some("replayed")), "{r}");
     }
     s.wait("both delivered", |st| st.delivered() == 2).await;
-    let Setup { app, nats, .. } = s;
-    app.service.shutdown().await;
+    let nats = s.shutdown().await;
 
     // k1 dropped: its entry is still listed, says why it cannot be opened, and a replay fails
     // with that reason instead of losing anything.
-    let only_k2 = r#"keys = [{ id = "k2", env = "TEST_DLQ_KEY2" }]"#;
-    let s = setup_on(nats, dir.path(), "", only_k2, e2.clone()).await;
+    let only_k2: Keys = &[("k2", "TEST_DLQ_KEY2")];
+    let s = setup_on(nats, config(dir.path(), only_k2), e2.clone()).await;
     let old = ids[0].0;
-    let (st, shown) = s.get(&format!("/api/dlq/{old}")).await;
+    let (st, shown, _) = s.get(&format!("/api/dlq/{old}")).await;
     assert_eq!(st, 200, "{shown}");
     assert!(
         shown["unreadable"].as_str().unwrap_or("").contains("k1"),
         "{shown}"
     );
-    let (_, r) = s
-        .post(
-            &format!("/api/dlq/{old}/replay"),
-            json!({"reason": "without its key"}),
-        )
-        .await;
+    let (_, r) = s.replay(old, "without its key").await;
     assert_eq!(r["outcome"], "failed", "{r}");
-    let Setup { app, nats, .. } = s;
-    app.service.shutdown().await;
+    let nats = s.shutdown().await;
 
     // Same id, other material: refused at start, naming the key.
     let mut wrong = e2.clone();
     wrong.insert("TEST_DLQ_KEY".into(), "b".repeat(64));
     let data = tempfile::tempdir().unwrap();
-    let text = format!(
-        "data_dir = {:?}\n[nats]\nurl = {:?}\n[intake]\nlisten = \"127.0.0.1:0\"\n[dlq]\n{rotated}\n{}",
-        data.path().display().to_string(),
-        nats.url(),
-        common::demo_sender_toml()
-    );
-    let cfg = leadrouter::config::Config::from_toml(&text, Path::new("t.toml"), &wrong).unwrap();
+    let cfg = with_keys(common::demo_config(), rotated)
+        .data_dir(data.path())
+        .nats_url(nats.url())
+        .intake_listen(common::any_port())
+        .parse(Path::new("t.toml"), &wrong)
+        .unwrap();
     let err = match leadrouter::service::Service::start(&cfg, &wrong).await {
         Ok(_) => panic!("started with a changed DLQ key"),
         Err(e) => e.to_string(),
@@ -606,44 +479,15 @@ async fn dlq_keys_rotate_and_a_changed_key_is_refused_at_start() {
     );
 }
 
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
 /// `dlq tail --follow` prints what is there, then each new entry as it is dead-lettered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dlq_tail_follow_streams_new_entries() {
     use std::io::BufRead;
     let dir = schemas();
     let s = setup(dir.path()).await;
-    s.crm.set_faults(Faults::fail_next(1000, 500));
-    let (st, _, _) = s
-        .app
-        .post_signed("demo", "evt-f1", &lead("f1@example.com"))
-        .await;
-    assert_eq!(st, 202);
-    s.wait("first dead", |_| s.dead("retries_exhausted") == 1)
-        .await;
+    dead_letter(&s, "evt-f1", "f1@example.com", 1).await;
 
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_leadrouter"))
-        .args(["dlq", "tail", "--follow"])
-        .current_dir(common::manifest_dir())
-        .env(
-            "LEADROUTER_ADMIN_LISTEN",
-            s.admin.trim_start_matches("http://"),
-        )
-        .env("LEADROUTER_ADMIN_TOKEN", TOKEN)
+    let mut child = cli_command(&s.admin, &["dlq", "tail", "--follow"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -669,17 +513,11 @@ async fn dlq_tail_follow_streams_new_entries() {
     let first = tokio::task::block_in_place(|| next("the existing entry"));
     assert_eq!(first["reason"], "retries_exhausted");
 
-    let (st, _, _) = s
-        .app
-        .post_signed("demo", "evt-f2", &lead("f2@example.com"))
-        .await;
-    assert_eq!(st, 202);
-    s.wait("second dead", |_| s.dead("retries_exhausted") == 2)
-        .await;
+    dead_letter(&s, "evt-f2", "f2@example.com", 2).await;
     let second = tokio::task::block_in_place(|| next("the new entry"));
     assert!(second["id"].as_u64() > first["id"].as_u64(), "{second}");
     assert_eq!(second["replayed"], false);
     let _ = child.kill();
     let _ = child.wait();
-    s.app.service.shutdown().await;
+    s.shutdown().await;
 }

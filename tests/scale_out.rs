@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use common::upsert_crm::{verdict, UpsertCrm};
 use common::NatsServer;
 use futures::StreamExt;
-use leadrouter::config::Config;
 use leadrouter::devtools::harness::{self, HandlersSection, RouterConfig, RouterProcess};
 use leadrouter::intake::schemes::Verifier;
 use leadrouter::pipeline::ownership::members;
@@ -80,7 +79,7 @@ impl Fleet {
     async fn add_router(&self) -> usize {
         let i = self.routers.lock().unwrap().len();
         let cfg = self.config(i);
-        let mut r = RouterProcess::for_config(
+        let r = RouterProcess::for_config(
             env!("CARGO_BIN_EXE_leadrouter"),
             &cfg,
             self.dir.path().join(format!("r{i}.toml")),
@@ -88,9 +87,7 @@ impl Fleet {
         .expect("router config")
         .envs(env())
         .env("LEADROUTER_TOOLS_DIR", harness::tools_dir());
-        r.start(Duration::from_secs(60))
-            .await
-            .expect("router ready");
+        let r = common::serve(r).await;
         let mut routers = self.routers.lock().unwrap();
         routers.push(r);
         routers.len() - 1
@@ -399,14 +396,19 @@ async fn a_router_that_joins_mid_run_takes_its_share() {
 async fn a_router_that_does_not_match_the_others_is_refused_with_the_reason() {
     use leadrouter::service::Service;
     let nats = NatsServer::start();
-    let start = |data: &Path, extra: &str, env: &HashMap<String, String>| {
-        let text = format!(
-            "data_dir = {:?}\n[nats]\nurl = {:?}\n[intake]\nlisten = \"127.0.0.1:0\"\n[handlers]\nschemas_dir = {:?}\n{extra}",
-            data,
-            nats.url(),
-            common::manifest_dir().join("config/schemas"),
-        );
-        let cfg = Config::from_toml(&text, Path::new("t.toml"), env).expect("config");
+    // `partitions`: unset is the default (16).
+    let start = |data: &Path, partitions: Option<u32>, env: &HashMap<String, String>| {
+        let cfg = RouterConfig::new()
+            .data_dir(data)
+            .nats_url(nats.url())
+            .intake_listen(common::any_port())
+            .handlers(HandlersSection {
+                schemas_dir: Some(common::shipped_schemas()),
+                partitions,
+                ..HandlersSection::default()
+            })
+            .parse(Path::new("t.toml"), env)
+            .expect("config");
         let env = env.clone();
         async move { Service::start(&cfg, &env).await }
     };
@@ -417,10 +419,10 @@ async fn a_router_that_does_not_match_the_others_is_refused_with_the_reason() {
         tempfile::tempdir().unwrap(),
         tempfile::tempdir().unwrap(),
     );
-    let first = start(a.path(), "", &bare)
+    let first = start(a.path(), None, &bare)
         .await
         .expect("the first router starts");
-    let err = match start(b.path(), "", &bare).await {
+    let err = match start(b.path(), None, &bare).await {
         Ok(_) => panic!("a router with another group key must not start"),
         Err(e) => e.to_string(),
     };
@@ -431,7 +433,7 @@ async fn a_router_that_does_not_match_the_others_is_refused_with_the_reason() {
     );
     // With the group key shared but its own generated DLQ key.
     std::fs::copy(a.path().join("group.key"), b.path().join("group.key")).unwrap();
-    let err = match start(b.path(), "", &bare).await {
+    let err = match start(b.path(), None, &bare).await {
         Ok(_) => panic!("a second router with its own generated DLQ key must not start"),
         Err(e) => e.to_string(),
     };
@@ -439,13 +441,13 @@ async fn a_router_that_does_not_match_the_others_is_refused_with_the_reason() {
     assert!(err.contains("dlq.key"), "{err}");
     std::fs::copy(a.path().join("dlq.key"), b.path().join("dlq.key")).unwrap();
     // Both shared: it starts.
-    let second = start(b.path(), "", &bare)
+    let second = start(b.path(), None, &bare)
         .await
         .expect("a matching router starts");
     // A different partition count is refused: the count is fixed once the stream exists.
     std::fs::copy(a.path().join("dlq.key"), c.path().join("dlq.key")).unwrap();
     std::fs::copy(a.path().join("group.key"), c.path().join("group.key")).unwrap();
-    let err = match start(c.path(), "partitions = 8\n", &bare).await {
+    let err = match start(c.path(), Some(8), &bare).await {
         Ok(_) => panic!("another partition count must not start"),
         Err(e) => e.to_string(),
     };

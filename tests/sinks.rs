@@ -50,9 +50,7 @@ fn ctx(data_dir: &Path, env: &[(&str, &str)], nats: Option<async_nats::Client>) 
 }
 
 async fn sandbox() -> SandboxCrm {
-    SandboxCrm::start("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("sandbox starts")
+    common::sandbox_crm().await
 }
 
 fn http_cfg(sb: &SandboxCrm) -> HttpSinkConfig {
@@ -312,10 +310,8 @@ async fn http_reset_is_transient_connect_and_the_pool_recovers() {
 
 #[tokio::test]
 async fn http_connection_refused_is_transient_connect() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
+    // Free now, so nobody listens there.
+    let port = common::free_port();
     let sink = build(
         crm(HttpSinkConfig {
             url: Some(format!("http://127.0.0.1:{port}/leads")),
@@ -699,65 +695,46 @@ async fn sandbox_http_control_api() {
     let sb = sandbox().await;
     let http = reqwest::Client::new();
     let base = sb.url();
+    let get = |path: &str| {
+        let req = http.get(format!("{base}{path}"));
+        async move {
+            let r = req.send().await.expect("GET");
+            r.json::<Value>().await.expect("json")
+        }
+    };
+    let post = |path: &str, body: Value| http.post(format!("{base}{path}")).json(&body).send();
+    // A CRM write as the http sink makes it, always for the same key.
+    let write = || {
+        http.post(format!("{base}/leads"))
+            .header("Idempotency-Key", "lr_ctl")
+            .json(&json!({"key": "lr_ctl"}))
+            .send()
+    };
 
-    let r = http
-        .post(format!("{base}/_sandbox/faults?scope=crm"))
-        .json(&json!({"fail_next": 1, "fail_status": 429, "retry_after_secs": 9}))
-        .send()
+    let faults = json!({"fail_next": 1, "fail_status": 429, "retry_after_secs": 9});
+    let r = post("/_sandbox/faults?scope=crm", faults)
         .await
         .expect("set faults");
     assert_eq!(r.status(), 200);
-    let faults: Value = http
-        .get(format!("{base}/_sandbox/faults"))
-        .send()
-        .await
-        .expect("get faults")
-        .json()
-        .await
-        .expect("json");
+    let faults = get("/_sandbox/faults").await;
     assert_eq!(faults["crm"]["fail_next"], 1);
     assert_eq!(faults["analytics"]["fail_next"], 0);
 
-    let r = http
-        .post(format!("{base}/leads"))
-        .header("Idempotency-Key", "lr_ctl")
-        .json(&json!({"key": "lr_ctl"}))
-        .send()
-        .await
-        .expect("post");
+    let r = write().await.expect("post");
     assert_eq!(r.status(), 429);
     assert_eq!(r.headers()["retry-after"], "9");
-    let r = http
-        .post(format!("{base}/leads"))
-        .header("Idempotency-Key", "lr_ctl")
-        .json(&json!({"key": "lr_ctl"}))
-        .send()
-        .await
-        .expect("post");
+    let r = write().await.expect("post");
     assert_eq!(r.status(), 201);
     let body: Value = r.json().await.expect("json");
     assert_eq!(body, json!({"id": "crm_1", "created": true}));
-    let r = http
-        .post(format!("{base}/leads"))
-        .header("Idempotency-Key", "lr_ctl")
-        .json(&json!({"key": "lr_ctl"}))
-        .send()
-        .await
-        .expect("post");
+    let r = write().await.expect("post");
     assert_eq!(r.status(), 200);
     assert_eq!(
         r.json::<Value>().await.expect("json"),
         json!({"id": "crm_1", "created": false})
     );
 
-    let k: Value = http
-        .get(format!("{base}/_sandbox/keys/lr_ctl"))
-        .send()
-        .await
-        .expect("key")
-        .json()
-        .await
-        .expect("json");
+    let k = get("/_sandbox/keys/lr_ctl").await;
     assert_eq!(
         (
             k["requests"].as_u64(),
@@ -767,44 +744,24 @@ async fn sandbox_http_control_api() {
         (Some(3), Some(2), Some(1))
     );
 
-    let r = http
-        .post(format!("{base}/_sandbox/idempotency"))
-        .json(&json!({"mode": "ignore"}))
-        .send()
+    let r = post("/_sandbox/idempotency", json!({"mode": "ignore"}))
         .await
         .expect("idempotency");
     assert_eq!(r.status(), 200);
     assert_eq!(sb.idempotency(), IdempotencyMode::Ignore);
 
-    let r = http
-        .post(format!("{base}/_sandbox/faults"))
-        .json(&json!({"mode": "explode"}))
-        .send()
+    let r = post("/_sandbox/faults", json!({"mode": "explode"}))
         .await
         .expect("bad faults");
     assert_eq!(r.status(), 400);
 
-    let stats: Value = http
-        .get(format!("{base}/_sandbox/stats"))
-        .send()
-        .await
-        .expect("stats")
-        .json()
-        .await
-        .expect("json");
+    let stats = get("/_sandbox/stats").await;
     assert_eq!(stats["records"], 1);
     assert_eq!(stats["writes"], 2);
     assert_eq!(stats["faults_injected"], 1);
     assert_eq!(stats["idempotency"], "ignore");
 
-    let records: Value = http
-        .get(format!("{base}/_sandbox/records"))
-        .send()
-        .await
-        .expect("records")
-        .json()
-        .await
-        .expect("json");
+    let records = get("/_sandbox/records").await;
     assert_eq!(records[0]["id"], "crm_1");
 
     let r = http

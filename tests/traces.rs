@@ -4,15 +4,11 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::otlp::{brief, OtlpReceiver, SpanRecord};
 use common::NatsServer;
-use leadrouter::config::Config;
-use leadrouter::devtools::harness::{
-    http_sink, HandlersSection, RouterConfig, RouterProcess, Stopped, TelemetrySection,
-};
+use leadrouter::devtools::harness::{self, RouterProcess, TelemetrySection};
 use leadrouter::devtools::sandbox_crm::{Faults, SandboxCrm};
 use leadrouter::intake::schemes::Verifier;
 use serde_json::{json, Value};
@@ -25,10 +21,9 @@ const NAME: &str = "Adalind";
 /// `leadrouter serve` as a child process, with a NATS server and a sandbox CRM sink of its own.
 struct Served {
     router: RouterProcess,
-    intake: String,
     admin: String,
+    signer: Verifier,
     _dir: tempfile::TempDir,
-    cfg: Config,
     crm: SandboxCrm,
     nats: NatsServer,
     http: reqwest::Client,
@@ -46,40 +41,15 @@ fn otlp(endpoint: String, protocol: &str) -> TelemetrySection {
 /// `telemetry`: the `[telemetry]` table; `env`: extra variables for the child.
 async fn serve(telemetry: TelemetrySection, env: &[(&str, &str)]) -> Served {
     let nats = NatsServer::start();
-    let crm = SandboxCrm::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let crm = common::sandbox_crm().await;
     let dir = tempfile::tempdir().unwrap();
-    let (intake_port, admin_port) = (common::free_port(), common::free_port());
-    let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
-    let path = dir.path().join("leadrouter.toml");
-    let text = RouterConfig::new()
-        .data_dir(dir.path().join("data"))
-        .nats_url(nats.url())
-        .intake_listen(loopback(intake_port))
-        .admin_listen(loopback(admin_port))
-        .handlers(HandlersSection {
-            max_deliver: Some(2),
-            ack_wait: Some(Duration::from_secs(3)),
-            backoff_base: Some(Duration::from_millis(20)),
-            backoff_cap: Some(Duration::from_millis(50)),
-            schemas_dir: Some(common::manifest_dir().join("config/schemas")),
-            ..Default::default()
-        })
-        .telemetry(telemetry)
-        .sender(common::demo_sender())
-        .sink(http_sink(
-            "crm",
-            format!("{}/leads", crm.url()),
-            Some(Duration::from_secs(2)),
-        ))
-        .write(&path)
-        .unwrap();
-    let cfg = Config::from_toml(&text, &path, &common::test_env()).expect("valid config");
-    let mut router = RouterProcess::new(env!("CARGO_BIN_EXE_leadrouter"), &path, cfg.intake.listen)
+    let cfg = common::served_config(dir.path(), &nats.url(), &crm.url()).telemetry(telemetry);
+    let parsed = cfg
+        .parse(&dir.path().join("leadrouter.toml"), &common::test_env())
+        .expect("valid config");
+    let signer = harness::sender_signer(&parsed, "demo", &common::test_env()).expect("signer");
+    let router = common::served(&cfg, dir.path())
         .log(dir.path().join("serve.log"))
-        .data_dir(dir.path().join("data"))
-        .current_dir(common::manifest_dir())
         // Nothing from the developer's shell decides where spans go.
         .scrub_env_prefix("OTEL_")
         .env("TEST_DEMO_SECRET", common::DEMO_SECRET)
@@ -88,16 +58,11 @@ async fn serve(telemetry: TelemetrySection, env: &[(&str, &str)]) -> Served {
         .env("LEADROUTER_LOG", "warn")
         .env("OTEL_BSP_SCHEDULE_DELAY", "100")
         .envs(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    // Until `/readyz` answers 200 (connected, streams present), or the child gives up.
-    if let Err(e) = router.start(WAIT).await {
-        panic!("leadrouter serve: {e}:\n{}", router.log_text());
-    }
     Served {
-        router,
-        intake: format!("http://127.0.0.1:{intake_port}"),
-        admin: format!("http://127.0.0.1:{admin_port}"),
+        router: common::serve(router).await,
+        admin: format!("http://{}", cfg.admin_addr()),
+        signer,
         _dir: dir,
-        cfg,
         crm,
         nats,
         http: common::http_client(),
@@ -105,20 +70,19 @@ async fn serve(telemetry: TelemetrySection, env: &[(&str, &str)]) -> Served {
 }
 
 impl Served {
+    fn intake(&self) -> String {
+        format!("{}/v1/intake/demo", self.router.intake_url())
+    }
+
     /// Signs `body` as the demo vendor would and posts it, with a vendor `traceparent` if given.
     async fn post(&self, event_id: &str, body: &[u8], traceparent: Option<&str>) -> (u16, Value) {
-        let s = self.cfg.sender("demo").unwrap();
-        let secrets = leadrouter::config::resolve_secrets(s, &common::test_env()).secrets;
-        let verifier = Verifier::new(s.scheme, &s.signature, secrets, s.tolerance).unwrap();
-        let url = format!("{}/v1/intake/demo", self.intake);
-        let headers =
-            leadrouter::devtools::harness::signed_headers(&verifier, &url, event_id, body).unwrap();
+        let url = self.intake();
+        let headers = harness::signed_headers(&self.signer, &url, event_id, body).unwrap();
         let mut req = self.http.post(&url).headers(headers);
         if let Some(tp) = traceparent {
             req = req.header("traceparent", tp);
         }
-        let resp = req.body(body.to_vec()).send().await.unwrap();
-        let (st, b, _) = common::read(resp).await;
+        let (st, b, _) = common::send(req.body(body.to_vec())).await;
         (st, b)
     }
 
@@ -130,26 +94,14 @@ impl Served {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let (st, b, _) = common::read(req.send().await.unwrap()).await;
+        let (st, b, _) = common::send(req).await;
         assert_eq!(st, 200, "{path}: {b}");
         b
     }
 
     /// SIGTERM, as an orchestrator stops it; returns once the process exited.
     async fn stop(&mut self) {
-        match self.router.stop(WAIT).await {
-            Stopped::Exited(status) => {
-                assert!(
-                    status.success(),
-                    "exit {status}:\n{}",
-                    self.router.log_text()
-                )
-            }
-            other => panic!(
-                "no exit after SIGTERM ({other}):\n{}",
-                self.router.log_text()
-            ),
-        }
+        common::stop_cleanly(&mut self.router).await;
     }
 }
 
@@ -295,16 +247,12 @@ async fn one_lead_is_one_trace_from_the_edge_to_the_sink_over_http_protobuf() {
     assert_eq!(handle.parent_span_id, publish.span_id);
 
     // A rejected request is traced too, with its error code and no lead data.
-    let (st, _) = s
+    let unsigned = s
         .http
-        .post(format!("{}/v1/intake/demo", s.intake))
+        .post(s.intake())
         .header("content-type", "application/json")
-        .body(lead())
-        .send()
-        .await
-        .map(|r| (r.status().as_u16(), ()))
-        .unwrap();
-    assert_eq!(st, 401);
+        .body(lead());
+    assert_eq!(common::send(unsigned).await.0, 401);
     let spans = receiver
         .wait_for("the rejected request's span", WAIT, |spans| {
             has(spans, "intake", |s| {

@@ -13,7 +13,6 @@ use bytes::{Buf, Bytes};
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -65,31 +64,15 @@ pub struct OtlpReceiver {
 
 impl OtlpReceiver {
     pub async fn start() -> OtlpReceiver {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind OTLP receiver");
-        let addr = listener.local_addr().expect("local addr");
         let received = Arc::new(Mutex::new(Received::default()));
         let (tx, changed) = watch::channel(0usize);
         let tx = Arc::new(tx);
         let state = received.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    break;
-                };
-                let (state, tx) = (state.clone(), tx.clone());
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        handle(req, state.clone(), tx.clone())
-                    });
-                    // HTTP/1.1 for OTLP/HTTP, HTTP/2 prior knowledge for gRPC: both on this port.
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
+        // HTTP/1.1 for OTLP/HTTP, HTTP/2 prior knowledge for gRPC: both on this port.
+        let (addr, task) = super::serve_http("OTLP receiver", move |req| {
+            handle(req, state.clone(), tx.clone())
+        })
+        .await;
         OtlpReceiver {
             addr,
             received,

@@ -17,7 +17,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use leadrouter::devtools::harness::{self, RouterConfig, SenderSpec};
 use serde_json::Value;
 use tokio::sync::watch;
@@ -59,31 +58,15 @@ fn refuse_first(key: &str, percent: u64) -> bool {
 impl UpsertCrm {
     /// Refuses `refuse_percent`% of first attempts (by key) with 503.
     pub async fn start(refuse_percent: u64) -> UpsertCrm {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind upsert CRM");
-        let addr = listener.local_addr().expect("addr");
         let state = Arc::new(Mutex::new(State::default()));
         let (tx, changed) = watch::channel(0u64);
         let tx = Arc::new(tx);
         let st = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let (st, tx) = (st.clone(), tx.clone());
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let (st, tx) = (st.clone(), tx.clone());
-                        async move { Ok::<_, Infallible>(handle(req, &st, &tx, refuse_percent).await) }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
+        let (addr, task) = super::serve_http("upsert CRM", move |req: Request<Incoming>| {
+            let (st, tx) = (st.clone(), tx.clone());
+            async move { Ok::<_, Infallible>(handle(req, &st, &tx, refuse_percent).await) }
+        })
+        .await;
         UpsertCrm {
             addr,
             state,

@@ -4,6 +4,8 @@
 //! the same cluster `name`, and its own client, route and monitoring ports, all picked up front
 //! so a restarted node comes back at the same addresses and rejoins with its store.
 
+use std::cell::RefCell;
+use std::future::Future;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -14,6 +16,33 @@ use super::nats::{NatsOptions, NatsServer};
 use super::ports::free_ports;
 use super::process::TempDir;
 use super::HarnessError;
+
+/// Runs `attempt` every 50 ms until it answers `Ok`, or `timeout` passes: then a timeout
+/// naming `what` and the last thing `attempt` said was missing.
+async fn poll<T, Fut>(
+    what: impl FnOnce() -> String,
+    timeout: Duration,
+    mut attempt: impl FnMut() -> Fut,
+) -> Result<T, HarnessError>
+where
+    Fut: Future<Output = Result<T, String>>,
+{
+    let start = Instant::now();
+    loop {
+        let last = match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(why) => why,
+        };
+        if start.elapsed() > timeout {
+            return Err(HarnessError::Timeout {
+                what: what(),
+                waited: timeout,
+                last,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
 
 /// The cluster `name` every node shares.
 const CLUSTER_NAME: &str = "leadrouter-harness";
@@ -41,26 +70,18 @@ impl RaftGroup<'_> {
     }
 
     async fn cluster_info(&self, js: &jetstream::Context) -> Option<ClusterInfo> {
+        let stream_info = |name: String| async move {
+            js.get_stream(name)
+                .await
+                .ok()?
+                .get_info()
+                .await
+                .ok()?
+                .cluster
+        };
         match self {
-            RaftGroup::Stream(name) => {
-                js.get_stream(name)
-                    .await
-                    .ok()?
-                    .get_info()
-                    .await
-                    .ok()?
-                    .cluster
-            }
-            RaftGroup::Kv(bucket) => {
-                let name = format!("KV_{bucket}");
-                js.get_stream(&name)
-                    .await
-                    .ok()?
-                    .get_info()
-                    .await
-                    .ok()?
-                    .cluster
-            }
+            RaftGroup::Stream(name) => stream_info(name.to_string()).await,
+            RaftGroup::Kv(bucket) => stream_info(format!("KV_{bucket}")).await,
             RaftGroup::Consumer { stream, consumer } => {
                 js.get_stream(stream)
                     .await
@@ -284,23 +305,10 @@ impl NatsCluster {
             .timeout(Duration::from_millis(500))
             .build()
             .map_err(HarnessError::Http)?;
-        loop {
-            let last = match self.probe(&http).await {
-                Ok(()) => {
-                    tracing::debug!(waited = ?start.elapsed(), "nats cluster ready");
-                    return Ok(());
-                }
-                Err(why) => why,
-            };
-            if start.elapsed() > timeout {
-                return Err(HarnessError::Timeout {
-                    what: format!("nats cluster of {} ready", self.len()),
-                    waited: timeout,
-                    last,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let what = || format!("nats cluster of {} ready", self.len());
+        poll(what, timeout, || self.probe(&http)).await?;
+        tracing::debug!(waited = ?start.elapsed(), "nats cluster ready");
+        Ok(())
     }
 
     /// One readiness check; `Err` says what is not there yet.
@@ -389,23 +397,21 @@ impl NatsCluster {
         timeout: Duration,
     ) -> Result<String, HarnessError> {
         let start = Instant::now();
-        let mut last = None;
-        loop {
+        // The last leader seen, kept across a `None` (an election, a failed request).
+        let seen = RefCell::new(None::<String>);
+        let what = || format!("a leader of {} other than {old}", group.describe());
+        let new = poll(what, timeout, || async {
             let leader = self.leader(js, group).await;
             if let Some(l) = leader.as_deref().filter(|l| *l != old) {
-                tracing::debug!(group = %group.describe(), old, new = l, waited = ?start.elapsed(), "new leader");
                 return Ok(l.to_string());
             }
-            last = leader.or(last);
-            if start.elapsed() > timeout {
-                return Err(HarnessError::Timeout {
-                    what: format!("a leader of {} other than {old}", group.describe()),
-                    waited: timeout,
-                    last: format!("last leader seen: {last:?}"),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            let mut last = seen.borrow_mut();
+            *last = leader.or(last.take());
+            Err(format!("last leader seen: {:?}", *last))
+        })
+        .await?;
+        tracing::debug!(group = %group.describe(), old, new, waited = ?start.elapsed(), "new leader");
+        Ok(new)
     }
 
     /// Awaits node `i` being a current member of `group` (its leader, or a replica that has
@@ -419,35 +425,29 @@ impl NatsCluster {
     ) -> Result<(), HarnessError> {
         self.check(i)?;
         let name = Self::name(i);
-        let start = Instant::now();
-        let mut last = String::from("no cluster info");
-        loop {
-            if let Some(info) = group.cluster_info(js).await {
-                let leads = info.leader.as_deref() == Some(name.as_str());
-                let current = info
-                    .replicas
+        let what = || format!("{name} current in {}", group.describe());
+        poll(what, timeout, || async {
+            let info = group
+                .cluster_info(js)
+                .await
+                .ok_or_else(|| "no cluster info".to_string())?;
+            let leads = info.leader.as_deref() == Some(name.as_str());
+            let current = info
+                .replicas
+                .iter()
+                .any(|p| p.name == name && p.current && !p.offline);
+            if leads || current {
+                return Ok(());
+            }
+            Err(format!(
+                "leader {:?}, replicas {:?}",
+                info.leader,
+                info.replicas
                     .iter()
-                    .any(|p| p.name == name && p.current && !p.offline);
-                if leads || current {
-                    return Ok(());
-                }
-                last = format!(
-                    "leader {:?}, replicas {:?}",
-                    info.leader,
-                    info.replicas
-                        .iter()
-                        .map(|p| (p.name.as_str(), p.current))
-                        .collect::<Vec<_>>()
-                );
-            }
-            if start.elapsed() > timeout {
-                return Err(HarnessError::Timeout {
-                    what: format!("{name} current in {}", group.describe()),
-                    waited: timeout,
-                    last,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+                    .map(|p| (p.name.as_str(), p.current))
+                    .collect::<Vec<_>>()
+            ))
+        })
+        .await
     }
 }

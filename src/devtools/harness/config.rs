@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::HarnessError;
 use crate::config::{Config, ConfigError, EnvSource};
-use crate::sinks::{FileSinkConfig, HttpSinkConfig, SinkConfig};
+use crate::sinks::{FileSinkConfig, HttpSinkConfig, SegmentSinkConfig, SinkConfig};
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
@@ -276,6 +276,36 @@ impl SenderSpec {
         self
     }
 
+    /// One more env var holding a live secret (several while rotating).
+    pub fn secret_env(mut self, name: impl Into<String>) -> Self {
+        self.secret_env.push(name.into());
+        self
+    }
+
+    /// The vendor's event id from the request header `name`.
+    pub fn event_id_header(mut self, name: impl Into<String>) -> Self {
+        self.event_id = Some(EventIdSpec::Header(name.into()));
+        self
+    }
+
+    /// The vendor's event id at the JSON pointer `pointer` of the body (`/event_id`).
+    pub fn event_id_pointer(mut self, pointer: impl Into<String>) -> Self {
+        self.event_id = Some(EventIdSpec::Pointer(pointer.into()));
+        self
+    }
+
+    /// A `[senders.signature]` option of the scheme (`url`, `name`, `header`, ...).
+    pub fn signature(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.signature.insert(key.into(), value.into());
+        self
+    }
+
+    /// The body format: `json` (the default) or `form`.
+    pub fn format(mut self, format: impl Into<String>) -> Self {
+        self.mapping.format = Some(format.into());
+        self
+    }
+
     /// Keeps `name`, read from the JSONPath `path`.
     pub fn field(mut self, name: impl Into<String>, path: impl Into<String>) -> Self {
         self.mapping
@@ -305,6 +335,25 @@ pub fn http_sink(
             url: Some(url.into()),
             timeout,
             ..HttpSinkConfig::default()
+        },
+    )
+}
+
+/// A `segment` sink posting to `endpoint` (a stand-in's URL) with the write key in the env var
+/// `write_key_env`; `timeout` unset is the sink's default.
+pub fn segment_sink(
+    name: impl Into<String>,
+    write_key_env: impl Into<String>,
+    endpoint: impl Into<String>,
+    timeout: Option<Duration>,
+) -> SinkConfig {
+    SinkConfig::new(
+        name,
+        SegmentSinkConfig {
+            endpoint: Some(endpoint.into()),
+            write_key_env: Some(write_key_env.into()),
+            timeout,
+            ..SegmentSinkConfig::default()
         },
     )
 }
@@ -348,6 +397,12 @@ impl RouterConfig {
         self.nats.url = Some("embedded".into());
         self.nats.embedded.port = Some(port);
         self.nats.embedded.template_dir = Some(template_dir.into());
+        self
+    }
+
+    /// The nats-server binary the embedded server runs (default: the one the router provisions).
+    pub fn embedded_nats_binary(mut self, path: impl Into<PathBuf>) -> Self {
+        self.nats.embedded.binary = Some(path.into());
         self
     }
 

@@ -12,6 +12,9 @@
 //! - [`RouterProcess`]: `leadrouter serve --config PATH` as a child process, so kill -9 is a
 //!   real SIGKILL (no destructor, no drain), with `/readyz` readiness and a graceful stop.
 //! - [`RouterConfig`]: a typed builder for the router's TOML config.
+//! - [`sender_signer`], [`sign_request`], [`signed_headers`], [`post_signed`]: a request as a
+//!   configured sender's vendor signs it.
+//! - [`probe`] and [`report`]: the benches' `/proc` readings and table cells.
 //! - [`signal`], [`wait_gone`], [`process_alive`]: pids this harness does not own as a
 //!   [`std::process::Child`] (the router's embedded nats-server, found by its pid file).
 //!
@@ -25,6 +28,7 @@ mod nats;
 mod ports;
 pub mod probe;
 mod process;
+pub mod report;
 mod router;
 mod vendor;
 
@@ -33,15 +37,18 @@ use std::time::Duration;
 
 pub use cluster::{NatsCluster, RaftGroup};
 pub use config::{
-    file_sink, http_sink, AdminSection, DlqKeySpec, DlqSection, EmbeddedSection, EnrichSection,
-    EventIdSpec, HandlersSection, IntakeSection, MappingSpec, NatsSection, ParseError, RateSpec,
-    RouterConfig, SenderSpec, StreamsSection, TelemetrySection,
+    file_sink, http_sink, segment_sink, AdminSection, DlqKeySpec, DlqSection, EmbeddedSection,
+    EnrichSection, EventIdSpec, HandlersSection, IntakeSection, MappingSpec, NatsSection,
+    ParseError, RateSpec, RouterConfig, SenderSpec, StreamsSection, TelemetrySection,
 };
 pub use nats::{NatsOptions, NatsServer};
 pub use ports::{free_port, free_ports};
 pub use process::{process_alive, signal, wait_gone, Signal, TempDir};
-pub use router::{RouterProcess, Stopped};
-pub use vendor::{post_signed, signed_headers, standard_webhooks_signer};
+pub use router::{RouterProcess, Stopped, StoppedWithNats};
+pub use vendor::{
+    post_signed, sender_signer, sign_request, signed_headers, standard_webhooks_signer,
+    SignedRequest,
+};
 
 use crate::queue::provision::{self, ProvisionError};
 

@@ -22,6 +22,71 @@ pub fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// Cores used over one phase (CPU time / wall time): by the routers (summed), by their
+/// nats-server(s), by this process (load generator, stand-ins), and by everything else on the
+/// machine, the gauge of how much a shared machine disturbed the phase. NaN for a process that
+/// was gone at the end.
+#[derive(Debug, Clone, Copy)]
+pub struct Cores {
+    pub routers: f64,
+    pub nats: f64,
+    pub bench: f64,
+    pub other: f64,
+}
+
+/// CPU of a fixed set of processes, from [`start`](Self::start) to [`stop`](Self::stop).
+#[derive(Debug)]
+pub struct CpuProbe {
+    at: std::time::Instant,
+    routers: Vec<(u32, u64)>,
+    nats: Vec<(u32, u64)>,
+    bench: u64,
+    machine: u64,
+}
+
+impl CpuProbe {
+    pub fn start(router_pids: &[u32], nats_pids: &[u32]) -> CpuProbe {
+        let ticks = |pids: &[u32]| {
+            pids.iter()
+                .map(|p| (*p, cpu_ticks(*p).unwrap_or(0)))
+                .collect()
+        };
+        CpuProbe {
+            at: std::time::Instant::now(),
+            routers: ticks(router_pids),
+            nats: ticks(nats_pids),
+            bench: cpu_ticks(std::process::id()).unwrap_or(0),
+            machine: machine_busy_ticks().unwrap_or(0),
+        }
+    }
+
+    pub fn stop(self) -> Cores {
+        let secs = self.at.elapsed().as_secs_f64();
+        let tck = clock_ticks_per_sec();
+        let cores = |now: Option<u64>, then: u64| {
+            now.map_or(f64::NAN, |n| n.saturating_sub(then) as f64 / tck / secs)
+        };
+        let sum = |procs: &[(u32, u64)]| {
+            procs
+                .iter()
+                .map(|(pid, then)| cores(cpu_ticks(*pid), *then))
+                .sum::<f64>()
+        };
+        let routers = sum(&self.routers);
+        let nats = sum(&self.nats);
+        let bench = cores(cpu_ticks(std::process::id()), self.bench);
+        // The per-process and machine counters are sampled microseconds apart and tick at
+        // 100 Hz, so a quiet machine can come out slightly negative: clamp.
+        let other = (cores(machine_busy_ticks(), self.machine) - routers - nats - bench).max(0.0);
+        Cores {
+            routers,
+            nats,
+            bench,
+            other,
+        }
+    }
+}
+
 /// Peak resident set size (`VmHWM`) in MiB.
 pub fn peak_rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

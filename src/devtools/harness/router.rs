@@ -12,7 +12,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use super::config::RouterConfig;
-use super::process::{kill_and_reap, process_alive, signal, wait_child, Signal};
+use super::process::{kill_and_reap, process_alive, signal, wait_child, wait_gone, Signal};
 use super::HarnessError;
 
 /// How a graceful [`RouterProcess::stop`] ended.
@@ -35,6 +35,25 @@ impl fmt::Display for Stopped {
             }
             Stopped::NotRunning => write!(f, "already stopped"),
         }
+    }
+}
+
+/// How [`RouterProcess::stop_with_nats`] ended: the router's stop, and whether its embedded
+/// nats-server outlived it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoppedWithNats {
+    pub router: Stopped,
+    /// Still running a while after the router ended, so it was sent SIGTERM.
+    pub nats_outlived: bool,
+}
+
+impl fmt::Display for StoppedWithNats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.router)?;
+        if self.nats_outlived {
+            write!(f, "; its nats-server outlived it and was sent SIGTERM")?;
+        }
+        Ok(())
     }
 }
 
@@ -331,11 +350,32 @@ impl RouterProcess {
             }
         }
     }
+
+    /// [`stop`](Self::stop), then waits for the embedded nats-server to go too: stopping it is
+    /// the router's job, and one that outlives the router by `grace` more is sent SIGTERM
+    /// rather than left holding its port.
+    pub async fn stop_with_nats(&mut self, grace: Duration) -> StoppedWithNats {
+        // Read while it runs: nats-server removes its pid file when it exits.
+        let nats = self.nats_pid();
+        let router = self.stop(grace).await;
+        let mut nats_outlived = false;
+        if let Some(pid) = nats {
+            if !wait_gone(pid, grace).await {
+                signal(pid, Signal::TERM);
+                nats_outlived = true;
+            }
+        }
+        StoppedWithNats {
+            router,
+            nats_outlived,
+        }
+    }
 }
 
 impl Drop for RouterProcess {
     fn drop(&mut self) {
-        // Never leave a router running, whatever path ended its owner.
+        // Never leave a router running, whatever path ended its owner. Its embedded
+        // nats-server goes with it (the router gives it PR_SET_PDEATHSIG).
         self.kill9();
     }
 }

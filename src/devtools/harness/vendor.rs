@@ -3,7 +3,10 @@
 
 use std::time::{Duration, SystemTime};
 
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+
 use super::HarnessError;
+use crate::config::{resolve_secrets, Config, EnvSource};
 use crate::intake::schemes::{SchemeName, SignInput, SignatureOptions, Verifier};
 
 /// A Standard Webhooks signer for one secret (`whsec_...`), the shape of the shipped `demo`
@@ -18,26 +21,56 @@ pub fn standard_webhooks_signer(secret: &str) -> Result<Verifier, HarnessError> 
     .map_err(|e| HarnessError::Sign(e.to_string()))
 }
 
-/// The headers a vendor would send with `body` signed now (JSON content type included), for
-/// header-signed schemes such as Standard Webhooks; a load generator signs ahead with this.
-pub fn signed_headers(
+/// The signer of a configured sender's vendor: the sender's scheme, signature options and
+/// tolerance, with its secrets read from `env` as the router reads them.
+pub fn sender_signer(
+    cfg: &Config,
+    sender: &str,
+    env: &dyn EnvSource,
+) -> Result<Verifier, HarnessError> {
+    let s = cfg
+        .sender(sender)
+        .ok_or_else(|| HarnessError::Sign(format!("no sender `{sender}` in the config")))?;
+    let secrets = resolve_secrets(s, env).secrets;
+    Verifier::new(s.scheme, &s.signature, secrets, s.tolerance)
+        .map_err(|e| HarnessError::Sign(format!("sender `{sender}`: {e}")))
+}
+
+/// One request as the vendor sends it: where the scheme puts the signature (headers, the
+/// query, the body) already applied.
+#[derive(Debug, Clone)]
+pub struct SignedRequest {
+    /// `url` with the signature's query appended, when the scheme signs in the query.
+    pub url: String,
+    /// The signature headers and the content type.
+    pub headers: HeaderMap,
+    /// The body to send: the scheme's when it signs in the body, else the one signed.
+    pub body: Vec<u8>,
+}
+
+/// Signs `body` for a POST to `url` as of `now`, for any scheme; `content_type` is the
+/// sender's body format (`application/json`, or the form type for a `form` sender).
+pub fn sign_request(
     signer: &Verifier,
     url: &str,
     event_id: &str,
     body: &[u8],
-) -> Result<reqwest::header::HeaderMap, HarnessError> {
-    use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+    now: SystemTime,
+    content_type: &str,
+) -> Result<SignedRequest, HarnessError> {
     let signed = signer
         .sign(&SignInput {
             body,
-            now: SystemTime::now(),
+            now,
             event_id,
             method: "POST",
             url,
         })
         .map_err(|e| HarnessError::Sign(e.to_string()))?;
     let mut headers = HeaderMap::new();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let ct = HeaderValue::from_str(content_type)
+        .map_err(|e| HarnessError::Sign(format!("content type {content_type}: {e}")))?;
+    headers.insert(CONTENT_TYPE, ct);
     for (k, v) in signed.headers {
         let name = HeaderName::from_bytes(k.as_bytes())
             .map_err(|e| HarnessError::Sign(format!("header name {k}: {e}")))?;
@@ -45,7 +78,33 @@ pub fn signed_headers(
             .map_err(|e| HarnessError::Sign(format!("header {k}: {e}")))?;
         headers.insert(name, value);
     }
-    Ok(headers)
+    Ok(SignedRequest {
+        url: match signed.query {
+            Some(q) => format!("{url}?{q}"),
+            None => url.to_string(),
+        },
+        headers,
+        body: signed.body.unwrap_or_else(|| body.to_vec()),
+    })
+}
+
+/// The headers a vendor would send with `body` signed now (JSON content type included), for
+/// header-signed schemes such as Standard Webhooks; a load generator signs ahead with this.
+pub fn signed_headers(
+    signer: &Verifier,
+    url: &str,
+    event_id: &str,
+    body: &[u8],
+) -> Result<HeaderMap, HarnessError> {
+    sign_request(
+        signer,
+        url,
+        event_id,
+        body,
+        SystemTime::now(),
+        "application/json",
+    )
+    .map(|r| r.headers)
 }
 
 /// Signs `body` now and posts it to `url` (`http://host/v1/intake/{sender}`) as JSON; the answer
@@ -62,7 +121,7 @@ pub async fn post_signed(
 ) -> Result<reqwest::Response, reqwest::Error> {
     let headers = signed_headers(signer, url, event_id, body).unwrap_or_else(|e| {
         tracing::warn!(error = %e, "could not sign; sending unsigned");
-        reqwest::header::HeaderMap::new()
+        HeaderMap::new()
     });
     http.post(url)
         .headers(headers)
