@@ -106,15 +106,7 @@ mod tests {
             map.header("X-SLACK-SIGNATURE"),
             Some(signed.headers[0].1.as_str())
         );
-        let req = Request {
-            method: "POST",
-            path_and_query: PATH,
-            host: Some(HOST),
-            headers: &map,
-            query: None,
-            body: BODY,
-            body_doc: None,
-        };
+        let req = sw_request(&map, BODY);
         assert_eq!(code(v.verify(&req, now())), "ok");
 
         map.insert(
@@ -122,15 +114,7 @@ mod tests {
             HeaderValue::from_bytes(b"v0=\xff\xfe").unwrap(),
         );
         assert_eq!(map.header("x-slack-signature"), None);
-        let req = Request {
-            method: "POST",
-            path_and_query: PATH,
-            host: Some(HOST),
-            headers: &map,
-            query: None,
-            body: BODY,
-            body_doc: None,
-        };
+        let req = sw_request(&map, BODY);
         assert_eq!(code(v.verify(&req, now())), "signature_missing");
     }
 }

@@ -117,15 +117,7 @@ mod tests {
             ),
         ];
         let at = UNIX_EPOCH + Duration::from_secs(1_614_265_330);
-        let req = Request {
-            method: "POST",
-            path_and_query: PATH,
-            host: Some(HOST),
-            headers: &headers,
-            query: None,
-            body,
-            body_doc: None,
-        };
+        let req = sw_request(&headers, body);
         assert_eq!(code(v.verify(&req, at)), "ok");
 
         let signed = v

@@ -144,6 +144,7 @@ pub(super) fn code(r: Result<(), VerifyError>) -> &'static str {
     }
 }
 
+/// A POST to the intake path with these headers and body, as the HTTP layer hands it over.
 pub(super) fn sw_request<'a, H: HeaderSource>(headers: &'a H, body: &'a [u8]) -> Request<'a> {
     Request {
         method: "POST",
