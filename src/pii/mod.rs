@@ -42,8 +42,9 @@ mod mask;
 mod tests;
 
 use fields::{classify, normalize_name, sort_key, Kind, SortKey};
+pub use mask::mask_text;
 pub use mask::MAX_LINE_CHARS;
-use mask::{cap_line, clean, display_name, find_emails, mask_email, mask_numbers, mask_value};
+use mask::{cap_line, clean, display_name, mask_value};
 
 /// At most this many lines come from the fields.
 pub const MAX_FIELD_LINES: usize = 10;
@@ -122,29 +123,4 @@ pub fn mask_named(name: &str, value: &Value) -> Option<String> {
         }
         _ => None,
     }
-}
-
-/// Masks PII found inside free text (a last error, a validation message): email addresses,
-/// phone-like digit runs (7 or more digits, with or without `+`, spaces, `-`, `.`, `/`,
-/// parentheses between them; more than 15 digits become `[N digits]`), IPv4 addresses and
-/// whitespace/punctuation-delimited IPv6 addresses, in the masked forms of [`preview`].
-///
-/// What it leaves alone, on purpose: digits glued to letters or to `word-` (ids, hashes,
-/// `lr_...` keys, UUIDs), dates (`2026-11-20`, `20/11/2026`), times, short numbers (HTTP
-/// statuses, counts). It cannot find names or street addresses in prose: free-text *fields* are
-/// never shown in previews for that reason. Runs in time linear in the input.
-pub fn mask_text(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut pos = 0;
-    for (start, end) in find_emails(s) {
-        mask_numbers(&s[pos..start], &mut out);
-        let span = &s[start..end];
-        match span.split_once('@') {
-            Some((local, domain)) => out.push_str(&mask_email(local, domain)),
-            None => out.push_str(span),
-        }
-        pos = end;
-    }
-    mask_numbers(&s[pos..], &mut out);
-    out
 }

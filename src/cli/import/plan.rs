@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::error::{ImportError, LineError};
-use super::options::*;
+use super::options::ImportOptions;
 use crate::config::Config;
 use crate::intake::admit::SenderMapping;
 use crate::intake::envelope::{self, lead_key, LeadEnvelope};

@@ -21,8 +21,11 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 
 use super::error::{ImportError, LineError};
-use super::options::*;
-use super::plan::*;
+use super::options::{
+    ImportOptions, ABORT_AFTER_FAILURES, MAX_LINE_BYTES, MIN_ACK_TIMEOUT, PUBLISH_ATTEMPTS,
+    PUBLISH_BACKOFF, SUMMARY_REJECTS,
+};
+use super::plan::{import_time, Lead, Plan};
 use super::summary::{ImportSummary, RejectedLine};
 use crate::config::Config;
 use crate::error_chain::chain;
