@@ -79,23 +79,19 @@ pub enum ServiceError {
     // The two variants below keep their cause in the message too: `Service::start`'s callers
     // compare its `to_string()` (the cause is also the source; `error_chain::chain` skips the
     // repeat).
-    #[error("DLQ key check: {0}")]
-    DlqKeyCheck(#[source] BoxError),
+    #[error("DLQ key check: {}", crate::error_chain::chain(.0))]
+    DlqKeyCheck(#[source] crate::dlq::KeyCheckError),
     /// The key check failed for the key this router generated itself: the usual cause on a
     /// second router, since each data dir generates its own.
-    #[error("DLQ key check: {source}. This router uses the DLQ key it generated at {} because [dlq] keys is empty, and another router on this NATS account recorded a different `local` key: routers that share a NATS account must share [dlq] keys. Copy the first router's dlq.key here, or configure the same [dlq] keys (e.g. keys = [{{ id = \"k1\", env = \"LEADROUTER_DLQ_KEY\" }}]) on every router", .path.display())]
+    #[error("DLQ key check: {}. This router uses the DLQ key it generated at {} because [dlq] keys is empty, and another router on this NATS account recorded a different `local` key: routers that share a NATS account must share [dlq] keys. Copy the first router's dlq.key here, or configure the same [dlq] keys (e.g. keys = [{{ id = \"k1\", env = \"LEADROUTER_DLQ_KEY\" }}]) on every router", crate::error_chain::chain(.source), .path.display())]
     LocalDlqKey {
         path: PathBuf,
         #[source]
-        source: BoxError,
+        source: crate::dlq::KeyCheckError,
     },
     #[error("handlers group key: {0}")]
     GroupKey(#[from] GroupKeyError),
 }
-
-/// A cause from a module that reports its failures as text today (`dlq::check_keys`); it keeps
-/// whatever error type the module returns.
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub struct Service {
     intake_addr: SocketAddr,
@@ -183,7 +179,7 @@ impl Service {
             }
             loaded.ring
         };
-        let new_checks = crate::dlq::check_keys(publisher.context(), &keys)
+        let new_checks = crate::dlq::verify_keys(publisher.context(), &keys)
             .await
             .map_err(|e| {
                 if keys
@@ -192,10 +188,10 @@ impl Service {
                 {
                     ServiceError::LocalDlqKey {
                         path: cfg.data_dir.join(crate::dlq::crypto::LOCAL_KEY_FILE),
-                        source: e.into(),
+                        source: e,
                     }
                 } else {
-                    ServiceError::DlqKeyCheck(e.into())
+                    ServiceError::DlqKeyCheck(e)
                 }
             })?;
         if !new_checks.is_empty() {

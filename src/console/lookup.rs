@@ -38,9 +38,9 @@ fn masked(s: &str) -> String {
 /// [`chain`]: crate::error_chain::chain
 #[derive(Debug, thiserror::Error)]
 pub enum LookupError {
-    /// Reading the lead index (its error is the index module's own).
+    /// Reading the lead index.
     #[error(transparent)]
-    Index(Box<dyn std::error::Error + Send + Sync>),
+    Index(#[from] crate::queue::NatsError),
     #[error("idempotency bucket")]
     Bucket(#[source] async_nats::jetstream::context::KeyValueError),
     #[error(transparent)]
@@ -52,9 +52,7 @@ pub enum LookupError {
 /// Looks the lead(s) up; `None` when nothing is known.
 pub async fn lookup(state: &AdminState, by: &By) -> Result<Option<Value>, LookupError> {
     let js = &state.observed.js;
-    let index = lead_index::indexed(js, &by.filter())
-        .await
-        .map_err(|e| LookupError::Index(e.into()))?;
+    let index = lead_index::query(js, &by.filter()).await?;
     let kv = js
         .get_key_value(KV_IDEMPOTENCY)
         .await

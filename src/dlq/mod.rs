@@ -207,17 +207,6 @@ pub enum KeyCheckError {
     OtherMaterial { id: String },
 }
 
-/// [`verify_keys`] with its error as one line of text (the error and its causes), for callers
-/// that report it as text.
-pub async fn check_keys(
-    js: &async_nats::jetstream::Context,
-    ring: &crypto::KeyRing,
-) -> Result<Vec<String>, String> {
-    verify_keys(js, ring)
-        .await
-        .map_err(|e| crate::error_chain::chain(&e))
-}
-
 /// Verifies every key of the ring against its key-check record in `leads_dlq_keys`, writing
 /// records for keys seen for the first time. Returns the ids that got a new record.
 pub async fn verify_keys(

@@ -57,12 +57,6 @@ pub fn lead_key(sender: &str, source_event_id: &str, fields: &Map<String, Value>
     idempotency_key(sender, source_event_id, &email_hash(fields))
 }
 
-/// `received_at` as the edge writes it (milliseconds, `Z`), so latency math and sorting see one
-/// shape whoever wrote the lead.
-pub fn timestamp(t: chrono::DateTime<chrono::Utc>) -> String {
-    crate::timestamp::format(t)
-}
-
 /// The event id of a vendor that sends none: a hash of the exact bytes it signed.
 pub fn body_event_id(body: &[u8]) -> String {
     let digest = Sha256::digest(body);

@@ -482,7 +482,7 @@ where
         Some(d) => d,
         None => parse_body(sender, &body)?,
     };
-    let received_at = envelope::timestamp(received.into());
+    let received_at = crate::timestamp::format_system(received);
     let admitted = sender
         .mapping
         .admit(

@@ -176,14 +176,6 @@ impl By {
     }
 }
 
-/// [`query`] with its error as one line of text (the error and its causes), for callers that
-/// answer with text.
-pub async fn indexed(js: &jetstream::Context, filter: &str) -> Result<Vec<IndexValue>, String> {
-    query(js, filter)
-        .await
-        .map_err(|e| crate::error_chain::chain(&e))
-}
-
 /// The index entries matching `filter` (see [`By::filter`]), newest lead first, at most
 /// [`MAX_LEADS`].
 pub async fn query(

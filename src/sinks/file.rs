@@ -18,8 +18,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 
 use super::{
-    class, rfc3339, Delivered, LeadRecord, Sink, SinkBuildError, SinkContext, SinkError,
-    DEFAULT_FILE_PATH,
+    class, Delivered, LeadRecord, Sink, SinkBuildError, SinkContext, SinkError, DEFAULT_FILE_PATH,
 };
 
 /// The keys of a `kind = "file"` sink, besides `name`, `kind` and `ordering`. Unset keys take
@@ -221,7 +220,7 @@ impl Sink for FileSink {
             &mut bytes,
             &Line {
                 lead,
-                persisted_at: rfc3339(now),
+                persisted_at: crate::timestamp::format_system(now),
             },
         )
         .map_err(|_| SinkError::permanent(class::UNSERIALIZABLE, "cannot encode the lead"))?;

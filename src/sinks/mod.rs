@@ -277,8 +277,5 @@ pub async fn build(
     Ok(sink)
 }
 
-/// `persisted_at` in the form every record uses.
-pub use crate::timestamp::format_system as rfc3339;
-
 #[cfg(test)]
 mod tests;

@@ -11,7 +11,7 @@ use super::error::{ImportError, LineError};
 use super::options::ImportOptions;
 use crate::config::Config;
 use crate::intake::admit::SenderMapping;
-use crate::intake::envelope::{self, lead_key, LeadEnvelope};
+use crate::intake::envelope::{lead_key, LeadEnvelope};
 use crate::intake::mapping::BodyFormat;
 use crate::intake::Grouping;
 use crate::queue::message::LeadMessage;
@@ -196,9 +196,9 @@ pub(super) fn received_at_from(doc: &Value, pointer: &str) -> Result<String, Lin
         Some(_) => return Err(err("not a string".into())),
         None => return Err(err("missing in this line".into())),
     };
-    let t = chrono::DateTime::parse_from_rfc3339(raw.trim())
-        .map_err(|_| err(format!("`{raw}` is not an RFC 3339 timestamp")))?;
-    Ok(envelope::timestamp(t.with_timezone(&chrono::Utc)))
+    let t = crate::timestamp::parse(raw)
+        .ok_or_else(|| err(format!("`{raw}` is not an RFC 3339 timestamp")))?;
+    Ok(crate::timestamp::format(t))
 }
 
 /// Safe as a NATS header value (and what our keys and schema names look like anyway).
@@ -207,5 +207,5 @@ pub(super) fn header_safe(s: &str) -> bool {
 }
 
 pub(super) fn import_time() -> String {
-    envelope::timestamp(chrono::Utc::now())
+    crate::timestamp::now()
 }
