@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream::context::{KeyValueError, StreamsError};
 use tokio::sync::{oneshot, watch};
 
-use crate::config::{Config, EnvSource};
+use crate::config::{Config, Durability, EnvSource};
 use crate::console::{self, stats::Observed, AdminState};
 use crate::dlq::crypto::{KeyError, KeyRing};
 use crate::dlq::store::{DlqStore, DlqStoreError};
@@ -91,6 +91,8 @@ pub enum ServiceError {
     },
     #[error("handlers group key: {0}")]
     GroupKey(#[from] GroupKeyError),
+    #[error(transparent)]
+    Durability(#[from] crate::queue::durability::DurabilityError),
 }
 
 pub struct Service {
@@ -119,6 +121,7 @@ impl Service {
             source,
         })?;
         let mut on_disk = Vec::new();
+        let durability = cfg.streams.durability(cfg.nats.is_embedded());
         let embedded = if cfg.nats.is_embedded() {
             let store_key = cfg.nats.embedded.store_key(env)?;
             let explicit = cfg.nats.embedded.binary.clone();
@@ -134,6 +137,7 @@ impl Service {
                 dir: cfg.nats_store_dir(),
                 ready_timeout: Duration::from_secs(30),
                 store_key,
+                sync_always: durability == Durability::Fsync,
             };
             if spec.store_key.is_some() {
                 tracing::info!(
@@ -150,8 +154,32 @@ impl Service {
             Some(e) => e.url().to_string(),
             None => cfg.nats.url.clone(),
         };
+        if let Err(e) = check_durability(durability, embedded.as_ref(), cfg).await {
+            if let Some(emb) = embedded {
+                emb.stop().await;
+            }
+            return Err(e);
+        }
         let client = queue::connect(&nats_url, &cfg.nats, env).await?;
-        let publisher = Publisher::new(client.clone(), cfg.nats.publish_timeout);
+        let mut publisher = Publisher::new(client.clone(), cfg.nats.publish_timeout);
+        if durability == Durability::Fsync && cfg.streams.group_commit.enabled {
+            publisher = publisher
+                .with_group_commit(&cfg.streams.group_commit, cfg.streams.duplicate_window);
+        }
+        crate::telemetry::metrics::metrics()
+            .durability_info
+            .with_label_values(&[durability.as_str()])
+            .set(1);
+        tracing::info!(
+            durability = durability.as_str(),
+            group_commit = publisher.group_commit(),
+            "what a 202 survives: {}",
+            match durability {
+                Durability::Lazy => "a process crash (nats-server fsyncs lazily)",
+                Durability::Fsync =>
+                    "a process crash, an OS crash and power loss (fsync before the ack)",
+            }
+        );
         if let Err(e) = check_streams_loaded(publisher.context(), &on_disk, cfg).await {
             if let Some(emb) = embedded {
                 emb.stop().await;
@@ -415,6 +443,32 @@ async fn open_bucket(
     js.get_key_value(bucket)
         .await
         .map_err(|source| ServiceError::Kv { bucket, source })
+}
+
+/// Under `fsync`, the server must fsync before it acks: checked against its `/varz`, where there
+/// is a monitoring endpoint to ask.
+async fn check_durability(
+    durability: Durability,
+    embedded: Option<&EmbeddedNats>,
+    cfg: &Config,
+) -> Result<(), ServiceError> {
+    if durability != Durability::Fsync {
+        return Ok(());
+    }
+    let urls: Vec<String> = match embedded {
+        Some(e) => vec![e
+            .monitor_url()
+            .ok_or(crate::queue::durability::DurabilityError::NoMonitor)?],
+        None => match &cfg.nats.monitor_url {
+            Some(m) => m.split(',').map(|u| u.trim().to_string()).collect(),
+            None => {
+                tracing::warn!("streams.durability = \"fsync\" but nats.monitor_url is not set, so leadrouter cannot check that nats-server fsyncs before it acks (sync_interval: always); set nats.monitor_url to its monitoring URL(s)");
+                return Ok(());
+            }
+        },
+    };
+    crate::queue::durability::check_sync_always(&urls).await?;
+    Ok(())
 }
 
 /// Every stream directory in the embedded store must be a stream the server serves.

@@ -26,6 +26,7 @@ async fn supervisor_restarts_a_dead_child() {
         dir: dir.path().join("nats"),
         ready_timeout: Duration::from_secs(30),
         store_key: None,
+        sync_always: false,
     };
     let nats = EmbeddedNats::start(spec)
         .await

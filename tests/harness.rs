@@ -11,8 +11,9 @@ use async_nats::jetstream::{self, stream};
 use leadrouter::config::{Config, EventIdSource};
 use leadrouter::devtools::harness::{
     file_sink, free_port, free_ports, http_sink, nats_server_bin, process_alive, segment_sink,
-    sender_signer, sign_request, wait_gone, HandlersSection, HarnessError, NatsCluster, NatsServer,
-    RaftGroup, RouterConfig, RouterProcess, SenderSpec, Stopped, StreamsSection, TelemetrySection,
+    sender_signer, sign_request, wait_gone, GroupCommitSection, HandlersSection, HarnessError,
+    NatsCluster, NatsServer, RaftGroup, RouterConfig, RouterProcess, SenderSpec, Stopped,
+    StreamsSection, TelemetrySection,
 };
 use leadrouter::sinks::SinkKind;
 
@@ -181,6 +182,12 @@ fn router_config_renders_what_the_router_parses() {
         max_age: Some(Duration::from_secs(7 * 24 * 3600)),
         dlq_max_age: Some(Duration::from_secs(30 * 24 * 3600)),
         idempotency_ttl: Some(Duration::from_secs(3600)),
+        durability: Some("fsync".into()),
+        group_commit: GroupCommitSection {
+            max_batch: Some(200),
+            linger: Some(Duration::from_millis(1)),
+            ..Default::default()
+        },
     };
     let text = cfg.to_toml().unwrap();
     assert!(text.starts_with("# Written by tests/harness.rs."), "{text}");
@@ -197,6 +204,16 @@ fn router_config_renders_what_the_router_parses() {
     let parsed = Config::from_toml(&text, Path::new("harness.toml"), &env)
         .unwrap_or_else(|e| panic!("{e}\n{text}"));
     assert_eq!(parsed.nats.url.split(',').count(), 3);
+    assert_eq!(
+        parsed.streams.durability(false),
+        leadrouter::config::Durability::Fsync
+    );
+    assert_eq!(parsed.streams.group_commit.max_batch, 200);
+    assert_eq!(parsed.streams.group_commit.linger, Duration::from_millis(1));
+    assert_eq!(
+        parsed.streams.group_commit.min_batch, 8,
+        "unset keys keep the default"
+    );
     assert_eq!(parsed.nats.publish_timeout, Duration::from_millis(1500));
     assert_eq!(parsed.intake.listen, addr(ports[0]));
     assert_eq!(parsed.admin.listen, addr(ports[1]));

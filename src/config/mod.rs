@@ -27,7 +27,8 @@ pub use error::ConfigError;
 pub use handlers::HandlersConfig;
 pub use listeners::{AdminConfig, IntakeConfig};
 pub use nats::{
-    EmbeddedConfig, NatsConfig, StoreCipher, StoreKey, StreamsConfig, DEFAULT_STORE_KEY_ENV,
+    Durability, EmbeddedConfig, GroupCommitConfig, NatsConfig, StoreCipher, StoreKey,
+    StreamsConfig, DEFAULT_STORE_KEY_ENV,
 };
 pub use senders::{
     resolve_secrets, valid_sender_id, EventIdError, EventIdSource, RateConfig, ResolvedSecrets,
@@ -166,6 +167,18 @@ impl Config {
                 "streams.replicas",
                 "must be between 1 and 5",
             ));
+        }
+        s.group_commit.validate()?;
+        if let Some(m) = &self.nats.monitor_url {
+            for u in m.split(',') {
+                let u = u.trim();
+                if !(u.starts_with("http://") || u.starts_with("https://")) {
+                    return Err(ConfigError::invalid(
+                        "nats.monitor_url",
+                        format!("`{u}` is not an http:// or https:// URL of a nats-server monitoring port"),
+                    ));
+                }
+            }
         }
         if self.intake.max_body_bytes == 0 {
             return Err(ConfigError::invalid(

@@ -38,6 +38,10 @@ pub struct NatsConfig {
     pub tls_cert_file: Option<PathBuf>,
     #[serde(default)]
     pub tls_key_file: Option<PathBuf>,
+    /// nats-server monitoring URLs (`http://host:8222`, comma-separated for a cluster): where
+    /// `streams.durability = "fsync"` checks that every server really fsyncs before it acks.
+    #[serde(default)]
+    pub monitor_url: Option<String>,
 }
 
 fn default_nats_url() -> String {
@@ -62,6 +66,7 @@ impl Default for NatsConfig {
             tls_ca_file: None,
             tls_cert_file: None,
             tls_key_file: None,
+            monitor_url: None,
         }
     }
 }
@@ -187,6 +192,115 @@ pub struct StreamsConfig {
     pub idempotency_ttl: Duration,
     #[serde(default = "default_replicas")]
     pub replicas: usize,
+    /// What a 202 survives; unset, see [`StreamsConfig::durability`].
+    #[serde(default, rename = "durability")]
+    pub durability_setting: Option<Durability>,
+    /// How the edge coalesces publishes into atomic batches under `fsync`.
+    #[serde(default)]
+    pub group_commit: GroupCommitConfig,
+}
+
+/// What a PubAck (and so a 202) means on the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// nats-server's default: acked from memory and the page cache, fsynced every 2 minutes.
+    /// Survives a process crash, not an OS crash or power loss.
+    Lazy,
+    /// `sync_interval: always`: fsynced before the ack. Group commit keeps the throughput.
+    Fsync,
+}
+
+impl Durability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Lazy => "lazy",
+            Durability::Fsync => "fsync",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupCommitConfig {
+    /// Off: every lead is its own publish (and, under `fsync`, its own fsync).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Most leads in one atomic batch (the server takes at most 1000).
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// Fewer leads than this waiting are published one by one: a batch has a fixed cost of a
+    /// few milliseconds that only pays off for a group.
+    #[serde(default = "default_min_batch")]
+    pub min_batch: usize,
+    /// Commits (batches or groups of single publishes) in flight at once.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Longest a small group waits for company while another commit is in flight.
+    #[serde(default = "default_linger", with = "humantime_serde")]
+    pub linger: Duration,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_max_batch() -> usize {
+    500
+}
+fn default_min_batch() -> usize {
+    8
+}
+fn default_max_in_flight() -> usize {
+    2
+}
+fn default_linger() -> Duration {
+    Duration::from_millis(2)
+}
+
+impl Default for GroupCommitConfig {
+    fn default() -> Self {
+        GroupCommitConfig {
+            enabled: true,
+            max_batch: default_max_batch(),
+            min_batch: default_min_batch(),
+            max_in_flight: default_max_in_flight(),
+            linger: default_linger(),
+        }
+    }
+}
+
+impl GroupCommitConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if !(2..=crate::queue::batch::MAX_BATCH).contains(&self.max_batch) {
+            return Err(ConfigError::invalid(
+                "streams.group_commit.max_batch",
+                format!(
+                    "must be between 2 and {} (the server's limit per atomic batch)",
+                    crate::queue::batch::MAX_BATCH
+                ),
+            ));
+        }
+        if self.min_batch < 2 || self.min_batch > self.max_batch {
+            return Err(ConfigError::invalid(
+                "streams.group_commit.min_batch",
+                format!("must be between 2 and max_batch ({})", self.max_batch),
+            ));
+        }
+        // The server allows 50 batches in flight per stream, shared by every router.
+        if !(1..=16).contains(&self.max_in_flight) {
+            return Err(ConfigError::invalid(
+                "streams.group_commit.max_in_flight",
+                "must be between 1 and 16 (the server allows 50 batches in flight per stream, shared by every router)",
+            ));
+        }
+        if self.linger > Duration::from_millis(100) {
+            return Err(ConfigError::invalid(
+                "streams.group_commit.linger",
+                "must be at most 100ms: every lead in a group waits for it before its 202",
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn default_duplicate_window() -> Duration {
@@ -213,6 +327,21 @@ impl Default for StreamsConfig {
             dlq_max_age: default_dlq_max_age(),
             idempotency_ttl: default_idempotency_ttl(),
             replicas: default_replicas(),
+            durability_setting: None,
+            group_commit: GroupCommitConfig::default(),
         }
+    }
+}
+
+impl StreamsConfig {
+    /// The durability in force: the configured one, else `fsync` for the embedded server
+    /// (leadrouter renders its config, so it can promise it) and `lazy` for an external one
+    /// (whose `sync_interval` is its operator's).
+    pub fn durability(&self, embedded: bool) -> Durability {
+        self.durability_setting.unwrap_or(if embedded {
+            Durability::Fsync
+        } else {
+            Durability::Lazy
+        })
     }
 }

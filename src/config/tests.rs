@@ -278,3 +278,41 @@ fn a_bad_dlq_key_names_the_setting_and_keeps_its_cause() {
         "{shown}"
     );
 }
+
+#[test]
+fn durability_defaults_to_fsync_only_where_leadrouter_renders_the_server() {
+    let cfg = Config::from_toml(minimal_sender(), Path::new("t.toml"), &NO_ENV).unwrap();
+    assert_eq!(cfg.streams.durability(true), Durability::Fsync);
+    assert_eq!(cfg.streams.durability(false), Durability::Lazy);
+    assert!(cfg.streams.group_commit.enabled);
+
+    let text = format!("[streams]\ndurability = \"lazy\"\n{}", minimal_sender());
+    let cfg = Config::from_toml(&text, Path::new("t.toml"), &NO_ENV).unwrap();
+    assert_eq!(cfg.streams.durability(true), Durability::Lazy);
+
+    let text = format!("[streams]\ndurability = \"sometimes\"\n{}", minimal_sender());
+    let err = Config::from_toml(&text, Path::new("t.toml"), &NO_ENV).unwrap_err();
+    let shown = crate::error_chain::chain(&err);
+    assert!(shown.contains("durability") && shown.contains("fsync"), "{shown}");
+}
+
+#[test]
+fn group_commit_bounds_name_the_key() {
+    for (table, key) in [
+        ("max_batch = 1001", "streams.group_commit.max_batch"),
+        ("min_batch = 1", "streams.group_commit.min_batch"),
+        ("max_batch = 10\nmin_batch = 11", "streams.group_commit.min_batch"),
+        ("max_in_flight = 0", "streams.group_commit.max_in_flight"),
+        ("linger = \"1s\"", "streams.group_commit.linger"),
+    ] {
+        let text = format!("[streams.group_commit]\n{table}\n{}", minimal_sender());
+        let err = Config::from_toml(&text, Path::new("t.toml"), &NO_ENV).unwrap_err();
+        assert!(err.to_string().contains(key), "{table}: {err}");
+    }
+    let text = format!(
+        "[nats]\nurl = \"nats://127.0.0.1:4222\"\nmonitor_url = \"127.0.0.1:8222\"\n{}",
+        minimal_sender()
+    );
+    let err = Config::from_toml(&text, Path::new("t.toml"), &NO_ENV).unwrap_err();
+    assert!(err.to_string().contains("nats.monitor_url"), "{err}");
+}

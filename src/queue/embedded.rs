@@ -57,6 +57,8 @@ pub struct EmbeddedSpec {
     pub ready_timeout: Duration,
     /// Turns on nats-server's encryption at rest (`jetstream.cipher`/`key`).
     pub store_key: Option<StoreKey>,
+    /// Renders `sync_interval: always`: every write fsynced before its ack.
+    pub sync_always: bool,
 }
 
 impl EmbeddedSpec {
@@ -103,6 +105,9 @@ pub struct ChildStatus {
     pub running: bool,
     /// Restarts after unexpected exits since start-up.
     pub restarts: u32,
+    /// The running child's monitoring endpoint (`http://127.0.0.1:<port>`), when its config
+    /// enables one; the port is chosen anew at every start.
+    pub monitor_url: Option<String>,
 }
 
 pub enum SupervisorMsg {
@@ -164,6 +169,11 @@ impl EmbeddedNats {
         self.status.clone()
     }
 
+    /// The running child's monitoring endpoint, if its config has one.
+    pub fn monitor_url(&self) -> Option<String> {
+        self.status.borrow().monitor_url.clone()
+    }
+
     /// Stops the child (SIGTERM, then SIGKILL after 10 s) and waits for it.
     pub async fn stop(self) {
         self.actor.stop(None);
@@ -206,6 +216,16 @@ fn render_config(spec: &EmbeddedSpec) -> Result<(), EmbeddedError> {
         ),
         None => rendered.replace("{{jetstream_encryption}}", ""),
     };
+    // A template without the placeholder renders no sync setting; under `fsync` the start-up
+    // check of `/varz` then refuses to run, so nothing is promised that the server does not do.
+    let rendered = rendered.replace(
+        "{{jetstream_sync}}",
+        if spec.sync_always {
+            "sync_interval: always"
+        } else {
+            ""
+        },
+    );
     std::fs::write(spec.conf_path(), rendered).map_err(io_err(&spec.conf_path()))
 }
 
@@ -239,7 +259,7 @@ async fn stop_stale(pid_file: &Path) {
 }
 
 /// Spawns the child, then reads its log until the ready line (or exit, or timeout).
-async fn spawn_child(spec: &EmbeddedSpec) -> Result<Child, EmbeddedError> {
+async fn spawn_child(spec: &EmbeddedSpec) -> Result<(Child, Option<String>), EmbeddedError> {
     let mut cmd = Command::new(&spec.binary);
     cmd.arg("-c")
         .arg(spec.conf_path())
@@ -271,9 +291,13 @@ async fn spawn_child(spec: &EmbeddedSpec) -> Result<Child, EmbeddedError> {
     })?;
     let mut lines = BufReader::new(stderr).lines();
     let mut tail: Vec<String> = Vec::new();
+    let mut monitor = None;
     let ready = tokio::time::timeout(spec.ready_timeout, async {
         while let Ok(Some(line)) = lines.next_line().await {
             let is_ready = line.contains("Server is ready");
+            if let Some(addr) = monitor_addr(&line) {
+                monitor = Some(format!("http://{addr}"));
+            }
             tail.push(line);
             if tail.len() > 20 {
                 tail.remove(0);
@@ -304,7 +328,15 @@ async fn spawn_child(spec: &EmbeddedSpec) -> Result<Child, EmbeddedError> {
             }
         }
     });
-    Ok(child)
+    Ok((child, monitor))
+}
+
+/// The address in nats-server's "Starting http monitor on 127.0.0.1:8222" line (the template
+/// asks for port -1, so only the log says which port it got).
+fn monitor_addr(line: &str) -> Option<&str> {
+    let (_, rest) = line.split_once("Starting http monitor on ")?;
+    let addr = rest.trim();
+    (!addr.is_empty()).then_some(addr)
 }
 
 /// Hands the child to a watcher task that reports its exit to the supervisor.
@@ -330,12 +362,13 @@ impl Actor for NatsSupervisor {
         myself: ActorRef<Self::Msg>,
         (spec, status): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let child = spawn_child(&spec).await?;
+        let (child, monitor) = spawn_child(&spec).await?;
         let pid = watch_child(child, myself);
-        tracing::info!(?pid, url = %spec.url(), "embedded nats-server ready");
+        tracing::info!(?pid, url = %spec.url(), monitor = monitor.as_deref().unwrap_or("none"), "embedded nats-server ready");
         status.send_modify(|s| {
             s.pid = pid;
             s.running = true;
+            s.monitor_url = monitor;
         });
         Ok(SupervisorState {
             spec,
@@ -368,7 +401,7 @@ impl Actor for NatsSupervisor {
                 myself.send_after(backoff, || SupervisorMsg::Restart);
             }
             SupervisorMsg::Restart => match spawn_child(&state.spec).await {
-                Ok(child) => {
+                Ok((child, monitor)) => {
                     let pid = watch_child(child, myself);
                     tracing::info!(?pid, "embedded nats-server restarted");
                     state.restarts.succeeded();
@@ -376,6 +409,7 @@ impl Actor for NatsSupervisor {
                         s.pid = pid;
                         s.running = true;
                         s.restarts += 1;
+                        s.monitor_url = monitor;
                     });
                 }
                 Err(e) => {
@@ -441,7 +475,18 @@ pub fn process_alive(pid: i32) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::process_alive;
+    use super::{monitor_addr, process_alive};
+
+    #[test]
+    fn the_monitor_port_is_read_from_the_log() {
+        assert_eq!(
+            monitor_addr(
+                "[7605] 2026/12/02 06:52:58.716136 [INF] Starting http monitor on 127.0.0.1:44669"
+            ),
+            Some("127.0.0.1:44669")
+        );
+        assert_eq!(monitor_addr("[7605] [INF] Server is ready"), None);
+    }
 
     #[test]
     fn a_zombie_counts_as_gone_and_a_running_process_does_not() {

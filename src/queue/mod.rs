@@ -1,21 +1,23 @@
 //! NATS: connection, the embedded server, JetStream topology and the edge publisher.
 
 pub mod backlog;
+pub mod batch;
+pub mod durability;
 pub mod embedded;
 pub mod gauges;
+pub mod group_commit;
 pub mod message;
 pub mod partition;
 pub mod provision;
+mod publisher;
 pub mod pull;
 pub mod topology;
+
+pub use publisher::{PublishFailure, Publisher, Stored};
 
 use std::borrow::Cow;
 use std::path::PathBuf;
 use std::time::Duration;
-
-use async_nats::jetstream;
-use async_nats::HeaderMap;
-use bytes::Bytes;
 
 use crate::config::{EnvSource, NatsConfig};
 
@@ -207,70 +209,4 @@ pub async fn connect(
             url: url.to_string(),
             source,
         })
-}
-
-/// Publishes leads and waits for the PubAck within a deadline.
-#[derive(Clone)]
-pub struct Publisher {
-    js: jetstream::Context,
-    timeout: Duration,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum PublishFailure {
-    #[error("JetStream did not acknowledge within {0:?}")]
-    Timeout(Duration),
-    #[error("JetStream publish failed")]
-    Nats(#[source] jetstream::context::PublishError),
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct Stored {
-    pub sequence: u64,
-    pub duplicate: bool,
-}
-
-impl Publisher {
-    pub fn new(client: async_nats::Client, timeout: Duration) -> Self {
-        let js = jetstream::ContextBuilder::new()
-            .timeout(timeout)
-            .build(client);
-        Publisher { js, timeout }
-    }
-
-    pub fn context(&self) -> &jetstream::Context {
-        &self.js
-    }
-
-    pub fn is_connected(&self) -> bool {
-        self.js.client().connection_state() == async_nats::connection::State::Connected
-    }
-
-    /// Stores one encoded message ([`message`]); `Ok` means JetStream persisted it (or already
-    /// had it under its `Nats-Msg-Id`: `duplicate`).
-    pub async fn publish(
-        &self,
-        subject: String,
-        mut headers: HeaderMap,
-        payload: Bytes,
-    ) -> Result<Stored, PublishFailure> {
-        // `traceparent` of the current (publish) span: the handler continues this trace.
-        crate::telemetry::traces::inject_current(&mut headers);
-        let fut = async {
-            let ack = self
-                .js
-                .publish_with_headers(subject, headers, payload)
-                .await
-                .map_err(PublishFailure::Nats)?;
-            ack.await.map_err(PublishFailure::Nats)
-        };
-        match tokio::time::timeout(self.timeout, fut).await {
-            Ok(Ok(ack)) => Ok(Stored {
-                sequence: ack.sequence,
-                duplicate: ack.duplicate,
-            }),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(PublishFailure::Timeout(self.timeout)),
-        }
-    }
 }

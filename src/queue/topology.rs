@@ -29,6 +29,9 @@ pub fn leads_stream(cfg: &StreamsConfig) -> stream::Config {
         max_age: cfg.max_age,
         duplicate_window: cfg.duplicate_window,
         num_replicas: cfg.replicas,
+        // Group commit stores concurrent leads as one atomic batch (one fsync for all); on
+        // whatever the durability, so switching it needs no stream change.
+        allow_atomic_publish: true,
         ..Default::default()
     }
 }
@@ -191,6 +194,11 @@ async fn ensure_stream(
             have.num_replicas, want.num_replicas
         ));
     }
+    // Turned on where we need it, never off: an operator may have enabled it elsewhere.
+    let atomic = want.allow_atomic_publish && !have.allow_atomic_publish;
+    if atomic {
+        diffs.push("allow_atomic_publish false -> true".into());
+    }
     if diffs.is_empty() {
         return Ok(Change::Unchanged(label));
     }
@@ -200,6 +208,7 @@ async fn ensure_stream(
     next.max_age = want.max_age;
     next.duplicate_window = want.duplicate_window;
     next.num_replicas = want.num_replicas;
+    next.allow_atomic_publish |= atomic;
     js.update_stream(next).await.map_err(failed(format!(
         "{label}: JetStream refused the change ({})",
         diffs.join(", ")

@@ -125,6 +125,13 @@ pub struct Metrics {
     pub replays: IntCounterVec,
     /// `leadrouter_e2e_latency_seconds{replay}`: received_at -> last sink persisted.
     pub e2e_latency: HistogramVec,
+    /// `leadrouter_publish_commits_total{kind}`: how the edge stored leads (single, batch,
+    /// fallback).
+    pub publish_commits: IntCounterVec,
+    /// `leadrouter_publish_batch_leads`: leads per atomic batch.
+    pub publish_batch_leads: prometheus::Histogram,
+    /// `leadrouter_durability_info{mode}`: always 1; what a 202 survives.
+    pub durability_info: IntGaugeVec,
     /// The handler pools' outcome counters, exported as their sum.
     pools: Arc<PoolCounterSum>,
 }
@@ -275,6 +282,36 @@ impl Metrics {
                 E2E_BUCKETS,
                 &["replay"],
             ),
+            publish_commits: counter_vec(
+                &r,
+                "leadrouter_publish_commits_total",
+                "Commits the edge made to LEADS, by kind: single (one lead published on its own), batch (one atomic batch: one fsync under durability fsync), fallback (a batch refused for an id already stored, re-sent one by one).",
+                &["kind"],
+            ),
+            publish_batch_leads: {
+                let h = prometheus::Histogram::with_opts(
+                    HistogramOpts::new(
+                        "leadrouter_publish_batch_leads",
+                        "Leads per atomic batch the edge committed (group commit).",
+                    )
+                    .buckets(vec![2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1000.0]),
+                )
+                .expect("valid metric");
+                r.register(Box::new(h.clone())).expect("unique metric");
+                h
+            },
+            durability_info: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "leadrouter_durability_info",
+                        "Always 1; the mode label says what a 202 survives: lazy (a process crash) or fsync (also an OS crash or power loss).",
+                    ),
+                    &["mode"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
             pools: PoolCounterSum::registered(&r),
             registry: r,
         };
@@ -285,7 +322,23 @@ impl Metrics {
         for replay in ["false", "true"] {
             m.e2e_latency.with_label_values(&[replay]);
         }
+        for kind in ["single", "batch", "fallback"] {
+            m.publish_commits.with_label_values(&[kind]);
+        }
         m
+    }
+
+    /// One commit of `leads` leads by the edge's publisher.
+    /// `single` counts one publish per lead; `batch` and `fallback` one per batch.
+    pub fn publish_commit(&self, kind: &'static str, leads: usize) {
+        let c = self.publish_commits.with_label_values(&[kind]);
+        match kind {
+            "single" => c.inc_by(leads as u64),
+            _ => c.inc(),
+        }
+        if kind == "batch" {
+            self.publish_batch_leads.observe(leads as f64);
+        }
     }
 
     /// The registry's current state in the text exposition format.

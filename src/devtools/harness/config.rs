@@ -79,6 +79,9 @@ pub struct NatsSection {
     pub tls_cert_file: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key_file: Option<PathBuf>,
+    /// nats-server monitoring URL(s): where `streams.durability = "fsync"` checks `/varz`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub monitor_url: Option<String>,
     #[serde(skip_serializing_if = "is_default")]
     pub embedded: EmbeddedSection,
 }
@@ -110,6 +113,26 @@ pub struct StreamsSection {
     pub idempotency_ttl: Option<Duration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replicas: Option<usize>,
+    /// `lazy` or `fsync`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub durability: Option<String>,
+    #[serde(skip_serializing_if = "is_default")]
+    pub group_commit: GroupCommitSection,
+}
+
+/// `[streams.group_commit]`; unset keys keep the router's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct GroupCommitSection {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_batch: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_batch: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<usize>,
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub linger: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -428,6 +451,23 @@ impl RouterConfig {
 
     pub fn replicas(mut self, n: usize) -> Self {
         self.streams.replicas = Some(n);
+        self
+    }
+
+    /// `streams.durability`: `lazy` or `fsync`.
+    pub fn durability(mut self, mode: impl Into<String>) -> Self {
+        self.streams.durability = Some(mode.into());
+        self
+    }
+
+    pub fn group_commit(mut self, g: GroupCommitSection) -> Self {
+        self.streams.group_commit = g;
+        self
+    }
+
+    /// `nats.monitor_url`: the external server's monitoring URL(s).
+    pub fn monitor_url(mut self, url: impl Into<String>) -> Self {
+        self.nats.monitor_url = Some(url.into());
         self
     }
 

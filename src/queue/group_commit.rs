@@ -1,0 +1,244 @@
+//! Group commit at the edge: the leads of requests that arrive while a commit is in flight are
+//! stored together as one atomic batch, so under `sync_interval: always` they share one fsync
+//! instead of paying one each.
+//!
+//! One task owns the queue and decides, each time a commit slot frees up, what the next commit
+//! is. The size adapts by itself: a commit in flight is the window in which the next one fills,
+//! so a lone request goes out at once on its own, and under load batches grow with the
+//! arrival rate (up to `max_batch`). The rules:
+//! - nothing in flight: publish what is waiting now (a lone lead is a plain publish, with none
+//!   of a batch's fixed cost);
+//! - a commit in flight and a free slot: go once `min_batch` leads wait, or once the oldest has
+//!   waited `linger`;
+//! - fewer than `min_batch` leads in a commit are published one by one (concurrently): a batch
+//!   costs a few milliseconds of staging that only a group earns back.
+//!
+//! Every caller keeps today's answer. A batch that holds an id already stored (a vendor retry)
+//! or repeated in it is refused whole by the server (10201), so ids seen twice in one group and
+//! ids this publisher stored within the duplicate window are kept out of the batch and sent on
+//! their own after it (where they get `duplicate: true`); a refusal that still happens (an id
+//! stored by another router) re-sends the batch's leads one by one. A batch that fails any other
+//! way answers every one of its leads with the error: never a 202 for a lead not stored.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::batch::{self, BatchError, Outbound};
+use super::publisher::publish_one;
+use super::{PublishFailure, Stored};
+use crate::config::GroupCommitConfig;
+
+/// Ids this publisher stored recently: a retry of one would make a whole batch fail.
+const RECENT_IDS: u64 = 200_000;
+
+/// The handle the edge publishes through; clones share one committer task, which ends when
+/// the last clone is dropped.
+#[derive(Clone)]
+pub struct GroupCommitter {
+    tx: mpsc::Sender<Job>,
+}
+
+struct Job {
+    msg: Outbound,
+    msg_id: Option<Arc<str>>,
+    since: Instant,
+    done: oneshot::Sender<Result<Stored, PublishFailure>>,
+}
+
+struct Shared {
+    js: jetstream::Context,
+    client: async_nats::Client,
+    cfg: GroupCommitConfig,
+    timeout: Duration,
+    recent: moka::sync::Cache<Arc<str>, ()>,
+}
+
+impl GroupCommitter {
+    pub fn start(
+        js: jetstream::Context,
+        cfg: GroupCommitConfig,
+        timeout: Duration,
+        duplicate_window: Duration,
+    ) -> GroupCommitter {
+        // Room for every in-flight commit and the next one to fill; beyond that, callers wait
+        // to enqueue (inside their publish deadline) rather than pile up.
+        let (tx, rx) = mpsc::channel(cfg.max_batch * (cfg.max_in_flight + 1));
+        let shared = Arc::new(Shared {
+            client: js.client(),
+            js,
+            timeout,
+            recent: moka::sync::Cache::builder()
+                .max_capacity(RECENT_IDS)
+                .time_to_live(duplicate_window)
+                .build(),
+            cfg,
+        });
+        tokio::spawn(run(rx, shared));
+        GroupCommitter { tx }
+    }
+
+    /// Stores `msg` with the next commit and waits for its own outcome.
+    pub async fn publish(&self, msg: Outbound) -> Result<Stored, PublishFailure> {
+        let msg_id = msg
+            .headers
+            .get(async_nats::header::NATS_MESSAGE_ID)
+            .map(|v| Arc::<str>::from(v.as_str()));
+        let (done, answer) = oneshot::channel();
+        let job = Job {
+            msg,
+            msg_id,
+            since: Instant::now(),
+            done,
+        };
+        self.tx
+            .send(job)
+            .await
+            .map_err(|_| PublishFailure::Closed)?;
+        answer.await.unwrap_or(Err(PublishFailure::Closed))
+    }
+}
+
+async fn run(mut rx: mpsc::Receiver<Job>, shared: Arc<Shared>) {
+    let cfg = shared.cfg.clone();
+    let mut waiting: VecDeque<Job> = VecDeque::new();
+    let mut in_flight = FuturesUnordered::new();
+    let mut closed = false;
+    loop {
+        while !waiting.is_empty() && in_flight.len() < cfg.max_in_flight {
+            let go = in_flight.is_empty()
+                || waiting.len() >= cfg.min_batch
+                || waiting
+                    .front()
+                    .is_some_and(|j| j.since.elapsed() >= cfg.linger);
+            if !go {
+                break;
+            }
+            let n = waiting.len().min(cfg.max_batch);
+            let group: Vec<Job> = waiting.drain(..n).collect();
+            in_flight.push(commit(shared.clone(), group));
+        }
+        if closed && waiting.is_empty() && in_flight.is_empty() {
+            return;
+        }
+        let linger_until = (in_flight.len() < cfg.max_in_flight)
+            .then(|| waiting.front().map(|j| j.since + cfg.linger))
+            .flatten();
+        let room = waiting.len() < cfg.max_batch * cfg.max_in_flight;
+        tokio::select! {
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+            job = rx.recv(), if !closed && room => match job {
+                Some(job) => {
+                    waiting.push_back(job);
+                    // Everything that is already there joins now: one wake-up per group.
+                    while waiting.len() < cfg.max_batch * cfg.max_in_flight {
+                        match rx.try_recv() {
+                            Ok(job) => waiting.push_back(job),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                None => closed = true,
+            },
+            _ = sleep_until(linger_until), if linger_until.is_some() => {}
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One commit: the group's batchable leads as one atomic batch (or one by one, if too few),
+/// then the leads kept out of it.
+async fn commit(shared: Arc<Shared>, group: Vec<Job>) {
+    let metrics = crate::telemetry::metrics::metrics();
+    let mut seen: HashSet<Arc<str>> = HashSet::with_capacity(group.len());
+    let (mut batchable, mut after) = (Vec::with_capacity(group.len()), Vec::new());
+    for job in group {
+        let repeat = job
+            .msg_id
+            .as_ref()
+            .is_some_and(|id| shared.recent.contains_key(id) || !seen.insert(id.clone()));
+        if repeat {
+            after.push(job);
+        } else {
+            batchable.push(job);
+        }
+    }
+    if batchable.len() >= shared.cfg.min_batch {
+        let msgs: Vec<Outbound> = batchable.iter().map(|j| j.msg.clone()).collect();
+        match batch::publish(
+            &shared.client,
+            &batch::new_batch_id(),
+            &msgs,
+            shared.timeout,
+        )
+        .await
+        {
+            Ok(ack) => {
+                metrics.publish_commit("batch", batchable.len());
+                for (i, job) in batchable.into_iter().enumerate() {
+                    shared.remember(&job);
+                    let _ = job.done.send(Ok(Stored {
+                        sequence: ack.sequence_of(i),
+                        duplicate: false,
+                    }));
+                }
+            }
+            Err(BatchError::DuplicateMsgId) => {
+                metrics.publish_commit("fallback", batchable.len());
+                tracing::debug!(target: "leadrouter::queue", leads = batchable.len(), "atomic batch refused for a stored id; publishing its leads one by one");
+                singles(&shared, batchable).await;
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                tracing::warn!(target: "leadrouter::queue", leads = batchable.len(), error = %crate::error_chain::chain(&*e), "atomic batch not stored; its leads are answered 503");
+                for job in batchable {
+                    let _ = job.done.send(Err(PublishFailure::Batch(e.clone())));
+                }
+            }
+        }
+    } else {
+        singles(&shared, batchable).await;
+    }
+    if !after.is_empty() {
+        singles(&shared, after).await;
+    }
+}
+
+/// Each lead its own publish, all at once.
+async fn singles(shared: &Shared, jobs: Vec<Job>) {
+    if jobs.is_empty() {
+        return;
+    }
+    crate::telemetry::metrics::metrics().publish_commit("single", jobs.len());
+    futures::future::join_all(jobs.into_iter().map(|job| async move {
+        let Job {
+            msg, msg_id, done, ..
+        } = job;
+        let r = publish_one(&shared.js, msg, shared.timeout).await;
+        if let (Ok(_), Some(id)) = (&r, msg_id) {
+            shared.recent.insert(id, ());
+        }
+        let _ = done.send(r);
+    }))
+    .await;
+}
+
+impl Shared {
+    fn remember(&self, job: &Job) {
+        if let Some(id) = &job.msg_id {
+            self.recent.insert(id.clone(), ());
+        }
+    }
+}
