@@ -47,30 +47,18 @@
 //! it to `benches/results/load.md` and into docs/performance.md between the load-bench markers.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use leadrouter::config::Config;
-use leadrouter::devtools::harness::probe::{
-    load_average, machine, peak_rss_mib, percentile, Cores, CpuProbe,
-};
+use leadrouter::devtools::harness::probe::{load_average, machine, peak_rss_mib, Cores};
 use leadrouter::devtools::harness::report::{
     cores_cells, f2, knob_count, knob_number, met, quick, reproduce,
 };
-use leadrouter::devtools::harness::{
-    free_ports, http_sink, sender_signer, signed_headers, RouterConfig, RouterProcess, SenderSpec,
-};
 use leadrouter::devtools::sandbox_crm::{Faults, SandboxCrm};
-use leadrouter::intake::schemes::Verifier;
-use reqwest::header::HeaderMap;
 
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-const ADMIN_TOKEN: &str = "bench-admin-token-not-a-secret-0123";
+mod support;
+use support::*;
+
 const README_BEGIN: &str =
     "<!-- load-bench:begin: written by `cargo bench --bench load`; edit the bench, not this block -->";
 const README_END: &str = "<!-- load-bench:end -->";
@@ -79,7 +67,6 @@ const CONCURRENCY: [usize; 3] = [1, 16, 64];
 const OPEN_RATE: f64 = 2_000.0;
 const E2E_RATE: f64 = 1_000.0;
 const CRM_LATENCY: Duration = Duration::from_millis(5);
-const POOL_SIZE: usize = 32;
 const CEILING_STREAM: &str = "BENCH_CEILING";
 const CEILING_PAYLOAD_BYTES: usize = 420;
 
@@ -110,346 +97,6 @@ impl Knobs {
             1_000
         }
     }
-}
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-// ---------------------------------------------------------------------------------------------
-// The router process
-
-enum Role {
-    /// Intake only: phases 1 and 2.
-    Edge,
-    /// Handler pool and an http sink at the sandbox CRM: phase 3.
-    Pipeline { crm_url: String },
-}
-
-struct Router {
-    proc: RouterProcess,
-    pid: u32,
-    nats_pid: u32,
-    admin: SocketAddr,
-    nats_url: String,
-    verifier: Verifier,
-    cfg: Config,
-    // Held for the router's lifetime: its data dir, config and log live here.
-    _dir: tempfile::TempDir,
-}
-
-impl Router {
-    async fn start(role: &Role) -> Router {
-        let dir = tempfile::tempdir().expect("tempdir for the router");
-        let data = dir.path().join("data");
-        let [nats_port, intake_port, admin_port] = free_ports(3)
-            .expect("free loopback ports")
-            .try_into()
-            .expect("three ports");
-        let intake = SocketAddr::from(([127, 0, 0, 1], intake_port));
-        let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
-        let mut rc = RouterConfig::new()
-            .header("Written by benches/load.rs.")
-            .data_dir(&data)
-            .embedded_nats(nats_port, root().join("nats"))
-            .intake_listen(intake)
-            .admin_listen(admin);
-        match role {
-            Role::Edge => rc.handlers.enabled = Some(false),
-            Role::Pipeline { crm_url } => {
-                rc.handlers.pool_size = Some(POOL_SIZE);
-                rc.handlers.schemas_dir = Some(root().join("config/schemas"));
-                rc = rc.sink(http_sink("crm", format!("{crm_url}/leads"), None));
-            }
-        }
-        let rc = rc.sender(
-            SenderSpec::standard_webhooks("demo", "BENCH_SECRET")
-                // The rate limiter must never be what the bench measures.
-                .rate(1_000_000, 1_000_000)
-                .fields(&["email", "first_name", "last_name", "phone", "utm_source"]),
-        );
-        let env = HashMap::from([
-            ("BENCH_SECRET".to_string(), SECRET.to_string()),
-            (
-                "LEADROUTER_ADMIN_TOKEN".to_string(),
-                ADMIN_TOKEN.to_string(),
-            ),
-        ]);
-        // Parsed here too: a config mistake fails with the key's name before a process starts,
-        // and the sender's scheme options build the signer.
-        let cfg_path = dir.path().join("leadrouter.toml");
-        let cfg = rc.parse(&cfg_path, &env).expect("bench config is valid");
-        let verifier = sender_signer(&cfg, "demo", &env).expect("verifier for demo");
-
-        // The harness scrubs the caller's LEADROUTER_* settings (listen addresses, data dir,
-        // store key, ...), which would override the config written here; the bench's router
-        // sees only its own.
-        let mut proc = RouterProcess::for_config(env!("CARGO_BIN_EXE_leadrouter"), &rc, &cfg_path)
-            .expect("write leadrouter.toml")
-            .env("LEADROUTER_TOOLS_DIR", root().join(".tools"))
-            .envs(env);
-        // The first run on a machine installs the pinned nats-server, hence the generous
-        // deadline.
-        if let Err(e) = proc.start(Duration::from_secs(300)).await {
-            panic!("{e}:\n{}", proc.log_tail(30));
-        }
-        let pid = proc.pid().expect("the router is running");
-        let nats_pid = proc
-            .nats_pid()
-            .and_then(|p| u32::try_from(p).ok())
-            .unwrap_or_else(|| panic!("no pid in {}", data.join("nats/nats-server.pid").display()));
-        Router {
-            proc,
-            pid,
-            nats_pid,
-            admin,
-            nats_url: format!("nats://127.0.0.1:{nats_port}"),
-            verifier,
-            cfg,
-            _dir: dir,
-        }
-    }
-
-    fn intake_url(&self) -> String {
-        format!("{}/v1/intake/demo", self.proc.intake_url())
-    }
-
-    /// CPU of this router and its nats-server from now until [`CpuProbe::stop`].
-    fn cpu_probe(&self) -> CpuProbe {
-        CpuProbe::start(&[self.pid], &[self.nats_pid])
-    }
-
-    /// SIGTERM, as an orchestrator stops it, then waits for the graceful shutdown.
-    async fn stop(mut self) -> String {
-        self.proc
-            .stop_with_nats(Duration::from_secs(60))
-            .await
-            .to_string()
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Requests
-
-/// One pre-signed request.
-struct Prepared {
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-fn lead_body(tag: &str, i: usize) -> Vec<u8> {
-    format!(
-        r#"{{"email":"{tag}{i}@example.com","first_name":"Bench","last_name":"Mark","phone":"+1 650 555 {:04}","utm_source":"bench"}}"#,
-        i % 10_000
-    )
-    .into_bytes()
-}
-
-/// `n` signed requests, event ids `{tag}-{i}`: every one is a new lead (no dedupe hits).
-fn prepare(router: &Router, tag: &str, n: usize) -> Vec<Prepared> {
-    let url = router.intake_url();
-    (0..n)
-        .map(|i| {
-            let body = lead_body(tag, i);
-            let headers = signed_headers(&router.verifier, &url, &format!("{tag}-{i}"), &body)
-                .expect("sign a bench request");
-            Prepared {
-                headers,
-                body: Bytes::from(body),
-            }
-        })
-        .collect()
-}
-
-fn load_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .pool_max_idle_per_host(512)
-        .tcp_nodelay(true)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("load client")
-}
-
-/// Latencies (microseconds, sorted) and counts of one closed-loop or open-loop run.
-struct Run {
-    requests: usize,
-    ok: usize,
-    secs: f64,
-    lat_us: Vec<u64>,
-    cores: Cores,
-}
-
-impl Run {
-    /// requests | errors | throughput | p50 | p95 | p99
-    fn cells(&self) -> String {
-        format!(
-            "{} | {} | {:.0} | {} | {} | {}",
-            self.requests,
-            self.errors(),
-            self.ok_per_sec(),
-            f2(self.p(0.50)),
-            f2(self.p(0.95)),
-            f2(self.p(0.99)),
-        )
-    }
-
-    fn errors(&self) -> usize {
-        self.requests - self.ok
-    }
-    fn ok_per_sec(&self) -> f64 {
-        self.ok as f64 / self.secs
-    }
-    fn p(&self, p: f64) -> f64 {
-        pct_ms(&self.lat_us, p)
-    }
-}
-
-/// [`percentile`] of sorted microsecond samples, in ms; NaN (printed as `n/a`) when there are
-/// none.
-fn pct_ms(sorted_us: &[u64], p: f64) -> f64 {
-    percentile(sorted_us, p).map_or(f64::NAN, |us| us as f64 / 1000.0)
-}
-
-/// `concurrency` workers run `op(0..n)` as fast as each one finishes; an op that succeeds
-/// (returns true) is a latency sample.
-async fn timed_closed_loop<F, Fut>(router: &Router, n: usize, concurrency: usize, op: F) -> Run
-where
-    F: Fn(usize) -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = bool> + Send,
-{
-    let next = Arc::new(AtomicUsize::new(0));
-    let probe = router.cpu_probe();
-    let start = Instant::now();
-    let mut workers = Vec::with_capacity(concurrency);
-    for _ in 0..concurrency {
-        let (next, op) = (next.clone(), op.clone());
-        workers.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    break;
-                }
-                let t = Instant::now();
-                if op(i).await {
-                    lat.push(t.elapsed().as_micros() as u64);
-                }
-            }
-            lat
-        }));
-    }
-    let mut lat_us = Vec::with_capacity(n);
-    for w in workers {
-        lat_us.extend(w.await.expect("closed-loop worker"));
-    }
-    let secs = start.elapsed().as_secs_f64();
-    let cores = probe.stop();
-    lat_us.sort_unstable();
-    Run {
-        requests: n,
-        ok: lat_us.len(),
-        secs,
-        lat_us,
-        cores,
-    }
-}
-
-/// `concurrency` workers post as fast as answers come back.
-async fn closed_loop(
-    router: &Router,
-    http: &reqwest::Client,
-    reqs: Vec<Prepared>,
-    concurrency: usize,
-) -> Run {
-    let n = reqs.len();
-    let reqs = Arc::new(reqs);
-    let (url, http) = (router.intake_url(), http.clone());
-    timed_closed_loop(router, n, concurrency, move |i| {
-        let p = &reqs[i];
-        let sent = http
-            .post(&url)
-            .headers(p.headers.clone())
-            .body(p.body.clone())
-            .send();
-        async move {
-            // The latency includes reading the (small) answer: the request is done then.
-            match sent.await {
-                Ok(r) => r.status().as_u16() == 202 && r.bytes().await.is_ok(),
-                Err(_) => false,
-            }
-        }
-    })
-    .await
-}
-
-/// What one open-loop request saw.
-struct Sample {
-    due: Instant,
-    /// From the scheduled send time to the answer, when it was a 202.
-    latency: Option<Duration>,
-    /// How late the request left (pacer + runtime scheduling): the generator's own share.
-    send_lag: Duration,
-    /// The lead key from a 202's body.
-    key: Option<String>,
-}
-
-/// Sends request `i` at `start + i / rate`, whatever happened to earlier ones.
-async fn open_loop(
-    router: &Router,
-    http: &reqwest::Client,
-    reqs: Vec<Prepared>,
-    rate: f64,
-) -> (Vec<Sample>, f64) {
-    let url = router.intake_url();
-    let rt = tokio::runtime::Handle::current();
-    let http = http.clone();
-    // A few ms of slack so the first request is not already late when the pacer starts.
-    let start = Instant::now() + Duration::from_millis(20);
-    let tasks = tokio::task::spawn_blocking(move || {
-        let mut tasks = Vec::with_capacity(reqs.len());
-        for (i, p) in reqs.into_iter().enumerate() {
-            let due = start + Duration::from_secs_f64(i as f64 / rate);
-            let now = Instant::now();
-            if due > now {
-                std::thread::sleep(due - now);
-            }
-            let (http, url) = (http.clone(), url.clone());
-            tasks.push(rt.spawn(async move {
-                let send_lag = due.elapsed();
-                let sent = http.post(&url).headers(p.headers).body(p.body).send().await;
-                let mut sample = Sample {
-                    due,
-                    latency: None,
-                    send_lag,
-                    key: None,
-                };
-                if let Ok(r) = sent {
-                    let accepted = r.status().as_u16() == 202;
-                    if let (true, Ok(body)) = (accepted, r.bytes().await) {
-                        sample.latency = Some(due.elapsed());
-                        sample.key = serde_json::from_slice::<serde_json::Value>(&body)
-                            .ok()
-                            .and_then(|v| v["id"].as_str().map(str::to_owned));
-                    }
-                }
-                sample
-            }));
-        }
-        tasks
-    })
-    .await
-    .expect("open-loop pacer");
-    let mut samples = Vec::with_capacity(tasks.len());
-    for t in tasks {
-        samples.push(t.await.expect("open-loop request"));
-    }
-    (samples, start.elapsed().as_secs_f64())
-}
-
-fn sorted_us(d: impl Iterator<Item = Duration>) -> Vec<u64> {
-    let mut v: Vec<u64> = d.map(|d| d.as_micros() as u64).collect();
-    v.sort_unstable();
-    v
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -509,34 +156,6 @@ struct E2e {
     warmup: usize,
 }
 
-/// Waits until every key has a CRM write; returns each key's `first_write` and the keys still
-/// missing at the deadline.
-async fn wait_at_crm(
-    crm: &SandboxCrm,
-    keys: Vec<String>,
-    deadline: Duration,
-) -> (HashMap<String, SystemTime>, Vec<String>) {
-    let until = Instant::now() + deadline;
-    let mut pending = keys;
-    let mut written = HashMap::with_capacity(pending.len());
-    loop {
-        pending.retain(|k| {
-            let first = crm.record(k).and_then(|r| r.first_write);
-            match first.and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok()) {
-                Some(t) => {
-                    written.insert(k.clone(), SystemTime::from(t));
-                    false
-                }
-                None => true,
-            }
-        });
-        if pending.is_empty() || Instant::now() > until {
-            return (written, pending);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn admin_latency(router: &Router, http: &reqwest::Client) -> Option<([Option<f64>; 3], u64)> {
     let mut out = [None; 3];
     let mut samples = 0;
@@ -566,7 +185,7 @@ async fn end_to_end(knobs: &Knobs, rss: &mut Vec<(String, Option<f64>)>) -> E2e 
     let mut faults = Faults::healthy();
     faults.latency = CRM_LATENCY;
     crm.set_faults(faults);
-    let router = Router::start(&Role::Pipeline { crm_url: crm.url() }).await;
+    let router = Router::start(&Role::Pipeline { crm_url: crm.url() }, |rc| rc).await;
     let http = load_client();
 
     // Warm-up: connections, the idempotency bucket, the CRM client's pool.
@@ -823,26 +442,6 @@ impl Report {
 }
 
 /// Replaces what sits between the markers; nothing else in the file changes.
-fn write_readme_block(markdown: &str) {
-    let path = root().join("docs/performance.md");
-    let text = std::fs::read_to_string(&path).expect("read docs/performance.md");
-    let begin = text
-        .find(README_BEGIN)
-        .expect("docs/performance.md has the load-bench:begin marker");
-    let after_begin = begin + README_BEGIN.len();
-    let end = text[after_begin..]
-        .find(README_END)
-        .map(|i| after_begin + i)
-        .expect("docs/performance.md has the load-bench:end marker after the begin marker");
-    let updated = format!(
-        "{}\n{}\n{}",
-        &text[..after_begin],
-        markdown.trim_end(),
-        &text[end..]
-    );
-    std::fs::write(&path, updated).expect("write docs/performance.md");
-}
-
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let knobs = Knobs::from_env();
@@ -858,7 +457,7 @@ async fn main() {
     let mut rss = Vec::new();
 
     // Phases 1 and 2: the edge-only router.
-    let edge = Router::start(&Role::Edge).await;
+    let edge = Router::start(&Role::Edge, |rc| rc).await;
     let http = load_client();
     let js = create_ceiling_stream(&edge).await;
     // Warm-up, not measured: connections at the highest concurrency, the stream's first blocks.

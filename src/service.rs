@@ -121,7 +121,7 @@ impl Service {
             source,
         })?;
         let mut on_disk = Vec::new();
-        let durability = cfg.streams.durability(cfg.nats.is_embedded());
+        let durability = cfg.streams.durability();
         let embedded = if cfg.nats.is_embedded() {
             let store_key = cfg.nats.embedded.store_key(env)?;
             let explicit = cfg.nats.embedded.binary.clone();

@@ -205,13 +205,13 @@ async fn an_embedded_template_without_the_sync_placeholder_refuses_fsync() {
     let data = tempfile::tempdir().unwrap();
     let env = common::test_env();
     let cfg = demo_config()
+        .durability("fsync")
         .embedded_nats(free_port(), templates.path())
         .embedded_nats_binary(common::nats_server_bin())
         .data_dir(data.path())
         .intake_listen(common::any_port())
         .parse(std::path::Path::new("test.toml"), &env)
         .unwrap();
-    // fsync is the embedded default: no setting needed for the check to run.
     let err = Service::start(&cfg, &env).await.err().expect("refused");
     assert!(
         matches!(
@@ -386,4 +386,35 @@ async fn a_nats_server_killed_mid_batch_gives_no_false_202() {
         missing.len()
     );
     assert!(refused > 0, "the kill should have cost some requests a 503");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_server_runs_with_sync_always_under_fsync() {
+    let data = tempfile::tempdir().unwrap();
+    let env = common::test_env();
+    let cfg = demo_config()
+        .durability("fsync")
+        .embedded_nats(free_port(), common::manifest_dir().join("nats"))
+        .embedded_nats_binary(common::nats_server_bin())
+        .data_dir(data.path())
+        .intake_listen(common::any_port())
+        .parse(std::path::Path::new("test.toml"), &env)
+        .unwrap();
+    let app = App::start_cfg(cfg, env, data).await;
+    let monitor = app
+        .service
+        .embedded()
+        .and_then(|e| e.monitor_url())
+        .expect("the embedded server has a monitoring endpoint");
+    let varz: serde_json::Value = reqwest::get(format!("{monitor}/varz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(varz["jetstream"]["config"]["sync_always"], true, "{varz}");
+    app.accept("demo", "evt_embedded", &lead(1)).await;
+    let rendered =
+        std::fs::read_to_string(app.cfg.nats_store_dir().join("nats-server.conf")).unwrap();
+    assert!(rendered.contains("sync_interval: always"), "{rendered}");
 }

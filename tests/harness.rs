@@ -205,13 +205,13 @@ fn router_config_renders_what_the_router_parses() {
         .unwrap_or_else(|e| panic!("{e}\n{text}"));
     assert_eq!(parsed.nats.url.split(',').count(), 3);
     assert_eq!(
-        parsed.streams.durability(false),
+        parsed.streams.durability(),
         leadrouter::config::Durability::Fsync
     );
     assert_eq!(parsed.streams.group_commit.max_batch, 200);
     assert_eq!(parsed.streams.group_commit.linger, Duration::from_millis(1));
     assert_eq!(
-        parsed.streams.group_commit.min_batch, 8,
+        parsed.streams.group_commit.min_batch, 24,
         "unset keys keep the default"
     );
     assert_eq!(parsed.nats.publish_timeout, Duration::from_millis(1500));

@@ -280,20 +280,25 @@ fn a_bad_dlq_key_names_the_setting_and_keeps_its_cause() {
 }
 
 #[test]
-fn durability_defaults_to_fsync_only_where_leadrouter_renders_the_server() {
+fn durability_defaults_to_lazy_and_takes_fsync() {
     let cfg = Config::from_toml(minimal_sender(), Path::new("t.toml"), &NO_ENV).unwrap();
-    assert_eq!(cfg.streams.durability(true), Durability::Fsync);
-    assert_eq!(cfg.streams.durability(false), Durability::Lazy);
+    assert_eq!(cfg.streams.durability(), Durability::Lazy);
     assert!(cfg.streams.group_commit.enabled);
 
-    let text = format!("[streams]\ndurability = \"lazy\"\n{}", minimal_sender());
+    let text = format!("[streams]\ndurability = \"fsync\"\n{}", minimal_sender());
     let cfg = Config::from_toml(&text, Path::new("t.toml"), &NO_ENV).unwrap();
-    assert_eq!(cfg.streams.durability(true), Durability::Lazy);
+    assert_eq!(cfg.streams.durability(), Durability::Fsync);
 
-    let text = format!("[streams]\ndurability = \"sometimes\"\n{}", minimal_sender());
+    let text = format!(
+        "[streams]\ndurability = \"sometimes\"\n{}",
+        minimal_sender()
+    );
     let err = Config::from_toml(&text, Path::new("t.toml"), &NO_ENV).unwrap_err();
     let shown = crate::error_chain::chain(&err);
-    assert!(shown.contains("durability") && shown.contains("fsync"), "{shown}");
+    assert!(
+        shown.contains("durability") && shown.contains("fsync"),
+        "{shown}"
+    );
 }
 
 #[test]
@@ -301,7 +306,10 @@ fn group_commit_bounds_name_the_key() {
     for (table, key) in [
         ("max_batch = 1001", "streams.group_commit.max_batch"),
         ("min_batch = 1", "streams.group_commit.min_batch"),
-        ("max_batch = 10\nmin_batch = 11", "streams.group_commit.min_batch"),
+        (
+            "max_batch = 10\nmin_batch = 11",
+            "streams.group_commit.min_batch",
+        ),
         ("max_in_flight = 0", "streams.group_commit.max_in_flight"),
         ("linger = \"1s\"", "streams.group_commit.linger"),
     ] {
