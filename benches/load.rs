@@ -530,6 +530,6 @@ async fn main() {
         format!("# Load benchmark\n\nWritten by `cargo bench --bench load`; docs/performance.md (\"One router\") carries the same text.\n\n{md}"),
     )
     .expect("write benches/results/load.md");
-    write_readme_block(&md);
+    write_doc_block(README_BEGIN, README_END, &md);
     eprintln!("wrote benches/results/load.md and docs/performance.md's load-bench block");
 }
