@@ -189,6 +189,18 @@ async fn fsync_against_a_server_that_does_not_fsync_refuses_to_start() {
         ),
         "{err:?}"
     );
+
+    // Without a monitoring URL there is nothing to ask: it starts, and warns that it cannot
+    // verify (docs/durability.md).
+    let cfg = demo_config()
+        .durability("fsync")
+        .data_dir(data.path())
+        .nats_url(lazy.url())
+        .intake_listen(common::any_port())
+        .parse(std::path::Path::new("test.toml"), &env)
+        .unwrap();
+    let service = Service::start(&cfg, &env).await.expect("starts unverified");
+    service.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
