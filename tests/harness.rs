@@ -211,7 +211,7 @@ fn router_config_renders_what_the_router_parses() {
     assert_eq!(parsed.streams.group_commit.max_batch, 200);
     assert_eq!(parsed.streams.group_commit.linger, Duration::from_millis(1));
     assert_eq!(
-        parsed.streams.group_commit.min_batch, 24,
+        parsed.streams.group_commit.min_batch, 16,
         "unset keys keep the default"
     );
     assert_eq!(parsed.nats.publish_timeout, Duration::from_millis(1500));

@@ -248,10 +248,10 @@ fn default_max_batch() -> usize {
     500
 }
 fn default_min_batch() -> usize {
-    24
+    16
 }
 fn default_max_in_flight() -> usize {
-    2
+    1
 }
 fn default_linger() -> Duration {
     Duration::from_millis(2)
