@@ -21,6 +21,14 @@ fn outbound(subject: &str, msg_id: &str) -> Outbound {
     }
 }
 
+/// One atomic batch under a fresh id, 5 s to be acknowledged.
+async fn publish_batch(
+    client: &async_nats::Client,
+    msgs: &[Outbound],
+) -> Result<batch::BatchAck, BatchError> {
+    batch::publish(client, &batch::new_batch_id(), msgs, Duration::from_secs(5)).await
+}
+
 async fn stream_with(js: &jetstream::Context, name: &str, atomic: bool) -> stream::Stream {
     js.create_stream(stream::Config {
         name: name.into(),
@@ -46,14 +54,7 @@ async fn an_atomic_batch_stores_all_or_nothing() {
     let msgs: Vec<_> = (0..100)
         .map(|i| outbound("atom.x", &format!("m{i}")))
         .collect();
-    let ack = batch::publish(
-        &client,
-        &batch::new_batch_id(),
-        &msgs,
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
+    let ack = publish_batch(&client, &msgs).await.unwrap();
     assert_eq!(
         (ack.stream.as_str(), ack.last_sequence, ack.count),
         ("ATOM", 100, 100)
@@ -66,44 +67,25 @@ async fn an_atomic_batch_stores_all_or_nothing() {
         outbound("atom.x", "m5"),
         outbound("atom.x", "new2"),
     ];
-    let r = batch::publish(
-        &client,
-        &batch::new_batch_id(),
-        &msgs,
-        Duration::from_secs(5),
-    )
-    .await;
+    let r = publish_batch(&client, &msgs).await;
     assert!(matches!(r, Err(BatchError::DuplicateMsgId)), "{r:?}");
     // An id repeated inside the batch: the same.
     let msgs = vec![outbound("atom.x", "new3"), outbound("atom.x", "new3")];
-    let r = batch::publish(
-        &client,
-        &batch::new_batch_id(),
-        &msgs,
-        Duration::from_secs(5),
-    )
-    .await;
+    let r = publish_batch(&client, &msgs).await;
     assert!(matches!(r, Err(BatchError::DuplicateMsgId)), "{r:?}");
     assert_eq!(s.info().await.unwrap().state.messages, 100);
 
     // A batch of one is its own commit.
-    let ack = batch::publish(
-        &client,
-        &batch::new_batch_id(),
-        &[outbound("atom.x", "solo")],
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
+    let ack = publish_batch(&client, &[outbound("atom.x", "solo")])
+        .await
+        .unwrap();
     assert_eq!((ack.last_sequence, ack.count), (101, 1));
 
     // A stream without allow_atomic_publish refuses, and says why.
     stream_with(&js, "PLAIN", false).await;
-    let r = batch::publish(
+    let r = publish_batch(
         &client,
-        &batch::new_batch_id(),
         &[outbound("plain.x", "a"), outbound("plain.x", "b")],
-        Duration::from_secs(5),
     )
     .await;
     match r {
@@ -112,7 +94,7 @@ async fn an_atomic_batch_stores_all_or_nothing() {
     }
 }
 
-use common::{demo_config, free_port, stream_messages, App};
+use common::{demo_config, free_port, stream_messages, App, RouterConfig};
 use leadrouter::devtools::harness::GroupCommitSection;
 use leadrouter::queue::durability::DurabilityError;
 use leadrouter::service::{Service, ServiceError};
@@ -146,59 +128,54 @@ fn commits(kind: &str) -> u64 {
         .get()
 }
 
+/// `cfg` under `fsync`, parsed as `serve` would, with a data dir and intake port of its own.
+fn fsync_on(cfg: RouterConfig, data: &std::path::Path) -> leadrouter::config::Config {
+    cfg.durability("fsync")
+        .data_dir(data)
+        .intake_listen(common::any_port())
+        .parse(std::path::Path::new("test.toml"), &common::test_env())
+        .unwrap()
+}
+
+/// Why `serve` refused to start on `cfg`; panics if it started, or refused for another reason.
+async fn refusal(cfg: &leadrouter::config::Config) -> DurabilityError {
+    match Service::start(cfg, &common::test_env()).await {
+        Err(ServiceError::Durability(e)) => e,
+        Err(other) => panic!("refused for another reason: {other:?}"),
+        Ok(_) => panic!("started under fsync"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fsync_against_a_server_that_does_not_fsync_refuses_to_start() {
     let lazy =
         harness::NatsServer::with_options(NatsOptions::new().http_port(free_port())).unwrap();
     let data = tempfile::tempdir().unwrap();
     let env = common::test_env();
-    let cfg = demo_config()
-        .durability("fsync")
-        .monitor_url(lazy.monitor_url().unwrap())
-        .data_dir(data.path())
-        .nats_url(lazy.url())
-        .intake_listen(common::any_port())
-        .parse(std::path::Path::new("test.toml"), &env)
-        .unwrap();
-    let err = Service::start(&cfg, &env).await.err().expect("refused");
-    assert!(
-        matches!(
-            err,
-            ServiceError::Durability(DurabilityError::NotSynced { .. })
-        ),
-        "{err:?}"
+    let external = || demo_config().nats_url(lazy.url());
+
+    let cfg = fsync_on(
+        external().monitor_url(lazy.monitor_url().unwrap()),
+        data.path(),
     );
+    let err = refusal(&cfg).await;
+    assert!(matches!(err, DurabilityError::NotSynced { .. }), "{err:?}");
     let text = leadrouter::error_chain::chain(&err);
     assert!(text.contains("sync_interval: always"), "{text}");
     assert!(text.contains(&lazy.monitor_url().unwrap()), "{text}");
 
     // An unreachable monitor is no proof either.
-    let cfg = demo_config()
-        .durability("fsync")
-        .monitor_url(format!("http://127.0.0.1:{}", free_port()))
-        .data_dir(data.path())
-        .nats_url(lazy.url())
-        .intake_listen(common::any_port())
-        .parse(std::path::Path::new("test.toml"), &env)
-        .unwrap();
-    let err = Service::start(&cfg, &env).await.err().expect("refused");
+    let unreachable = format!("http://127.0.0.1:{}", free_port());
+    let cfg = fsync_on(external().monitor_url(unreachable), data.path());
+    let err = refusal(&cfg).await;
     assert!(
-        matches!(
-            err,
-            ServiceError::Durability(DurabilityError::Unreachable { .. })
-        ),
+        matches!(err, DurabilityError::Unreachable { .. }),
         "{err:?}"
     );
 
     // Without a monitoring URL there is nothing to ask: it starts, and warns that it cannot
     // verify (docs/durability.md).
-    let cfg = demo_config()
-        .durability("fsync")
-        .data_dir(data.path())
-        .nats_url(lazy.url())
-        .intake_listen(common::any_port())
-        .parse(std::path::Path::new("test.toml"), &env)
-        .unwrap();
+    let cfg = fsync_on(external(), data.path());
     let service = Service::start(&cfg, &env).await.expect("starts unverified");
     service.shutdown().await;
 }
@@ -215,23 +192,14 @@ async fn an_embedded_template_without_the_sync_placeholder_refuses_fsync() {
     )
     .unwrap();
     let data = tempfile::tempdir().unwrap();
-    let env = common::test_env();
-    let cfg = demo_config()
-        .durability("fsync")
-        .embedded_nats(free_port(), templates.path())
-        .embedded_nats_binary(common::nats_server_bin())
-        .data_dir(data.path())
-        .intake_listen(common::any_port())
-        .parse(std::path::Path::new("test.toml"), &env)
-        .unwrap();
-    let err = Service::start(&cfg, &env).await.err().expect("refused");
-    assert!(
-        matches!(
-            err,
-            ServiceError::Durability(DurabilityError::NotSynced { .. })
-        ),
-        "{err:?}"
+    let cfg = fsync_on(
+        demo_config()
+            .embedded_nats(free_port(), templates.path())
+            .embedded_nats_binary(common::nats_server_bin()),
+        data.path(),
     );
+    let err = refusal(&cfg).await;
+    assert!(matches!(err, DurabilityError::NotSynced { .. }), "{err:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -404,14 +372,12 @@ async fn a_nats_server_killed_mid_batch_gives_no_false_202() {
 async fn the_embedded_server_runs_with_sync_always_under_fsync() {
     let data = tempfile::tempdir().unwrap();
     let env = common::test_env();
-    let cfg = demo_config()
-        .durability("fsync")
-        .embedded_nats(free_port(), common::manifest_dir().join("nats"))
-        .embedded_nats_binary(common::nats_server_bin())
-        .data_dir(data.path())
-        .intake_listen(common::any_port())
-        .parse(std::path::Path::new("test.toml"), &env)
-        .unwrap();
+    let cfg = fsync_on(
+        demo_config()
+            .embedded_nats(free_port(), common::manifest_dir().join("nats"))
+            .embedded_nats_binary(common::nats_server_bin()),
+        data.path(),
+    );
     let app = App::start_cfg(cfg, env, data).await;
     let monitor = app
         .service

@@ -254,7 +254,7 @@ fn default_max_in_flight() -> usize {
     1
 }
 fn default_linger() -> Duration {
-    Duration::from_millis(2)
+    Duration::from_millis(1)
 }
 
 impl Default for GroupCommitConfig {

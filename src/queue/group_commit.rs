@@ -2,20 +2,19 @@
 //! stored together as one atomic batch, so under `sync_interval: always` they share one fsync
 //! instead of paying one each.
 //!
-//! One task owns the queue and decides, each time a commit slot frees up, what the next commit
-//! is. The size adapts by itself: a commit in flight is the window in which the next one fills,
-//! so a lone request goes out at once on its own, and under load batches grow with the
-//! arrival rate (up to `max_batch`). nats-server 2.15.1 stores atomic batches of one stream one
-//! after another (two batches of 32 at once took as long as one after the other, 7.9 ms, on
-//! this project's machine), so one commit in flight is the default and the rules are:
-//! - nothing in flight: publish once about as many leads wait as were usually in the system
-//!   (a smoothed count of the last commits' leads plus those that waited meanwhile), or once
-//!   the oldest has waited `linger`; at concurrency 1 that is at once;
-//! - with `max_in_flight` above 1 and a commit in flight: go once `min_batch` leads have waited
-//!   `linger`, or `max_batch` wait;
-//! - fewer than `min_batch` leads in a commit are published one by one (concurrently): a batch
-//!   costs about 3.6 ms of staging whatever its size, a single publish about 0.27 ms, so below
-//!   about 14 leads one by one is cheaper.
+//! One task owns the queue and decides what goes to the server next. A single publish costs
+//! one fsync (about 0.27 ms on this project's machine) and the server pipelines them; an atomic
+//! batch costs about 3.6 ms of staging whatever its size, and nats-server 2.15.1 stores the
+//! batches of one stream one after another (two batches of 32 at once took as long as one after
+//! the other). So:
+//! - while fewer than `min_batch` leads are waiting and fewer than that are being published one
+//!   by one, they are published one by one at once: a lone request, or a trickle, never waits
+//!   and never pays a batch's cost;
+//! - once the single publishes fall behind (the disk is the bottleneck), arrivals accumulate,
+//!   and as soon as `min_batch` wait and a batch slot is free (`max_in_flight`, default 1) they
+//!   go as one batch of up to `max_batch`; while it is in flight the next one fills, so the size
+//!   follows the load;
+//! - a small group held back by single publishes in flight goes one by one after `linger`.
 //!
 //! Every caller keeps today's answer. A batch that holds an id already stored (a vendor retry)
 //! or repeated in it is refused whole by the server (10201), so ids seen twice in one group and
@@ -113,43 +112,49 @@ async fn run(mut rx: mpsc::Receiver<Job>, shared: Arc<Shared>) {
     let cfg = shared.cfg.clone();
     let mut waiting: VecDeque<Job> = VecDeque::new();
     let mut in_flight = FuturesUnordered::new();
+    // Batches in flight, and leads published one by one and not yet acknowledged.
+    let (mut batches, mut singles) = (0usize, 0usize);
     let mut closed = false;
-    // How many leads are usually in the system at once (in a commit or waiting for one). The
-    // clients of a commit that just finished come back within a moment, so with nothing in
-    // flight the next group waits (at most `linger`) until most of them are back: batches of
-    // the whole concurrency instead of halves that alternate. Starts at 1: a lone request never
-    // waits.
-    let mut usual = 1.0_f64;
     loop {
-        while !waiting.is_empty() && in_flight.len() < cfg.max_in_flight {
-            let lingered = waiting
-                .front()
-                .is_some_and(|j| j.since.elapsed() >= cfg.linger);
-            let target = (usual * 0.8).clamp(1.0, cfg.max_batch as f64);
-            let go = if in_flight.is_empty() {
-                waiting.len() as f64 >= target || lingered
+        while !waiting.is_empty() {
+            let kind = if waiting.len() >= cfg.min_batch && batches < cfg.max_in_flight {
+                Commit::Batch
+            } else if waiting.len() < cfg.min_batch
+                && (singles + waiting.len() < cfg.min_batch
+                    || waiting
+                        .front()
+                        .is_some_and(|j| j.since.elapsed() >= cfg.linger))
+            {
+                Commit::Singles
             } else {
-                waiting.len() >= cfg.max_batch || (waiting.len() >= cfg.min_batch && lingered)
-            };
-            if !go {
                 break;
-            }
+            };
             let n = waiting.len().min(cfg.max_batch);
+            match kind {
+                Commit::Batch => batches += 1,
+                Commit::Singles => singles += n,
+            }
             let group: Vec<Job> = waiting.drain(..n).collect();
-            in_flight.push(commit(shared.clone(), group));
+            let shared = shared.clone();
+            in_flight.push(async move {
+                commit(shared, group).await;
+                (kind, n)
+            });
         }
         if closed && waiting.is_empty() && in_flight.is_empty() {
             return;
         }
-        let linger_until = (in_flight.len() < cfg.max_in_flight)
+        // Only a small group held back by the single publishes in flight can be helped by
+        // time; a big one waits for the batch slot.
+        let linger_until = (waiting.len() < cfg.min_batch)
             .then(|| waiting.front().map(|j| j.since + cfg.linger))
             .flatten();
         let room = waiting.len() < cfg.max_batch * cfg.max_in_flight;
         tokio::select! {
-            Some(leads) = in_flight.next(), if !in_flight.is_empty() => {
-                let seen = (leads + waiting.len()) as f64;
-                usual = 0.5 * usual + 0.5 * seen;
-            }
+            Some((kind, n)) = in_flight.next(), if !in_flight.is_empty() => match kind {
+                Commit::Batch => batches -= 1,
+                Commit::Singles => singles -= n,
+            },
             job = rx.recv(), if !closed && room => match job {
                 Some(job) => {
                     waiting.push_back(job);
@@ -168,6 +173,13 @@ async fn run(mut rx: mpsc::Receiver<Job>, shared: Arc<Shared>) {
     }
 }
 
+/// How the committer counted a group it sent: against the batch slots, or as single publishes.
+#[derive(Clone, Copy)]
+enum Commit {
+    Batch,
+    Singles,
+}
+
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -176,9 +188,8 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 /// One commit: the group's batchable leads as one atomic batch (or one by one, if too few),
-/// then the leads kept out of it. Returns how many leads it held.
-async fn commit(shared: Arc<Shared>, group: Vec<Job>) -> usize {
-    let leads = group.len();
+/// then the leads kept out of it.
+async fn commit(shared: Arc<Shared>, group: Vec<Job>) {
     let metrics = crate::telemetry::metrics::metrics();
     let mut seen: HashSet<Arc<str>> = HashSet::with_capacity(group.len());
     let (mut batchable, mut after) = (Vec::with_capacity(group.len()), Vec::new());
@@ -232,7 +243,6 @@ async fn commit(shared: Arc<Shared>, group: Vec<Job>) -> usize {
     if !after.is_empty() {
         singles(&shared, after).await;
     }
-    leads
 }
 
 /// Each lead its own publish, all at once.
