@@ -230,13 +230,16 @@ pub struct GroupCommitConfig {
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
     /// Fewer leads than this waiting are published one by one: a batch has a fixed cost of a
-    /// few milliseconds that only pays off for a group.
+    /// few milliseconds that only pays off for a group. Also how many single publishes may be
+    /// pending before arrivals wait for a batch instead.
     #[serde(default = "default_min_batch")]
     pub min_batch: usize,
-    /// Commits (batches or groups of single publishes) in flight at once.
+    /// Atomic batches in flight at once (the server stores one stream's batches one after
+    /// another, so more than 1 rarely helps).
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
-    /// Longest a small group waits for company while another commit is in flight.
+    /// Longest a small group waits, held back by single publishes in flight, before it is
+    /// published one by one anyway.
     #[serde(default = "default_linger", with = "humantime_serde")]
     pub linger: Duration,
 }
