@@ -230,8 +230,7 @@ pub struct GroupCommitConfig {
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
     /// Fewer leads than this waiting are published one by one: a batch has a fixed cost of a
-    /// few milliseconds that only pays off for a group. Also how many single publishes may be
-    /// pending before arrivals wait for a batch instead.
+    /// few milliseconds that only pays off for a group.
     #[serde(default = "default_min_batch")]
     pub min_batch: usize,
     /// Atomic batches in flight at once (the server stores one stream's batches one after

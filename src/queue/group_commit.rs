@@ -38,6 +38,10 @@ use super::publisher::publish_one;
 use super::{PublishFailure, Stored};
 use crate::config::GroupCommitConfig;
 
+/// Single publishes pending before arrivals wait for a batch instead: enough to carry a
+/// trickle without waiting, few enough that under load the disk's time goes to batches.
+const SINGLES_PENDING: usize = 4;
+
 /// Ids this publisher stored recently: a retry of one would make a whole batch fail.
 const RECENT_IDS: u64 = 200_000;
 
@@ -120,7 +124,7 @@ async fn run(mut rx: mpsc::Receiver<Job>, shared: Arc<Shared>) {
             let kind = if waiting.len() >= cfg.min_batch && batches < cfg.max_in_flight {
                 Commit::Batch
             } else if waiting.len() < cfg.min_batch
-                && (singles + waiting.len() < cfg.min_batch
+                && (singles + waiting.len() <= SINGLES_PENDING
                     || waiting
                         .front()
                         .is_some_and(|j| j.since.elapsed() >= cfg.linger))
