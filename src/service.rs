@@ -154,12 +154,6 @@ impl Service {
             Some(e) => e.url().to_string(),
             None => cfg.nats.url.clone(),
         };
-        if let Err(e) = check_durability(durability, embedded.as_ref(), cfg).await {
-            if let Some(emb) = embedded {
-                emb.stop().await;
-            }
-            return Err(e);
-        }
         let client = queue::connect(&nats_url, &cfg.nats, env).await?;
         let mut publisher = Publisher::new(client.clone(), cfg.nats.publish_timeout);
         if durability == Durability::Fsync && cfg.streams.group_commit.enabled {
@@ -180,7 +174,13 @@ impl Service {
                     "a process crash, an OS crash and power loss (fsync before the ack)",
             }
         );
-        if let Err(e) = check_streams_loaded(publisher.context(), &on_disk, cfg).await {
+        // Neither a server that would undo a 202 in a power cut nor one hiding streams may
+        // answer vendors; the embedded one is stopped on the way out.
+        let checked = async {
+            check_durability(durability, embedded.as_ref(), cfg).await?;
+            check_streams_loaded(publisher.context(), &on_disk, cfg).await
+        };
+        if let Err(e) = checked.await {
             if let Some(emb) = embedded {
                 emb.stop().await;
             }
@@ -459,14 +459,12 @@ async fn check_durability(
         Some(e) => vec![e
             .monitor_url()
             .ok_or(crate::queue::durability::DurabilityError::NoMonitor)?],
-        None => match &cfg.nats.monitor_url {
-            Some(m) => m.split(',').map(|u| u.trim().to_string()).collect(),
-            None => {
-                tracing::warn!("streams.durability = \"fsync\" but nats.monitor_url is not set, so leadrouter cannot check that nats-server fsyncs before it acks (sync_interval: always); set nats.monitor_url to its monitoring URL(s)");
-                return Ok(());
-            }
-        },
+        None => cfg.nats.monitor_urls(),
     };
+    if urls.is_empty() {
+        tracing::warn!("streams.durability = \"fsync\" but nats.monitor_url is not set, so leadrouter cannot check that nats-server fsyncs before it acks (sync_interval: always); set nats.monitor_url to its monitoring URL(s)");
+        return Ok(());
+    }
     crate::queue::durability::check_sync_always(&urls).await?;
     Ok(())
 }

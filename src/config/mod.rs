@@ -169,15 +169,14 @@ impl Config {
             ));
         }
         s.group_commit.validate()?;
-        if let Some(m) = &self.nats.monitor_url {
-            for u in m.split(',') {
-                let u = u.trim();
-                if !(u.starts_with("http://") || u.starts_with("https://")) {
-                    return Err(ConfigError::invalid(
-                        "nats.monitor_url",
-                        format!("`{u}` is not an http:// or https:// URL of a nats-server monitoring port"),
-                    ));
-                }
+        for u in self.nats.monitor_urls() {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return Err(ConfigError::invalid(
+                    "nats.monitor_url",
+                    format!(
+                        "`{u}` is not an http:// or https:// URL of a nats-server monitoring port"
+                    ),
+                ));
             }
         }
         if self.intake.max_body_bytes == 0 {

@@ -75,6 +75,15 @@ impl NatsConfig {
     pub fn is_embedded(&self) -> bool {
         self.url.trim() == "embedded"
     }
+
+    /// `monitor_url` split into its URLs, trimmed (empty when unset).
+    pub fn monitor_urls(&self) -> Vec<String> {
+        self.monitor_url
+            .iter()
+            .flat_map(|m| m.split(','))
+            .map(|u| u.trim().to_string())
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -52,7 +52,7 @@ pub async fn check_sync_always(monitor_urls: &[String]) -> Result<(), Durability
             source,
         })?;
     for url in monitor_urls {
-        let url = url.trim().trim_end_matches('/').to_string();
+        let url = url.trim_end_matches('/').to_string();
         let varz: Varz = async {
             client
                 .get(format!("{url}/varz"))

@@ -141,7 +141,11 @@ async fn run(mut rx: mpsc::Receiver<Job>, shared: Arc<Shared>) {
             let group: Vec<Job> = waiting.drain(..n).collect();
             let shared = shared.clone();
             in_flight.push(async move {
-                commit(shared, group).await;
+                match kind {
+                    Commit::Batch => commit(&shared, group).await,
+                    // Repeated ids among them need no care: each gets its own PubAck.
+                    Commit::Singles => one_by_one(&shared, group).await,
+                }
                 (kind, n)
             });
         }
@@ -191,9 +195,9 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// One commit: the group's batchable leads as one atomic batch (or one by one, if too few),
-/// then the leads kept out of it.
-async fn commit(shared: Arc<Shared>, group: Vec<Job>) {
+/// One batch: the group's batchable leads as one atomic batch (or one by one, if the ids kept
+/// out leave too few), then the leads kept out of it.
+async fn commit(shared: &Shared, group: Vec<Job>) {
     let metrics = crate::telemetry::metrics::metrics();
     let mut seen: HashSet<Arc<str>> = HashSet::with_capacity(group.len());
     let (mut batchable, mut after) = (Vec::with_capacity(group.len()), Vec::new());
@@ -219,9 +223,9 @@ async fn commit(shared: Arc<Shared>, group: Vec<Job>) {
         .await
         {
             Ok(ack) => {
-                metrics.publish_commit("batch", batchable.len());
+                metrics.published_batch(batchable.len());
                 for (i, job) in batchable.into_iter().enumerate() {
-                    shared.remember(&job);
+                    shared.remember(job.msg_id);
                     let _ = job.done.send(Ok(Stored {
                         sequence: ack.sequence_of(i),
                         duplicate: false,
@@ -229,9 +233,9 @@ async fn commit(shared: Arc<Shared>, group: Vec<Job>) {
                 }
             }
             Err(BatchError::DuplicateMsgId) => {
-                metrics.publish_commit("fallback", batchable.len());
+                metrics.batch_fell_back();
                 tracing::debug!(target: "leadrouter::queue", leads = batchable.len(), "atomic batch refused for a stored id; publishing its leads one by one");
-                singles(&shared, batchable).await;
+                one_by_one(shared, batchable).await;
             }
             Err(e) => {
                 let e = Arc::new(e);
@@ -242,26 +246,24 @@ async fn commit(shared: Arc<Shared>, group: Vec<Job>) {
             }
         }
     } else {
-        singles(&shared, batchable).await;
+        one_by_one(shared, batchable).await;
     }
-    if !after.is_empty() {
-        singles(&shared, after).await;
-    }
+    one_by_one(shared, after).await;
 }
 
 /// Each lead its own publish, all at once.
-async fn singles(shared: &Shared, jobs: Vec<Job>) {
+async fn one_by_one(shared: &Shared, jobs: Vec<Job>) {
     if jobs.is_empty() {
         return;
     }
-    crate::telemetry::metrics::metrics().publish_commit("single", jobs.len());
+    crate::telemetry::metrics::metrics().published_singly(jobs.len());
     futures::future::join_all(jobs.into_iter().map(|job| async move {
         let Job {
             msg, msg_id, done, ..
         } = job;
         let r = publish_one(&shared.js, msg, shared.timeout).await;
-        if let (Ok(_), Some(id)) = (&r, msg_id) {
-            shared.recent.insert(id, ());
+        if r.is_ok() {
+            shared.remember(msg_id);
         }
         let _ = done.send(r);
     }))
@@ -269,9 +271,10 @@ async fn singles(shared: &Shared, jobs: Vec<Job>) {
 }
 
 impl Shared {
-    fn remember(&self, job: &Job) {
-        if let Some(id) = &job.msg_id {
-            self.recent.insert(id.clone(), ());
+    /// A stored lead's id: a retry of it is kept out of the next batches.
+    fn remember(&self, msg_id: Option<Arc<str>>) {
+        if let Some(id) = msg_id {
+            self.recent.insert(id, ());
         }
     }
 }

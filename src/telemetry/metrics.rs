@@ -156,6 +156,12 @@ fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     g
 }
 
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
 fn histogram_vec(
     r: &Registry,
     name: &str,
@@ -175,18 +181,12 @@ fn histogram_vec(
 impl Metrics {
     fn new() -> Metrics {
         let r = Registry::new();
-        let build_info = {
-            let g = IntGaugeVec::new(
-                Opts::new(
-                    "leadrouter_build_info",
-                    "Always 1; the version label says which leadrouter runs.",
-                ),
-                &["version"],
-            )
-            .expect("valid metric");
-            r.register(Box::new(g.clone())).expect("unique metric");
-            g
-        };
+        let build_info = gauge_vec(
+            &r,
+            "leadrouter_build_info",
+            "Always 1; the version label says which leadrouter runs.",
+            &["version"],
+        );
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -300,18 +300,12 @@ impl Metrics {
                 r.register(Box::new(h.clone())).expect("unique metric");
                 h
             },
-            durability_info: {
-                let g = IntGaugeVec::new(
-                    Opts::new(
-                        "leadrouter_durability_info",
-                        "Always 1; the mode label says what a 202 survives: lazy (a process crash) or fsync (also an OS crash or power loss).",
-                    ),
-                    &["mode"],
-                )
-                .expect("valid metric");
-                r.register(Box::new(g.clone())).expect("unique metric");
-                g
-            },
+            durability_info: gauge_vec(
+                &r,
+                "leadrouter_durability_info",
+                "Always 1; the mode label says what a 202 survives: lazy (a process crash) or fsync (also an OS crash or power loss).",
+                &["mode"],
+            ),
             pools: PoolCounterSum::registered(&r),
             registry: r,
         };
@@ -328,17 +322,22 @@ impl Metrics {
         m
     }
 
-    /// One commit of `leads` leads by the edge's publisher.
-    /// `single` counts one publish per lead; `batch` and `fallback` one per batch.
-    pub fn publish_commit(&self, kind: &'static str, leads: usize) {
-        let c = self.publish_commits.with_label_values(&[kind]);
-        match kind {
-            "single" => c.inc_by(leads as u64),
-            _ => c.inc(),
-        }
-        if kind == "batch" {
-            self.publish_batch_leads.observe(leads as f64);
-        }
+    /// `leads` leads published one by one by the edge (one publish, one fsync, each).
+    pub fn published_singly(&self, leads: usize) {
+        self.publish_commits
+            .with_label_values(&["single"])
+            .inc_by(leads as u64);
+    }
+
+    /// One atomic batch of `leads` leads stored by the edge.
+    pub fn published_batch(&self, leads: usize) {
+        self.publish_commits.with_label_values(&["batch"]).inc();
+        self.publish_batch_leads.observe(leads as f64);
+    }
+
+    /// One atomic batch refused for an id already stored (its leads are then published singly).
+    pub fn batch_fell_back(&self) {
+        self.publish_commits.with_label_values(&["fallback"]).inc();
     }
 
     /// The registry's current state in the text exposition format.
