@@ -227,6 +227,16 @@ async fn one_lead_is_one_trace_from_the_edge_to_the_sink_over_http_protobuf() {
     assert_eq!(all.len(), LEAD_SPANS, "{:#?}", brief(&spans));
     assert_no_pii(&spans);
     assert_eq!(s.crm.record(&key).map(|r| r.writes), Some(1));
+    // The CRM request carried the lead's trace: its parent is the lead's sink span.
+    let sent = s
+        .crm
+        .record(&key)
+        .and_then(|r| r.last_headers.get("traceparent").cloned());
+    assert_eq!(
+        sent,
+        Some(format!("00-{trace}-{}-01", sink.span_id)),
+        "the CRM sees the lead's trace"
+    );
 
     // A vendor that traces its webhooks: the edge continues the vendor's trace.
     let vendor_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -369,6 +379,16 @@ async fn a_replay_is_a_new_trace_linked_to_the_original_over_grpc() {
     assert_ne!(sink.status, 2);
     assert_no_pii(&spans);
     assert_eq!(s.crm.record(&key).map(|r| r.writes), Some(1));
+    // The CRM request carried the lead's trace: its parent is the lead's sink span.
+    let sent = s
+        .crm
+        .record(&key)
+        .and_then(|r| r.last_headers.get("traceparent").cloned());
+    assert_eq!(
+        sent,
+        Some(format!("00-{}-{}-01", handle.trace_id, sink.span_id)),
+        "the replayed write carries the replay's trace"
+    );
     s.stop().await;
 }
 
@@ -412,4 +432,69 @@ async fn off_by_default_no_export_and_no_trace_headers() {
     );
     s.stop().await;
     assert_eq!(receiver.requests(), 0);
+}
+
+/// `leadrouter import` starts a trace per imported lead, and the handler continues it (so an
+/// imported lead is as traceable as one that came in over HTTP).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_imported_lead_starts_its_own_trace_that_the_handler_continues() {
+    let receiver = OtlpReceiver::start().await;
+    let mut s = serve(otlp(receiver.endpoint(), "http/protobuf"), &[]).await;
+    let file = s._dir.path().join("import.jsonl");
+    let lines: String = (0..2)
+        .map(|i| {
+            json!({
+                "schema": "lead.v1",
+                "sender": "demo",
+                "source_event_id": format!("imported-{i}"),
+                "received_at": "2026-06-01T12:00:00.000Z",
+                "fields": {"email": format!("imported{i}@example.org")},
+            })
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    std::fs::write(&file, lines).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_leadrouter"))
+        .args(["import", "--json", "--quiet", "--config"])
+        .arg(s._dir.path().join("leadrouter.toml"))
+        .arg(&file)
+        .current_dir(common::manifest_dir())
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env("TEST_DEMO_SECRET", common::DEMO_SECRET)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .output()
+        .expect("run leadrouter import");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).expect("a JSON summary");
+    assert_eq!(summary["published"], 2, "{summary}");
+    let spans = receiver
+        .wait_for("two imported leads, each handled", WAIT, |spans| {
+            let imports: Vec<_> = spans.iter().filter(|s| s.name == "import").collect();
+            imports.len() >= 2
+                && imports.iter().all(|i| {
+                    spans
+                        .iter()
+                        .any(|h| h.name == "handle" && h.parent_span_id == i.span_id)
+                })
+        })
+        .await;
+    let imports = named(&spans, "import");
+    assert_eq!(imports.len(), 2);
+    assert_ne!(
+        imports[0].trace_id, imports[1].trace_id,
+        "one trace per lead"
+    );
+    for i in imports {
+        assert_eq!(i.parent_span_id, "", "a new trace");
+        assert_eq!(i.attr("sender"), Some(&json!("demo")));
+        let handle = one(&spans, "handle", &i.trace_id);
+        assert_eq!(handle.parent_span_id, i.span_id);
+        one(&spans, "sink", &i.trace_id);
+    }
+    s.stop().await;
 }

@@ -123,7 +123,17 @@ async fn import(cfg: &Config, args: ImportArgs) -> anyhow::Result<ExitCode> {
         quiet: args.quiet,
         concurrency: args.concurrency,
     };
-    let summary = crate::cli::import::run(cfg, &ProcessEnv, &opts).await?;
+    // A trace per imported lead (when `[telemetry]` exports): the handler continues it, as it
+    // continues the edge's for a lead that came in over HTTP.
+    let traces = crate::telemetry::traces::init(&cfg.telemetry).context("config `[telemetry]`")?;
+    if traces.is_some() {
+        crate::telemetry::init_traces_only();
+    }
+    let summary = crate::cli::import::run(cfg, &ProcessEnv, &opts).await;
+    if let Some(t) = traces {
+        t.shutdown().await;
+    }
+    let summary = summary?;
     crate::cli::import::print_summary(&summary, args.json).context("writing the summary")?;
     Ok(summary.exit_code())
 }

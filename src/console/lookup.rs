@@ -238,7 +238,10 @@ async fn lead(
         "seq": ix.map(|v| v.seq),
         "attempts": entry.as_ref().map(|e| e.attempts),
         "last_error": entry.as_ref().and_then(|e| e.last_error.as_deref()).map(masked),
-        "sinks": entry.as_ref().map(|e| e.sinks.iter().map(|(name, at)| json!({"name": name, "at": at})).collect::<Vec<_>>()).unwrap_or_default(),
+        "sinks": entry.as_ref().map(|e| e.sinks.iter().map(|(name, at)| {
+            let r = e.refs.get(name);
+            json!({"name": name, "at": at, "remote_id": r.map(|r| &r.id), "created": r.and_then(|r| r.created)})
+        }).collect::<Vec<_>>()).unwrap_or_default(),
         "dlq": dlq.iter().map(|d| json!({
             "id": d.id,
             "reason": d.reason,

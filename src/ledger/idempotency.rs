@@ -81,6 +81,18 @@ pub struct LeadEntry {
     /// skipped this one (the stream sequence of that newer event).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub superseded_by: Option<u64>,
+    /// Sink name -> the sink's own record for the lead, when it named one (a CRM contact id
+    /// and whether the write created it).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub refs: BTreeMap<String, SinkRef>,
+}
+
+/// A sink's own id for a lead's record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SinkRef {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<bool>,
 }
 
 impl LeadEntry {
@@ -95,6 +107,7 @@ impl LeadEntry {
             dlq: None,
             first_attempt_ms: Some(now_ms()),
             superseded_by: None,
+            refs: BTreeMap::new(),
         }
     }
 

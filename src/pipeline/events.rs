@@ -165,15 +165,23 @@ pub struct LeadRetried {
     pub delay: Duration,
     /// Since the delivery started.
     pub took: Duration,
+    /// Only a vendor's spent budget stood in the way: no attempt was spent.
+    pub throttled: bool,
 }
 
 impl Emit for LeadRetried {
     fn emit(self, stats: &PipelineStats) {
-        count_retry(stats, retry::SINK);
+        let reason = if self.throttled {
+            retry::THROTTLED
+        } else {
+            retry::SINK
+        };
+        count_retry(stats, reason);
         tracing::info!(
             target: HANDLER,
             stage = "handle",
             outcome = "retry",
+            reason,
             delay_ms = self.delay.as_millis() as u64,
             duration_ms = ms(self.took)
         );

@@ -25,7 +25,7 @@ use super::PoolDeps;
 use crate::dlq::{dlq_id, DeadLetter, Reason};
 use crate::error_chain::chain;
 use crate::intake::envelope::LeadEnvelope;
-use crate::ledger::idempotency::{Claim, Held};
+use crate::ledger::idempotency::{Claim, Held, SinkRef};
 use crate::queue::message::{DecodeError, LeadHeaders, LeadMessage};
 use crate::sinks::{LeadRecord, SinkError, SinkOrdering};
 use crate::telemetry::traces::{self, trace_span};
@@ -335,6 +335,8 @@ async fn handle_lead(
     }
 
     let mut transient: Option<(String, SinkError)> = None;
+    // Whether every transient failure was a vendor's spent budget, which costs no attempt.
+    let mut throttled_only = true;
     let mut permanent: Option<(String, SinkError)> = None;
     let mut latest_persist: Option<SystemTime> = None;
     for (name, result, took) in results {
@@ -342,6 +344,12 @@ async fn handle_lead(
             Ok(done) => {
                 let at = crate::timestamp::format_system(done.persisted_at);
                 held.entry.sinks.insert(name.clone(), at);
+                if let Some(id) = done.remote_id {
+                    let created = done.created;
+                    held.entry
+                        .refs
+                        .insert(name.clone(), SinkRef { id, created });
+                }
                 latest_persist =
                     Some(latest_persist.map_or(done.persisted_at, |l| l.max(done.persisted_at)));
                 SinkWritten {
@@ -362,6 +370,7 @@ async fn handle_lead(
                 if e.is_permanent() {
                     permanent.get_or_insert((name, e));
                 } else {
+                    throttled_only &= e.is_throttled();
                     // Keep the longest Retry-After: the retry must satisfy every sink.
                     let replace = match &transient {
                         None => true,
@@ -389,6 +398,23 @@ async fn handle_lead(
     }
     if let Some((name, e)) = transient {
         let last_error = format!("{name}: {}", chain(&e));
+        if throttled_only {
+            // The vendor's budget, not the lead: back to the queue until it returns, the
+            // sinks that did confirm recorded, and no attempt spent (a spent daily cap must
+            // never walk a backlog into the DLQ).
+            held.entry.last_error = Some(last_error);
+            if let Err(err) = deps.parts.idem.yield_claim(&mut held).await {
+                tracing::warn!(error = %chain(&err), "could not release the claim; the lease will expire");
+            }
+            let delay = spread(e.retry_after().unwrap_or(OUTAGE_RETRY_CAP));
+            LeadRetried {
+                delay,
+                took: started.elapsed(),
+                throttled: true,
+            }
+            .emit(&deps.stats);
+            return nak(msg, delay).await;
+        }
         if attempt >= deps.max_deliver {
             return dead_letter(
                 deps,
@@ -409,6 +435,7 @@ async fn handle_lead(
         LeadRetried {
             delay,
             took: started.elapsed(),
+            throttled: false,
         }
         .emit(&deps.stats);
         return nak(msg, delay).await;
@@ -441,6 +468,16 @@ async fn handle_lead(
     } else {
         Outcome::Delivered
     }
+}
+
+/// `wait` plus up to a tenth more, so a backlog handed back at once does not come back at once.
+fn spread(wait: Duration) -> Duration {
+    use rand::Rng;
+    let extra = wait.as_millis() as u64 / 10;
+    if extra == 0 {
+        return wait;
+    }
+    wait + Duration::from_millis(rand::rng().random_range(0..=extra))
 }
 
 fn outage_delay(deps: &PoolDeps, delivered: u32) -> Duration {

@@ -112,6 +112,14 @@ impl PipelineStats {
             .get()
     }
 
+    /// Leads handed back because a sink's vendor budget is spent (no attempt spent).
+    pub fn throttled(&self) -> u64 {
+        self.counters
+            .retries
+            .with_label_values(&[retry::THROTTLED])
+            .get()
+    }
+
     pub fn handler_restarts(&self) -> u64 {
         self.counters.handler_restarts.get()
     }
@@ -205,6 +213,29 @@ pub enum PoolError {
     Start(#[from] ractor::SpawnErr),
 }
 
+/// Handlers the pool runs: `pool_size`, or more when a batching sink needs more leads at once
+/// to fill its calls (each handler holds one lead, so a pool of 8 would cap HubSpot's batches
+/// at 8 contacts and its backlog at 8 per call).
+fn pool_size(cfg: &HandlersConfig, sinks: &[Arc<dyn Sink>]) -> usize {
+    let wanted = sinks.iter().map(|s| s.leads_in_flight()).max().unwrap_or(0);
+    if wanted <= cfg.pool_size {
+        return cfg.pool_size;
+    }
+    tracing::info!(
+        configured = cfg.pool_size as u64,
+        running = wanted as u64,
+        "handler pool raised to fill the batching sinks' calls"
+    );
+    if cfg.max_ack_pending < wanted {
+        tracing::warn!(
+            max_ack_pending = cfg.max_ack_pending as u64,
+            wanted = wanted as u64,
+            "handlers.max_ack_pending is below what the batching sinks can hold at once; their batches stay smaller than max_records"
+        );
+    }
+    wanted
+}
+
 impl HandlerPool {
     pub async fn start(
         js: jetstream::Context,
@@ -216,6 +247,7 @@ impl HandlerPool {
         let stats = Arc::new(PipelineStats::new(&sinks));
         let instance = parts.instance.clone();
         let grouping = parts.grouping.clone();
+        let pool_size = pool_size(cfg, &parts.sinks);
         let deps = Arc::new(PoolDeps {
             parts,
             backoff: Backoff {
@@ -227,7 +259,7 @@ impl HandlerPool {
             // Three beats per ack_wait: one lost beat never lets a healthy message expire.
             heartbeat: cfg.ack_wait / 3,
             stats: stats.clone(),
-            pool_size: cfg.pool_size,
+            pool_size,
         });
         let (dispatcher, dispatcher_task) = Actor::spawn(None, Dispatcher, deps.clone()).await?;
         let (stop, stop_rx) = watch::channel(false);

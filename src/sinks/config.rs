@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::{file, http, nats, segment, SinkOrdering};
+use super::{file, http, hubspot, nats, salesforce, segment, SinkOrdering};
 
 /// One `[[sinks]]` entry: the keys every kind takes, and the kind with its own keys. The TOML
 /// stays one flat table per sink (`name`, `kind`, then that kind's keys); each kind's keys are
@@ -37,11 +37,13 @@ pub enum SinkKind {
     Segment(segment::SegmentSinkConfig),
     File(file::FileSinkConfig),
     Nats(nats::NatsSinkConfig),
+    Hubspot(hubspot::HubspotSinkConfig),
+    Salesforce(salesforce::SalesforceSinkConfig),
 }
 
 impl SinkKind {
     /// The `kind` values, for messages.
-    const NAMES: &'static str = "http, segment, file, nats";
+    const NAMES: &'static str = "http, segment, file, nats, hubspot, salesforce";
 
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -49,6 +51,8 @@ impl SinkKind {
             SinkKind::Segment(_) => "segment",
             SinkKind::File(_) => "file",
             SinkKind::Nats(_) => "nats",
+            SinkKind::Hubspot(_) => "hubspot",
+            SinkKind::Salesforce(_) => "salesforce",
         }
     }
 
@@ -59,6 +63,8 @@ impl SinkKind {
             "segment" => SinkKind::Segment(kind_keys(kind, keys)?),
             "file" => SinkKind::File(kind_keys(kind, keys)?),
             "nats" => SinkKind::Nats(kind_keys(kind, keys)?),
+            "hubspot" => SinkKind::Hubspot(kind_keys(kind, keys)?),
+            "salesforce" => SinkKind::Salesforce(kind_keys(kind, keys)?),
             other => {
                 return Err(EntryError::new(
                     "kind",
@@ -96,6 +102,16 @@ impl From<file::FileSinkConfig> for SinkKind {
 impl From<nats::NatsSinkConfig> for SinkKind {
     fn from(c: nats::NatsSinkConfig) -> SinkKind {
         SinkKind::Nats(c)
+    }
+}
+impl From<hubspot::HubspotSinkConfig> for SinkKind {
+    fn from(c: hubspot::HubspotSinkConfig) -> SinkKind {
+        SinkKind::Hubspot(c)
+    }
+}
+impl From<salesforce::SalesforceSinkConfig> for SinkKind {
+    fn from(c: salesforce::SalesforceSinkConfig) -> SinkKind {
+        SinkKind::Salesforce(c)
     }
 }
 
@@ -317,6 +333,8 @@ pub enum SinkSpec {
     Segment(segment::SegmentSpec),
     File(file::FileSpec),
     Nats(nats::NatsSpec),
+    Hubspot(hubspot::HubspotSpec),
+    Salesforce(salesforce::SalesforceSpec),
 }
 
 impl SinkConfig {
@@ -351,6 +369,10 @@ impl SinkConfig {
             SinkKind::Segment(c) => SinkSpec::Segment(segment::SegmentSpec::from_config(index, c)?),
             SinkKind::File(c) => SinkSpec::File(file::FileSpec::from_config(index, c)?),
             SinkKind::Nats(c) => SinkSpec::Nats(nats::NatsSpec::from_config(index, c)?),
+            SinkKind::Hubspot(c) => SinkSpec::Hubspot(hubspot::HubspotSpec::from_config(index, c)?),
+            SinkKind::Salesforce(c) => {
+                SinkSpec::Salesforce(salesforce::SalesforceSpec::from_config(index, c)?)
+            }
         })
     }
 }

@@ -209,6 +209,7 @@ impl Sink for FileSink {
             return Ok(Delivered {
                 persisted_at: *at,
                 remote_id: None,
+                created: None,
             });
         }
         let now = SystemTime::now();
@@ -242,6 +243,7 @@ impl Sink for FileSink {
                 Ok(Delivered {
                     persisted_at: now,
                     remote_id: None,
+                    created: None,
                 })
             }
             Err(e) => {

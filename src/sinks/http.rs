@@ -231,8 +231,11 @@ impl Sink for HttpSink {
             }
             HttpMode::Upsert => self.client.put(self.upsert_url(&lead.key)?),
         };
+        let mut headers = self.headers.clone();
+        // The lead's sink span: a CRM (or a proxy) that traces continues the lead's trace.
+        crate::telemetry::traces::inject_http(&tracing::Span::current(), &mut headers);
         let resp = req
-            .headers(self.headers.clone())
+            .headers(headers)
             .body(body)
             .send()
             .await
@@ -267,6 +270,7 @@ impl Sink for HttpSink {
         Ok(Delivered {
             persisted_at: SystemTime::now(),
             remote_id,
+            created: None,
         })
     }
 }

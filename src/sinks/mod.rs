@@ -9,11 +9,15 @@
 //! or [`SinkError::Permanent`] (other 4xx, bad configuration, unserializable records). Error
 //! messages carry a status and a short reason, never lead data.
 
+pub mod batch;
 mod classify;
 mod config;
 pub mod file;
 pub mod http;
+pub mod hubspot;
 pub mod nats;
+mod properties;
+pub mod salesforce;
 pub mod segment;
 
 pub(crate) use classify::{
@@ -27,7 +31,9 @@ pub use config::{
 };
 pub use file::FileSinkConfig;
 pub use http::{HttpMode, HttpSinkConfig};
+pub use hubspot::{HubspotSinkConfig, MissingEmail};
 pub use nats::NatsSinkConfig;
+pub use salesforce::SalesforceSinkConfig;
 pub use segment::SegmentSinkConfig;
 
 use std::collections::HashMap;
@@ -81,6 +87,9 @@ pub struct Delivered {
     pub persisted_at: SystemTime,
     /// The sink's own id for the record, when it tells us (CRM `id`, `STREAM:seq` for JetStream).
     pub remote_id: Option<String>,
+    /// Whether this write created the record (`true`) or updated one the sink already held,
+    /// when the sink tells us (HubSpot's `new`, Salesforce's `created`).
+    pub created: Option<bool>,
 }
 
 /// Error classes, stable strings for metrics labels, DLQ reasons and logs.
@@ -110,6 +119,9 @@ pub mod class {
     pub const NO_STREAM: &str = "no_stream";
     /// The message is over the server's `max_payload`.
     pub const TOO_LARGE: &str = "too_large";
+    /// The vendor's budget is spent (a daily cap, Salesforce's `REQUEST_LIMIT_EXCEEDED`): the
+    /// lead goes back to the queue until the budget returns, without spending an attempt.
+    pub const THROTTLED: &str = "throttled";
 }
 
 /// A sink's verdict on one lead. `message` is written for the operator (it is stored as the
@@ -149,6 +161,10 @@ impl SinkError {
     }
     pub fn is_permanent(&self) -> bool {
         matches!(self, SinkError::Permanent { .. })
+    }
+    /// The vendor's budget, not the lead, is the problem: retried without counting an attempt.
+    pub fn is_throttled(&self) -> bool {
+        matches!(self, SinkError::Transient { class, .. } if *class == class::THROTTLED)
     }
     pub fn transient(class: &'static str, message: impl Into<String>) -> SinkError {
         SinkError::Transient {
@@ -196,6 +212,11 @@ pub trait Sink: Send + Sync {
     fn ordering(&self) -> SinkOrdering {
         SinkOrdering::Append
     }
+    /// Leads this sink wants the handler pool to hold at once, to fill its batches (0 for a
+    /// sink that writes one lead per call). The pool grows to the largest of these.
+    fn leads_in_flight(&self) -> usize {
+        0
+    }
 }
 
 /// How a sink holds a lead's successive events (the lead being its keyed email group).
@@ -225,6 +246,9 @@ impl Sink for Ordered {
     }
     fn ordering(&self) -> SinkOrdering {
         self.ordering
+    }
+    fn leads_in_flight(&self) -> usize {
+        self.inner.leads_in_flight()
     }
 }
 
@@ -265,6 +289,22 @@ pub async fn build(
         }
         SinkSpec::File(spec) => Arc::new(file::FileSink::open(index, &cfg.name, spec, ctx).await?),
         SinkSpec::Nats(spec) => Arc::new(nats::NatsSink::new(index, &cfg.name, spec, ctx)?),
+        // One record per email: a late, older event must not overwrite a newer one.
+        SinkSpec::Hubspot(spec) => Arc::new(hubspot::build(
+            index,
+            &cfg.name,
+            spec,
+            cfg.ordering.unwrap_or(SinkOrdering::LatestWins),
+            ctx,
+        )?),
+        // One record per idempotency key: every event is its own record.
+        SinkSpec::Salesforce(spec) => Arc::new(salesforce::build(
+            index,
+            &cfg.name,
+            spec,
+            cfg.ordering.unwrap_or(SinkOrdering::Append),
+            ctx,
+        )?),
     };
     let sink = match cfg.ordering {
         Some(ordering) if ordering != sink.ordering() => Arc::new(Ordered {

@@ -140,6 +140,8 @@ fn headers(lead: &LeadRecord) -> async_nats::HeaderMap {
         lead.received_at.as_str(),
     );
     h.insert(crate::queue::message::header::SCHEMA, lead.schema.as_str());
+    // The lead's sink span, so a consumer of the subject continues the lead's trace.
+    crate::telemetry::traces::inject_current(&mut h);
     h
 }
 
@@ -189,6 +191,7 @@ impl Sink for NatsSink {
                 Ok(Delivered {
                     persisted_at: SystemTime::now(),
                     remote_id: Some(format!("{}:{}", ack.stream, ack.sequence)),
+                    created: None,
                 })
             }
             None => {
@@ -207,6 +210,7 @@ impl Sink for NatsSink {
                 Ok(Delivered {
                     persisted_at: SystemTime::now(),
                     remote_id: None,
+                    created: None,
                 })
             }
         }

@@ -190,10 +190,12 @@ impl SegmentSink {
         let bytes = serde_json::to_vec(body).map_err(|_| {
             SinkError::permanent(class::UNSERIALIZABLE, format!("{what}: cannot encode"))
         })?;
+        let mut headers = self.headers.clone();
+        crate::telemetry::traces::inject_http(&tracing::Span::current(), &mut headers);
         let resp = self
             .client
             .post(url.clone())
-            .headers(self.headers.clone())
+            .headers(headers)
             .body(bytes)
             .send()
             .await
@@ -232,6 +234,7 @@ impl Sink for SegmentSink {
         Ok(Delivered {
             persisted_at: SystemTime::now(),
             remote_id: None,
+            created: None,
         })
     }
 }

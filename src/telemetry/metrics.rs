@@ -57,7 +57,9 @@ pub mod retry {
     pub const KV_UNAVAILABLE: &str = "kv_unavailable";
     /// The DLQ write failed, so the lead is retried instead of dropped.
     pub const DLQ_UNAVAILABLE: &str = "dlq_unavailable";
-    pub const ALL: &[&str] = &[SINK, CLAIM_BUSY, KV_UNAVAILABLE, DLQ_UNAVAILABLE];
+    /// A sink's vendor budget is spent (a daily cap): back to the queue, no attempt spent.
+    pub const THROTTLED: &str = "throttled";
+    pub const ALL: &[&str] = &[SINK, CLAIM_BUSY, KV_UNAVAILABLE, DLQ_UNAVAILABLE, THROTTLED];
 }
 
 /// Every `source` label value of `leadrouter_replays_total`.
@@ -132,6 +134,18 @@ pub struct Metrics {
     pub publish_batch_leads: prometheus::Histogram,
     /// `leadrouter_durability_info{mode}`: always 1; what a 202 survives.
     pub durability_info: IntGaugeVec,
+    /// `leadrouter_sink_batch_leads{sink}`: leads per call of a batching sink.
+    pub sink_batch_leads: HistogramVec,
+    /// `leadrouter_sink_batch_wait_seconds{sink}`: how long a batch's oldest lead waited in the
+    /// sink's queue (linger, the vendor's pace, a conflicting lead in flight).
+    pub sink_batch_wait: HistogramVec,
+    /// `leadrouter_sink_throttled_total{sink,policy}`: calls held back or refused for the
+    /// vendor's budget.
+    pub sink_throttled: IntCounterVec,
+    /// `leadrouter_sink_budget_remaining{sink,window}`: requests left in the vendor's budget.
+    pub sink_budget_remaining: IntGaugeVec,
+    /// `leadrouter_sink_budget_limit{sink,window}`: the vendor's limit for that window.
+    pub sink_budget_limit: IntGaugeVec,
     /// The handler pools' outcome counters, exported as their sum.
     pools: Arc<PoolCounterSum>,
 }
@@ -306,6 +320,38 @@ impl Metrics {
                 "Always 1; the mode label says what a 202 survives: lazy (a process crash) or fsync (also an OS crash or power loss).",
                 &["mode"],
             ),
+            sink_batch_leads: histogram_vec(
+                &r,
+                "leadrouter_sink_batch_leads",
+                "Leads per call of a batching sink (hubspot, salesforce).",
+                &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 150.0, 200.0],
+                &["sink"],
+            ),
+            sink_batch_wait: histogram_vec(
+                &r,
+                "leadrouter_sink_batch_wait_seconds",
+                "How long the oldest lead of a batching sink's call waited in the sink's queue: linger, the vendor's rate budget (pacing), or an earlier write of the same record still in flight.",
+                STAGE_BUCKETS,
+                &["sink"],
+            ),
+            sink_throttled: counter_vec(
+                &r,
+                "leadrouter_sink_throttled_total",
+                "Calls of a batching sink the vendor throttled or the sink held back for the vendor's budget, by policy (TEN_SECONDLY_ROLLING, DAILY, REQUEST_LIMIT_EXCEEDED, budget_spent).",
+                &["sink", "policy"],
+            ),
+            sink_budget_remaining: gauge_vec(
+                &r,
+                "leadrouter_sink_budget_remaining",
+                "Requests left in a vendor's rate budget as the sink last saw it (the vendor's headers, minus the sink's calls since), by window (interval, daily).",
+                &["sink", "window"],
+            ),
+            sink_budget_limit: gauge_vec(
+                &r,
+                "leadrouter_sink_budget_limit",
+                "A vendor's request limit per window (interval, daily), as configured or as the vendor's headers say.",
+                &["sink", "window"],
+            ),
             pools: PoolCounterSum::registered(&r),
             registry: r,
         };
@@ -338,6 +384,32 @@ impl Metrics {
     /// One atomic batch refused for an id already stored (its leads are then published singly).
     pub fn batch_fell_back(&self) {
         self.publish_commits.with_label_values(&["fallback"]).inc();
+    }
+
+    /// One call of a batching sink with `leads` leads, the oldest queued for `waited`.
+    pub fn sink_batch(&self, sink: &str, leads: usize, waited: Duration) {
+        self.sink_batch_leads
+            .with_label_values(&[sink])
+            .observe(leads as f64);
+        self.sink_batch_wait
+            .with_label_values(&[sink])
+            .observe(waited.as_secs_f64());
+    }
+
+    /// A call of `sink` throttled (or held back) under the vendor's `policy`.
+    pub fn sink_throttled(&self, sink: &str, policy: &'static str) {
+        self.sink_throttled.with_label_values(&[sink, policy]).inc();
+    }
+
+    /// What `sink` knows of the vendor's budget for `window` (`interval` or `daily`).
+    pub fn sink_budget(&self, sink: &str, window: &'static str, remaining: u64, limit: u64) {
+        let clamp = |v: u64| v.min(i64::MAX as u64) as i64;
+        self.sink_budget_remaining
+            .with_label_values(&[sink, window])
+            .set(clamp(remaining));
+        self.sink_budget_limit
+            .with_label_values(&[sink, window])
+            .set(clamp(limit));
     }
 
     /// The registry's current state in the text exposition format.

@@ -42,3 +42,11 @@ pub fn init_logging() {
         .with(traces::layer())
         .try_init();
 }
+
+/// For commands that print their own output (`import`): no log lines, only the trace layer, so
+/// their spans are exported when `[telemetry]` names an endpoint.
+pub fn init_traces_only() {
+    let _ = tracing_subscriber::registry()
+        .with(traces::layer())
+        .try_init();
+}

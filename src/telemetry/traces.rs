@@ -301,6 +301,30 @@ pub fn link(span: &tracing::Span, traceparent: Option<&str>) {
     }
 }
 
+/// Links `span` to another span of this process (a batch call to each lead it carries).
+pub fn link_span(span: &tracing::Span, other: &tracing::Span) {
+    if span.is_none() || other.is_none() || !enabled() {
+        return;
+    }
+    let sc = other.context().span().span_context().clone();
+    if sc.is_valid() {
+        span.add_link_with_attributes(sc, vec![KeyValue::new("leadrouter.link", "batched_lead")]);
+    }
+}
+
+/// Writes `span`'s context as `traceparent` (and `tracestate`) into an outgoing HTTP request's
+/// headers: a sink's call, so a CRM or a proxy that traces sees the lead's trace. Nothing when
+/// traces are off.
+pub fn inject_http(span: &tracing::Span, headers: &mut reqwest::header::HeaderMap) {
+    if !enabled() || span.is_none() {
+        return;
+    }
+    let cx = span.context();
+    if cx.span().span_context().is_valid() {
+        propagator().inject_context(&cx, &mut opentelemetry_http::HeaderInjector(headers));
+    }
+}
+
 /// An OTel-only attribute (not a `tracing` field, so log lines do not change).
 pub fn set_attribute(
     span: &tracing::Span,

@@ -154,6 +154,9 @@ pub(super) struct Pending {
     pub(super) headers: HeaderMap,
     pub(super) payload: Bytes,
     pub(super) attempt: u32,
+    /// The lead's root span while traces are exported (its context is in `headers`); it ends
+    /// when the publish is settled.
+    pub(super) span: tracing::Span,
 }
 
 pub(super) type Acked = (Pending, Result<PublishAck, PublishError>);
@@ -281,10 +284,19 @@ impl Runner {
             self.dropped_names.extend(lead.dropped);
         }
         let message = lead.message.imported_from(self.header_name.as_str());
-        let (subject, headers, payload) = match message.encode() {
+        let (subject, mut headers, payload) = match message.encode() {
             Ok(parts) => parts,
             Err(e) => return self.reject(line, LineError::Encode(e)),
         };
+        let span = crate::telemetry::traces::trace_span!(
+            parent: None,
+            "import",
+            key = %message.envelope.key,
+            sender = %message.envelope.sender,
+            leadrouter.line = line as i64,
+            otel.kind = "producer",
+        );
+        crate::telemetry::traces::inject(&span, &mut headers);
         let pending = Pending {
             line,
             subject,
@@ -292,6 +304,7 @@ impl Runner {
             headers,
             payload,
             attempt: 1,
+            span,
         };
         // Sent here, in file order, on the one connection: the stream stores leads in the
         // order of the file, so per-lead FIFO in the handlers follows it. Only the acks are
@@ -316,6 +329,11 @@ impl Runner {
         match result {
             Ok(ack) => {
                 self.failures_in_a_row = 0;
+                crate::telemetry::traces::set_attribute(
+                    &pending.span,
+                    "leadrouter.duplicate",
+                    ack.duplicate,
+                );
                 if ack.duplicate {
                     self.summary.duplicates += 1;
                 } else {
@@ -357,6 +375,7 @@ impl Runner {
                     self.reject(pending.line, LineError::NotStored(e));
                     return;
                 }
+                crate::telemetry::traces::set_error(&pending.span, "not_stored");
                 self.failures_in_a_row += 1;
                 self.summary.failed += 1;
                 let why = chain(&LineError::NotStored(e));

@@ -14,7 +14,10 @@ use serde::Serialize;
 
 use super::HarnessError;
 use crate::config::{Config, ConfigError, EnvSource};
-use crate::sinks::{FileSinkConfig, HttpSinkConfig, SegmentSinkConfig, SinkConfig};
+use crate::sinks::{
+    FileSinkConfig, HttpSinkConfig, HubspotSinkConfig, SalesforceSinkConfig, SegmentSinkConfig,
+    SinkConfig,
+};
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
@@ -379,6 +382,56 @@ pub fn segment_sink(
             ..SegmentSinkConfig::default()
         },
     )
+}
+
+/// The keys of a `hubspot` sink upserting into `endpoint` (the sandbox's URL) with the token in the env var
+/// `token_env`, mapping `email`, `first_name` and the lead's key (`leadrouter_key`); the rest of
+/// its keys at their defaults, to be changed on the returned config.
+pub fn hubspot_sink(
+    endpoint: impl Into<String>,
+    token_env: impl Into<String>,
+) -> HubspotSinkConfig {
+    HubspotSinkConfig {
+        endpoint: Some(endpoint.into()),
+        token_env: Some(token_env.into()),
+        properties: Some(
+            [
+                ("email", "email"),
+                ("firstname", "first_name"),
+                ("leadrouter_key", "key"),
+                ("leadrouter_event", "source_event_id"),
+            ]
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect(),
+        ),
+        ..HubspotSinkConfig::default()
+    }
+}
+
+/// The keys of a `salesforce` sink on `instance_url` (the sandbox's URL) with OAuth client credentials
+/// from the env vars `SF_CLIENT_ID` and `SF_CLIENT_SECRET`, upserting `Lead` by
+/// `Leadrouter_Key__c`.
+pub fn salesforce_sink(instance_url: impl Into<String>) -> SalesforceSinkConfig {
+    let instance_url = instance_url.into();
+    SalesforceSinkConfig {
+        token_url: Some(format!("{instance_url}/services/oauth2/token")),
+        instance_url: Some(instance_url),
+        client_id_env: Some("SF_CLIENT_ID".into()),
+        client_secret_env: Some("SF_CLIENT_SECRET".into()),
+        external_id_field: Some("Leadrouter_Key__c".into()),
+        fields: Some(
+            [
+                ("Email", "email"),
+                ("FirstName", "first_name"),
+                ("LastName", "last_name"),
+            ]
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect(),
+        ),
+        ..SalesforceSinkConfig::default()
+    }
 }
 
 /// A `file` sink; `path` unset is `{data_dir}/sinks/leads.jsonl`.

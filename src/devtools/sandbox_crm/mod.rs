@@ -7,8 +7,14 @@
 //! (recorded by `messageId`). Control and inspection, JSON, under `/_sandbox/`: see
 //! [`SandboxCrm`] and `docs/sinks.md`.
 //!
-//! Faults are kept per path kind ([`Scope::Crm`] for `/leads`, [`Scope::Analytics`] for
-//! `/v1/`), each with its own `fail_next` counter and flap clock, so one sandbox can serve a CRM
+//! Two personalities behave like vendor APIs on the same port: HubSpot (`/crm/v3/objects/
+//! contacts/...`, in `hubspot.rs`) and Salesforce (`/services/...`, in `salesforce.rs`), with
+//! the vendors' auth, rate limits, batch caps and error shapes. Their `SandboxCrm` methods
+//! (`set_hubspot`, `salesforce_records`, ...) live in those files; see
+//! `docs/sandbox-crm-personalities.md`.
+//!
+//! Faults are kept per path kind ([`Scope::Crm`] for `/leads` and both personalities,
+//! [`Scope::Analytics`] for `/v1/`), each with its own `fail_next` counter and flap clock, so one sandbox can serve a CRM
 //! sink and a Segment sink with different faults. Control routes are never faulted.
 //!
 //! The `reset` fault drops the connection without any response byte: every connection is
@@ -21,14 +27,18 @@
 //! await), which keeps thousands of requests per second cheap.
 
 mod faults;
+mod hubspot;
 mod records;
 mod routes;
+mod salesforce;
 mod server;
 mod state;
 mod wire;
 
 pub use faults::{FaultMode, Faults, Scope};
+pub use hubspot::{HubspotConfig, HubspotContact, HubspotStats};
 pub use records::{AnalyticsMessage, CrmRecord, IdempotencyMode, KeyStats, Stats};
+pub use salesforce::{SalesforceConfig, SalesforceRecord, SalesforceStats};
 
 use std::io;
 use std::net::SocketAddr;
@@ -38,7 +48,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use faults::ScopeState;
+use hubspot::HubspotState;
 use records::{messages_in_order, Data};
+use salesforce::SalesforceState;
 use server::accept_loop;
 use state::{reset, set_faults, Shared, State};
 
@@ -71,7 +83,10 @@ impl SandboxCrm {
                 crm: ScopeState::new(Faults::default()),
                 analytics: ScopeState::new(Faults::default()),
                 data: Data::default(),
+                hubspot: HubspotState::default(),
+                salesforce: SalesforceState::default(),
             }),
+            addr: local,
         });
         let (tx, rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, shared.clone(), rx));
@@ -166,7 +181,8 @@ impl SandboxCrm {
         s
     }
 
-    /// Forgets every record and counter, heals all faults, idempotency back to `honor`.
+    /// Forgets every record and counter, heals all faults, idempotency back to `honor`, both
+    /// personalities back to their default config with no contacts, records or tokens.
     pub fn reset(&self) {
         reset(&mut self.shared.lock());
     }

@@ -1,5 +1,6 @@
 //! The HTTP routes: the CRM (`/leads`), the analytics API (`/v1/`) and control and inspection
-//! (`/_sandbox/`).
+//! (`/_sandbox/`). The HubSpot (`/crm/`) and Salesforce (`/services/`) personalities have
+//! their own files; they are dispatched from here.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
@@ -13,11 +14,13 @@ use warp::reply::Response;
 use warp::Filter;
 
 use super::faults::{apply, decide, is_fault, Faults, Scope};
+use super::hubspot;
 use super::records::{
     create, key_stats, messages_in_order, note_write, now, AnalyticsMessage, IdempotencyMode,
     KeyStats,
 };
-use super::state::{reset, set_faults, Shared};
+use super::salesforce;
+use super::state::{reset, set_faults, Shared, State};
 use super::wire::{
     bad_request, header_map, json_response, not_found, percent_decode, query_param, to_json,
 };
@@ -55,12 +58,12 @@ pub(super) fn routes(
         )
 }
 
-struct Req {
-    method: Method,
-    path: String,
-    query: String,
-    headers: HeaderMap,
-    body: Bytes,
+pub(super) struct Req {
+    pub(super) method: Method,
+    pub(super) path: String,
+    pub(super) query: String,
+    pub(super) headers: HeaderMap,
+    pub(super) body: Bytes,
 }
 
 async fn handle(shared: &Shared, reset: &AtomicBool, req: Req) -> Response {
@@ -70,8 +73,31 @@ async fn handle(shared: &Shared, reset: &AtomicBool, req: Req) -> Response {
         Some("_sandbox") => control(shared, &req, &segs[1..]),
         Some("leads") => crm(shared, reset, &req, &segs[1..]).await,
         Some("v1") => analytics(shared, reset, &req, &segs[1..]).await,
+        Some("crm") => hubspot::handle(shared, reset, &req, &segs[1..]).await,
+        Some("services") => salesforce::handle(shared, reset, &req, &segs[1..]).await,
         _ => not_found(),
     }
+}
+
+/// The `crm` fault scope for a personality's request, decided and applied as `/leads` does
+/// it, before any of the vendor's own logic. `note` counts the request in the personality's
+/// stats under the same lock. `Some` is the faulted answer.
+pub(super) async fn crm_fault(
+    shared: &Shared,
+    reset: &AtomicBool,
+    note: impl FnOnce(&mut State),
+) -> Option<Response> {
+    let (latency, action) = {
+        let mut st = shared.lock();
+        let (latency, action) = decide(&mut st.crm);
+        st.data.stats.requests += 1;
+        if is_fault(&action) {
+            st.data.stats.faults_injected += 1;
+        }
+        note(&mut st);
+        (latency, action)
+    };
+    apply(latency, action, reset).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -360,6 +386,8 @@ fn control(shared: &Shared, req: &Req, rest: &[&str]) -> Response {
             to_json(200, &json!({"scope": scope, "faults": faults}))
         }
         ["idempotency"] if get => json_response(200, &json!({"mode": shared.lock().idempotency})),
+        ["hubspot", rest @ ..] => hubspot::control(shared, req, rest),
+        ["salesforce", rest @ ..] => salesforce::control(shared, req, rest),
         ["idempotency"] if post => match serde_json::from_slice::<IdempotencyBody>(&req.body) {
             Ok(b) => {
                 shared.lock().idempotency = b.mode;
