@@ -224,6 +224,12 @@ async fn a_burst_is_paced_under_the_window_without_a_single_429() {
         "paced before the vendor throttles: {stats:?}"
     );
     assert!(stats.batch_calls >= 15, "at most 10 per call: {stats:?}");
+    // While the window holds calls back, leads keep joining: full batches, not one per lead.
+    assert_eq!(stats.max_inputs_in_a_call, 10, "{stats:?}");
+    assert!(
+        stats.batch_calls <= 25,
+        "batches fill under pacing: {stats:?}"
+    );
     let contacts = crm.hubspot_contacts();
     assert_eq!(contacts.len(), keys.len());
     assert!(contacts.iter().all(|c| c.writes == 1), "0 duplicates");

@@ -328,6 +328,23 @@ async fn metrics_count_every_stage_with_bounded_labels() {
         .await
         .expect("router consumer info");
 
+    // A batching sink's budget gauges exist once one is configured (an alert reads them):
+    // build one here, in the same process-wide registry the service exports.
+    let _hubspot = leadrouter::sinks::build(
+        0,
+        &leadrouter::sinks::SinkConfig::new(
+            "hubspot",
+            leadrouter::devtools::harness::hubspot_sink(crm.url(), "HUBSPOT_TOKEN"),
+        ),
+        &leadrouter::sinks::SinkContext {
+            data_dir: app.data.path().to_path_buf(),
+            nats: None,
+            env: [("HUBSPOT_TOKEN".to_string(), "t".to_string())].into(),
+        },
+    )
+    .await
+    .expect("a hubspot sink builds");
+
     // Scrape the public listener.
     let resp = app
         .http

@@ -20,6 +20,7 @@ use leadrouter::devtools::harness::{
 };
 use leadrouter::devtools::sandbox_crm::SandboxCrm;
 use leadrouter::intake::schemes::Verifier;
+use leadrouter::sinks::SinkConfig;
 use reqwest::header::HeaderMap;
 
 pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -38,6 +39,15 @@ pub enum Role {
     Edge,
     /// Handler pool and an http sink at the sandbox CRM: phase 3.
     Pipeline { crm_url: String },
+    /// Handler pool and these sinks (the pool grows to fill batching sinks).
+    Sinks(Vec<SinkConfig>),
+}
+
+/// The NATS a router uses: its own embedded nats-server, or one the bench runs (so that a
+/// backlog stored by one router outlives it, for the next to drain).
+pub enum Nats<'a> {
+    Embedded,
+    External { url: &'a str, pid: u32 },
 }
 
 pub struct Router {
@@ -55,6 +65,14 @@ pub struct Router {
 impl Router {
     /// `tune` adjusts the config (durability, group commit) before the process starts.
     pub async fn start(role: &Role, tune: impl FnOnce(RouterConfig) -> RouterConfig) -> Router {
+        Router::start_on(Nats::Embedded, role, tune).await
+    }
+
+    pub async fn start_on(
+        nats: Nats<'_>,
+        role: &Role,
+        tune: impl FnOnce(RouterConfig) -> RouterConfig,
+    ) -> Router {
         let dir = tempfile::tempdir().expect("tempdir for the router");
         let data = dir.path().join("data");
         let [nats_port, intake_port, admin_port] = free_ports(3)
@@ -64,17 +82,28 @@ impl Router {
         let intake = SocketAddr::from(([127, 0, 0, 1], intake_port));
         let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
         let mut rc = RouterConfig::new()
-            .header("Written by benches/load.rs.")
+            .header("Written by a bench (benches/).")
             .data_dir(&data)
-            .embedded_nats(nats_port, root().join("nats"))
             .intake_listen(intake)
             .admin_listen(admin);
+        rc = match nats {
+            Nats::Embedded => rc.embedded_nats(nats_port, root().join("nats")),
+            // Routers on one NATS account share the DLQ key (a generated local one would
+            // differ per router, and the second refuses to start).
+            Nats::External { url, .. } => rc.nats_url(url).dlq_key("bench", "BENCH_DLQ_KEY"),
+        };
         match role {
             Role::Edge => rc.handlers.enabled = Some(false),
             Role::Pipeline { crm_url } => {
                 rc.handlers.pool_size = Some(POOL_SIZE);
                 rc.handlers.schemas_dir = Some(root().join("config/schemas"));
                 rc = rc.sink(http_sink("crm", format!("{crm_url}/leads"), None));
+            }
+            Role::Sinks(sinks) => {
+                rc.handlers.schemas_dir = Some(root().join("config/schemas"));
+                for s in sinks {
+                    rc = rc.sink(s.clone());
+                }
             }
         }
         let rc = tune(rc).sender(
@@ -88,6 +117,22 @@ impl Router {
             (
                 "LEADROUTER_ADMIN_TOKEN".to_string(),
                 ADMIN_TOKEN.to_string(),
+            ),
+            // Routers that share a NATS account (a backlog stored by one, drained by the
+            // next) must hash leads with one group key.
+            (
+                "LEADROUTER_GROUP_KEY".to_string(),
+                "bench-group-key-shared-by-every-router".to_string(),
+            ),
+            // 32 bytes, base64: the DLQ key of routers on a shared nats-server.
+            (
+                "BENCH_DLQ_KEY".to_string(),
+                "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".to_string(),
+            ),
+            // The sandbox's HubSpot personality takes any bearer token.
+            (
+                "HUBSPOT_TOKEN".to_string(),
+                "bench-hubspot-token".to_string(),
             ),
         ]);
         // Parsed here too: a config mistake fails with the key's name before a process starts,
@@ -109,16 +154,23 @@ impl Router {
             panic!("{e}:\n{}", proc.log_tail(30));
         }
         let pid = proc.pid().expect("the router is running");
-        let nats_pid = proc
-            .nats_pid()
-            .and_then(|p| u32::try_from(p).ok())
-            .unwrap_or_else(|| panic!("no pid in {}", data.join("nats/nats-server.pid").display()));
+        let (nats_pid, nats_url) = match nats {
+            Nats::Embedded => (
+                proc.nats_pid()
+                    .and_then(|p| u32::try_from(p).ok())
+                    .unwrap_or_else(|| {
+                        panic!("no pid in {}", data.join("nats/nats-server.pid").display())
+                    }),
+                format!("nats://127.0.0.1:{nats_port}"),
+            ),
+            Nats::External { url, pid } => (pid, url.to_string()),
+        };
         Router {
             proc,
             pid,
             nats_pid,
             admin,
-            nats_url: format!("nats://127.0.0.1:{nats_port}"),
+            nats_url,
             verifier,
             cfg,
             _dir: dir,

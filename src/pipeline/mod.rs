@@ -226,6 +226,8 @@ fn pool_size(cfg: &HandlersConfig, sinks: &[Arc<dyn Sink>]) -> usize {
         running = wanted as u64,
         "handler pool raised to fill the batching sinks' calls"
     );
+    // Never past max_ack_pending: more handlers than the server hands out would idle, and the
+    // start-up check keeps pool_size within it for the same reason.
     if cfg.max_ack_pending < wanted {
         tracing::warn!(
             max_ack_pending = cfg.max_ack_pending as u64,
@@ -233,7 +235,7 @@ fn pool_size(cfg: &HandlersConfig, sinks: &[Arc<dyn Sink>]) -> usize {
             "handlers.max_ack_pending is below what the batching sinks can hold at once; their batches stay smaller than max_records"
         );
     }
-    wanted
+    wanted.min(cfg.max_ack_pending.max(cfg.pool_size))
 }
 
 impl HandlerPool {

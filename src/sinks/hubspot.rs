@@ -291,6 +291,8 @@ pub(crate) fn build(
             daily: DailyBudget::new(spec.daily_limit, spec.headroom),
         }),
     };
+    // The budget gauges exist from the start, at the configured limits.
+    api.publish(&api.budget(), Instant::now());
     Ok(BatchSink::start(name, ordering, spec.batch, api))
 }
 

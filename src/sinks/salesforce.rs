@@ -320,6 +320,8 @@ pub(crate) fn build(
         tokens,
         budget: Mutex::new(DailyBudget::new(spec.daily_limit, spec.headroom)),
     };
+    // The budget gauge exists from the start, at the configured limit.
+    api.publish(&api.budget());
     Ok(BatchSink::start(name, ordering, spec.batch, api))
 }
 

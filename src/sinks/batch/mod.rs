@@ -310,20 +310,25 @@ impl<A: BatchApi> Batcher<A> {
             if !wants {
                 return self.due(now, closing);
             }
-            // Cut first (cheap, no budget spent) so an empty cut spends nothing.
-            let batch = self.next_batch()?;
+            // Nothing to send while every waiting lead's record is in a call: wait for it.
+            if self.ready.is_empty() && !self.sendable() {
+                return None;
+            }
+            // The budget before the cut: while the vendor's pace holds the call back, leads keep
+            // joining the queue, and the batch is cut from all of them when it may go.
             match self.api.acquire(now) {
                 Pace::Go => {}
-                Pace::At(at) => {
-                    self.ready.push_front(batch);
-                    return Some(at);
-                }
+                Pace::At(at) => return Some(at),
                 Pace::Spent(wait) => {
-                    metrics().sink_throttled(&self.sink, "budget_spent");
-                    self.hand_back(batch, wait, "the daily budget is spent");
+                    if let Some(batch) = self.next_batch() {
+                        metrics().sink_throttled(&self.sink, "budget_spent");
+                        self.hand_back(batch, wait, "the daily budget is spent");
+                    }
                     continue;
                 }
             }
+            // Non-empty: `sendable` said so, and this task alone changes the queue.
+            let batch = self.next_batch()?;
             let oldest = batch.iter().map(|p| p.queued).min().unwrap_or(now);
             metrics().sink_batch(
                 &self.sink,
@@ -341,6 +346,13 @@ impl<A: BatchApi> Batcher<A> {
                 (batch, outcome)
             }));
         }
+    }
+
+    /// Whether some waiting lead's record is not in a call right now.
+    fn sendable(&self) -> bool {
+        self.queue
+            .iter()
+            .any(|p| !self.busy_keys.contains(&p.enc.conflict_key))
     }
 
     /// When the queue's next batch is due: now when full, else the oldest lead's linger.
