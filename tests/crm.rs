@@ -239,6 +239,14 @@ async fn a_burst_is_paced_under_the_window_without_a_single_429() {
         m.contains("leadrouter_sink_batch_leads_count{sink=\"crm\"}"),
         "{m}"
     );
+    // 150 leads at 6 calls of 10 per second: most calls waited for the window.
+    let paced = m
+        .lines()
+        .find(|l| l.starts_with("leadrouter_sink_pacing_delay_seconds_sum{sink=\"crm\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_default();
+    assert!(paced > 0.5, "pacing delay recorded: {paced}");
     assert!(
         m.contains("leadrouter_sink_budget_limit{sink=\"crm\",window=\"interval\"} 6"),
         "{m}"

@@ -516,8 +516,6 @@ struct Answer {
     errors: Vec<ErrorItem>,
     #[serde(default)]
     policy_name: Option<String>,
-    #[serde(default)]
-    message: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -588,7 +586,6 @@ fn refused(items: &[&Input], a: &Answer) -> Vec<(usize, SinkError)> {
             }
         }
     }
-    let _ = &a.message;
     out
 }
 

@@ -240,8 +240,11 @@ impl SalesforceSpec {
         )?;
         let fields =
             PropertyMap::from_config(index, "fields", cfg.fields.as_ref(), DEFAULT_FIELDS)?;
-        if let Some(f) = cfg.fields.as_ref().and_then(|f| f.get(&external_id_field)) {
-            let _ = f;
+        if cfg
+            .fields
+            .as_ref()
+            .is_some_and(|f| f.contains_key(&external_id_field))
+        {
             return Err(SinkBuildError::new(
                 index,
                 &format!("fields.{external_id_field}"),

@@ -139,6 +139,9 @@ pub struct Metrics {
     /// `leadrouter_sink_batch_wait_seconds{sink}`: how long a batch's oldest lead waited in the
     /// sink's queue (linger, the vendor's pace, a conflicting lead in flight).
     pub sink_batch_wait: HistogramVec,
+    /// `leadrouter_sink_pacing_delay_seconds{sink}`: how long a due call of a batching sink
+    /// was held back by the vendor's rate budget (0 when it went at once).
+    pub sink_pacing_delay: HistogramVec,
     /// `leadrouter_sink_throttled_total{sink,policy}`: calls held back or refused for the
     /// vendor's budget.
     pub sink_throttled: IntCounterVec,
@@ -334,6 +337,13 @@ impl Metrics {
                 STAGE_BUCKETS,
                 &["sink"],
             ),
+            sink_pacing_delay: histogram_vec(
+                &r,
+                "leadrouter_sink_pacing_delay_seconds",
+                "How long a due call of a batching sink was held back by the vendor's rate budget so that the vendor does not throttle (0 when it went at once).",
+                STAGE_BUCKETS,
+                &["sink"],
+            ),
             sink_throttled: counter_vec(
                 &r,
                 "leadrouter_sink_throttled_total",
@@ -386,8 +396,12 @@ impl Metrics {
         self.publish_commits.with_label_values(&["fallback"]).inc();
     }
 
-    /// One call of a batching sink with `leads` leads, the oldest queued for `waited`.
-    pub fn sink_batch(&self, sink: &str, leads: usize, waited: Duration) {
+    /// One call of a batching sink with `leads` leads, the oldest queued for `waited`, the call
+    /// held back `paced` by the vendor's budget.
+    pub fn sink_batch(&self, sink: &str, leads: usize, waited: Duration, paced: Duration) {
+        self.sink_pacing_delay
+            .with_label_values(&[sink])
+            .observe(paced.as_secs_f64());
         self.sink_batch_leads
             .with_label_values(&[sink])
             .observe(leads as f64);

@@ -187,6 +187,7 @@ impl<A: BatchApi> BatchSink<A> {
             queue: VecDeque::new(),
             ready: VecDeque::new(),
             busy_keys: HashSet::new(),
+            paced_since: None,
         };
         tokio::spawn(
             batcher
@@ -258,6 +259,8 @@ struct Batcher<A: BatchApi> {
     ready: VecDeque<Vec<Pending<A::Item>>>,
     /// Conflict keys of the leads in calls right now.
     busy_keys: HashSet<String>,
+    /// Since when a due call has been held back by the vendor's budget.
+    paced_since: Option<Instant>,
 }
 
 /// A finished call: the batch and what the vendor said.
@@ -318,7 +321,10 @@ impl<A: BatchApi> Batcher<A> {
             // joining the queue, and the batch is cut from all of them when it may go.
             match self.api.acquire(now) {
                 Pace::Go => {}
-                Pace::At(at) => return Some(at),
+                Pace::At(at) => {
+                    self.paced_since.get_or_insert(now);
+                    return Some(at);
+                }
                 Pace::Spent(wait) => {
                     if let Some(batch) = self.next_batch() {
                         metrics().sink_throttled(&self.sink, "budget_spent");
@@ -330,10 +336,15 @@ impl<A: BatchApi> Batcher<A> {
             // Non-empty: `sendable` said so, and this task alone changes the queue.
             let batch = self.next_batch()?;
             let oldest = batch.iter().map(|p| p.queued).min().unwrap_or(now);
+            let paced = self
+                .paced_since
+                .take()
+                .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
             metrics().sink_batch(
                 &self.sink,
                 batch.len(),
                 now.saturating_duration_since(oldest),
+                paced,
             );
             for p in &batch {
                 self.busy_keys.insert(p.enc.conflict_key.clone());
