@@ -3,7 +3,9 @@
 //! direct design as the baseline. leadrouter must lose and duplicate nothing; the baseline must
 //! show the duplicates and losses the drill exists to catch (so a zero is not a blind spot).
 //! A second storm runs two routers on a 3-node NATS cluster: the kills go round the routers and
-//! the NATS fault kills the `LEADS` leader's node.
+//! the NATS fault kills the `LEADS` leader's node. Two short storms run against the sandbox's
+//! HubSpot and Salesforce personalities at Starter-tier limits (`--crm`), through the batching
+//! sinks, with the books balanced against the personality's own records.
 
 mod common;
 
@@ -134,6 +136,18 @@ fn bad_drill_options_are_refused_with_a_reason() {
         (
             vec!["--nats-cluster", "3", "--nats-url", "nats://127.0.0.1:4222"],
             "cannot be combined with --nats-url",
+        ),
+        (
+            vec!["--crm", "hubspot", "--baseline", "direct"],
+            "--crm hubspot cannot be combined with --baseline direct",
+        ),
+        (
+            vec!["--crm", "salesforce", "--baseline", "direct"],
+            "--crm salesforce cannot be combined with --baseline direct",
+        ),
+        (
+            vec!["--crm", "pipedrive"],
+            "invalid value 'pipedrive' for '--crm",
         ),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_leadrouter"))
@@ -350,5 +364,168 @@ fn two_routers_on_a_nats_cluster_lose_nothing_when_routers_and_the_leads_leader_
     eprintln!(
         "two routers on a NATS cluster: {:.0} s\n{table}",
         started.elapsed().as_secs_f64()
+    );
+}
+
+/// A short storm with every fault against one of the sandbox's batching CRM personalities:
+/// 500 leads at 25/s (a 20 s send window, the CRM's whole 18 s cycle), 2% shared inboxes so
+/// that some contacts get two leads. Asserts what holds for every CRM and returns the
+/// leadrouter run and the table.
+fn batching_crm_drill(crm: &str) -> (Value, String) {
+    let _turn = long_storm();
+    common::nats_server_bin();
+    let work = tempfile::tempdir().expect("temp dir");
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_leadrouter"))
+        .current_dir(common::manifest_dir())
+        .env(
+            "LEADROUTER_TOOLS_DIR",
+            common::manifest_dir().join(".tools"),
+        )
+        .args(["drill", "--crm", crm, "--leads", "500", "--rate", "25"])
+        .args(["--malformed", "0.02", "--shared-inbox", "0.02"])
+        .args(["--json", "--work-dir"])
+        .arg(work.path())
+        .output()
+        .expect("drill runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        let log = std::fs::read_to_string(work.path().join("router.log")).unwrap_or_default();
+        let tail: String = log.lines().rev().take(30).collect::<Vec<_>>().join("\n");
+        panic!("no JSON report ({e}); stderr: {stderr}\nrouter log (last lines, newest first):\n{tail}")
+    });
+    assert_eq!(report["crm"], crm);
+    let runs = report["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 1, "no baseline with --crm {crm}");
+    let lr = runs[0].clone();
+    let table = report["table"].as_str().unwrap_or_default().to_string();
+    let context = format!("{table}\n{:#}\n{stderr}", lr["crm_api"]);
+    assert_eq!(lr["design"], "leadrouter");
+    assert_eq!(lr["crm"], crm);
+
+    // The books: every good lead written exactly once, the malformed ones in the DLQ.
+    assert_eq!(
+        lr["lost"], 0,
+        "lost: {:#} (sharing an email with a later lead at the CRM: {})\n{context}",
+        lr["lost_examples"], lr["lost_shared_inbox"]
+    );
+    assert_eq!(lr["duplicates"], 0, "{context}");
+    assert_eq!(
+        lr["unexpected"], 0,
+        "{:#}\n{context}",
+        lr["unexpected_examples"]
+    );
+    assert_eq!(lr["malformed_misplaced"], 0, "{context}");
+    assert_eq!(lr["valid_in_dlq"], 0, "{context}");
+    assert_eq!(lr["interventions"], 0, "{:#}", lr["intervention_notes"]);
+    assert_eq!(
+        lr["crm_records"], lr["valid"],
+        "one write per good lead: {context}"
+    );
+    assert_eq!(lr["dlq_entries"], lr["schema_invalid"], "{context}");
+
+    // The vendor's side: batched, within its limits, no throttled lead in the DLQ.
+    let api = &lr["crm_api"];
+    assert_eq!(api["throttle_dlq"], 0, "{context}");
+    assert!(
+        api["max_leads_per_call"].as_u64() > Some(1),
+        "leads shared calls: {context}"
+    );
+    let calls = api["calls"].as_u64().unwrap_or(0);
+    assert!(calls > 0, "{context}");
+    assert!(
+        api["leads_in_calls"].as_u64() >= lr["valid"].as_u64(),
+        "{context}"
+    );
+    assert!(
+        calls < lr["valid"].as_u64().unwrap_or(0),
+        "fewer calls than leads: {context}"
+    );
+    assert_eq!(
+        api["throttled"], 0,
+        "the sink paced itself under the vendor's limits: {context}"
+    );
+    assert_eq!(api["daily_used"].as_u64(), Some(calls), "{context}");
+
+    // Every fault struck and came back.
+    let faults = lr["faults"].as_array().expect("faults");
+    let kinds: Vec<&str> = faults.iter().filter_map(|f| f["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["kill_router", "kill_router", "restart_nats", "kill_router"],
+        "{context}"
+    );
+    assert!(faults.iter().all(|f| f["recovered"] == true), "{context}");
+
+    assert_eq!(report["passed"], true, "{context}");
+    assert!(out.status.success(), "exit status {:?}", out.status);
+    eprintln!(
+        "drill --crm {crm}: {:.0} s\n{table}",
+        started.elapsed().as_secs_f64()
+    );
+    (lr, table)
+}
+
+#[test]
+fn a_short_drill_against_hubspot_writes_each_lead_once_onto_one_contact_per_email() {
+    let (lr, table) = batching_crm_drill("hubspot");
+    let api = &lr["crm_api"];
+    assert!(
+        table.contains("| leadrouter -> HubSpot (drill) |"),
+        "{table}"
+    );
+    assert_eq!(api["daily_limit"], 250_000, "{api}");
+    assert!(
+        api["limits"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("100 requests per rolling 10s")),
+        "Starter: {api}"
+    );
+    assert_eq!(api["throttle_answer"], "429");
+    assert!(api["max_leads_per_call"].as_u64() <= Some(100), "{api}");
+    // HubSpot keeps one contact per email: the shared-inbox leads share one, each with a write
+    // of its own, and no lead made a contact of its own beside it.
+    assert_eq!(api["contacts"], api["distinct_emails"], "{api}");
+    assert!(
+        api["shared_contacts"].as_u64() > Some(0),
+        "some contacts got two leads: {api}"
+    );
+    assert!(
+        api["contacts"].as_u64() < lr["valid"].as_u64(),
+        "fewer contacts than leads: {api}"
+    );
+    assert_eq!(
+        api["unauthorized"], 0,
+        "the drill's token was accepted: {api}"
+    );
+}
+
+#[test]
+fn a_short_drill_against_salesforce_refreshes_an_expired_token_and_loses_nothing() {
+    let (lr, table) = batching_crm_drill("salesforce");
+    let api = &lr["crm_api"];
+    assert!(
+        table.contains("| leadrouter -> Salesforce (drill) |"),
+        "{table}"
+    );
+    assert_eq!(api["daily_limit"], 15_000, "a developer org: {api}");
+    assert_eq!(api["throttle_answer"], "403 REQUEST_LIMIT_EXCEEDED");
+    assert!(api["max_leads_per_call"].as_u64() <= Some(200), "{api}");
+    // The storm expired every token once, while a router held and used one: the next call met
+    // the 401 and went again with a new token, and the books above balance.
+    let expiry = &api["token_expiry"];
+    assert!(expiry["at_s"].as_f64() > Some(0.0), "{api}");
+    assert!(
+        expiry["unauthorized_after"].as_u64() >= Some(1),
+        "a call met the expiry: {api}"
+    );
+    assert!(
+        expiry["tokens_issued_after"].as_u64() >= Some(1),
+        "a new token was fetched: {api}"
+    );
+    assert_eq!(
+        api["unauthorized"], expiry["unauthorized_after"],
+        "no 401 but the expiry's: {api}"
     );
 }

@@ -147,6 +147,7 @@ async fn drill(args: &DrillArgs) -> anyhow::Result<ExitCode> {
         shared_inbox_share: args.shared_inbox,
         seed: args.seed,
         baseline: args.baseline,
+        crm: args.crm,
         no_process_faults: args.no_process_faults,
         drain_timeout: args.drain_timeout.into(),
         work_dir: args.work_dir.clone(),
@@ -178,7 +179,7 @@ async fn sandbox(addr: std::net::SocketAddr) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("starting the sandbox CRM on {addr}"))?;
     eprintln!(
-        "leadrouter sandbox-crm on {url}: POST {url}/leads, faults via POST {url}/_sandbox/faults, records at {url}/_sandbox/records; Ctrl-C to stop",
+        "leadrouter sandbox-crm on {url}: POST {url}/leads, HubSpot at {url}/crm/v3/objects/contacts/batch/upsert, Salesforce at {url}/services/ (token: {url}/services/oauth2/token), faults via POST {url}/_sandbox/faults, records at {url}/_sandbox/records; Ctrl-C to stop",
         url = crm.url()
     );
     wait_for_signal().await;

@@ -471,7 +471,13 @@ impl BatchApi for HubspotApi {
                     self.publish(&b, now);
                     CallOutcome::Spent { wait, policy: "DAILY" }
                 } else {
-                    let wait = b.window.interval();
+                    // HubSpot documents no Retry-After; when one comes (a proxy, a gateway in
+                    // front), it knows better than a whole window.
+                    let wait = headers
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| super::parse_retry_after(v, SystemTime::now()))
+                        .map_or(b.window.interval(), |ra| ra.min(b.window.interval()));
                     b.window.throttled(wait, now);
                     self.publish(&b, now);
                     CallOutcome::Throttled { wait, policy: "TEN_SECONDLY_ROLLING" }

@@ -22,8 +22,9 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
+use super::crm;
 use super::error::DrillError;
-use super::options::DrillOptions;
+use super::options::{CrmKind, DrillOptions};
 use super::report::{self, Evidence, RunReport};
 use super::secrets::{base64_of, random_hex};
 use super::storm::{FaultKind, FaultRecord, RESTART_DELAY};
@@ -256,20 +257,21 @@ pub(super) async fn run_direct(
     );
     let counters = vendor.counters.clone();
     let mut target = Direct { server };
-    let (outcomes, faults, send_seconds, crm) =
-        storm_run(opts, &leads, vendor, crm, &mut target, ui, "direct").await;
+    let stormed = storm_run(opts, &leads, vendor, crm, &mut target, ui, "direct").await;
     // Synchronous: when the vendor is done, so is the design (nothing is queued).
     target.server.kill();
     Ok(report::reconcile(Evidence {
         design: "direct",
+        crm_kind: CrmKind::Http,
         leads: &leads,
-        outcomes: &outcomes,
+        outcomes: &stormed.outcomes,
         vendor: counters.snapshot(),
-        crm: crm.keys().into_iter().map(|k| (k.key.clone(), k)).collect(),
+        crm: crm::books(CrmKind::Http, &stormed.crm),
         dlq: None,
-        faults,
-        send_seconds,
+        faults: stormed.faults,
+        send_seconds: stormed.send_seconds,
         drain_seconds: 0.0,
         topology: None,
+        crm_api: None,
     }))
 }

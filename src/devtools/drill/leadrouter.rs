@@ -1,5 +1,6 @@
 //! The design under test: `leadrouter serve` as child processes on a config the drill writes,
-//! stormed, then drained until every accepted lead is at the CRM or in the DLQ.
+//! stormed, then drained until every accepted lead is at the CRM (the one `--crm` picked) or in
+//! the DLQ.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -8,9 +9,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
 
+use super::crm::{self, Dead};
 use super::error::DrillError;
 use super::fleet::{self, Leadrouter, Nats};
-use super::options::DrillOptions;
+use super::options::{CrmKind, DrillOptions};
 use super::report::{self, Evidence, RunReport};
 use super::router;
 use super::secrets::{base64_of, random_hex};
@@ -20,10 +22,11 @@ use super::ui::Ui;
 use super::vendor::{self, LeadSpec, Vendor, SENDER};
 use crate::cli::admin_client::AdminClient;
 use crate::config::Config;
-use crate::devtools::harness::{free_ports, http_sink, HandlersSection, RouterConfig, SenderSpec};
-use crate::devtools::sandbox_crm::{IdempotencyMode, SandboxCrm};
+use crate::devtools::harness::{free_ports, HandlersSection, RouterConfig, SenderSpec};
+use crate::devtools::sandbox_crm::SandboxCrm;
 use crate::dlq::store::DlqEntry;
 use crate::intake::schemes::Verifier;
+use crate::sinks::SinkConfig;
 
 impl Target for Leadrouter {
     async fn kill_and_restart(&mut self, nth: usize) -> FaultRecord {
@@ -120,7 +123,7 @@ const STOP_GRACE: Duration = Duration::from_secs(20);
 fn router_config(
     work: &Path,
     ports: (u16, u16, u16),
-    crm_url: &str,
+    crm_sink: SinkConfig,
     tmpl: &Path,
     schemas: &Path,
     nats_url: Option<&str>,
@@ -152,11 +155,7 @@ fn router_config(
         // A key of this run's own: on a shared NATS, earlier runs' key-check records keep
         // their ids.
         .dlq_key(run_id, "LEADROUTER_DRILL_DLQ_KEY")
-        .sink(http_sink(
-            "crm",
-            format!("{crm_url}/leads"),
-            Some(Duration::from_secs(2)),
-        ))
+        .sink(crm_sink)
         .sender(
             SenderSpec::standard_webhooks(SENDER, "LEADROUTER_DRILL_SECRET")
                 .rate(100_000, 100_000)
@@ -215,8 +214,6 @@ pub(super) async fn run_leadrouter(
     let crm = SandboxCrm::start(([127, 0, 0, 1], 0).into())
         .await
         .map_err(|e| DrillError::start("sandbox CRM", e))?;
-    crm.set_idempotency(IdempotencyMode::Honor);
-    let crm = Arc::new(crm);
     let single = opts.single_router();
     let n = opts.topology.routers.max(1);
     // Picked in one go: ports of separate calls could repeat (each call releases its own).
@@ -225,7 +222,7 @@ pub(super) async fn run_leadrouter(
     let token = random_hex(24);
     // One set for every router of the run: routers on one NATS account share the DLQ key and
     // the group key, and the drill reads any router's admin API with the one token.
-    let env: HashMap<String, String> = HashMap::from([
+    let mut env: HashMap<String, String> = HashMap::from([
         ("LEADROUTER_DRILL_SECRET".to_string(), secret.clone()),
         ("LEADROUTER_DRILL_ADMIN_TOKEN".to_string(), token),
         ("LEADROUTER_DRILL_DLQ_KEY".to_string(), random_hex(32)),
@@ -236,6 +233,8 @@ pub(super) async fn run_leadrouter(
             std::env::var("LEADROUTER_GROUP_KEY").unwrap_or_else(|_| DRILL_GROUP_KEY.into()),
         ),
     ]);
+    crm::prepare(opts.crm, &crm, &mut env);
+    let crm = Arc::new(crm);
     let nats = fleet::start_nats(opts, work, ui).await?;
     let nats_url = nats.url();
     let exe = std::env::current_exe().map_err(|e| DrillError::start("the leadrouter binary", e))?;
@@ -247,7 +246,7 @@ pub(super) async fn run_leadrouter(
         let mut rc = router_config(
             &dir,
             (ports[0], ports[1], ports[2]),
-            &crm.url(),
+            crm::sink(opts.crm, &crm.url()),
             &tmpl,
             &schemas,
             nats_url.as_deref(),
@@ -346,8 +345,8 @@ pub(super) async fn run_leadrouter(
             target.partitions
         ));
     }
-    let (outcomes, faults, send_seconds, crm) =
-        storm_run(opts, &leads, vendor, crm, &mut target, ui, "leadrouter").await;
+    let stormed = storm_run(opts, &leads, vendor, crm, &mut target, ui, "leadrouter").await;
+    let crm = stormed.crm;
 
     let admins = cfgs
         .iter()
@@ -358,7 +357,8 @@ pub(super) async fn run_leadrouter(
     let dlq = drain(
         &admins,
         &leads,
-        &outcomes,
+        &stormed.outcomes,
+        opts.crm,
         &crm,
         since,
         opts.drain_timeout,
@@ -370,17 +370,21 @@ pub(super) async fn run_leadrouter(
     let topology = (!single).then(|| target.topology(cfg.streams.replicas));
     target.nats.keep_logs(work);
     let dlq = dlq?;
+    let books = crm::books(opts.crm, &crm);
+    let crm_api = crm::api_report(opts.crm, &crm, &leads, &books, &dlq, stormed.token_expiry);
     Ok(report::reconcile(Evidence {
         design: "leadrouter",
+        crm_kind: opts.crm,
         leads: &leads,
-        outcomes: &outcomes,
+        outcomes: &stormed.outcomes,
         vendor: counters.snapshot(),
-        crm: crm.keys().into_iter().map(|k| (k.key.clone(), k)).collect(),
-        dlq: Some(dlq),
-        faults,
-        send_seconds,
+        crm: books,
+        dlq: Some(dlq.into_iter().map(|(k, d)| (k, d.reason)).collect()),
+        faults: stormed.faults,
+        send_seconds: stormed.send_seconds,
         drain_seconds,
         topology,
+        crm_api,
     }))
 }
 
@@ -389,19 +393,22 @@ struct Listing {
     entries: Vec<DlqEntry>,
 }
 
-/// Waits until every accepted lead is at the CRM or in the DLQ and the router's queue is empty
-/// (nothing pending, nothing unacknowledged, so no late write can follow), or `limit` passes.
-/// Returns the DLQ by lead key. With several routers any one's admin API answers for all (the
-/// DLQ and the consumers live in NATS): the first that answers is asked.
+/// Waits until every accepted lead is at the CRM (as [`crm::books`] reads it) or in the DLQ and the
+/// router's queue is empty (nothing pending, nothing unacknowledged, so no late write can
+/// follow), or `limit` passes. Returns the DLQ by lead key. With several routers any one's
+/// admin API answers for all (the DLQ and the consumers live in NATS): the first that answers
+/// is asked.
+#[allow(clippy::too_many_arguments)]
 async fn drain(
     admins: &[AdminClient],
     leads: &[LeadSpec],
     outcomes: &[vendor::LeadOutcome],
+    kind: CrmKind,
     crm: &SandboxCrm,
     since: SystemTime,
     limit: Duration,
     ui: &Ui,
-) -> Result<HashMap<String, String>, DrillError> {
+) -> Result<HashMap<String, Dead>, DrillError> {
     let start = Instant::now();
     let accepted: Vec<&LeadSpec> = leads
         .iter()
@@ -414,11 +421,10 @@ async fn drain(
     let since_t = chrono::DateTime::<chrono::Utc>::from(since);
     let coarse_since = crate::timestamp::format_system(since - Duration::from_secs(60));
     loop {
-        let at_crm: std::collections::HashSet<String> = crm
-            .keys()
+        let at_crm: std::collections::HashSet<String> = crm::books(kind, crm)
             .into_iter()
-            .filter(|k| k.created > 0)
-            .map(|k| k.key)
+            .filter(|(_, k)| k.written > 0)
+            .map(|(key, _)| key)
             .collect();
         let listing: Option<Listing> =
             admin_get(admins, "/api/dlq", &[("since", coarse_since.clone())]).await;
@@ -435,7 +441,13 @@ async fn drain(
                         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
                     received.is_none_or(|t| t >= since_t)
                 })
-                .map(|e| (e.key, e.reason))
+                .map(|e| {
+                    let dead = Dead {
+                        reason: e.reason,
+                        last_error: e.last_error,
+                    };
+                    (e.key, dead)
+                })
                 .collect();
         }
         let placed = accepted

@@ -10,6 +10,10 @@
 //! ([`report`]). `--baseline direct` runs the same storm first against the seed's synchronous
 //! design ([`baseline`]).
 //!
+//! `--crm hubspot` and `--crm salesforce` point the router at the sandbox's HubSpot or
+//! Salesforce personality, at Starter-tier limits, through the batching sinks, and balance the
+//! books against the personality's own records ([`crm`]).
+//!
 //! `--routers N` and `--nats-cluster N` run the same storm against several routers sharing one
 //! NATS account, and against a JetStream cluster ([`fleet`]): the kills go round the routers
 //! and the NATS fault kills the `LEADS` leader's node.
@@ -21,6 +25,7 @@ pub mod router;
 pub mod storm;
 pub mod vendor;
 
+mod crm;
 mod error;
 mod leadrouter;
 mod options;
@@ -30,7 +35,7 @@ mod summary;
 mod ui;
 
 pub use error::DrillError;
-pub use options::{Baseline, DrillArgs, DrillOptions, TopologyArgs};
+pub use options::{Baseline, CrmKind, DrillArgs, DrillOptions, TopologyArgs};
 pub use report::DrillReport;
 pub use summary::render_summary;
 pub use vendor::{lead_key, SENDER};
@@ -83,6 +88,7 @@ pub async fn run(opts: &DrillOptions) -> Result<DrillReport, DrillError> {
         let _ = std::fs::remove_dir_all(&work);
     }
     Ok(DrillReport {
+        crm: opts.crm,
         leads: opts.leads,
         rate: opts.rate,
         duplicate_share: opts.duplicate_share,

@@ -28,9 +28,14 @@ pub struct DrillArgs {
     /// Seed of the lead generator (same seed, same leads).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Run the same storm first against another design and show both.
+    /// Run the same storm first against another design and show both (`--crm http` only).
     #[arg(long, value_enum)]
     pub baseline: Option<crate::devtools::drill::Baseline>,
+    /// The CRM the router writes to: the sandbox's plain CRM through an `http` sink, or its
+    /// HubSpot or Salesforce personality at Starter-tier limits through the batching sink of
+    /// that kind. The storm flaps every one of them alike.
+    #[arg(long, value_enum, default_value_t = crate::devtools::drill::CrmKind::Http)]
+    pub crm: crate::devtools::drill::CrmKind,
     /// Leave out the kill -9s and the nats-server restart (the CRM still flaps).
     #[arg(long)]
     pub no_process_faults: bool,
@@ -65,6 +70,48 @@ pub enum Baseline {
     Direct,
 }
 
+/// `--crm`: which of the sandbox's CRMs the router writes to (see the `crm` module).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CrmKind {
+    /// The sandbox's `/leads` CRM through an `http` sink: one POST per lead with an
+    /// `Idempotency-Key` the CRM honours.
+    #[default]
+    Http,
+    /// The HubSpot personality (100 requests per rolling 10 s, 250,000 a day) through a
+    /// `hubspot` sink: contacts upserted by email, in batches.
+    Hubspot,
+    /// The Salesforce personality (a developer org's 15,000 API calls per 24 h) through a
+    /// `salesforce` sink with OAuth client credentials: Leads upserted by the lead's key.
+    Salesforce,
+}
+
+impl CrmKind {
+    /// The CRM keeps one record per email and its sink is `latest-wins`: an older lead of an
+    /// email that arrives after a newer one was written is skipped on purpose.
+    pub fn latest_wins(self) -> bool {
+        matches!(self, CrmKind::Hubspot)
+    }
+
+    /// The CRM in the report's words.
+    pub fn label(self) -> &'static str {
+        match self {
+            CrmKind::Http => "http CRM",
+            CrmKind::Hubspot => "HubSpot",
+            CrmKind::Salesforce => "Salesforce",
+        }
+    }
+
+    /// As on the command line.
+    pub fn flag(self) -> &'static str {
+        match self {
+            CrmKind::Http => "http",
+            CrmKind::Hubspot => "hubspot",
+            CrmKind::Salesforce => "salesforce",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct DrillOptions {
     pub leads: usize,
@@ -74,6 +121,7 @@ pub struct DrillOptions {
     pub shared_inbox_share: f64,
     pub seed: u64,
     pub baseline: Option<Baseline>,
+    pub crm: CrmKind,
     /// No kills or nats-server restart (the CRM still flaps).
     pub no_process_faults: bool,
     pub drain_timeout: Duration,
@@ -140,6 +188,12 @@ impl DrillOptions {
                 self.rate
             )));
         }
+        if self.crm != CrmKind::Http && self.baseline.is_some() {
+            return Err(DrillError::Setup(format!(
+                "--crm {} cannot be combined with --baseline direct: the seed's direct design posts to a plain http CRM only (run the baseline with --crm http)",
+                self.crm.flag()
+            )));
+        }
         let t = &self.topology;
         if t.routers == 0 {
             return Err(DrillError::Setup("--routers must be at least 1".into()));
@@ -185,6 +239,7 @@ mod tests {
             shared_inbox_share: 0.0,
             seed: 1,
             baseline: None,
+            crm: CrmKind::Http,
             no_process_faults: false,
             drain_timeout: Duration::from_secs(1),
             work_dir: None,
@@ -223,6 +278,29 @@ mod tests {
         assert_eq!(refusal(3, Some(3), None), "");
         assert_eq!(refusal(1, Some(5), None), "");
         assert_eq!(refusal(4, None, Some("nats://127.0.0.1:4222")), "");
+    }
+
+    #[test]
+    fn a_batching_crm_has_no_baseline() {
+        let mut o = opts(TopologyArgs::default(), None);
+        o.baseline = Some(Baseline::Direct);
+        assert_eq!(o.validate().map_err(|e| e.to_string()), Ok(()));
+        for crm in [CrmKind::Hubspot, CrmKind::Salesforce] {
+            o.crm = crm;
+            let why = o
+                .validate()
+                .map(|()| String::new())
+                .unwrap_or_else(|e| e.to_string());
+            assert!(
+                why.contains(&format!(
+                    "--crm {} cannot be combined with --baseline direct",
+                    crm.flag()
+                )),
+                "{why}"
+            );
+        }
+        o.baseline = None;
+        assert!(o.validate().is_ok());
     }
 
     #[test]

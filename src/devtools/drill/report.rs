@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+use super::options::CrmKind;
 use super::storm::{FaultKind, FaultRecord};
 use super::vendor::{Answer, CounterSnapshot, LeadKind, LeadOutcome, LeadSpec};
 use crate::devtools::harness::probe::percentile;
@@ -15,6 +16,8 @@ use crate::devtools::sandbox_crm::KeyStats;
 /// Everything the drill measured; `--json` prints this.
 #[derive(Debug, Serialize)]
 pub struct DrillReport {
+    /// The CRM the leadrouter run wrote to (`--crm`); the baseline always writes to `http`.
+    pub crm: CrmKind,
     pub leads: usize,
     pub rate: f64,
     pub duplicate_share: f64,
@@ -33,6 +36,8 @@ pub struct DrillReport {
 pub struct RunReport {
     /// `leadrouter` or `direct`.
     pub design: String,
+    /// The CRM this run wrote to.
+    pub crm: CrmKind,
     pub leads: usize,
     pub valid: usize,
     pub schema_invalid: usize,
@@ -45,10 +50,15 @@ pub struct RunReport {
     pub vendor_gave_up: usize,
     pub vendor: CounterSnapshot,
     /// CRM records for the drill's leads, and the extra ones (a lead's second, third ... record).
+    /// At HubSpot, which keeps one contact per email, the contact writes that carry a lead's key
+    /// (so two leads of one shared inbox are two); at Salesforce, the writes of each lead's
+    /// record. Neither counts a repeat the vendor's upsert absorbed.
     pub crm_records: u64,
     pub duplicates: u64,
     pub duplicates_per_10k: f64,
-    /// Repeat writes the CRM absorbed by idempotency key (not records; shown for honesty).
+    /// Repeat writes the CRM absorbed by idempotency key (not records; shown for honesty). At
+    /// HubSpot and Salesforce: a lead's write sent again onto its record unchanged, absorbed by
+    /// the upsert (by email, by the external id).
     pub repeat_writes_absorbed: u64,
     /// `None` for a design without a DLQ.
     pub dlq_entries: Option<usize>,
@@ -68,6 +78,12 @@ pub struct RunReport {
     /// event at upsert sinks once a newer one was written.
     #[serde(skip_serializing_if = "is_zero")]
     pub lost_shared_inbox: usize,
+    /// HubSpot (one contact per email, `latest-wins`): good leads of a shared inbox skipped on
+    /// purpose because a newer lead of the same email was already written to the contact (a
+    /// kill held the older one until its redelivery). Recorded as superseded in the lead's
+    /// record, and the contact holds the newer data; not lost. Counted here instead of `lost`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub superseded: usize,
     /// Records or DLQ entries that belong to no lead of the run: must be 0.
     pub unexpected: usize,
     /// Up to five of them, as `crm:<key>` or `dlq:<key>`.
@@ -84,6 +100,92 @@ pub struct RunReport {
     /// embedded nats-server (or `--nats-url`), whose report keeps its shape.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub topology: Option<Topology>,
+    /// What the vendor's API saw, for the batching CRMs (`--crm hubspot`, `--crm salesforce`);
+    /// absent for the http CRM, whose report keeps its shape.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crm_api: Option<CrmApiReport>,
+}
+
+/// What the CRM holds for one lead key, whatever the CRM.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CrmKey {
+    /// Writes that count as the lead being written: the records created for it (http), the
+    /// contact writes that carry its key (HubSpot), the writes of its record (Salesforce).
+    /// One is right; each more is a duplicate.
+    pub written: u64,
+    /// Further writes the CRM absorbed, making no record and changing none: a repeated POST
+    /// with the lead's `Idempotency-Key` (http), the lead's write sent again onto its record
+    /// unchanged (HubSpot, Salesforce).
+    pub absorbed: u64,
+    /// When the lead's first write landed, where the CRM keeps that (RFC 3339).
+    pub first_write: Option<String>,
+}
+
+impl From<&KeyStats> for CrmKey {
+    fn from(k: &KeyStats) -> CrmKey {
+        CrmKey {
+            written: k.created,
+            absorbed: k.writes.saturating_sub(k.created),
+            first_write: k.first_write.clone(),
+        }
+    }
+}
+
+/// The vendor's side of a run against a batching CRM: how the sink used its API under the
+/// vendor's limits.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CrmApiReport {
+    /// The limits the personality enforced, in words.
+    pub limits: String,
+    /// Every request the routers sent to the vendor's routes: the ones the storm faulted, 401s
+    /// and (Salesforce) token requests included.
+    pub requests: u64,
+    /// Write calls that got past auth and the vendor's limits.
+    pub calls: u64,
+    /// Leads in those calls (a lead sent again after a failed call counts again).
+    pub leads_in_calls: u64,
+    pub max_leads_per_call: usize,
+    pub mean_leads_per_call: f64,
+    /// The vendor's own throttle answers: HubSpot's 429s (rolling window and daily), Salesforce's
+    /// 403 `REQUEST_LIMIT_EXCEEDED`. The storm's injected 429s are faults, not counted here.
+    pub throttled: u64,
+    /// `429` or `403 REQUEST_LIMIT_EXCEEDED`.
+    pub throttle_answer: String,
+    /// The vendor's daily budget (HubSpot's day, Salesforce's rolling 24 h) used at the end, of
+    /// its limit.
+    pub daily_used: u64,
+    pub daily_limit: u64,
+    /// 401s: a wrong token (HubSpot), an expired one (Salesforce).
+    pub unauthorized: u64,
+    /// Leads in the DLQ whose last error is a throttle: must be 0, a throttled lead goes back
+    /// to the queue without spending an attempt.
+    pub throttle_dlq: usize,
+    /// HubSpot: its contacts, the distinct emails of the run's leads written, and the contacts
+    /// more than one lead was written to (shared inboxes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contacts: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distinct_emails: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared_contacts: Option<usize>,
+    /// Salesforce: OAuth tokens the sandbox issued over the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_issued: Option<u64>,
+    /// Salesforce: the storm's expiry of every issued token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_expiry: Option<TokenExpiry>,
+}
+
+/// The storm expired every Salesforce token the sandbox had issued.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TokenExpiry {
+    /// Seconds into the vendor's send window.
+    pub at_s: f64,
+    /// 401 `INVALID_SESSION_ID` answers after it (each one a call that then went again with a
+    /// new token).
+    pub unauthorized_after: u64,
+    /// Tokens issued after it: the sinks' refreshes, and one per router (re)start.
+    pub tokens_issued_after: u64,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -161,35 +263,58 @@ impl Percentiles {
 }
 
 impl RunReport {
-    /// Nothing lost, nothing duplicated, nothing misplaced, nobody had to step in.
+    /// Nothing lost, nothing duplicated, nothing misplaced, nobody had to step in. (A lead
+    /// dead-lettered for a throttle is a good lead in the DLQ, an intervention already; it is
+    /// named here too, since it is the one thing a throttle must never cause.)
     pub fn clean(&self) -> bool {
         self.lost == 0
             && self.duplicates == 0
             && self.malformed_misplaced == 0
             && self.unexpected == 0
             && self.interventions == 0
+            && self.crm_api.as_ref().is_none_or(|a| a.throttle_dlq == 0)
+    }
+
+    /// The table's column name: the design, and the CRM when it is not the http one.
+    pub fn column(&self) -> String {
+        let base = match (&self.topology, self.design.as_str()) {
+            (_, "direct") => "direct pass-through (drill)".to_string(),
+            (Some(t), _) => t.label(),
+            (None, _) => "leadrouter (drill)".to_string(),
+        };
+        match self.crm {
+            CrmKind::Http => base,
+            crm => match base.strip_suffix(" (drill)") {
+                Some(b) => format!("{b} -> {} (drill)", crm.label()),
+                None => format!("{base} -> {}", crm.label()),
+            },
+        }
     }
 }
 
 /// What the run left behind, gathered after the drain.
 pub struct Evidence<'a> {
     pub design: &'a str,
+    pub crm_kind: CrmKind,
     pub leads: &'a [LeadSpec],
     pub outcomes: &'a [LeadOutcome],
     pub vendor: CounterSnapshot,
-    /// CRM bookkeeping by lead key.
-    pub crm: HashMap<String, KeyStats>,
+    /// CRM bookkeeping by lead key (see `crm::books`). A key of no lead (a write
+    /// that names no lead) is a stranger.
+    pub crm: HashMap<String, CrmKey>,
     /// Lead key -> DLQ reason; `None` for a design without a DLQ.
     pub dlq: Option<HashMap<String, String>>,
     pub faults: Vec<FaultRecord>,
     pub send_seconds: f64,
     pub drain_seconds: f64,
     pub topology: Option<Topology>,
+    pub crm_api: Option<CrmApiReport>,
 }
 
 pub fn reconcile(ev: Evidence<'_>) -> RunReport {
     let mut r = RunReport {
         design: ev.design.to_string(),
+        crm: ev.crm_kind,
         leads: ev.leads.len(),
         valid: 0,
         schema_invalid: 0,
@@ -210,6 +335,7 @@ pub fn reconcile(ev: Evidence<'_>) -> RunReport {
         lost: 0,
         lost_examples: Vec::new(),
         lost_shared_inbox: 0,
+        superseded: 0,
         unexpected: 0,
         unexpected_examples: Vec::new(),
         intake_to_crm_ms: Percentiles::default(),
@@ -224,11 +350,12 @@ pub fn reconcile(ev: Evidence<'_>) -> RunReport {
         send_seconds: ev.send_seconds,
         drain_seconds: ev.drain_seconds,
         topology: ev.topology,
+        crm_api: ev.crm_api,
     };
     // Email -> plan index of the last good lead with it that reached the CRM.
     let mut last_at_crm: HashMap<&str, usize> = HashMap::new();
     for (i, lead) in ev.leads.iter().enumerate() {
-        let at_crm = ev.crm.get(&lead.key).is_some_and(|k| k.created > 0);
+        let at_crm = ev.crm.get(&lead.key).is_some_and(|k| k.written > 0);
         if lead.kind == LeadKind::Valid && at_crm && !lead.email.is_empty() {
             last_at_crm.insert(lead.email.as_str(), i);
         }
@@ -245,12 +372,12 @@ pub fn reconcile(ev: Evidence<'_>) -> RunReport {
             Answer::Refused(_) => r.refused += 1,
             Answer::GaveUp => r.vendor_gave_up += 1,
         }
-        let at_crm = ev.crm.get(&lead.key).filter(|k| k.created > 0);
+        let at_crm = ev.crm.get(&lead.key).filter(|k| k.written > 0);
         if let Some(k) = ev.crm.get(&lead.key) {
             matched_keys += 1;
-            r.crm_records += k.created;
-            r.duplicates += k.created.saturating_sub(1);
-            r.repeat_writes_absorbed += k.writes.saturating_sub(k.created);
+            r.crm_records += k.written;
+            r.duplicates += k.written.saturating_sub(1);
+            r.repeat_writes_absorbed += k.absorbed;
         }
         let in_dlq = ev.dlq.as_ref().and_then(|d| d.get(&lead.key));
         if in_dlq.is_some() {
@@ -272,15 +399,21 @@ pub fn reconcile(ev: Evidence<'_>) -> RunReport {
                 } else if in_dlq.is_some() {
                     r.valid_in_dlq += 1;
                 } else {
-                    r.lost += 1;
-                    if r.lost_examples.len() < 5 {
-                        r.lost_examples.push(lead.event_id.clone());
-                    }
-                    if last_at_crm
+                    let newer_at_crm = last_at_crm
                         .get(lead.email.as_str())
-                        .is_some_and(|later| *later > i)
-                    {
-                        r.lost_shared_inbox += 1;
+                        .is_some_and(|later| *later > i);
+                    if newer_at_crm && ev.crm_kind.latest_wins() {
+                        // The contact holds the newer lead of the email: the fence skipped
+                        // this older one by design rather than write old data over new.
+                        r.superseded += 1;
+                    } else {
+                        r.lost += 1;
+                        if r.lost_examples.len() < 5 {
+                            r.lost_examples.push(lead.event_id.clone());
+                        }
+                        if newer_at_crm {
+                            r.lost_shared_inbox += 1;
+                        }
                     }
                 }
             }
@@ -368,12 +501,7 @@ pub fn render_table(runs: &[&RunReport]) -> String {
     let mut header = "| metric | seed before (production) |".to_string();
     let mut rule = "|---|---:|".to_string();
     for r in runs {
-        let name = match (&r.topology, r.design.as_str()) {
-            (_, "direct") => "direct pass-through (drill)".to_string(),
-            (Some(t), _) => t.label(),
-            (None, _) => "leadrouter (drill)".to_string(),
-        };
-        let _ = write!(header, " {name} |");
+        let _ = write!(header, " {} |", r.column());
         rule.push_str("---:|");
     }
     let _ = writeln!(out, "{header}\n{rule}");
@@ -399,6 +527,13 @@ pub fn render_table(runs: &[&RunReport]) -> String {
         },
     );
     row("leads lost", "unknown", &|r| r.lost.to_string());
+    if runs.iter().any(|r| r.superseded > 0) {
+        row(
+            "superseded by a newer lead of the email (latest-wins)",
+            "",
+            &|r| r.superseded.to_string(),
+        );
+    }
     row("operator interventions", "3 per week", &|r| {
         r.interventions.to_string()
     });
@@ -414,6 +549,29 @@ pub fn render_table(runs: &[&RunReport]) -> String {
             r.vendor.requests, r.vendor.retries, r.vendor_gave_up
         )
     });
+    // Rows of the batching CRMs, only when a run wrote to one: the http CRM's table stays as
+    // it was.
+    if runs.iter().any(|r| r.crm_api.is_some()) {
+        let api = |r: &RunReport, f: &dyn Fn(&CrmApiReport) -> String| {
+            r.crm_api.as_ref().map(f).unwrap_or_default()
+        };
+        row("CRM calls / max / mean leads per call", "", &|r| {
+            api(r, &|a| {
+                format!(
+                    "{} / {} / {:.1}",
+                    a.calls, a.max_leads_per_call, a.mean_leads_per_call
+                )
+            })
+        });
+        row(
+            "vendor throttle answers (429 / 403 REQUEST_LIMIT_EXCEEDED)",
+            "",
+            &|r| api(r, &|a| format!("{} ({})", a.throttled, a.throttle_answer)),
+        );
+        row("leads dead-lettered for throttling", "", &|r| {
+            api(r, &|a| a.throttle_dlq.to_string())
+        });
+    }
     // Rows of the multi-router and cluster faults, only when a run had them: the one-router
     // table stays as it was.
     let listed = |r: &RunReport, keep: &dyn Fn(&FaultRecord) -> Option<String>| {
@@ -479,8 +637,8 @@ mod tests {
     use crate::devtools::drill::vendor::{generate, Plan};
     use std::collections::BTreeMap;
 
-    fn stats(key: &str, created: u64, writes: u64) -> KeyStats {
-        KeyStats {
+    fn stats(key: &str, created: u64, writes: u64) -> CrmKey {
+        CrmKey::from(&KeyStats {
             key: key.into(),
             requests: writes,
             writes,
@@ -490,7 +648,7 @@ mod tests {
             first_write: Some(crate::timestamp::now()),
             last_write: None,
             last_headers: BTreeMap::new(),
-        }
+        })
     }
 
     fn leads() -> Vec<LeadSpec> {
@@ -522,7 +680,7 @@ mod tests {
             .collect()
     }
 
-    fn perfect(leads: &[LeadSpec]) -> (HashMap<String, KeyStats>, HashMap<String, String>) {
+    fn perfect(leads: &[LeadSpec]) -> (HashMap<String, CrmKey>, HashMap<String, String>) {
         let mut crm = HashMap::new();
         let mut dlq = HashMap::new();
         for l in leads {
@@ -542,11 +700,12 @@ mod tests {
     fn evidence<'a>(
         leads: &'a [LeadSpec],
         outcomes: &'a [LeadOutcome],
-        crm: HashMap<String, KeyStats>,
+        crm: HashMap<String, CrmKey>,
         dlq: HashMap<String, String>,
     ) -> Evidence<'a> {
         Evidence {
             design: "leadrouter",
+            crm_kind: CrmKind::Http,
             leads,
             outcomes,
             vendor: CounterSnapshot::default(),
@@ -556,6 +715,7 @@ mod tests {
             send_seconds: 1.0,
             drain_seconds: 1.0,
             topology: None,
+            crm_api: None,
         }
     }
 
@@ -613,8 +773,22 @@ mod tests {
         let (mut crm, dlq) = perfect(&leads);
         crm.remove(&leads[older].key);
         crm.remove(&leads[valid[0]].key);
-        let r = reconcile(evidence(&leads, &outcomes, crm, dlq));
+        let r = reconcile(evidence(&leads, &outcomes, crm.clone(), dlq.clone()));
         assert_eq!((r.lost, r.lost_shared_inbox), (2, 1));
+        assert_eq!(
+            r.superseded, 0,
+            "an append CRM keeps every lead: the older one is lost"
+        );
+
+        // HubSpot keeps one contact per email (latest-wins): the older lead was skipped on
+        // purpose once the newer was written, so it is superseded, not lost. The other missing
+        // lead is lost still.
+        let mut ev = evidence(&leads, &outcomes, crm, dlq);
+        ev.crm_kind = CrmKind::Hubspot;
+        let r = reconcile(ev);
+        assert_eq!((r.lost, r.lost_shared_inbox, r.superseded), (1, 0, 1));
+        assert!(render_table(&[&r])
+            .contains("| superseded by a newer lead of the email (latest-wins) |"));
     }
 
     #[test]
@@ -665,6 +839,54 @@ mod tests {
             table.contains("| n2: 1800 ms / 1700 ms / 600 ms |"),
             "{table}"
         );
+    }
+
+    #[test]
+    fn a_batching_crm_run_names_its_crm_and_shows_the_vendors_side() {
+        let leads = leads();
+        let outcomes = accepted(&leads);
+        let (crm, dlq) = perfect(&leads);
+        let mut ev = evidence(&leads, &outcomes, crm, dlq);
+        ev.crm_kind = CrmKind::Hubspot;
+        ev.crm_api = Some(CrmApiReport {
+            calls: 12,
+            max_leads_per_call: 100,
+            mean_leads_per_call: 30.25,
+            throttled: 2,
+            throttle_answer: "429".into(),
+            ..CrmApiReport::default()
+        });
+        let mut r = reconcile(ev);
+        assert!(r.clean(), "{r:?}");
+        let table = render_table(&[&r]);
+        assert!(
+            table.contains("| metric | seed before (production) | leadrouter -> HubSpot (drill) |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| CRM calls / max / mean leads per call |  | 12 / 100 / 30.2 |"),
+            "{table}"
+        );
+        assert!(table.contains("|  | 2 (429) |"), "{table}");
+        assert!(
+            table.contains("| leads dead-lettered for throttling |  | 0 |"),
+            "{table}"
+        );
+        // A throttled lead in the DLQ is the one thing a throttle must never cause.
+        if let Some(a) = r.crm_api.as_mut() {
+            a.throttle_dlq = 1;
+        }
+        assert!(!r.clean());
+    }
+
+    #[test]
+    fn an_http_crm_table_has_no_vendor_rows() {
+        let leads = leads();
+        let outcomes = accepted(&leads);
+        let (crm, dlq) = perfect(&leads);
+        let table = render_table(&[&reconcile(evidence(&leads, &outcomes, crm, dlq))]);
+        assert!(!table.contains("CRM calls"), "{table}");
+        assert!(!table.contains("throttl"), "{table}");
     }
 
     #[test]

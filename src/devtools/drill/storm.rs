@@ -155,6 +155,13 @@ pub fn fault_plan(window: Duration) -> Vec<(Duration, FaultKind)> {
     .collect()
 }
 
+/// When the storm expires the Salesforce personality's tokens (`--crm salesforce`), as a share
+/// of the send window: between the first two router kills, so the token it kills is one a
+/// restarted router fetched, and a call must meet the 401 and go again with a new one.
+pub fn token_expiry_at(window: Duration) -> Duration {
+    window.mul_f64(0.30)
+}
+
 /// What one fault did.
 #[derive(Debug, Clone, Serialize)]
 pub struct FaultRecord {
@@ -267,5 +274,8 @@ mod tests {
         );
         assert!(plan.windows(2).all(|w| w[0].0 < w[1].0));
         assert!(plan.iter().all(|(at, _)| *at < Duration::from_secs(100)));
+        // The token expiry falls between the first two kills.
+        let expiry = token_expiry_at(Duration::from_secs(100));
+        assert!(plan[0].0 < expiry && expiry < plan[1].0);
     }
 }

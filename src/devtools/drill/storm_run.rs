@@ -1,14 +1,18 @@
 //! One storm against one design: the vendor sends while the CRM flaps ([`storm::flap`]) and
-//! the process faults of [`storm::fault_plan`] strike the design's [`Target`].
+//! the process faults of [`storm::fault_plan`] strike the design's [`Target`]. Against the
+//! Salesforce personality the storm also expires every OAuth token once
+//! ([`storm::token_expiry_at`]).
 
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
+use super::crm::{self, ExpiryMark};
 use super::fleet;
-use super::options::DrillOptions;
+use super::options::{CrmKind, DrillOptions};
 use super::storm::{self, FaultKind, FaultRecord};
 use super::ui::Ui;
 use super::vendor::{self, LeadSpec, Vendor};
@@ -50,8 +54,17 @@ impl Storm {
     }
 }
 
-/// Sends the leads through `vendor` while the CRM flaps and the faults strike; returns the
-/// outcomes, the fault records and the send time.
+/// What a storm left: the vendor's outcome per lead, the fault records, how long the vendor
+/// sent, the CRM (healthy again), and the token expiry when there was one.
+pub(super) struct Stormed {
+    pub outcomes: Vec<vendor::LeadOutcome>,
+    pub faults: Vec<FaultRecord>,
+    pub send_seconds: f64,
+    pub crm: Arc<SandboxCrm>,
+    pub token_expiry: Option<ExpiryMark>,
+}
+
+/// Sends the leads through `vendor` while the CRM flaps and the faults strike.
 pub(super) async fn storm_run(
     opts: &DrillOptions,
     leads: &Arc<Vec<LeadSpec>>,
@@ -60,12 +73,7 @@ pub(super) async fn storm_run(
     target: &mut impl Target,
     ui: &Ui,
     label: &str,
-) -> (
-    Vec<vendor::LeadOutcome>,
-    Vec<FaultRecord>,
-    f64,
-    Arc<SandboxCrm>,
-) {
+) -> Stormed {
     ui.stage(label, leads.len() as u64);
     let storm = Storm::start(crm);
     let started = Instant::now();
@@ -91,8 +99,27 @@ pub(super) async fn storm_run(
         })
     });
     let window = Duration::from_secs_f64(leads.len() as f64 / opts.rate);
-    let mut faults = Vec::new();
-    if !opts.no_process_faults {
+    // Salesforce write calls that had passed auth when the last fault was over (`u64::MAX`
+    // while one strikes): the token expiry waits for a call past that, so it kills a token a
+    // live router holds and uses. (A router restarted just before fetches its token on its
+    // first call, which may still be on its way through the storm's slow phase.)
+    let calls_after_fault = AtomicU64::new(0);
+    let sf_calls = |crm: &SandboxCrm| crm.salesforce_stats().collection_calls;
+    let note_fault = |striking: bool| {
+        if opts.crm == CrmKind::Salesforce {
+            let n = if striking {
+                u64::MAX
+            } else {
+                sf_calls(&storm.crm)
+            };
+            calls_after_fault.store(n, Relaxed);
+        }
+    };
+    let faults = async {
+        let mut faults = Vec::new();
+        if opts.no_process_faults {
+            return faults;
+        }
         let mut kills = 0;
         let plan = storm::fault_plan(window);
         let planned = plan.len();
@@ -108,6 +135,7 @@ pub(super) async fn storm_run(
                 break;
             }
             let fault_started = started.elapsed();
+            note_fault(true);
             let mut rec = match kind {
                 FaultKind::KillRouter => {
                     kills += 1;
@@ -115,6 +143,7 @@ pub(super) async fn storm_run(
                 }
                 FaultKind::RestartNats | FaultKind::KillNatsNode => target.restart_nats().await,
             };
+            note_fault(false);
             // When it struck: the planned time, or later when the previous fault's recovery ran
             // past it (several routers take a while to share the partitions out again).
             let late = fault_started.saturating_sub(at) > Duration::from_secs(1);
@@ -138,7 +167,30 @@ pub(super) async fn storm_run(
                 break;
             }
         }
-    }
+        faults
+    };
+    // Beside the faults, not between them: waiting for the router's call must not delay a kill.
+    let token_expiry = async {
+        if opts.crm != CrmKind::Salesforce {
+            return None;
+        }
+        tokio::time::sleep_until((started + storm::token_expiry_at(window)).into()).await;
+        let waited = Instant::now();
+        while sf_calls(&storm.crm) <= calls_after_fault.load(Relaxed) {
+            if sender.is_finished() || waited.elapsed() > storm::RECOVERY_LIMIT {
+                ui.event("Salesforce tokens not expired: no write call got past auth to show a live token before the vendor was done");
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let at_s = started.elapsed().as_secs_f64();
+        let mark = crm::expire_tokens(&storm.crm, at_s);
+        ui.event(&format!(
+            "Salesforce tokens expired at {at_s:.1} s: the next call meets a 401 and must go again with a new token"
+        ));
+        Some(mark)
+    };
+    let (faults, token_expiry) = tokio::join!(faults, token_expiry);
     // A vendor task that died leaves every lead unsent: counted as lost, never passed over.
     let outcomes = sender.await.unwrap_or_else(|_| {
         let unsent = vendor::LeadOutcome {
@@ -156,5 +208,11 @@ pub(super) async fn storm_run(
     ui.event(&format!(
         "{label}: vendor done in {send_seconds:.1} s; CRM healthy; draining"
     ));
-    (outcomes, faults, send_seconds, crm)
+    Stormed {
+        outcomes,
+        faults,
+        send_seconds,
+        crm,
+        token_expiry,
+    }
 }

@@ -1,22 +1,31 @@
 //! The report `leadrouter drill` prints without `--json`.
 
+use std::fmt::Write as _;
+
 use super::fleet;
-use super::report::DrillReport;
+use super::options::CrmKind;
+use super::report::{DrillReport, RunReport};
 use super::storm::FaultKind;
 
 /// The human report: the table, the faults, and the verdict.
 pub fn render_summary(r: &DrillReport) -> String {
-    use std::fmt::Write as _;
     let mut out = String::new();
+    let limits = r
+        .runs
+        .last()
+        .and_then(|run| run.crm_api.as_ref())
+        .map(|a| format!(" ({})", a.limits))
+        .unwrap_or_default();
     let _ = writeln!(
         out,
-        "\nleadrouter drill: {} leads at {}/s, {:.0}% submitted more than once, {:.1}% malformed, seed {}{}\n",
+        "\nleadrouter drill: {} leads at {}/s, {:.0}% submitted more than once, {:.1}% malformed, seed {}{}; CRM: the sandbox's {}{limits}\n",
         r.leads,
         r.rate,
         r.duplicate_share * 100.0,
         r.malformed_share * 100.0,
         r.seed,
-        if r.process_faults { "" } else { ", no process faults" }
+        if r.process_faults { "" } else { ", no process faults" },
+        r.crm.label()
     );
     out.push_str(&r.table);
     for run in &r.runs {
@@ -26,15 +35,7 @@ pub fn render_summary(r: &DrillReport) -> String {
             "  leads: {} good, {} schema-invalid, {} not JSON; vendor answers: {} accepted, {} refused, {} gave up",
             run.valid, run.schema_invalid, run.unparseable, run.accepted, run.refused, run.vendor_gave_up
         );
-        let _ = writeln!(
-            out,
-            "  CRM: {} records, {} duplicates, {} repeat writes absorbed by its idempotency key; intake -> CRM p50 {:.0} ms, p99 {:.0} ms",
-            run.crm_records,
-            run.duplicates,
-            run.repeat_writes_absorbed,
-            run.intake_to_crm_ms.p50,
-            run.intake_to_crm_ms.p99
-        );
+        crm_lines(&mut out, run);
         let _ = writeln!(
             out,
             "  vendor sent for {:.1} s; queue drained {:.1} s after",
@@ -92,6 +93,13 @@ pub fn render_summary(r: &DrillReport) -> String {
                 run.lost_shared_inbox
             );
         }
+        if run.superseded > 0 {
+            let _ = writeln!(
+                out,
+                "  superseded, not lost: {} leads of a shared inbox arrived (after a kill, on their redelivery) once a newer lead of the same email was written; the HubSpot sink keeps one contact per email (`latest-wins`), so the fence skipped them and recorded why rather than write older data over newer",
+                run.superseded
+            );
+        }
         for n in &run.intervention_notes {
             let _ = writeln!(out, "  operator would have to: {n}");
         }
@@ -109,4 +117,89 @@ pub fn render_summary(r: &DrillReport) -> String {
         let _ = writeln!(out, "work dir: {}", r.work_dir);
     }
     out
+}
+
+/// What the CRM holds, and for a batching CRM what its API saw.
+fn crm_lines(out: &mut String, run: &RunReport) {
+    let latency = format!(
+        "intake -> CRM p50 {:.0} ms, p99 {:.0} ms",
+        run.intake_to_crm_ms.p50, run.intake_to_crm_ms.p99
+    );
+    // Leads written at least once: each one's writes, less the repeats.
+    let written = run.crm_records.saturating_sub(run.duplicates);
+    match run.crm {
+        CrmKind::Http => {
+            let _ = writeln!(
+                out,
+                "  CRM: {} records, {} duplicates, {} repeat writes absorbed by its idempotency key; {latency}",
+                run.crm_records, run.duplicates, run.repeat_writes_absorbed
+            );
+        }
+        CrmKind::Hubspot => {
+            let api = run.crm_api.as_ref();
+            let n = |f: fn(&super::report::CrmApiReport) -> Option<usize>| {
+                api.and_then(f).unwrap_or_default()
+            };
+            let _ = writeln!(
+                out,
+                "  HubSpot: {written} leads written, {} duplicates (a lead's key on a second contact, or written again after another lead's write to its contact), {} repeat writes absorbed by the upsert (a lead's write sent again unchanged); {} contacts for {} distinct emails, {} of them written by two or more leads (shared inboxes); {latency} (over the leads whose write time the contact keeps: its first or last)",
+                run.duplicates,
+                run.repeat_writes_absorbed,
+                n(|a| a.contacts),
+                n(|a| a.distinct_emails),
+                n(|a| a.shared_contacts),
+            );
+        }
+        CrmKind::Salesforce => {
+            let _ = writeln!(
+                out,
+                "  Salesforce: {written} Lead records, one per lead key, {} duplicates (a lead written again with other fields), {} repeat writes absorbed by the upsert by external id (a lead's write sent again unchanged); {latency}",
+                run.duplicates, run.repeat_writes_absorbed
+            );
+        }
+    }
+    let Some(a) = &run.crm_api else {
+        return;
+    };
+    let name = run.crm.label();
+    let _ = writeln!(
+        out,
+        "  {name} API ({}): {} requests in all (those the storm faulted included), {} write calls past auth and the limits carrying {} leads, max {} / mean {:.1} leads per call",
+        a.limits,
+        a.requests,
+        a.calls,
+        a.leads_in_calls,
+        a.max_leads_per_call,
+        a.mean_leads_per_call
+    );
+    let tokens = a
+        .tokens_issued
+        .map(|t| format!(", {t} tokens issued"))
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "  {name}'s own throttle answers ({}): {}; daily budget used {} of {}; 401s: {}{tokens}; leads dead-lettered for throttling: {}",
+        a.throttle_answer, a.throttled, a.daily_used, a.daily_limit, a.unauthorized, a.throttle_dlq
+    );
+    if let Some(e) = &a.token_expiry {
+        let cost = if run.lost == 0 && run.valid_in_dlq == 0 {
+            "; no lead was lost or dead-lettered"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "  every token expired at {:.1} s: {} answered 401 after it and went again with a new token; {} issued after it (the refreshes, and one per router restart){cost}",
+            e.at_s,
+            plural(e.unauthorized_after, "call"),
+            plural(e.tokens_issued_after, "token")
+        );
+    }
+}
+
+fn plural(n: u64, what: &str) -> String {
+    match n {
+        1 => format!("1 {what}"),
+        n => format!("{n} {what}s"),
+    }
 }
