@@ -128,6 +128,18 @@ fn one<'a>(spans: &'a [SpanRecord], name: &str, trace: &str) -> &'a SpanRecord {
     found[0]
 }
 
+/// The CRM's last request for `key` carried `sink`'s context as its `traceparent`.
+fn assert_crm_saw(crm: &SandboxCrm, key: &str, sink: &SpanRecord) {
+    let sent = crm
+        .record(key)
+        .and_then(|r| r.last_headers.get("traceparent").cloned());
+    assert_eq!(
+        sent,
+        Some(format!("00-{}-{}-01", sink.trace_id, sink.span_id)),
+        "the CRM sees the lead's trace"
+    );
+}
+
 fn has(spans: &[SpanRecord], name: &str, pred: impl Fn(&SpanRecord) -> bool) -> bool {
     spans.iter().any(|s| s.name == name && pred(s))
 }
@@ -228,15 +240,7 @@ async fn one_lead_is_one_trace_from_the_edge_to_the_sink_over_http_protobuf() {
     assert_no_pii(&spans);
     assert_eq!(s.crm.record(&key).map(|r| r.writes), Some(1));
     // The CRM request carried the lead's trace: its parent is the lead's sink span.
-    let sent = s
-        .crm
-        .record(&key)
-        .and_then(|r| r.last_headers.get("traceparent").cloned());
-    assert_eq!(
-        sent,
-        Some(format!("00-{trace}-{}-01", sink.span_id)),
-        "the CRM sees the lead's trace"
-    );
+    assert_crm_saw(&s.crm, &key, sink);
 
     // A vendor that traces its webhooks: the edge continues the vendor's trace.
     let vendor_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -379,16 +383,8 @@ async fn a_replay_is_a_new_trace_linked_to_the_original_over_grpc() {
     assert_ne!(sink.status, 2);
     assert_no_pii(&spans);
     assert_eq!(s.crm.record(&key).map(|r| r.writes), Some(1));
-    // The CRM request carried the lead's trace: its parent is the lead's sink span.
-    let sent = s
-        .crm
-        .record(&key)
-        .and_then(|r| r.last_headers.get("traceparent").cloned());
-    assert_eq!(
-        sent,
-        Some(format!("00-{}-{}-01", handle.trace_id, sink.span_id)),
-        "the replayed write carries the replay's trace"
-    );
+    // The replayed write carries the replay's trace.
+    assert_crm_saw(&s.crm, &key, sink);
     s.stop().await;
 }
 

@@ -450,9 +450,27 @@ async fn drain(
                 })
                 .collect();
         }
+        // A CRM with one record per email (latest-wins) skips an older lead of a shared inbox
+        // once a newer one is written: it is placed when that newer lead is at the CRM (the
+        // report counts it superseded).
+        let mut newest_at_crm: HashMap<&str, usize> = HashMap::new();
+        if kind.latest_wins() {
+            for (i, l) in accepted.iter().enumerate() {
+                if at_crm.contains(&l.key) && !l.email.is_empty() {
+                    newest_at_crm.insert(l.email.as_str(), i);
+                }
+            }
+        }
         let placed = accepted
             .iter()
-            .filter(|l| at_crm.contains(&l.key) || dlq.contains_key(&l.key))
+            .enumerate()
+            .filter(|(i, l)| {
+                at_crm.contains(&l.key)
+                    || dlq.contains_key(&l.key)
+                    || newest_at_crm
+                        .get(l.email.as_str())
+                        .is_some_and(|newest| newest > i)
+            })
             .count();
         if let Some(b) = &ui.bar {
             b.set_position(placed as u64);
