@@ -221,21 +221,22 @@ fn pool_size(cfg: &HandlersConfig, sinks: &[Arc<dyn Sink>]) -> usize {
     if wanted <= cfg.pool_size {
         return cfg.pool_size;
     }
-    tracing::info!(
-        configured = cfg.pool_size as u64,
-        running = wanted as u64,
-        "handler pool raised to fill the batching sinks' calls"
-    );
     // Never past max_ack_pending: more handlers than the server hands out would idle, and the
     // start-up check keeps pool_size within it for the same reason.
-    if cfg.max_ack_pending < wanted {
+    let running = wanted.min(cfg.max_ack_pending.max(cfg.pool_size));
+    tracing::info!(
+        configured = cfg.pool_size as u64,
+        running = running as u64,
+        "handler pool raised to fill the batching sinks' calls"
+    );
+    if running < wanted {
         tracing::warn!(
             max_ack_pending = cfg.max_ack_pending as u64,
             wanted = wanted as u64,
             "handlers.max_ack_pending is below what the batching sinks can hold at once; their batches stay smaller than max_records"
         );
     }
-    wanted.min(cfg.max_ack_pending.max(cfg.pool_size))
+    running
 }
 
 impl HandlerPool {
