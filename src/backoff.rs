@@ -40,6 +40,16 @@ impl Backoff {
     }
 }
 
+/// `wait` plus up to a tenth more: a wait that many callers got at once (a vendor's budget
+/// returning at one instant) does not end for all of them at once.
+pub fn spread(wait: Duration) -> Duration {
+    let extra = wait.as_millis() as u64 / 10;
+    if extra == 0 {
+        return wait;
+    }
+    wait + Duration::from_millis(rand::rng().random_range(0..=extra))
+}
+
 /// One retry loop's state: failures in a row, and the delay before the next attempt. Several
 /// routers that lost the same NATS at once come back spread out, not in lockstep.
 #[derive(Debug, Clone)]

@@ -108,16 +108,14 @@ fn header<'a>(h: &'a async_nats::HeaderMap, name: &str) -> &'a str {
 }
 
 async fn metrics(app: &App) -> String {
-    let (status, _, _) = common::send(app.http.get(format!("{}/metrics", app.base))).await;
-    assert_eq!(status, 200);
-    app.http
+    let resp = app
+        .http
         .get(format!("{}/metrics", app.base))
         .send()
         .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text")
+        .expect("metrics");
+    assert_eq!(resp.status(), 200);
+    resp.text().await.expect("text")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

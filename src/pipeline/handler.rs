@@ -406,7 +406,7 @@ async fn handle_lead(
             if let Err(err) = deps.parts.idem.yield_claim(&mut held).await {
                 tracing::warn!(error = %chain(&err), "could not release the claim; the lease will expire");
             }
-            let delay = spread(e.retry_after().unwrap_or(OUTAGE_RETRY_CAP));
+            let delay = crate::backoff::spread(e.retry_after().unwrap_or(OUTAGE_RETRY_CAP));
             LeadRetried {
                 delay,
                 took: started.elapsed(),
@@ -468,16 +468,6 @@ async fn handle_lead(
     } else {
         Outcome::Delivered
     }
-}
-
-/// `wait` plus up to a tenth more, so a backlog handed back at once does not come back at once.
-fn spread(wait: Duration) -> Duration {
-    use rand::Rng;
-    let extra = wait.as_millis() as u64 / 10;
-    if extra == 0 {
-        return wait;
-    }
-    wait + Duration::from_millis(rand::rng().random_range(0..=extra))
 }
 
 fn outage_delay(deps: &PoolDeps, delivered: u32) -> Duration {

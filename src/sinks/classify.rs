@@ -178,6 +178,43 @@ pub(crate) fn http_client(
         .map_err(|e| SinkBuildError::new(index, "", "cannot build HTTP client").with_source(e))
 }
 
+/// `url` with a path ending in `/`, so a relative path (`v1/track`, `crm/v3/...`) joins below
+/// it rather than replacing its last segment.
+pub(crate) fn with_trailing_slash(mut url: reqwest::Url) -> reqwest::Url {
+    if !url.path().ends_with('/') {
+        let p = format!("{}/", url.path());
+        url.set_path(&p);
+    }
+    url
+}
+
+/// Sends `req` and reads the whole answer: its status, headers and body. `what` names the call
+/// in the error when no answer came (see [`classify_reqwest`]).
+pub(crate) async fn read_answer(
+    req: reqwest::RequestBuilder,
+    what: &str,
+    timeout: Duration,
+) -> Result<
+    (
+        reqwest::StatusCode,
+        reqwest::header::HeaderMap,
+        bytes::Bytes,
+    ),
+    SinkError,
+> {
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| classify_reqwest(what, &e, timeout))?;
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| classify_reqwest(what, &e, timeout))?;
+    Ok((status, headers, body))
+}
+
 /// Checks that `url` is an absolute http(s) URL; `key` names it in the error.
 pub(crate) fn parse_http_url(
     index: usize,

@@ -28,12 +28,13 @@ use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::batch::budget::{DailyBudget, RollingWindow};
+use super::batch::budget::{daily_keys, DailyBudget, RollingWindow};
 use super::batch::{BatchApi, BatchSettings, BatchSink, CallOutcome, Encoded, Pace};
 use super::properties::PropertyMap;
 use super::{
-    body_excerpt, class, classify_reqwest, classify_status, http_client, parse_http_url, Delivered,
-    LeadRecord, SinkBuildError, SinkContext, SinkError, SinkOrdering,
+    body_excerpt, class, classify_status, http_client, parse_http_url, read_answer,
+    with_trailing_slash, Delivered, LeadRecord, SinkBuildError, SinkContext, SinkError,
+    SinkOrdering,
 };
 use crate::telemetry::metrics::metrics;
 use crate::telemetry::traces;
@@ -141,15 +142,11 @@ impl HubspotSpec {
         index: usize,
         cfg: &HubspotSinkConfig,
     ) -> Result<HubspotSpec, SinkBuildError> {
-        let mut endpoint = parse_http_url(
+        let endpoint = with_trailing_slash(parse_http_url(
             index,
             "endpoint",
             cfg.endpoint.as_deref().unwrap_or(DEFAULT_ENDPOINT),
-        )?;
-        if !endpoint.path().ends_with('/') {
-            let p = format!("{}/", endpoint.path());
-            endpoint.set_path(&p);
-        }
+        )?);
         let token_env = cfg.token_env.clone().ok_or_else(|| {
             SinkBuildError::new(
                 index,
@@ -188,10 +185,24 @@ impl HubspotSpec {
             cfg.linger,
             cfg.max_in_flight,
         )?;
-        let (rate_limit, rate_interval, daily_limit, headroom) = budget_keys(
+        let rate_limit = cfg.rate_limit.unwrap_or(DEFAULT_RATE_LIMIT);
+        if rate_limit == 0 {
+            return Err(SinkBuildError::new(
+                index,
+                "rate_limit",
+                "must be at least 1",
+            ));
+        }
+        let rate_interval = cfg.rate_interval.unwrap_or(DEFAULT_RATE_INTERVAL);
+        if rate_interval.is_zero() {
+            return Err(SinkBuildError::new(
+                index,
+                "rate_interval",
+                "must be greater than zero",
+            ));
+        }
+        let (daily_limit, headroom) = daily_keys(
             index,
-            cfg.rate_limit.unwrap_or(DEFAULT_RATE_LIMIT),
-            cfg.rate_interval.unwrap_or(DEFAULT_RATE_INTERVAL),
             cfg.daily_limit.unwrap_or(DEFAULT_DAILY_LIMIT),
             cfg.headroom.unwrap_or(DEFAULT_HEADROOM),
         )?;
@@ -210,45 +221,6 @@ impl HubspotSpec {
             timeout,
         })
     }
-}
-
-/// Checks the rate keys every paced sink shares.
-pub(crate) fn budget_keys(
-    index: usize,
-    rate_limit: u32,
-    rate_interval: Duration,
-    daily_limit: u64,
-    headroom: f64,
-) -> Result<(u32, Duration, u64, f64), SinkBuildError> {
-    if rate_limit == 0 {
-        return Err(SinkBuildError::new(
-            index,
-            "rate_limit",
-            "must be at least 1",
-        ));
-    }
-    if rate_interval.is_zero() {
-        return Err(SinkBuildError::new(
-            index,
-            "rate_interval",
-            "must be greater than zero",
-        ));
-    }
-    if daily_limit == 0 {
-        return Err(SinkBuildError::new(
-            index,
-            "daily_limit",
-            "must be at least 1",
-        ));
-    }
-    if !(0.0..=0.5).contains(&headroom) {
-        return Err(SinkBuildError::new(
-            index,
-            "headroom",
-            "must be 0.0-0.5 (the share of the budget left for the account's other apps)",
-        ));
-    }
-    Ok((rate_limit, rate_interval, daily_limit, headroom))
 }
 
 /// The running sink.
@@ -369,21 +341,12 @@ impl HubspotApi {
         })?;
         let mut headers = self.headers.clone();
         traces::inject_http(span, &mut headers);
-        let resp = self
+        let req = self
             .client
             .post(self.url.clone())
             .headers(headers)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| classify_reqwest("HubSpot batch upsert", &e, self.timeout))?;
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| classify_reqwest("HubSpot batch upsert", &e, self.timeout))?;
-        Ok((status, headers, body))
+            .body(body);
+        read_answer(req, "HubSpot batch upsert", self.timeout).await
     }
 }
 

@@ -21,7 +21,8 @@ pub mod salesforce;
 pub mod segment;
 
 pub(crate) use classify::{
-    body_excerpt, classify_reqwest, classify_status, http_client, parse_http_url,
+    body_excerpt, classify_reqwest, classify_status, http_client, parse_http_url, read_answer,
+    with_trailing_slash,
 };
 pub use classify::{parse_retry_after, MAX_RETRY_AFTER};
 pub(crate) use config::timeout_or_default;

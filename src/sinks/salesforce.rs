@@ -29,12 +29,13 @@ use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use super::batch::budget::DailyBudget;
+use super::batch::budget::{daily_keys, DailyBudget};
 use super::batch::{BatchApi, BatchSettings, BatchSink, CallOutcome, Encoded, Pace};
 use super::properties::PropertyMap;
 use super::{
-    body_excerpt, class, classify_reqwest, classify_status, http_client, parse_http_url, Delivered,
-    LeadRecord, SinkBuildError, SinkContext, SinkError, SinkOrdering,
+    body_excerpt, class, classify_status, http_client, parse_http_url, read_answer,
+    with_trailing_slash, Delivered, LeadRecord, SinkBuildError, SinkContext, SinkError,
+    SinkOrdering,
 };
 use crate::telemetry::metrics::metrics;
 use crate::telemetry::traces;
@@ -261,10 +262,8 @@ impl SalesforceSpec {
             cfg.linger,
             cfg.max_in_flight,
         )?;
-        let (_, _, daily_limit, headroom) = super::hubspot::budget_keys(
+        let (daily_limit, headroom) = daily_keys(
             index,
-            1,
-            Duration::from_secs(1),
             cfg.daily_limit.unwrap_or(DEFAULT_DAILY_LIMIT),
             cfg.headroom.unwrap_or(DEFAULT_HEADROOM),
         )?;
@@ -424,7 +423,7 @@ impl SalesforceApi {
     /// The session to use: the current one, or a new one when there is none or `stale` (the
     /// generation a call was refused with) is still current.
     async fn session(&self, stale: Option<u64>) -> Result<Session, SinkError> {
-        let (token_url, client_id, client_secret, current) = match &self.tokens {
+        let c = match &self.tokens {
             Tokens::Static(t) => {
                 return Ok(Session {
                     token: t.clone(),
@@ -432,39 +431,23 @@ impl SalesforceApi {
                     generation: 0,
                 })
             }
-            Tokens::ClientCredentials(c) => {
-                (&c.token_url, &c.client_id, &c.client_secret, &c.current)
-            }
+            Tokens::ClientCredentials(c) => c,
         };
-        let mut guard = current.lock().await;
+        let mut guard = c.current.lock().await;
         if let Some(s) = guard.as_ref() {
             if stale != Some(s.generation) {
                 return Ok(s.clone());
             }
         }
         let generation = guard.as_ref().map_or(1, |s| s.generation + 1);
-        let resp = self
-            .client
-            .post(token_url.clone())
-            .form(&[
-                ("grant_type", "client_credentials"),
-                ("client_id", client_id.as_str()),
-                ("client_secret", client_secret.as_str()),
-            ])
-            .send()
-            .await
-            .map_err(|e| classify_reqwest("Salesforce token", &e, self.timeout))?;
-        let status = resp.status();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| classify_reqwest("Salesforce token", &e, self.timeout))?;
+        let req = self.client.post(c.token_url.clone()).form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", c.client_id.as_str()),
+            ("client_secret", c.client_secret.as_str()),
+        ]);
+        let (status, headers, body) = read_answer(req, "Salesforce token", self.timeout).await?;
         if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-            return Err(classify_status(
-                "Salesforce token",
-                status,
-                &HeaderMap::new(),
-            ));
+            return Err(classify_status("Salesforce token", status, &headers));
         }
         if !status.is_success() {
             return Err(SinkError::permanent(
@@ -508,12 +491,7 @@ impl SalesforceApi {
                 ))
             }
         };
-        let mut base = base;
-        if !base.path().ends_with('/') {
-            let p = format!("{}/", base.path());
-            base.set_path(&p);
-        }
-        base.join(&self.path).map_err(|_| {
+        with_trailing_slash(base).join(&self.path).map_err(|_| {
             SinkError::permanent(
                 class::CONFIG,
                 "cannot make the collections URL from instance_url",
@@ -539,21 +517,12 @@ impl SalesforceApi {
         auth.set_sensitive(true);
         headers.insert(AUTHORIZATION, auth);
         traces::inject_http(span, &mut headers);
-        let resp = self
+        let req = self
             .client
             .patch(self.url(session)?)
             .headers(headers)
-            .body(body.to_vec())
-            .send()
-            .await
-            .map_err(|e| classify_reqwest("Salesforce collections upsert", &e, self.timeout))?;
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| classify_reqwest("Salesforce collections upsert", &e, self.timeout))?;
-        Ok((status, headers, body))
+            .body(body.to_vec());
+        read_answer(req, "Salesforce collections upsert", self.timeout).await
     }
 }
 

@@ -68,15 +68,11 @@ impl SegmentSpec {
         cfg: &SegmentSinkConfig,
     ) -> Result<SegmentSpec, SinkBuildError> {
         let timeout = timeout_or_default(index, cfg.timeout)?;
-        let mut endpoint = parse_http_url(
+        let endpoint = super::with_trailing_slash(parse_http_url(
             index,
             "endpoint",
             cfg.endpoint.as_deref().unwrap_or(DEFAULT_SEGMENT_ENDPOINT),
-        )?;
-        if !endpoint.path().ends_with('/') {
-            let p = format!("{}/", endpoint.path());
-            endpoint.set_path(&p);
-        }
+        )?);
         let write_key_env = cfg.write_key_env.clone().ok_or_else(|| {
             SinkBuildError::new(
                 index,

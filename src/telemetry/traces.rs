@@ -238,12 +238,17 @@ impl Extractor for NatsExtractor<'_> {
 /// Writes `span`'s context as `traceparent` (and `tracestate`) into NATS headers. Nothing
 /// when traces are off or the span is not recorded by the trace layer.
 pub fn inject(span: &tracing::Span, headers: &mut async_nats::HeaderMap) {
+    inject_into(span, &mut NatsInjector(headers));
+}
+
+/// `span`'s context into any carrier, when traces are on and the span is recorded.
+fn inject_into(span: &tracing::Span, carrier: &mut dyn Injector) {
     if !enabled() || span.is_none() {
         return;
     }
     let cx = span.context();
     if cx.span().span_context().is_valid() {
-        propagator().inject_context(&cx, &mut NatsInjector(headers));
+        propagator().inject_context(&cx, carrier);
     }
 }
 
@@ -316,13 +321,7 @@ pub fn link_span(span: &tracing::Span, other: &tracing::Span) {
 /// headers: a sink's call, so a CRM or a proxy that traces sees the lead's trace. Nothing when
 /// traces are off.
 pub fn inject_http(span: &tracing::Span, headers: &mut reqwest::header::HeaderMap) {
-    if !enabled() || span.is_none() {
-        return;
-    }
-    let cx = span.context();
-    if cx.span().span_context().is_valid() {
-        propagator().inject_context(&cx, &mut opentelemetry_http::HeaderInjector(headers));
-    }
+    inject_into(span, &mut opentelemetry_http::HeaderInjector(headers));
 }
 
 /// An OTel-only attribute (not a `tracing` field, so log lines do not change).

@@ -42,13 +42,6 @@ const SF_CLIENT_ID: &str = "leadrouter-drill";
 /// The HubSpot property the sink writes the lead's key to (the harness's mapping).
 const KEY_PROPERTY: &str = "leadrouter_key";
 
-/// HubSpot's Free/Starter tier.
-const HUBSPOT_STARTER_BURST: u32 = 100;
-const HUBSPOT_STARTER_INTERVAL: Duration = Duration::from_secs(10);
-const HUBSPOT_STARTER_DAILY: u64 = 250_000;
-/// A Salesforce Developer Edition org's API calls per rolling 24 h.
-const SALESFORCE_DEV_ORG_DAILY: u64 = 15_000;
-
 /// The sink's read timeout for the http CRM: the storm's slow phase (6 s) runs past it.
 const HTTP_SINK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -59,21 +52,19 @@ pub(super) fn prepare(kind: CrmKind, crm: &SandboxCrm, env: &mut HashMap<String,
         CrmKind::Http => crm.set_idempotency(IdempotencyMode::Honor),
         CrmKind::Hubspot => {
             let token = format!("pat-drill-{}", random_hex(16));
+            // The personality's defaults are HubSpot's Free/Starter tier.
             crm.set_hubspot(HubspotConfig {
                 token: Some(token.clone()),
-                burst_limit: HUBSPOT_STARTER_BURST,
-                interval: HUBSPOT_STARTER_INTERVAL,
-                daily_limit: HUBSPOT_STARTER_DAILY,
                 ..HubspotConfig::default()
             });
             env.insert(HUBSPOT_TOKEN_ENV.into(), token);
         }
         CrmKind::Salesforce => {
             let secret = random_hex(16);
+            // The personality's defaults are a Developer Edition org's (15,000 calls a day).
             crm.set_salesforce(SalesforceConfig {
                 client_id: SF_CLIENT_ID.into(),
                 client_secret: secret.clone(),
-                daily_limit: SALESFORCE_DEV_ORG_DAILY,
                 ..SalesforceConfig::default()
             });
             env.insert(SF_CLIENT_ID_ENV.into(), SF_CLIENT_ID.into());

@@ -16,10 +16,35 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::sinks::SinkBuildError;
+
 /// While a daily budget is spent: how often one call is let through to see whether the vendor
 /// has reset it (HubSpot resets at midnight in the account's time zone, Salesforce's window
 /// rolls), so the router does not sit idle for hours after the budget came back.
 pub const PROBE_EVERY: Duration = Duration::from_secs(15 * 60);
+
+/// Checks a paced sink's `daily_limit` and `headroom` keys; returns them.
+pub(crate) fn daily_keys(
+    index: usize,
+    daily_limit: u64,
+    headroom: f64,
+) -> Result<(u64, f64), SinkBuildError> {
+    if daily_limit == 0 {
+        return Err(SinkBuildError::new(
+            index,
+            "daily_limit",
+            "must be at least 1",
+        ));
+    }
+    if !(0.0..=0.5).contains(&headroom) {
+        return Err(SinkBuildError::new(
+            index,
+            "headroom",
+            "must be 0.0-0.5 (the share of the budget left for the account's other apps)",
+        ));
+    }
+    Ok((daily_limit, headroom))
+}
 
 /// When a call may go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -202,14 +202,6 @@ impl<A: BatchApi> BatchSink<A> {
             queue: tx,
         }
     }
-
-    pub fn settings(&self) -> BatchSettings {
-        self.settings
-    }
-
-    pub fn api(&self) -> &A {
-        &self.api
-    }
 }
 
 #[async_trait::async_trait]
