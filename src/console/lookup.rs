@@ -131,56 +131,7 @@ async fn lead(
         .map(|v| v.received_at.clone())
         .or_else(|| dlq.iter().find_map(|d| d.received_at.clone()));
 
-    let latest_dlq = dlq.last();
-    let (status, summary) = match &entry {
-        Some(e) => match e.state {
-            LeadState::Done => (
-                "delivered",
-                format!(
-                    "delivered to every sink ({})",
-                    e.sinks.keys().cloned().collect::<Vec<_>>().join(", ")
-                ),
-            ),
-            LeadState::Dead => match latest_dlq {
-                Some(d) if d.replayed() => (
-                    "replayed",
-                    format!(
-                        "DLQ entry #{} was replayed; waiting for a handler to pick it up",
-                        d.id
-                    ),
-                ),
-                Some(d) => (
-                    "dead_lettered",
-                    format!("in the DLQ as entry #{} ({})", d.id, d.reason),
-                ),
-                None => (
-                    "dead_lettered",
-                    "dead-lettered (the DLQ entry is no longer listed)".to_string(),
-                ),
-            },
-            LeadState::Claimed if e.lease_until_ms > now_ms() => (
-                "processing",
-                format!("a handler is working on it (attempt {})", e.attempts + 1),
-            ),
-            LeadState::Claimed | LeadState::Pending => (
-                "retrying",
-                format!(
-                    "waiting for attempt {} after a failure",
-                    e.attempts + 1
-                ),
-            ),
-        },
-        None => match latest_dlq {
-            Some(d) if !d.replayed() => (
-                "dead_lettered",
-                format!("in the DLQ as entry #{} ({})", d.id, d.reason),
-            ),
-            _ => (
-                "unknown",
-                "a handler picked it up, but there is no idempotency record (yet, or any more: it is kept streams.idempotency_ttl, 24h by default)".to_string(),
-            ),
-        },
-    };
+    let (status, summary) = status(entry.as_ref(), dlq.last());
 
     let mut timeline: Vec<(DateTime<Utc>, Value)> = Vec::new();
     let mut at = |t: Option<DateTime<Utc>>, what: &str, detail: String| {
@@ -236,6 +187,7 @@ async fn lead(
         "summary": summary,
         "received_at": received_at,
         "seq": ix.map(|v| v.seq),
+        "superseded_by": entry.as_ref().and_then(|e| e.superseded_by),
         "attempts": entry.as_ref().map(|e| e.attempts),
         "last_error": entry.as_ref().and_then(|e| e.last_error.as_deref()).map(masked),
         "sinks": entry.as_ref().map(|e| e.sinks.iter().map(|(name, at)| {
@@ -252,4 +204,90 @@ async fn lead(
         })).collect::<Vec<_>>(),
         "timeline": timeline.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
     })))
+}
+
+/// The lead's status and its one-line summary, from its idempotency record and its latest DLQ
+/// entry.
+fn status(entry: Option<&LeadEntry>, latest_dlq: Option<&DlqEntry>) -> (&'static str, String) {
+    let Some(e) = entry else {
+        return match latest_dlq {
+            Some(d) if !d.replayed() => (
+                "dead_lettered",
+                format!("in the DLQ as entry #{} ({})", d.id, d.reason),
+            ),
+            _ => (
+                "unknown",
+                "a handler picked it up, but there is no idempotency record (yet, or any more: it is kept streams.idempotency_ttl, 24h by default)".to_string(),
+            ),
+        };
+    };
+    let sinks = || e.sinks.keys().cloned().collect::<Vec<_>>().join(", ");
+    match e.state {
+        // Done, but the upsert sinks skipped it: say so, or a lead whose data is not in the CRM
+        // reads as delivered.
+        LeadState::Done => match e.superseded_by {
+            Some(by) => (
+                "superseded",
+                format!(
+                    "a newer event of this lead (LEADS #{by}) was already written, so upsert sinks skipped this one rather than write older data over newer; done ({})",
+                    sinks()
+                ),
+            ),
+            None => ("delivered", format!("delivered to every sink ({})", sinks())),
+        },
+        LeadState::Dead => match latest_dlq {
+            Some(d) if d.replayed() => (
+                "replayed",
+                format!(
+                    "DLQ entry #{} was replayed; waiting for a handler to pick it up",
+                    d.id
+                ),
+            ),
+            Some(d) => (
+                "dead_lettered",
+                format!("in the DLQ as entry #{} ({})", d.id, d.reason),
+            ),
+            None => (
+                "dead_lettered",
+                "dead-lettered (the DLQ entry is no longer listed)".to_string(),
+            ),
+        },
+        LeadState::Claimed if e.lease_until_ms > now_ms() => (
+            "processing",
+            format!("a handler is working on it (attempt {})", e.attempts + 1),
+        ),
+        LeadState::Claimed | LeadState::Pending => (
+            "retrying",
+            format!("waiting for attempt {} after a failure", e.attempts + 1),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn done(superseded_by: Option<u64>) -> LeadEntry {
+        let mut e: LeadEntry = serde_json::from_value(json!({
+            "state": "done",
+            "sinks": {"crm": "2026-12-02T10:00:00Z"},
+        }))
+        .expect("entry");
+        e.superseded_by = superseded_by;
+        e
+    }
+
+    #[test]
+    fn a_lead_the_upsert_sinks_skipped_reads_superseded_not_delivered() {
+        let (st, summary) = status(Some(&done(Some(42))), None);
+        assert_eq!(st, "superseded");
+        assert!(summary.contains("LEADS #42"), "{summary}");
+        assert!(summary.contains("(crm)"), "{summary}");
+        let (st, summary) = status(Some(&done(None)), None);
+        assert_eq!(
+            (st, summary.as_str()),
+            ("delivered", "delivered to every sink (crm)")
+        );
+        assert_eq!(status(None, None).0, "unknown");
+    }
 }

@@ -268,6 +268,7 @@ pub(super) async fn run_direct(
         vendor: counters.snapshot(),
         crm: crm::books(CrmKind::Http, &stormed.crm),
         dlq: None,
+        superseded: Default::default(),
         faults: stormed.faults,
         send_seconds: stormed.send_seconds,
         drain_seconds: 0.0,

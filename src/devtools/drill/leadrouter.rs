@@ -2,7 +2,7 @@
 //! stormed, then drained until every accepted lead is at the CRM (the one `--crm` picked) or in
 //! the DLQ.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -369,7 +369,7 @@ pub(super) async fn run_leadrouter(
     futures::future::join_all(target.routers.iter_mut().map(|r| r.stop(STOP_GRACE))).await;
     let topology = (!single).then(|| target.topology(cfg.streams.replicas));
     target.nats.keep_logs(work);
-    let dlq = dlq?;
+    let Drained { dlq, superseded } = dlq?;
     let books = crm::books(opts.crm, &crm);
     let crm_api = crm::api_report(opts.crm, &crm, &leads, &books, &dlq, stormed.token_expiry);
     Ok(report::reconcile(Evidence {
@@ -380,6 +380,7 @@ pub(super) async fn run_leadrouter(
         vendor: counters.snapshot(),
         crm: books,
         dlq: Some(dlq.into_iter().map(|(k, d)| (k, d.reason)).collect()),
+        superseded,
         faults: stormed.faults,
         send_seconds: stormed.send_seconds,
         drain_seconds,
@@ -393,11 +394,20 @@ struct Listing {
     entries: Vec<DlqEntry>,
 }
 
-/// Waits until every accepted lead is at the CRM (as [`crm::books`] reads it) or in the DLQ and the
-/// router's queue is empty (nothing pending, nothing unacknowledged, so no late write can
-/// follow), or `limit` passes. Returns the DLQ by lead key. With several routers any one's
-/// admin API answers for all (the DLQ and the consumers live in NATS): the first that answers
-/// is asked.
+/// Where the drain found the accepted leads that are not at the CRM.
+struct Drained {
+    /// The DLQ, by lead key.
+    dlq: HashMap<String, Dead>,
+    /// Leads the router's lookup reports `superseded` (see [`Evidence::superseded`]).
+    superseded: HashSet<String>,
+}
+
+/// Waits until every accepted lead is placed and the router's queue is empty (nothing
+/// pending, nothing unacknowledged, so no late write can follow), or `limit` passes. A lead is
+/// placed at the CRM (as [`crm::books`] reads it), in the DLQ, or, at a latest-wins CRM, as
+/// superseded: another lead of its email is at the CRM and the router's lead lookup says the
+/// fence skipped this one. With several routers any one's admin API answers for all (the DLQ,
+/// the consumers and the lead records live in NATS): the first that answers is asked.
 #[allow(clippy::too_many_arguments)]
 async fn drain(
     admins: &[AdminClient],
@@ -408,7 +418,7 @@ async fn drain(
     since: SystemTime,
     limit: Duration,
     ui: &Ui,
-) -> Result<HashMap<String, Dead>, DrillError> {
+) -> Result<Drained, DrillError> {
     let start = Instant::now();
     let accepted: Vec<&LeadSpec> = leads
         .iter()
@@ -418,6 +428,7 @@ async fn drain(
         .collect();
     ui.stage("draining", accepted.len() as u64);
     let mut dlq = HashMap::new();
+    let mut superseded = HashSet::new();
     let since_t = chrono::DateTime::<chrono::Utc>::from(since);
     let coarse_since = crate::timestamp::format_system(since - Duration::from_secs(60));
     loop {
@@ -450,26 +461,29 @@ async fn drain(
                 })
                 .collect();
         }
-        // A CRM with one record per email (latest-wins) skips an older lead of a shared inbox
-        // once a newer one is written: it is placed when that newer lead is at the CRM (the
-        // report counts it superseded).
-        let mut newest_at_crm: HashMap<&str, usize> = HashMap::new();
+        // A CRM with one record per email (latest-wins) skips the older lead of a shared
+        // inbox (older in LEADS) once a newer one is written: the router records that, so ask
+        // it about each missing lead whose email is at the CRM through another lead.
         if kind.latest_wins() {
-            for (i, l) in accepted.iter().enumerate() {
-                if at_crm.contains(&l.key) && !l.email.is_empty() {
-                    newest_at_crm.insert(l.email.as_str(), i);
+            let emails_at_crm: HashSet<&str> = accepted
+                .iter()
+                .filter(|l| at_crm.contains(&l.key) && !l.email.is_empty())
+                .map(|l| l.email.as_str())
+                .collect();
+            for l in &accepted {
+                let ask = !at_crm.contains(&l.key)
+                    && !dlq.contains_key(&l.key)
+                    && !superseded.contains(&l.key)
+                    && emails_at_crm.contains(l.email.as_str());
+                if ask && lookup_status(admins, &l.key).await.as_deref() == Some("superseded") {
+                    superseded.insert(l.key.clone());
                 }
             }
         }
         let placed = accepted
             .iter()
-            .enumerate()
-            .filter(|(i, l)| {
-                at_crm.contains(&l.key)
-                    || dlq.contains_key(&l.key)
-                    || newest_at_crm
-                        .get(l.email.as_str())
-                        .is_some_and(|newest| newest > i)
+            .filter(|l| {
+                at_crm.contains(&l.key) || dlq.contains_key(&l.key) || superseded.contains(&l.key)
             })
             .count();
         if let Some(b) = &ui.bar {
@@ -481,14 +495,14 @@ async fn drain(
             ));
         }
         if placed == accepted.len() && queue_empty(admins).await {
-            return Ok(dlq);
+            return Ok(Drained { dlq, superseded });
         }
         if start.elapsed() > limit {
             ui.event(&format!(
                 "drain timeout after {limit:?}: {} accepted leads are neither at the CRM nor in the DLQ",
                 accepted.len() - placed
             ));
-            return Ok(dlq);
+            return Ok(Drained { dlq, superseded });
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -507,6 +521,12 @@ async fn admin_get<T: serde::de::DeserializeOwned>(
         }
     }
     None
+}
+
+/// The status the router's lead lookup gives the lead with this key, if any router answers.
+async fn lookup_status(admins: &[AdminClient], key: &str) -> Option<String> {
+    let found: Option<Value> = admin_get(admins, &format!("/api/leads/{key}"), &[]).await;
+    found?["leads"][0]["status"].as_str().map(str::to_string)
 }
 
 async fn queue_empty(admins: &[AdminClient]) -> bool {

@@ -1,7 +1,7 @@
 //! Reconciliation: what the vendor was told against what the CRM and the DLQ hold, lead by
 //! lead, and the seed's table rendered from it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::time::SystemTime;
 
@@ -72,16 +72,17 @@ pub struct RunReport {
     pub lost: usize,
     /// Up to five event ids of lost leads, to start the search.
     pub lost_examples: Vec<String>,
-    /// Of the lost: good leads whose email a later lead of the run shares (a shared inbox) and
-    /// that later lead is at the CRM. A design that takes one email's leads for versions of one
+    /// Of the lost: good leads whose email another lead of the run shares (a shared inbox) and
+    /// that other lead is at the CRM. A design that takes one email's leads for versions of one
     /// lead drops the older there: an email dedupe, or an ordering fence that skips an older
     /// event at upsert sinks once a newer one was written.
     #[serde(skip_serializing_if = "is_zero")]
     pub lost_shared_inbox: usize,
     /// HubSpot (one contact per email, `latest-wins`): good leads of a shared inbox skipped on
-    /// purpose because a newer lead of the same email was already written to the contact (a
-    /// kill held the older one until its redelivery). Recorded as superseded in the lead's
-    /// record, and the contact holds the newer data; not lost. Counted here instead of `lost`.
+    /// purpose because a newer lead of the same email (newer in `LEADS`) was already written to
+    /// the contact: a kill held the older one until its redelivery. The router's lead lookup
+    /// says `superseded`, and the contact holds the other lead's data; not lost. Counted here
+    /// instead of `lost`.
     #[serde(skip_serializing_if = "is_zero")]
     pub superseded: usize,
     /// Records or DLQ entries that belong to no lead of the run: must be 0.
@@ -304,6 +305,10 @@ pub struct Evidence<'a> {
     pub crm: HashMap<String, CrmKey>,
     /// Lead key -> DLQ reason; `None` for a design without a DLQ.
     pub dlq: Option<HashMap<String, String>>,
+    /// Leads the router itself recorded as superseded (its lead lookup says so): upsert sinks
+    /// skipped them because a newer event of their group had been written. Empty for a design
+    /// that keeps no such record.
+    pub superseded: HashSet<String>,
     pub faults: Vec<FaultRecord>,
     pub send_seconds: f64,
     pub drain_seconds: f64,
@@ -352,18 +357,18 @@ pub fn reconcile(ev: Evidence<'_>) -> RunReport {
         topology: ev.topology,
         crm_api: ev.crm_api,
     };
-    // Email -> plan index of the last good lead with it that reached the CRM.
-    let mut last_at_crm: HashMap<&str, usize> = HashMap::new();
-    for (i, lead) in ev.leads.iter().enumerate() {
-        let at_crm = ev.crm.get(&lead.key).is_some_and(|k| k.written > 0);
-        if lead.kind == LeadKind::Valid && at_crm && !lead.email.is_empty() {
-            last_at_crm.insert(lead.email.as_str(), i);
-        }
-    }
+    // Emails of the good leads that reached the CRM.
+    let at_crm_emails: HashSet<&str> = ev
+        .leads
+        .iter()
+        .filter(|l| l.kind == LeadKind::Valid && !l.email.is_empty())
+        .filter(|l| ev.crm.get(&l.key).is_some_and(|k| k.written > 0))
+        .map(|l| l.email.as_str())
+        .collect();
     let mut latencies = Vec::new();
     let mut matched_dlq = 0;
     let mut matched_keys = 0;
-    for (i, (lead, out)) in ev.leads.iter().zip(ev.outcomes).enumerate() {
+    for (lead, out) in ev.leads.iter().zip(ev.outcomes) {
         if lead.copies > 1 {
             r.duplicate_submitted += 1;
         }
@@ -399,19 +404,24 @@ pub fn reconcile(ev: Evidence<'_>) -> RunReport {
                 } else if in_dlq.is_some() {
                     r.valid_in_dlq += 1;
                 } else {
-                    let newer_at_crm = last_at_crm
-                        .get(lead.email.as_str())
-                        .is_some_and(|later| *later > i);
-                    if newer_at_crm && ev.crm_kind.latest_wins() {
-                        // The contact holds the newer lead of the email: the fence skipped
-                        // this older one by design rather than write old data over new.
+                    // Its email is at the CRM through another lead (it is absent itself).
+                    let shared_at_crm = at_crm_emails.contains(lead.email.as_str());
+                    if shared_at_crm
+                        && ev.crm_kind.latest_wins()
+                        && ev.superseded.contains(&lead.key)
+                    {
+                        // The contact holds the lead of the email that the stream holds as
+                        // newer, and the router recorded that its fence skipped this one by
+                        // design rather than write old data over new. "Newer" is the stream's
+                        // order, not the vendor's: a lead whose first sends were refused
+                        // during a kill is stored after a later lead of its inbox.
                         r.superseded += 1;
                     } else {
                         r.lost += 1;
                         if r.lost_examples.len() < 5 {
                             r.lost_examples.push(lead.event_id.clone());
                         }
-                        if newer_at_crm {
+                        if shared_at_crm {
                             r.lost_shared_inbox += 1;
                         }
                     }
@@ -711,6 +721,7 @@ mod tests {
             vendor: CounterSnapshot::default(),
             crm,
             dlq: Some(dlq),
+            superseded: HashSet::new(),
             faults: Vec::new(),
             send_seconds: 1.0,
             drain_seconds: 1.0,
@@ -780,15 +791,34 @@ mod tests {
             "an append CRM keeps every lead: the older one is lost"
         );
 
-        // HubSpot keeps one contact per email (latest-wins): the older lead was skipped on
-        // purpose once the newer was written, so it is superseded, not lost. The other missing
-        // lead is lost still.
-        let mut ev = evidence(&leads, &outcomes, crm, dlq);
+        // HubSpot keeps one contact per email (latest-wins), but a lead missing there is
+        // superseded only when the router recorded that its fence skipped it.
+        let mut ev = evidence(&leads, &outcomes, crm.clone(), dlq.clone());
         ev.crm_kind = CrmKind::Hubspot;
         let r = reconcile(ev);
+        assert_eq!((r.lost, r.lost_shared_inbox, r.superseded), (2, 1, 0));
+
+        // Recorded: the older lead was skipped on purpose once the other was written, so it
+        // is superseded, not lost. The other missing lead is lost still, and a missing lead
+        // with no lead of its email at the CRM is lost whatever the router recorded.
+        let mut ev = evidence(&leads, &outcomes, crm.clone(), dlq.clone());
+        ev.crm_kind = CrmKind::Hubspot;
+        ev.superseded = [leads[older].key.clone(), leads[valid[0]].key.clone()].into();
+        let r = reconcile(ev);
         assert_eq!((r.lost, r.lost_shared_inbox, r.superseded), (1, 0, 1));
+        assert_eq!(r.lost_examples, vec![leads[valid[0]].event_id.clone()]);
         assert!(render_table(&[&r])
             .contains("| superseded by a newer lead of the email (latest-wins) |"));
+
+        // The vendor's later lead can be the older one in the stream (its earlier sends were
+        // refused during a kill while the other was stored): superseded all the same.
+        let (mut crm, dlq) = perfect(&leads);
+        crm.remove(&leads[later].key);
+        let mut ev = evidence(&leads, &outcomes, crm, dlq);
+        ev.crm_kind = CrmKind::Hubspot;
+        ev.superseded = [leads[later].key.clone()].into();
+        let r = reconcile(ev);
+        assert_eq!((r.lost, r.superseded), (0, 1));
     }
 
     #[test]
