@@ -109,7 +109,7 @@ async fn create_ceiling_stream(router: &Router) -> async_nats::jetstream::Contex
         .await
         .expect("connect to the router's nats-server");
     let js = async_nats::jetstream::new(client);
-    let mut cfg = leadrouter::queue::topology::leads_stream(&router.cfg.streams);
+    let mut cfg = leadrouter::queue::topology::leads_stream(&router.cfg.streams, &[]);
     cfg.name = CEILING_STREAM.into();
     cfg.description = Some("benches/load.rs: raw publish ceiling (deleted after the run)".into());
     cfg.subjects = vec!["bench.ceiling.>".into()];

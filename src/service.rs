@@ -14,13 +14,14 @@ use crate::dlq::crypto::{KeyError, KeyRing};
 use crate::dlq::store::{DlqStore, DlqStoreError};
 use crate::dlq::DlqWriter;
 use crate::intake::group_key::{GroupKey, GroupKeyError};
-use crate::intake::{self, Grouping, IntakeSetupError, IntakeState};
+use crate::intake::{self, Filing, Grouping, IntakeSetupError, IntakeState};
 use crate::ledger::idempotency::Idempotency;
 use crate::pipeline::enrich::{EnrichSetupError, Enricher};
 use crate::pipeline::fence::Fence;
 use crate::pipeline::schema::{SchemaError, SchemaRegistry};
 use crate::pipeline::{HandlerPool, PipelineStats, PoolError, PoolParts};
-use crate::queue::embedded::{EmbeddedError, EmbeddedNats, EmbeddedSpec};
+use crate::queue::edges::{self, EdgeBoard};
+use crate::queue::embedded::{EmbeddedError, EmbeddedNats, EmbeddedSpec, Leafnodes};
 use crate::queue::provision::{self, ProvisionError};
 use crate::queue::{self, topology, Publisher, QueueError};
 use crate::sinks::{self, SinkBuildError, SinkContext};
@@ -93,6 +94,17 @@ pub enum ServiceError {
     GroupKey(#[from] GroupKeyError),
     #[error(transparent)]
     Durability(#[from] crate::queue::durability::DurabilityError),
+    /// The server an edge stores its leads on is not in the edge's JetStream domain: its
+    /// leads would land in the hub's store, or in another edge's.
+    #[error("[edge] name = \"{name}\" needs nats-server's JetStream domain `{want}`, but the server at {url} is in {have}: give its jetstream block `domain: {want}` (the embedded server gets it from the template's {{{{jetstream_domain}}}} placeholder)")]
+    EdgeDomain {
+        name: String,
+        want: String,
+        have: String,
+        url: String,
+    },
+    #[error("reading the JetStream account of the edge's server")]
+    EdgeAccount(#[source] async_nats::jetstream::context::AccountError),
 }
 
 pub struct Service {
@@ -107,10 +119,10 @@ pub struct Service {
     stop_admin: Option<oneshot::Sender<()>>,
     admin_task: Option<tokio::task::JoinHandle<()>>,
     stop_ops: watch::Sender<bool>,
-    ops_task: tokio::task::JoinHandle<()>,
-    /// Refreshes the queue gauges from the `router` consumer's info; stops with `stop_ops`.
-    metrics_task: tokio::task::JoinHandle<()>,
-    sampler_task: tokio::task::JoinHandle<()>,
+    /// The NATS operator service (none at an edge).
+    ops_task: Option<tokio::task::JoinHandle<()>>,
+    /// Gauges, samplers and watchers that stop with `stop_ops`.
+    background: Vec<tokio::task::JoinHandle<()>>,
     embedded: Option<EmbeddedNats>,
 }
 
@@ -138,6 +150,8 @@ impl Service {
                 ready_timeout: Duration::from_secs(30),
                 store_key,
                 sync_always: durability == Durability::Fsync,
+                domain: cfg.edge.as_ref().map(|e| e.domain()),
+                leafnodes: leafnodes(cfg, env)?,
             };
             if spec.store_key.is_some() {
                 tracing::info!(
@@ -186,7 +200,10 @@ impl Service {
             }
             return Err(e);
         }
-        for change in topology::ensure(publisher.context(), &cfg.streams).await? {
+        if let Some(edge) = &cfg.edge {
+            return start_edge(cfg, edge, env, embedded, client, publisher, nats_url).await;
+        }
+        for change in topology::ensure(publisher.context(), &cfg.streams, &cfg.hub.edges).await? {
             tracing::info!(?change, "topology");
         }
         let partitions =
@@ -256,26 +273,14 @@ impl Service {
             None
         };
         let publisher_ctx = publisher.context().clone();
-        let (state, unconfigured) =
-            IntakeState::build(cfg, env, publisher, grouping.clone()).await?;
-        for u in &unconfigured {
-            tracing::warn!(
-                sender = %u.sender,
-                "sender `{}` has no secret yet, so its requests get 503 until you set {} and restart (for a new secret: export {}=whsec_$(head -c 24 /dev/urandom | base64))",
-                u.sender,
-                u.missing.join(" or "),
-                u.missing
-                    .first()
-                    .and_then(|m| m.strip_prefix("env var "))
-                    .unwrap_or("THE_VAR"),
-            );
-        }
-        let state = Arc::new(state);
+        let state =
+            build_intake(cfg, env, publisher, Filing::Partitioned(grouping.clone())).await?;
         let store = DlqStore::open(publisher_ctx.clone(), Arc::new(keys), idem)
             .await
             .map_err(ServiceError::DlqStore)?
             .with_grouping(grouping.clone());
         let stats = pool.as_ref().map(|p| p.stats().clone());
+        let edge_board = EdgeBoard::default();
         let observed = Arc::new(Observed {
             pipeline: stats.clone(),
             intake: state.clone(),
@@ -283,8 +288,20 @@ impl Service {
             js: publisher_ctx.clone(),
             dlq: store.clone(),
             partitions: cfg.handlers.partitions,
+            edges: edge_board.clone(),
         });
         let (stop_ops, ops_rx) = watch::channel(false);
+        let mut background = Vec::new();
+        if !cfg.hub.edges.is_empty() {
+            tracing::info!(edges = ?cfg.hub.edges, "hub: LEADS sources these edges' streams");
+            background.push(tokio::spawn(edges::watch_from_hub(
+                client.clone(),
+                cfg.hub.edges.clone(),
+                cfg.hub.link_alert_after,
+                edge_board,
+                stop_ops.subscribe(),
+            )));
+        }
         let sampler_task = {
             let observed = observed.clone();
             let mut stop = stop_ops.subscribe();
@@ -345,22 +362,14 @@ impl Service {
                 (None, None, None)
             }
         };
-        let (tx, rx) = oneshot::channel::<()>();
-        let (addr, server) = intake::serve(state.clone(), cfg.intake.listen, async {
-            let _ = rx.await;
-        })
-        .await
-        .map_err(|e| ServiceError::Bind {
-            addr: cfg.intake.listen,
-            setting: "intake.listen / LEADROUTER_INTAKE_LISTEN",
-            source: e,
-        })?;
-        let intake_task = tokio::spawn(server);
-        tracing::info!(intake = %addr, nats = %nats_url, embedded = embedded.is_some(), "leadrouter serving");
+        background.push(metrics_task);
+        background.push(sampler_task);
+        let (stop_intake, intake_addr, intake_task) = serve_intake(cfg, &state).await?;
+        tracing::info!(intake = %intake_addr, nats = %nats_url, embedded = embedded.is_some(), "leadrouter serving");
         Ok(Service {
-            intake_addr: addr,
+            intake_addr,
             nats_url,
-            stop_intake: Some(tx),
+            stop_intake: Some(stop_intake),
             intake_task,
             intake: state,
             client,
@@ -369,9 +378,8 @@ impl Service {
             stop_admin,
             admin_task,
             stop_ops,
-            ops_task,
-            metrics_task,
-            sampler_task,
+            ops_task: Some(ops_task),
+            background,
             embedded,
         })
     }
@@ -420,9 +428,12 @@ impl Service {
         }
         let _ = self.stop_ops.send(true);
         // In-flight NATS requests (a batch replay) get the same bounded drain.
-        drain(&mut self.ops_task, ADMIN_DRAIN, "operator service").await;
-        let _ = (&mut self.metrics_task).await;
-        let _ = (&mut self.sampler_task).await;
+        if let Some(mut t) = self.ops_task.take() {
+            drain(&mut t, ADMIN_DRAIN, "operator service").await;
+        }
+        for t in self.background.drain(..) {
+            let _ = t.await;
+        }
         tracing::debug!("operator service stopped");
         if let Some(pool) = self.pool.take() {
             pool.stop(Duration::from_secs(10)).await;
@@ -433,6 +444,211 @@ impl Service {
             e.stop().await;
         }
         tracing::info!("leadrouter stopped");
+    }
+}
+
+/// Builds intake's state and warns about senders that cannot take requests yet.
+async fn build_intake(
+    cfg: &Config,
+    env: &dyn EnvSource,
+    publisher: Publisher,
+    filing: Filing,
+) -> Result<Arc<IntakeState>, ServiceError> {
+    let (state, unconfigured) = IntakeState::build(cfg, env, publisher, filing).await?;
+    for u in &unconfigured {
+        tracing::warn!(
+            sender = %u.sender,
+            "sender `{}` has no secret yet, so its requests get 503 until you set {} and restart (for a new secret: export {}=whsec_$(head -c 24 /dev/urandom | base64))",
+            u.sender,
+            u.missing.join(" or "),
+            u.missing
+                .first()
+                .and_then(|m| m.strip_prefix("env var "))
+                .unwrap_or("THE_VAR"),
+        );
+    }
+    Ok(Arc::new(state))
+}
+
+/// Binds the public listener and starts serving it.
+async fn serve_intake(
+    cfg: &Config,
+    state: &Arc<IntakeState>,
+) -> Result<(oneshot::Sender<()>, SocketAddr, tokio::task::JoinHandle<()>), ServiceError> {
+    let (tx, rx) = oneshot::channel::<()>();
+    let (addr, server) = intake::serve(state.clone(), cfg.intake.listen, async {
+        let _ = rx.await;
+    })
+    .await
+    .map_err(|e| ServiceError::Bind {
+        addr: cfg.intake.listen,
+        setting: "intake.listen / LEADROUTER_INTAKE_LISTEN",
+        source: e,
+    })?;
+    Ok((tx, addr, tokio::spawn(server)))
+}
+
+/// Edge mode: the edge's stream, intake filing into it, and the edge's own watcher. No
+/// handlers, no DLQ, no KV and no admin API: those are the hub's.
+async fn start_edge(
+    cfg: &Config,
+    edge: &crate::config::EdgeConfig,
+    env: &dyn EnvSource,
+    embedded: Option<EmbeddedNats>,
+    client: async_nats::Client,
+    publisher: Publisher,
+    nats_url: String,
+) -> Result<Service, ServiceError> {
+    let js = publisher.context().clone();
+    let checked = async {
+        check_edge_domain(&js, edge, &nats_url).await?;
+        Ok::<_, ServiceError>(topology::ensure_edge(&js, edge, &cfg.streams).await?)
+    };
+    let change = match checked.await {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(emb) = embedded {
+                emb.stop().await;
+            }
+            return Err(e);
+        }
+    };
+    tracing::info!(?change, "topology");
+    tracing::info!(
+        edge = %edge.name,
+        domain = %edge.domain(),
+        max_leads = edge.max_msgs(),
+        max_bytes = edge.max_bytes(),
+        "edge: intake only; leads wait in LEADS_EDGE until the hub has stored them. The store holds {} leads ({} at {}/s); when it is full, intake answers 503 and vendors retry",
+        edge.max_msgs(),
+        humantime::format_duration(edge.outage),
+        edge.rate,
+    );
+    let state = build_intake(cfg, env, publisher, Filing::Edge(edge.name.clone())).await?;
+    let (stop_ops, _) = watch::channel(false);
+    let monitor: Box<dyn Fn() -> Option<String> + Send> = match &embedded {
+        Some(e) => {
+            let status = e.status();
+            Box::new(move || status.borrow().monitor_url.clone())
+        }
+        None => {
+            let url = cfg.nats.monitor_urls().into_iter().next();
+            Box::new(move || url.clone())
+        }
+    };
+    let watcher = tokio::spawn(edges::watch_local(
+        js,
+        edge.name.clone(),
+        monitor,
+        EdgeBoard::default(),
+        stop_ops.subscribe(),
+    ));
+    if env.var(&cfg.admin.token_env).is_some() {
+        tracing::info!("edge: no admin API here (the DLQ, replays and lead lookups are the hub's); this edge's figures are on /metrics");
+    }
+    let (stop_intake, intake_addr, intake_task) = serve_intake(cfg, &state).await?;
+    tracing::info!(intake = %intake_addr, nats = %nats_url, embedded = embedded.is_some(), edge = %edge.name, "leadrouter edge serving");
+    Ok(Service {
+        intake_addr,
+        nats_url,
+        stop_intake: Some(stop_intake),
+        intake_task,
+        intake: state,
+        client,
+        pool: None,
+        admin_addr: None,
+        stop_admin: None,
+        admin_task: None,
+        stop_ops,
+        ops_task: None,
+        background: vec![watcher],
+        embedded,
+    })
+}
+
+/// An edge's server must be in the edge's domain: otherwise its `$JS.API` is the hub's (a leaf
+/// in the hub's domain) and the edge would store into the hub, or its 202 would depend on it.
+async fn check_edge_domain(
+    js: &async_nats::jetstream::Context,
+    edge: &crate::config::EdgeConfig,
+    url: &str,
+) -> Result<(), ServiceError> {
+    let account = js
+        .query_account()
+        .await
+        .map_err(ServiceError::EdgeAccount)?;
+    let want = edge.domain();
+    match account.domain.as_deref() {
+        Some(d) if d == want => Ok(()),
+        have => Err(ServiceError::EdgeDomain {
+            name: edge.name.clone(),
+            want,
+            have: have.map_or_else(|| "no domain".to_string(), |d| format!("domain `{d}`")),
+            url: url.to_string(),
+        }),
+    }
+}
+
+/// The embedded server's leaf node side: an edge's remote to its hub, or a hub's listener.
+fn leafnodes(cfg: &Config, env: &dyn EnvSource) -> Result<Option<Leafnodes>, ServiceError> {
+    let secret = |key: &'static str, name: &str| {
+        env.var(name).filter(|v| !v.is_empty()).ok_or_else(|| {
+            crate::config::ConfigError::invalid(key, format!("env var {name} is not set"))
+        })
+    };
+    if let Some(edge) = &cfg.edge {
+        let Some(hub) = &edge.hub else {
+            return Ok(None);
+        };
+        let password = match &edge.hub_password_env {
+            Some(name) => Some(secret("edge.hub_password_env", name)?),
+            None => None,
+        };
+        let urls = hub
+            .split(',')
+            .map(|u| with_credentials(u.trim(), edge.hub_user.as_deref(), password.as_deref()))
+            .collect();
+        return Ok(Some(Leafnodes::Remote {
+            urls,
+            creds_file: edge.hub_creds_file.clone(),
+            tls_ca_file: edge.hub_tls_ca_file.clone(),
+            tls_client: edge
+                .hub_tls_cert_file
+                .clone()
+                .zip(edge.hub_tls_key_file.clone()),
+        }));
+    }
+    let e = &cfg.nats.embedded;
+    let Some(port) = e.leafnode_port else {
+        return Ok(None);
+    };
+    let password = match &e.leafnode_password_env {
+        Some(name) => Some(secret("nats.embedded.leafnode_password_env", name)?),
+        None => None,
+    };
+    Ok(Some(Leafnodes::Listen {
+        host: e.leafnode_host.clone(),
+        port,
+        user: e.leafnode_user.clone(),
+        password,
+        tls: e
+            .leafnode_tls_cert_file
+            .clone()
+            .zip(e.leafnode_tls_key_file.clone()),
+    }))
+}
+
+/// `nats-leaf://host:7422` with `user:password@` put in, both percent-encoded.
+fn with_credentials(url: &str, user: Option<&str>, password: Option<&str>) -> String {
+    let (Some(user), Some(password)) = (user, password) else {
+        return url.to_string();
+    };
+    let enc = |s: &str| {
+        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    match url.split_once("://") {
+        Some((scheme, rest)) => format!("{scheme}://{}:{}@{rest}", enc(user), enc(password)),
+        None => url.to_string(),
     }
 }
 

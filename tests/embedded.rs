@@ -27,6 +27,8 @@ async fn supervisor_restarts_a_dead_child() {
         ready_timeout: Duration::from_secs(30),
         store_key: None,
         sync_always: false,
+        domain: None,
+        leafnodes: None,
     };
     let nats = EmbeddedNats::start(spec)
         .await

@@ -12,7 +12,7 @@ use leadrouter::pipeline::fence::{Fence, Gate};
 
 async fn fences(nats: &NatsServer) -> (Fence, Fence) {
     let js = jetstream::new(async_nats::connect(nats.url()).await.expect("connect"));
-    leadrouter::queue::topology::ensure(&js, &StreamsConfig::default())
+    leadrouter::queue::topology::ensure(&js, &StreamsConfig::default(), &[])
         .await
         .expect("topology");
     let kv = || async { js.get_key_value("leads_fence").await.expect("bucket") };
@@ -64,7 +64,7 @@ async fn two_routers_never_write_one_lead_at_once_and_a_late_older_event_is_supe
 async fn a_crashed_writers_fence_frees_after_its_lease() {
     let nats = NatsServer::start();
     let js = jetstream::new(async_nats::connect(nats.url()).await.expect("connect"));
-    leadrouter::queue::topology::ensure(&js, &StreamsConfig::default())
+    leadrouter::queue::topology::ensure(&js, &StreamsConfig::default(), &[])
         .await
         .expect("topology");
     let kv = js.get_key_value("leads_fence").await.expect("bucket");

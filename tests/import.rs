@@ -308,7 +308,14 @@ async fn raw_vendor_lines_map_like_the_edge_and_bad_lines_are_reported() {
     );
     assert_eq!(headers.schema.as_deref(), Some("lead.v1"));
     // The routers' keyed group (the test env's shared key), not a plain hash of the email.
-    let group = app.service.intake().grouping().key.group_of(&fields);
+    let group = app
+        .service
+        .intake()
+        .filing()
+        .grouping()
+        .expect("partitioned")
+        .key
+        .group_of(&fields);
     assert_eq!(headers.group, Some(group.clone()));
     assert_ne!(group, email_hash(&fields));
     let p = leadrouter::queue::partition::partition_of(&group, 16);

@@ -357,19 +357,19 @@ async fn topology_is_idempotent_and_applies_changes() {
     let js = async_nats::jetstream::new(client);
     let mut cfg = leadrouter::config::StreamsConfig::default();
     use leadrouter::queue::topology::{ensure, Change};
-    let first = ensure(&js, &cfg).await.unwrap();
+    let first = ensure(&js, &cfg, &[]).await.unwrap();
     assert!(
         first.iter().all(|c| matches!(c, Change::Created(_))),
         "{first:?}"
     );
-    let again = ensure(&js, &cfg).await.unwrap();
+    let again = ensure(&js, &cfg, &[]).await.unwrap();
     assert!(
         again.iter().all(|c| matches!(c, Change::Unchanged(_))),
         "{again:?}"
     );
 
     cfg.max_age = Duration::from_secs(14 * 86400);
-    let changed = ensure(&js, &cfg).await.unwrap();
+    let changed = ensure(&js, &cfg, &[]).await.unwrap();
     assert!(
         matches!(&changed[0], Change::Updated("stream LEADS", d) if d[0].contains("max_age")),
         "{changed:?}"

@@ -81,7 +81,7 @@ impl Rig {
     ) -> Rig {
         let client = async_nats::connect(nats.url()).await.expect("connect");
         let js = jetstream::new(client.clone());
-        leadrouter::queue::topology::ensure(&js, &StreamsConfig::default())
+        leadrouter::queue::topology::ensure(&js, &StreamsConfig::default(), &[])
             .await
             .expect("topology");
         leadrouter::queue::topology::ensure_partitions(&js, handlers.partitions)
@@ -648,7 +648,7 @@ async fn crash_net_dead_letters_a_message_the_server_gave_up_on() {
     let nats = NatsServer::start();
     let client = async_nats::connect(nats.url()).await.unwrap();
     let js = jetstream::new(client.clone());
-    leadrouter::queue::topology::ensure(&js, &StreamsConfig::default())
+    leadrouter::queue::topology::ensure(&js, &StreamsConfig::default(), &[])
         .await
         .unwrap();
     leadrouter::queue::topology::ensure_partitions(&js, 16)

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use crate::pipeline::enrich::EnrichConfig;
 use crate::sinks::SinkConfig;
 
+mod edge;
 mod env;
 mod error;
 mod handlers;
@@ -22,6 +23,7 @@ mod telemetry;
 #[cfg(test)]
 mod tests;
 
+pub use edge::{domain_of as edge_domain, valid_edge_name, EdgeConfig, HubConfig};
 pub use env::{EnvSource, ProcessEnv};
 pub use error::ConfigError;
 pub use handlers::HandlersConfig;
@@ -65,6 +67,12 @@ pub struct Config {
     /// OTLP trace export (off unless an endpoint is set here or in `OTEL_EXPORTER_OTLP_*`).
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// Edge mode: intake only, stored at this site, carried to the hub over a leaf node.
+    #[serde(default)]
+    pub edge: Option<EdgeConfig>,
+    /// Hub mode: the edges whose leads `LEADS` sources.
+    #[serde(default)]
+    pub hub: HubConfig,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -248,6 +256,7 @@ impl Config {
                 "backoff_base must be > 0 and backoff_cap >= backoff_base",
             ));
         }
+        self.validate_topology()?;
         crate::sinks::validate_configs(&self.sinks)
             .map_err(|e| ConfigError::invalid(e.key.clone(), e.detail()))?;
         self.dlq.validate().map_err(ConfigError::DlqKeys)?;
@@ -307,6 +316,55 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// `[edge]`, `[hub]` and the leaf listener fit together.
+    fn validate_topology(&self) -> Result<(), ConfigError> {
+        self.nats.embedded.validate_leafnodes()?;
+        self.hub.validate()?;
+        let Some(edge) = &self.edge else {
+            if !self.hub.edges.is_empty()
+                && self.nats.is_embedded()
+                && self.nats.embedded.leafnode_port.is_none()
+            {
+                return Err(ConfigError::invalid(
+                    "nats.embedded.leafnode_port",
+                    "[hub] edges lists edges, so the embedded nats-server must accept their leaf connections: set leafnode_port (7422 is NATS's usual one)",
+                ));
+            }
+            return Ok(());
+        };
+        edge.validate(self.nats.is_embedded())?;
+        if !self.hub.edges.is_empty() {
+            return Err(ConfigError::invalid(
+                "hub.edges",
+                "this router is an edge ([edge] is set); a router is an edge or a hub, not both",
+            ));
+        }
+        if self.nats.embedded.leafnode_port.is_some() {
+            return Err(ConfigError::invalid(
+                "nats.embedded.leafnode_port",
+                "an edge connects to its hub and accepts no leaf connections itself",
+            ));
+        }
+        if !self.sinks.is_empty() {
+            return Err(ConfigError::invalid(
+                "sinks",
+                "an edge runs intake only: its leads are written by the hub's sinks, and CRM credentials stay at the hub. Remove [[sinks]] from this edge's config",
+            ));
+        }
+        if self.streams.replicas != 1 && self.nats.is_embedded() {
+            return Err(ConfigError::invalid(
+                "streams.replicas",
+                "the embedded edge server is one node: replicas must be 1",
+            ));
+        }
+        Ok(())
+    }
+
+    /// True when this router runs intake only at an edge site.
+    pub fn is_edge(&self) -> bool {
+        self.edge.is_some()
     }
 
     pub fn sender(&self, id: &str) -> Option<&SenderConfig> {

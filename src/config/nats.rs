@@ -107,6 +107,30 @@ pub struct EmbeddedConfig {
     /// nats-server's `jetstream.cipher`.
     #[serde(default)]
     pub store_cipher: StoreCipher,
+    /// Hub mode: the port the embedded server accepts edges' leaf connections on (`[hub]`).
+    #[serde(default)]
+    pub leafnode_port: Option<u16>,
+    /// The address that port listens on: loopback unless you open it (`0.0.0.0`); then a
+    /// password is required.
+    #[serde(default = "default_leafnode_host")]
+    pub leafnode_host: String,
+    /// The user edges connect as, with its password in the env var `leafnode_password_env`.
+    #[serde(default = "default_leafnode_user")]
+    pub leafnode_user: String,
+    #[serde(default)]
+    pub leafnode_password_env: Option<String>,
+    /// TLS for the leaf listener (certificate and key files).
+    #[serde(default)]
+    pub leafnode_tls_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub leafnode_tls_key_file: Option<PathBuf>,
+}
+
+fn default_leafnode_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_leafnode_user() -> String {
+    "leadrouter-edge".into()
 }
 
 /// The store key's variable when the config names none.
@@ -139,6 +163,43 @@ pub struct StoreKey {
 }
 
 impl EmbeddedConfig {
+    /// The leaf listener's checks: a listener beyond loopback never runs without a password.
+    pub(super) fn validate_leafnodes(&self) -> Result<(), ConfigError> {
+        let Some(port) = self.leafnode_port else {
+            return Ok(());
+        };
+        if port == 0 {
+            return Err(ConfigError::invalid(
+                "nats.embedded.leafnode_port",
+                "must be a port number above 0",
+            ));
+        }
+        let host = self.leafnode_host.trim();
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if host.parse::<std::net::IpAddr>().is_err() && host != "localhost" {
+            return Err(ConfigError::invalid(
+                "nats.embedded.leafnode_host",
+                format!("`{host}` is not an IP address to listen on (e.g. 0.0.0.0)"),
+            ));
+        }
+        if !loopback && self.leafnode_password_env.is_none() {
+            return Err(ConfigError::invalid(
+                "nats.embedded.leafnode_password_env",
+                format!("the leaf listener on {host} is reachable beyond this machine, so edges must authenticate: name the env var holding the password of user `{}`", self.leafnode_user),
+            ));
+        }
+        if self.leafnode_tls_cert_file.is_some() != self.leafnode_tls_key_file.is_some() {
+            return Err(ConfigError::invalid(
+                "nats.embedded.leafnode_tls_cert_file",
+                "leafnode_tls_cert_file and leafnode_tls_key_file go together",
+            ));
+        }
+        Ok(())
+    }
+
     /// `Ok(None)`: no store encryption. An explicitly named variable that is unset is an error,
     /// not a silent plaintext store.
     pub fn store_key(&self, env: &dyn EnvSource) -> Result<Option<StoreKey>, ConfigError> {
@@ -184,6 +245,12 @@ impl Default for EmbeddedConfig {
             template_dir: default_template_dir(),
             store_key_env: None,
             store_cipher: StoreCipher::default(),
+            leafnode_port: None,
+            leafnode_host: default_leafnode_host(),
+            leafnode_user: default_leafnode_user(),
+            leafnode_password_env: None,
+            leafnode_tls_cert_file: None,
+            leafnode_tls_key_file: None,
         }
     }
 }

@@ -27,6 +27,8 @@ pub struct Observed {
     pub dlq: DlqStore,
     /// Partitions of `LEADS` (whose consumers hold the queue figures).
     pub partitions: u16,
+    /// The edges `LEADS` sources (hub mode), as last polled; empty otherwise.
+    pub edges: crate::queue::edges::EdgeBoard,
 }
 
 impl Observed {

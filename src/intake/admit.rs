@@ -47,13 +47,16 @@ pub struct MissingEventId {
 #[derive(Debug, Clone)]
 pub struct Admitted {
     pub envelope: LeadEnvelope,
-    pub group: String,
-    pub partition: u16,
+    /// The keyed group and partition; `None` at an edge, which leaves both to the hub.
+    pub placed: Option<(String, u16)>,
 }
 
 impl Admitted {
     pub fn into_message(self) -> LeadMessage {
-        LeadMessage::new(self.envelope, self.group, self.partition)
+        match self.placed {
+            Some((group, partition)) => LeadMessage::new(self.envelope, group, partition),
+            None => LeadMessage::unplaced(self.envelope),
+        }
     }
 }
 
@@ -115,7 +118,7 @@ impl SenderMapping {
     /// header gets the body hash instead, as senders without an event id do.
     pub fn admit(
         &self,
-        grouping: &Grouping,
+        grouping: Option<&Grouping>,
         headers: Option<&dyn HeaderSource>,
         doc: &Value,
         body: &[u8],
@@ -124,7 +127,7 @@ impl SenderMapping {
         let source_event_id = self.event_id(headers, doc, body)?;
         let fields = self.mapper.map(doc);
         let key = lead_key(&self.id, &source_event_id, &fields);
-        let (group, partition) = grouping.locate(&fields);
+        let placed = grouping.map(|g| g.locate(&fields));
         Ok(Admitted {
             envelope: LeadEnvelope {
                 schema: self.schema.clone(),
@@ -134,8 +137,7 @@ impl SenderMapping {
                 key,
                 fields,
             },
-            group,
-            partition,
+            placed,
         })
     }
 

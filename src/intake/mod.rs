@@ -68,7 +68,43 @@ pub struct IntakeState {
     actors: Senders,
     publisher: Publisher,
     max_body_bytes: u64,
-    grouping: Grouping,
+    filing: Filing,
+}
+
+/// Where intake stores a lead.
+#[derive(Debug, Clone)]
+pub enum Filing {
+    /// In its partition of `LEADS`, by its keyed group: a router on the hub's NATS.
+    Partitioned(Grouping),
+    /// At the edge named here: on `leads.edge.{edge}.{sender}` in `LEADS_EDGE`. The edge holds
+    /// no group key; the hub groups and partitions the lead when its `LEADS` has sourced it.
+    Edge(String),
+}
+
+impl Filing {
+    /// The streams intake writes to, for `/readyz`.
+    pub fn streams(&self) -> &'static [&'static str] {
+        match self {
+            Filing::Partitioned(_) => &[crate::queue::STREAM_LEADS, crate::queue::STREAM_DLQ],
+            Filing::Edge(_) => &[crate::queue::STREAM_EDGE],
+        }
+    }
+
+    /// The grouping, on the hub's NATS.
+    pub fn grouping(&self) -> Option<&Grouping> {
+        match self {
+            Filing::Partitioned(g) => Some(g),
+            Filing::Edge(_) => None,
+        }
+    }
+
+    /// The subject of an encoded lead: an edge's own, or the lead's `LEADS` subject.
+    fn subject(&self, sender: &str, leads_subject: String) -> String {
+        match self {
+            Filing::Partitioned(_) => leads_subject,
+            Filing::Edge(edge) => crate::queue::partition::edge_subject(edge, sender),
+        }
+    }
 }
 
 /// How the edge files a lead: its keyed group and the partition that follows from it.
@@ -104,7 +140,7 @@ impl IntakeState {
         cfg: &Config,
         env: &dyn EnvSource,
         publisher: Publisher,
-        grouping: Grouping,
+        filing: Filing,
     ) -> Result<(IntakeState, Vec<Unconfigured>), IntakeSetupError> {
         let mut senders = HashMap::new();
         let mut unconfigured = Vec::new();
@@ -131,14 +167,14 @@ impl IntakeState {
                 actors,
                 publisher,
                 max_body_bytes: cfg.intake.max_body_bytes,
-                grouping,
+                filing,
             },
             unconfigured,
         ))
     }
 
-    pub fn grouping(&self) -> &Grouping {
-        &self.grouping
+    pub fn filing(&self) -> &Filing {
+        &self.filing
     }
 
     pub fn publisher(&self) -> &Publisher {
@@ -338,7 +374,11 @@ pub fn routes(
         |state: Arc<IntakeState>| async move {
             let connected = state.publisher.is_connected();
             let streams = connected
-                && crate::queue::topology::streams_present(state.publisher.context()).await;
+                && crate::queue::topology::streams_present(
+                    state.publisher.context(),
+                    state.filing.streams(),
+                )
+                .await;
             let status = if connected && streams {
                 StatusCode::OK
             } else {
@@ -486,7 +526,7 @@ where
     let admitted = sender
         .mapping
         .admit(
-            &state.grouping,
+            state.filing.grouping(),
             Some(headers as &dyn HeaderSource),
             &doc,
             &body,
@@ -510,6 +550,7 @@ where
             format!("cannot encode envelope: {}", chain(&e)),
         )
     })?;
+    let subject = state.filing.subject(&lead.sender, subject);
     let key = lead.envelope.key;
     let publish_span = crate::telemetry::traces::trace_span!("publish", otel.kind = "producer", messaging.system = "nats", messaging.operation.type = "send", messaging.destination.name = %subject);
     match state

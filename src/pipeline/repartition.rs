@@ -77,6 +77,7 @@ async fn move_one(js: &jetstream::Context, grouping: &Grouping, m: jetstream::Me
         return;
     };
     let seq = info.stream_sequence;
+    let stored_at = std::time::SystemTime::from(info.published);
     let (group, subject) = place(grouping, &m);
     // Stable per legacy message: a redelivery after a lost ack is deduplicated by the stream.
     let id = format!("lr-repartition-{seq}");
@@ -92,10 +93,28 @@ async fn move_one(js: &jetstream::Context, grouping: &Grouping, m: jetstream::Me
                 tracing::debug!(seq, error = %chain(&*e), "re-partitioned lead's ack not confirmed; its redelivery is deduplicated");
             }
             tracing::debug!(seq, subject = %subject, "lead re-partitioned");
+            observe_edge_delay(m.headers.as_ref(), stored_at);
         }
         Err(e) => {
             tracing::warn!(seq, error = %chain(&e), "cannot re-partition a lead yet; retrying");
             let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
         }
+    }
+}
+
+/// A lead an edge took: how long from the edge's 202 to its arrival in the hub's `LEADS`.
+fn observe_edge_delay(headers: Option<&async_nats::HeaderMap>, stored_at: std::time::SystemTime) {
+    let Some(edge) = message::edge_of_headers(headers) else {
+        return;
+    };
+    let received = headers
+        .and_then(|h| h.get(message::header::RECEIVED_AT))
+        .and_then(|v| crate::timestamp::parse(v.as_str()))
+        .map(std::time::SystemTime::from);
+    if let Some(delay) = received.and_then(|r| stored_at.duration_since(r).ok()) {
+        crate::telemetry::metrics::metrics()
+            .edge_delay
+            .with_label_values(&[&edge])
+            .observe(delay.as_secs_f64());
     }
 }

@@ -41,7 +41,52 @@ pub enum EmbeddedError {
     Actor(#[source] ractor::SpawnErr),
     #[error("a store key is set but the nats config template {0} has no {{{{jetstream_encryption}}}} placeholder inside its jetstream block; add it (see nats/nats-server.conf.tmpl) or unset the key")]
     TemplateLacksEncryption(PathBuf),
+    /// Edge or hub mode needs a placeholder the operator's own template lacks.
+    #[error("{mode} needs the {{{{{placeholder}}}}} placeholder in the nats config template {}; add it as nats/nats-server.conf.tmpl has it", template.display())]
+    TemplateLacks {
+        mode: &'static str,
+        placeholder: &'static str,
+        template: PathBuf,
+    },
 }
+
+/// The leaf node side the embedded server plays, if any.
+#[derive(Clone)]
+pub enum Leafnodes {
+    /// A hub: accept edges' leaf connections on `host:port`, as `user` with `password` when
+    /// one is set.
+    Listen {
+        host: String,
+        port: u16,
+        user: String,
+        password: Option<String>,
+        /// Certificate and key files.
+        tls: Option<(PathBuf, PathBuf)>,
+    },
+    /// An edge: connect to the hub at `urls`, which carry the credentials when there are any
+    /// (they reach the server through its environment, never through the rendered file).
+    Remote {
+        urls: Vec<String>,
+        creds_file: Option<PathBuf>,
+        tls_ca_file: Option<PathBuf>,
+        /// Client certificate and key files.
+        tls_client: Option<(PathBuf, PathBuf)>,
+    },
+}
+
+impl std::fmt::Debug for Leafnodes {
+    // No password and no credentialed URL in logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Leafnodes::Listen { host, port, .. } => write!(f, "Listen({host}:{port})"),
+            Leafnodes::Remote { urls, .. } => write!(f, "Remote({} url(s))", urls.len()),
+        }
+    }
+}
+
+/// The variables the child reads the leaf password and the remote URLs from.
+const CHILD_LEAF_PASSWORD_ENV: &str = "LEADROUTER_LEAF_PASSWORD";
+const CHILD_LEAF_URL_ENV: &str = "LEADROUTER_LEAF_URL_";
 
 /// The variable the child reads its store key from; the key itself never goes into a file.
 const CHILD_STORE_KEY_ENV: &str = "LEADROUTER_NATS_STORE_KEY";
@@ -59,6 +104,10 @@ pub struct EmbeddedSpec {
     pub store_key: Option<StoreKey>,
     /// Renders `sync_interval: always`: every write fsynced before its ack.
     pub sync_always: bool,
+    /// The server's JetStream domain (an edge's `edge-{name}`); `None` renders none.
+    pub domain: Option<String>,
+    /// Hub or edge: the `leafnodes` block.
+    pub leafnodes: Option<Leafnodes>,
 }
 
 impl EmbeddedSpec {
@@ -226,7 +275,118 @@ fn render_config(spec: &EmbeddedSpec) -> Result<(), EmbeddedError> {
             ""
         },
     );
+    let lacks = |mode, placeholder| EmbeddedError::TemplateLacks {
+        mode,
+        placeholder,
+        template: spec.template.clone(),
+    };
+    let rendered = match &spec.domain {
+        Some(_) if !rendered.contains("{{jetstream_domain}}") => {
+            return Err(lacks("edge mode ([edge])", "jetstream_domain"))
+        }
+        Some(d) => rendered.replace("{{jetstream_domain}}", &format!("domain: {}", quoted(d))),
+        None => rendered.replace("{{jetstream_domain}}", ""),
+    };
+    let rendered = match &spec.leafnodes {
+        Some(l) if !rendered.contains("{{leafnodes}}") => {
+            let mode = match l {
+                Leafnodes::Listen { .. } => "hub mode (nats.embedded.leafnode_port)",
+                Leafnodes::Remote { .. } => "edge mode ([edge])",
+            };
+            return Err(lacks(mode, "leafnodes"));
+        }
+        Some(l) => rendered.replace("{{leafnodes}}", &leafnodes_block(l)),
+        None => rendered.replace("{{leafnodes}}", ""),
+    };
     std::fs::write(spec.conf_path(), rendered).map_err(io_err(&spec.conf_path()))
+}
+
+/// A nats-server config string (JSON string syntax, which it accepts).
+fn quoted(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
+}
+
+fn path_str(p: &Path) -> String {
+    quoted(
+        &std::path::absolute(p)
+            .unwrap_or_else(|_| p.to_path_buf())
+            .display()
+            .to_string(),
+    )
+}
+
+/// The `leafnodes { ... }` block. Secrets appear as `$VARIABLE` references only.
+fn leafnodes_block(l: &Leafnodes) -> String {
+    match l {
+        Leafnodes::Listen {
+            host,
+            port,
+            user,
+            password,
+            tls,
+        } => {
+            let mut b = format!(
+                "leafnodes {{\n  listen: {}\n",
+                quoted(&format!("{host}:{port}"))
+            );
+            if password.is_some() {
+                b += &format!(
+                    "  authorization {{ user: {}, password: ${CHILD_LEAF_PASSWORD_ENV} }}\n",
+                    quoted(user)
+                );
+            }
+            if let Some((cert, key)) = tls {
+                b += &format!(
+                    "  tls {{ cert_file: {}, key_file: {} }}\n",
+                    path_str(cert),
+                    path_str(key)
+                );
+            }
+            b + "}"
+        }
+        Leafnodes::Remote {
+            urls,
+            creds_file,
+            tls_ca_file,
+            tls_client,
+        } => {
+            let refs: Vec<String> = (0..urls.len())
+                .map(|i| format!("${CHILD_LEAF_URL_ENV}{i}"))
+                .collect();
+            let mut remote = format!("    {{\n      urls: [{}]\n", refs.join(", "));
+            if let Some(c) = creds_file {
+                remote += &format!("      credentials: {}\n", path_str(c));
+            }
+            if tls_ca_file.is_some() || tls_client.is_some() {
+                let mut tls = Vec::new();
+                if let Some(ca) = tls_ca_file {
+                    tls.push(format!("ca_file: {}", path_str(ca)));
+                }
+                if let Some((cert, key)) = tls_client {
+                    tls.push(format!("cert_file: {}", path_str(cert)));
+                    tls.push(format!("key_file: {}", path_str(key)));
+                }
+                remote += &format!("      tls {{ {} }}\n", tls.join(", "));
+            }
+            // Reconnect soon after the hub is back: the default is 1 s already; say so here.
+            format!("leafnodes {{\n  reconnect: 1\n  remotes: [\n{remote}    }}\n  ]\n}}")
+        }
+    }
+}
+
+/// The child's environment for the leaf secrets, names and values.
+fn leaf_env(l: Option<&Leafnodes>) -> Vec<(String, String)> {
+    match l {
+        Some(Leafnodes::Listen {
+            password: Some(p), ..
+        }) => vec![(CHILD_LEAF_PASSWORD_ENV.to_string(), p.clone())],
+        Some(Leafnodes::Remote { urls, .. }) => urls
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (format!("{CHILD_LEAF_URL_ENV}{i}"), u.clone()))
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// A server left by a leadrouter that could not stop it would hold the port and the store lock.
@@ -270,6 +430,10 @@ async fn spawn_child(spec: &EmbeddedSpec) -> Result<(Child, Option<String>), Emb
         .kill_on_drop(true);
     if let Some(k) = &spec.store_key {
         cmd.env(CHILD_STORE_KEY_ENV, &k.value);
+    }
+    cmd.env_remove(CHILD_LEAF_PASSWORD_ENV);
+    for (name, value) in leaf_env(spec.leafnodes.as_ref()) {
+        cmd.env(name, value);
     }
     #[cfg(target_os = "linux")]
     // SAFETY: `pre_exec` is unsafe because the closure runs between fork and exec; prctl is

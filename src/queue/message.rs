@@ -40,6 +40,11 @@ pub mod header {
     /// W3C Trace Context (also read from vendors' HTTP requests); set only while traces are
     /// exported.
     pub const TRACEPARENT: &str = "traceparent";
+    /// Set by nats-server on a sourced message: the source, its sequence there, the transform
+    /// and the original subject (`LEADS_EDGE:<hash> 7 leads.edge.eu1.> leads.in.> leads.edge.eu1.demo <id>`).
+    pub const STREAM_SOURCE: &str = "Nats-Stream-Source";
+    /// The edge that took the lead, on a lead an edge stored (set when the hub files it).
+    pub const EDGE: &str = "Leadrouter-Edge";
 
     /// A DLQ entry's own headers. It also carries the lead's [`RECEIVED_AT`](super::RECEIVED_AT),
     /// [`SCHEMA`](super::SCHEMA), [`GROUP`](super::GROUP) and [`TRACEPARENT`](super::TRACEPARENT).
@@ -199,8 +204,12 @@ pub fn repartitioned_headers(original: Option<&HeaderMap>, group: &str, msg_id: 
     if let Some(h) = original {
         for (name, values) in h.iter() {
             let n: &str = name.as_ref();
+            // The server refuses a publish carrying `Nats-Stream-Source` (10227): it is its
+            // own record of where a sourced message came from. The edge it names is kept in
+            // `Leadrouter-Edge` instead.
             if n.eq_ignore_ascii_case(header::MSG_ID)
                 || n.starts_with("Nats-Expected")
+                || n.eq_ignore_ascii_case(header::STREAM_SOURCE)
                 || n.eq_ignore_ascii_case(header::GROUP)
             {
                 continue;
@@ -210,9 +219,22 @@ pub fn repartitioned_headers(original: Option<&HeaderMap>, group: &str, msg_id: 
             }
         }
     }
+    if let Some(edge) = edge_of_headers(original) {
+        out.insert(header::EDGE, edge.as_str());
+    }
     out.insert(header::GROUP, group);
     out.insert(header::MSG_ID, msg_id);
     out
+}
+
+/// The edge a sourced message came from, by the original subject its `Nats-Stream-Source`
+/// header names; `None` for a lead stored at the hub.
+pub fn edge_of_headers(headers: Option<&HeaderMap>) -> Option<String> {
+    let source = headers?.get(header::STREAM_SOURCE)?.as_str();
+    source
+        .split_whitespace()
+        .find_map(partition::edge_of)
+        .map(str::to_string)
 }
 
 /// One lead in `LEADS`.
@@ -233,6 +255,18 @@ impl LeadMessage {
             sender: envelope.sender.clone(),
             partition: Some(partition),
             headers: LeadHeaders::of_lead(&envelope, group),
+            envelope,
+        }
+    }
+
+    /// A lead without group or partition: what an edge stores (the hub files it).
+    pub fn unplaced(envelope: LeadEnvelope) -> LeadMessage {
+        let mut headers = LeadHeaders::of_lead(&envelope, String::new());
+        headers.group = None;
+        LeadMessage {
+            sender: envelope.sender.clone(),
+            partition: None,
+            headers,
             envelope,
         }
     }
@@ -432,5 +466,24 @@ mod tests {
             Some("2026-01-01T00:00:00.000Z")
         );
         assert_eq!(value(&out, "tracestate"), Some("vendor=1"));
+        assert!(out.get(header::EDGE).is_none(), "not from an edge");
+    }
+
+    #[test]
+    fn a_lead_sourced_from_an_edge_keeps_its_edge_but_not_the_server_s_source_header() {
+        let mut h = HeaderMap::new();
+        h.insert("Nats-Msg-Id", "lr_abc");
+        h.insert(
+            header::STREAM_SOURCE,
+            "LEADS_EDGE:1EkJ6hmZ 7 leads.edge.eu1.> leads.in.> leads.edge.eu1.demo nZ0evBqX",
+        );
+        assert_eq!(edge_of_headers(Some(&h)).as_deref(), Some("eu1"));
+        let out = repartitioned_headers(Some(&h), "keyed", "lr-repartition-9");
+        assert!(
+            out.get(header::STREAM_SOURCE).is_none(),
+            "the server refuses it (10227)"
+        );
+        assert_eq!(value(&out, header::EDGE), Some("eu1"));
+        assert_eq!(edge_of_headers(None), None);
     }
 }

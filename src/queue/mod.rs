@@ -3,6 +3,7 @@
 pub mod backlog;
 pub mod batch;
 pub mod durability;
+pub mod edges;
 pub mod embedded;
 pub mod gauges;
 pub mod group_commit;
@@ -24,6 +25,8 @@ use crate::config::{EnvSource, NatsConfig};
 pub const STREAM_LEADS: &str = "LEADS";
 pub const SUBJECT_IN_PREFIX: &str = "leads.in.";
 pub const STREAM_DLQ: &str = "LEADS_DLQ";
+/// An edge's local stream (work-queue retention): leads wait here until the hub has stored them.
+pub const STREAM_EDGE: &str = "LEADS_EDGE";
 pub const SUBJECT_DLQ_PREFIX: &str = "leads.dlq.";
 pub const KV_IDEMPOTENCY: &str = "leads_idempotency";
 /// Replays recorded per DLQ entry (the entries themselves are never changed).

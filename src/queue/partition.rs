@@ -42,6 +42,30 @@ pub fn legacy_subject(sender: &str) -> String {
     format!("{}{sender}", super::SUBJECT_IN_PREFIX)
 }
 
+/// `leads.edge.{edge}.{sender}`: where an edge stores a lead. The hub's `LEADS` sources it as
+/// the legacy `leads.in.{sender}` (a subject transform), and the `router` consumer gives it its
+/// partition there: the partition comes from the lead and the hub's group key, never the edge.
+/// A prefix of its own, not `leads.in.`, so that across the leaf link neither side's stream
+/// takes the other's publishes (a stream's subjects are interest that the link carries).
+pub fn edge_subject(edge: &str, sender: &str) -> String {
+    format!("{EDGE_PREFIX}{edge}.{sender}")
+}
+
+/// The subjects of an edge's stream, `leads.edge.{edge}.>`.
+pub fn edge_filter(edge: &str) -> String {
+    format!("{EDGE_PREFIX}{edge}.>")
+}
+
+/// The edge a `leads.edge.{edge}.{sender}` subject came from.
+pub fn edge_of(subject: &str) -> Option<&str> {
+    let rest = subject.strip_prefix(EDGE_PREFIX)?;
+    rest.split_once('.')
+        .map(|(edge, _)| edge)
+        .filter(|e| !e.is_empty())
+}
+
+const EDGE_PREFIX: &str = "leads.edge.";
+
 /// What a `leads.in.` subject says: the sender, and the partition unless it is the legacy form.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeadSubject<'a> {
@@ -141,5 +165,20 @@ mod tests {
         assert_eq!(partition_of_consumer("router-p3"), Some(3));
         assert_eq!(partition_of_consumer("router"), None);
         assert_eq!(filter_subject(3), "leads.in.*.3");
+    }
+
+    #[test]
+    fn edge_subjects_name_their_edge_and_stay_out_of_leads_in() {
+        let s = edge_subject("eu1", "demo");
+        assert_eq!(s, "leads.edge.eu1.demo");
+        assert_eq!(edge_of(&s), Some("eu1"));
+        assert_eq!(edge_filter("eu1"), "leads.edge.eu1.>");
+        assert_eq!(
+            parse_subject(&s),
+            None,
+            "an edge subject is not a LEADS subject"
+        );
+        assert_eq!(edge_of("leads.in.demo"), None);
+        assert_eq!(edge_of("leads.edge."), None);
     }
 }

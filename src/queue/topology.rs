@@ -6,10 +6,10 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv, stream};
 
 use super::{
-    QueueError, KV_DLQ_AUDIT, KV_DLQ_KEYS, KV_FENCE, KV_IDEMPOTENCY, KV_LEAD_INDEX,
-    META_PARTITIONS, STREAM_ADVISORIES, STREAM_DLQ, STREAM_LEADS,
+    partition, QueueError, KV_DLQ_AUDIT, KV_DLQ_KEYS, KV_FENCE, KV_IDEMPOTENCY, KV_LEAD_INDEX,
+    META_PARTITIONS, STREAM_ADVISORIES, STREAM_DLQ, STREAM_EDGE, STREAM_LEADS,
 };
-use crate::config::StreamsConfig;
+use crate::config::{edge_domain, EdgeConfig, StreamsConfig};
 
 /// What `ensure` did to each object, for the start-up log and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,7 +19,8 @@ pub enum Change {
     Unchanged(&'static str),
 }
 
-pub fn leads_stream(cfg: &StreamsConfig) -> stream::Config {
+/// `LEADS`, sourcing the stream of each edge in `edges` (hub mode; none otherwise).
+pub fn leads_stream(cfg: &StreamsConfig, edges: &[String]) -> stream::Config {
     stream::Config {
         name: STREAM_LEADS.into(),
         description: Some("leadrouter: accepted leads, awaiting the handlers".into()),
@@ -27,13 +28,76 @@ pub fn leads_stream(cfg: &StreamsConfig) -> stream::Config {
         storage: stream::StorageType::File,
         retention: stream::RetentionPolicy::Limits,
         max_age: cfg.max_age,
+        // Explicit, always: a stream with sources gets no default window, and this one is what
+        // makes one vendor event posted to two edges one lead.
         duplicate_window: cfg.duplicate_window,
         num_replicas: cfg.replicas,
         // Group commit stores concurrent leads as one atomic batch (one fsync for all); on
         // whatever the durability, so switching it needs no stream change.
         allow_atomic_publish: true,
+        sources: (!edges.is_empty()).then(|| edges.iter().map(|e| edge_source(e)).collect()),
         ..Default::default()
     }
+}
+
+/// The hub's source of one edge: that edge's `LEADS_EDGE` across its domain, each lead moved
+/// to the legacy `leads.in.{sender}` (the `router` consumer then files it in its partition).
+/// `Nats-Msg-Id`, `traceparent` and every other header travel with it. The edge stream's
+/// work-queue retention makes the server source through a durable consumer that an edge
+/// message leaves only once the hub has stored it (reliable sourcing, nats-server 2.14).
+pub fn edge_source(edge: &str) -> stream::Source {
+    stream::Source {
+        name: STREAM_EDGE.into(),
+        external: Some(stream::External {
+            api_prefix: edge_api(edge),
+            delivery_prefix: None,
+        }),
+        subject_transforms: vec![stream::SubjectTransform {
+            source: partition::edge_filter(edge),
+            destination: "leads.in.>".into(),
+        }],
+        ..Default::default()
+    }
+}
+
+/// The JetStream API prefix of an edge's domain, as seen from the hub.
+pub fn edge_api(edge: &str) -> String {
+    format!("$JS.{}.API", edge_domain(edge))
+}
+
+/// The edge this router is: `LEADS_EDGE`, sized for the configured outage. Work-queue
+/// retention (a lead leaves once the hub stored it), no age limit and `DiscardNew`: when the
+/// store is full intake answers 503 and the vendor retries; nothing is ever dropped to make
+/// room.
+pub fn edge_stream(edge: &EdgeConfig, cfg: &StreamsConfig) -> stream::Config {
+    stream::Config {
+        name: STREAM_EDGE.into(),
+        description: Some(format!(
+            "leadrouter edge {}: accepted leads, waiting for the hub to store them",
+            edge.name
+        )),
+        subjects: vec![partition::edge_filter(&edge.name)],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::WorkQueue,
+        discard: stream::DiscardPolicy::New,
+        max_messages: edge.max_msgs(),
+        max_bytes: edge.max_bytes(),
+        max_age: Duration::ZERO,
+        duplicate_window: cfg.duplicate_window,
+        num_replicas: cfg.replicas,
+        allow_atomic_publish: true,
+        ..Default::default()
+    }
+}
+
+/// Creates or reconciles the edge's one stream: an edge keeps no DLQ, no KV and no consumers
+/// of its own (the hub's sourcing consumer is the only one).
+pub async fn ensure_edge(
+    js: &jetstream::Context,
+    edge: &EdgeConfig,
+    cfg: &StreamsConfig,
+) -> Result<Change, QueueError> {
+    ensure_stream(js, "stream LEADS_EDGE", edge_stream(edge, cfg)).await
 }
 
 pub fn dlq_stream(cfg: &StreamsConfig) -> stream::Config {
@@ -71,10 +135,11 @@ pub fn advisories_stream(cfg: &StreamsConfig) -> stream::Config {
 pub async fn ensure(
     js: &jetstream::Context,
     cfg: &StreamsConfig,
+    edges: &[String],
 ) -> Result<Vec<Change>, QueueError> {
     let mut changes = Vec::new();
     for (label, want) in [
-        ("stream LEADS", leads_stream(cfg)),
+        ("stream LEADS", leads_stream(cfg, edges)),
         ("stream LEADS_DLQ", dlq_stream(cfg)),
         ("stream LEADS_ADVISORIES", advisories_stream(cfg)),
     ] {
@@ -199,6 +264,25 @@ async fn ensure_stream(
     if atomic {
         diffs.push("allow_atomic_publish false -> true".into());
     }
+    // Limits are ours only on a stream that sets them (the edge's); elsewhere an operator's
+    // limits stay.
+    let limits = want.max_messages > 0 || want.max_bytes > 0;
+    if limits && (have.max_messages, have.max_bytes) != (want.max_messages, want.max_bytes) {
+        diffs.push(format!(
+            "limits {} msgs / {} bytes -> {} / {}",
+            have.max_messages, have.max_bytes, want.max_messages, want.max_bytes
+        ));
+    }
+    if limits && have.discard != want.discard {
+        diffs.push(format!("discard {:?} -> {:?}", have.discard, want.discard));
+    }
+    let sources = merged_sources(have.sources.as_deref(), want.sources.as_deref());
+    if sources != have.sources {
+        diffs.push(format!(
+            "edge sources -> [{}]",
+            edge_names(sources.as_deref()).join(", ")
+        ));
+    }
     if diffs.is_empty() {
         return Ok(Change::Unchanged(label));
     }
@@ -209,11 +293,62 @@ async fn ensure_stream(
     next.duplicate_window = want.duplicate_window;
     next.num_replicas = want.num_replicas;
     next.allow_atomic_publish |= atomic;
+    if limits {
+        next.max_messages = want.max_messages;
+        next.max_bytes = want.max_bytes;
+        next.discard = want.discard;
+    }
+    next.sources = sources;
     js.update_stream(next).await.map_err(failed(format!(
         "{label}: JetStream refused the change ({})",
         diffs.join(", ")
     )))?;
     Ok(Change::Updated(label, diffs))
+}
+
+/// The sources a stream should have: the edge sources we want (ours are those reading an
+/// edge domain's `LEADS_EDGE`), plus any other source an operator added, in their order.
+/// An edge dropped from `[hub] edges` loses its source; leads it still holds stay in its store
+/// (work-queue retention) until it is listed again.
+fn merged_sources(
+    have: Option<&[stream::Source]>,
+    want: Option<&[stream::Source]>,
+) -> Option<Vec<stream::Source>> {
+    let ours = |s: &stream::Source| s.name == STREAM_EDGE && source_edge(s).is_some();
+    let mut out: Vec<stream::Source> = have
+        .unwrap_or_default()
+        .iter()
+        .filter(|s| !ours(s))
+        .cloned()
+        .collect();
+    for w in want.unwrap_or_default() {
+        // Keep the server's form of a source we already have (it may fill in defaults), so an
+        // unchanged list compares equal.
+        let kept = have.unwrap_or_default().iter().find(|h| {
+            ours(h)
+                && source_edge(h) == source_edge(w)
+                && h.subject_transforms == w.subject_transforms
+        });
+        out.push(kept.unwrap_or(w).clone());
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// The edge a source reads, from its API prefix `$JS.edge-{name}.API`.
+fn source_edge(s: &stream::Source) -> Option<&str> {
+    s.external
+        .as_ref()?
+        .api_prefix
+        .strip_prefix("$JS.edge-")?
+        .strip_suffix(".API")
+}
+
+fn edge_names(sources: Option<&[stream::Source]>) -> Vec<&str> {
+    sources
+        .unwrap_or_default()
+        .iter()
+        .filter_map(source_edge)
+        .collect()
 }
 
 async fn ensure_kv(js: &jetstream::Context, cfg: &StreamsConfig) -> Result<Change, QueueError> {
@@ -360,10 +495,15 @@ fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
     )
 }
 
-/// True when the streams the edge writes to exist (for `/readyz`).
-pub async fn streams_present(js: &jetstream::Context) -> bool {
+/// True when the streams intake writes to exist (for `/readyz`).
+pub async fn streams_present(js: &jetstream::Context, streams: &[&str]) -> bool {
     let probe = async {
-        js.get_stream(STREAM_LEADS).await.is_ok() && js.get_stream(STREAM_DLQ).await.is_ok()
+        for s in streams {
+            if js.get_stream(*s).await.is_err() {
+                return false;
+            }
+        }
+        true
     };
     tokio::time::timeout(Duration::from_secs(1), probe)
         .await

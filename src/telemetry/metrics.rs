@@ -149,6 +149,19 @@ pub struct Metrics {
     pub sink_budget_remaining: IntGaugeVec,
     /// `leadrouter_sink_budget_limit{sink,window}`: the vendor's limit for that window.
     pub sink_budget_limit: IntGaugeVec,
+    /// `leadrouter_edge_link_up{edge}`: 1 while the edge's JetStream answers across the leaf
+    /// link (at the hub), or while the edge's server has a leaf connection (at the edge).
+    pub edge_link_up: IntGaugeVec,
+    /// `leadrouter_edge_waiting_leads{edge}`: leads stored at the edge, not yet at the hub.
+    pub edge_waiting: IntGaugeVec,
+    /// `leadrouter_edge_oldest_waiting_seconds{edge}`: age of the oldest of them (0 when none).
+    pub edge_oldest_waiting: prometheus::GaugeVec,
+    /// `leadrouter_edge_link_down_seconds{edge}`: how long the link has been down (0 when up).
+    pub edge_link_down: prometheus::GaugeVec,
+    /// `leadrouter_edge_link_alert_after_seconds`: `[hub] link_alert_after`, for the alert rule.
+    pub edge_link_alert_after: prometheus::Gauge,
+    /// `leadrouter_edge_delay_seconds{edge}`: edge 202 -> stored at the hub, per lead.
+    pub edge_delay: HistogramVec,
     /// The handler pools' outcome counters, exported as their sum.
     pools: Arc<PoolCounterSum>,
 }
@@ -175,6 +188,12 @@ fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
 
 fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn float_gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::GaugeVec {
+    let g = prometheus::GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
     r.register(Box::new(g.clone())).expect("unique metric");
     g
 }
@@ -361,6 +380,46 @@ impl Metrics {
                 "leadrouter_sink_budget_limit",
                 "A vendor's request limit per window (interval, daily), as configured or as the vendor's headers say.",
                 &["sink", "window"],
+            ),
+            edge_link_up: gauge_vec(
+                &r,
+                "leadrouter_edge_link_up",
+                "1 while the edge's leaf link to the hub is up: at the hub, the edge's JetStream answered across the link at the last poll; at the edge, its nats-server holds a leaf connection.",
+                &["edge"],
+            ),
+            edge_waiting: gauge_vec(
+                &r,
+                "leadrouter_edge_waiting_leads",
+                "Leads stored at the edge and not yet stored at the hub (the edge stream's messages; at the hub, as of the last poll that reached the edge).",
+                &["edge"],
+            ),
+            edge_oldest_waiting: float_gauge_vec(
+                &r,
+                "leadrouter_edge_oldest_waiting_seconds",
+                "Age of the oldest lead waiting at the edge, 0 when none.",
+                &["edge"],
+            ),
+            edge_link_down: float_gauge_vec(
+                &r,
+                "leadrouter_edge_link_down_seconds",
+                "How long the edge's link has been down, 0 while up (at the hub: since its last answer, or since this router started).",
+                &["edge"],
+            ),
+            edge_link_alert_after: {
+                let g = prometheus::Gauge::with_opts(Opts::new(
+                    "leadrouter_edge_link_alert_after_seconds",
+                    "[hub] link_alert_after: how long an edge link may be down before LeadrouterEdgeLinkDown fires.",
+                ))
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            edge_delay: histogram_vec(
+                &r,
+                "leadrouter_edge_delay_seconds",
+                "Edge 202 -> stored at the hub, per lead (the two sites' clocks: skew shows here).",
+                &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 7200.0, 86400.0],
+                &["edge"],
             ),
             pools: PoolCounterSum::registered(&r),
             registry: r,

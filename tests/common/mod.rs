@@ -50,6 +50,14 @@ impl NatsServer {
         }
     }
 
+    /// A harness server started with options of the test's own.
+    pub fn wrap(inner: harness::NatsServer) -> NatsServer {
+        NatsServer {
+            port: inner.port(),
+            inner,
+        }
+    }
+
     pub fn url(&self) -> String {
         self.inner.url()
     }

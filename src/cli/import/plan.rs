@@ -115,7 +115,7 @@ impl Plan {
                 source,
             })?;
         // No request, so no headers: the edge's own step, signature check aside.
-        let mut admitted = sender.admit(grouping, None, &doc, body, now.to_string())?;
+        let mut admitted = sender.admit(Some(grouping), None, &doc, body, now.to_string())?;
         // After the event id, so a line missing both is rejected for its event id.
         if let Some(p) = &self.received_at_pointer {
             admitted.envelope.received_at = received_at_from(&doc, p)?;

@@ -47,6 +47,10 @@ pub struct RouterConfig {
     pub dlq: DlqSection,
     #[serde(skip_serializing_if = "is_default")]
     pub telemetry: TelemetrySection,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edge: Option<EdgeSection>,
+    #[serde(skip_serializing_if = "is_default")]
+    pub hub: HubSection,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub sinks: Vec<SinkConfig>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -102,6 +106,53 @@ pub struct EmbeddedSection {
     /// `chachapoly` or `aes`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub store_cipher: Option<String>,
+    /// Hub mode: the leaf listener for edges.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leafnode_port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leafnode_host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leafnode_user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leafnode_password_env: Option<String>,
+}
+
+/// `[edge]`: this router runs intake only and stores leads for the hub.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct EdgeSection {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hub: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hub_user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hub_password_env: Option<String>,
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub outage: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lead_bytes: Option<u64>,
+}
+
+impl EdgeSection {
+    /// An edge named `name` whose embedded server is a leaf of the hub at `hub`.
+    pub fn new(name: impl Into<String>, hub: impl Into<String>) -> EdgeSection {
+        EdgeSection {
+            name: name.into(),
+            hub: Some(hub.into()),
+            ..EdgeSection::default()
+        }
+    }
+}
+
+/// `[hub]`: the edges whose leads `LEADS` sources.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct HubSection {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub edges: Vec<String>,
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub link_alert_after: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -551,6 +602,24 @@ impl RouterConfig {
             env: Some(env.into()),
             file: None,
         });
+        self
+    }
+
+    /// Edge mode (intake only, leads stored for the hub).
+    pub fn edge(mut self, edge: EdgeSection) -> Self {
+        self.edge = Some(edge);
+        self
+    }
+
+    /// Hub mode: `LEADS` sources these edges.
+    pub fn hub_edges(mut self, edges: &[&str]) -> Self {
+        self.hub.edges = edges.iter().map(|e| e.to_string()).collect();
+        self
+    }
+
+    /// The embedded server's leaf listener (hub mode), on loopback.
+    pub fn leafnode_port(mut self, port: u16) -> Self {
+        self.nats.embedded.leafnode_port = Some(port);
         self
     }
 

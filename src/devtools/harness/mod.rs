@@ -38,9 +38,9 @@ use std::time::Duration;
 pub use cluster::{NatsCluster, RaftGroup};
 pub use config::{
     file_sink, http_sink, hubspot_sink, salesforce_sink, segment_sink, AdminSection, DlqKeySpec,
-    DlqSection, EmbeddedSection, EnrichSection, EventIdSpec, GroupCommitSection, HandlersSection,
-    IntakeSection, MappingSpec, NatsSection, ParseError, RateSpec, RouterConfig, SenderSpec,
-    StreamsSection, TelemetrySection,
+    DlqSection, EdgeSection, EmbeddedSection, EnrichSection, EventIdSpec, GroupCommitSection,
+    HandlersSection, HubSection, IntakeSection, MappingSpec, NatsSection, ParseError, RateSpec,
+    RouterConfig, SenderSpec, StreamsSection, TelemetrySection,
 };
 pub use nats::{NatsOptions, NatsServer};
 pub use ports::{free_port, free_ports};
