@@ -324,3 +324,119 @@ fn group_commit_bounds_name_the_key() {
     let err = Config::from_toml(&text, Path::new("t.toml"), &NO_ENV).unwrap_err();
     assert!(err.to_string().contains("nats.monitor_url"), "{err}");
 }
+
+fn edge(extra: &str) -> String {
+    format!(
+        "[edge]\nname = \"eu1\"\nhub = \"nats-leaf://hub.example:7422\"\n{extra}\n{}",
+        minimal_sender()
+    )
+}
+
+fn refusal(text: &str) -> String {
+    Config::from_toml(text, Path::new("t.toml"), &NO_ENV)
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn an_edge_is_sized_for_its_outage_and_refuses_what_belongs_to_the_hub() {
+    let cfg = Config::from_toml(&edge(""), Path::new("t.toml"), &NO_ENV).unwrap();
+    let e = cfg.edge.as_ref().expect("edge");
+    assert_eq!(e.domain(), "edge-eu1");
+    // 24 h at 10 leads/s, 4 KiB each.
+    assert_eq!(e.max_msgs(), 864_000);
+    assert_eq!(e.max_bytes(), 864_000 * 4096);
+    let cfg = Config::from_toml(
+        &edge("outage = \"1h\"\nrate = 2.5"),
+        Path::new("t.toml"),
+        &NO_ENV,
+    )
+    .unwrap();
+    assert_eq!(cfg.edge.as_ref().map(EdgeConfig::max_msgs), Some(9_000));
+
+    for (extra, key) in [
+        ("name = \"EU 1\"", "edge.name"),
+        ("rate = 0", "edge.rate"),
+        ("outage = \"0s\"", "edge.outage"),
+        ("hub_user = \"edge\"", "edge.hub_password_env"),
+        ("hub_password_env = \"P\"", "edge.hub_user"),
+        ("hub_tls_cert_file = \"c.pem\"", "edge.hub_tls_cert_file"),
+    ] {
+        let text = edge(extra).replacen(
+            "name = \"eu1\"\n",
+            "",
+            usize::from(extra.starts_with("name")),
+        );
+        let err = refusal(&text);
+        assert!(err.contains(key), "{extra}: {err}");
+    }
+    let err =
+        refusal(&edge("").replace("nats-leaf://hub.example:7422", "nats-leaf://u:p@hub:7422"));
+    assert!(err.contains("credentials out of the URL"), "{err}");
+    let err = refusal(&edge("").replace("nats-leaf://", "http://"));
+    assert!(err.contains("not a leaf node URL"), "{err}");
+    let err = refusal(&edge("").replace("hub = \"nats-leaf://hub.example:7422\"\n", ""));
+    assert!(err.contains("edge.hub"), "{err}");
+    let err = refusal(&format!(
+        "[nats]\nurl = \"nats://10.0.0.1:4222\"\n{}",
+        edge("")
+    ));
+    assert!(err.contains("embedded nats-server only"), "{err}");
+    // Sinks, a hub list or a leaf listener have no place at an edge.
+    let err = refusal(&format!(
+        "{}\n[[sinks]]\nname = \"crm\"\nkind = \"file\"\n",
+        edge("")
+    ));
+    assert!(err.contains("intake only"), "{err}");
+    let err = refusal(&format!("[hub]\nedges = [\"us1\"]\n{}", edge("")));
+    assert!(err.contains("an edge or a hub, not both"), "{err}");
+}
+
+#[test]
+fn a_hub_lists_valid_edges_and_never_opens_its_leaf_port_without_a_password() {
+    let hub =
+        |nats: &str, edges: &str| format!("{nats}\n[hub]\nedges = {edges}\n{}", minimal_sender());
+    let cfg = Config::from_toml(
+        &hub(
+            "[nats.embedded]\nleafnode_port = 7422",
+            "[\"eu1\", \"us1\"]",
+        ),
+        Path::new("t.toml"),
+        &NO_ENV,
+    )
+    .unwrap();
+    assert_eq!(cfg.hub.edges, ["eu1", "us1"]);
+    assert_eq!(cfg.nats.embedded.leafnode_host, "127.0.0.1");
+    assert_eq!(cfg.hub.link_alert_after, Duration::from_secs(300));
+
+    let err = refusal(&hub("", "[\"eu1\"]"));
+    assert!(err.contains("nats.embedded.leafnode_port"), "{err}");
+    let err = refusal(&hub(
+        "[nats.embedded]\nleafnode_port = 7422",
+        "[\"eu1\", \"eu1\"]",
+    ));
+    assert!(err.contains("listed twice"), "{err}");
+    let err = refusal(&hub("[nats.embedded]\nleafnode_port = 7422", "[\"EU\"]"));
+    assert!(err.contains("hub.edges[0]"), "{err}");
+    let err = refusal(&hub(
+        "[nats.embedded]\nleafnode_port = 7422\nleafnode_host = \"0.0.0.0\"",
+        "[\"eu1\"]",
+    ));
+    assert!(err.contains("leafnode_password_env"), "{err}");
+    Config::from_toml(
+        &hub(
+            "[nats.embedded]\nleafnode_port = 7422\nleafnode_host = \"0.0.0.0\"\nleafnode_password_env = \"LEAF_PASSWORD\"",
+            "[\"eu1\"]",
+        ),
+        Path::new("t.toml"),
+        &NO_ENV,
+    )
+    .unwrap();
+    // An external hub server has its own leaf listener: nothing to set here.
+    Config::from_toml(
+        &hub("[nats]\nurl = \"nats://10.0.0.1:4222\"", "[\"eu1\"]"),
+        Path::new("t.toml"),
+        &NO_ENV,
+    )
+    .unwrap();
+}

@@ -564,12 +564,25 @@ where
             crate::telemetry::traces::set_error(&publish_span, "queue_unavailable");
             let why = chain(&e);
             tracing::warn!(target: "leadrouter::intake", sender = %sender.id, key = %key, error = %why, "lead not stored; answering 503");
+            // A full store (an edge holding leads through a long hub outage) frees room only
+            // as the hub catches up: a later retry is kinder than a quick one.
+            let (message, retry) = if e.is_store_full() {
+                (
+                    format!("the lead was not stored: this router's store is full of leads waiting to be forwarded ({why}); retry later with the same request"),
+                    Duration::from_secs(30),
+                )
+            } else {
+                (
+                    format!("the lead was not stored ({why}); retry later with the same request"),
+                    Duration::from_secs(2),
+                )
+            };
             Err(Answer::err(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "queue_unavailable",
-                format!("the lead was not stored ({why}); retry later with the same request"),
+                message,
             )
-            .retry_after(Duration::from_secs(2)))
+            .retry_after(retry))
         }
     }
 }

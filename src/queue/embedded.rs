@@ -639,7 +639,107 @@ pub fn process_alive(pid: i32) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{monitor_addr, process_alive};
+    use super::*;
+
+    fn spec(dir: &Path, template: &Path) -> EmbeddedSpec {
+        EmbeddedSpec {
+            binary: PathBuf::from("nats-server"),
+            template: template.to_path_buf(),
+            port: 4222,
+            dir: dir.to_path_buf(),
+            ready_timeout: Duration::from_secs(1),
+            store_key: None,
+            sync_always: false,
+            domain: None,
+            leafnodes: None,
+        }
+    }
+
+    fn shipped_template() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("nats/nats-server.conf.tmpl")
+    }
+
+    #[test]
+    fn an_edge_renders_its_domain_and_a_remote_whose_secrets_stay_in_the_environment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = spec(dir.path(), &shipped_template());
+        s.domain = Some("edge-eu1".into());
+        s.leafnodes = Some(Leafnodes::Remote {
+            urls: vec!["nats-leaf://edge:s%23cret@hub:7422".into()],
+            creds_file: None,
+            tls_ca_file: Some(PathBuf::from("/etc/ca.pem")),
+            tls_client: None,
+        });
+        render_config(&s).expect("renders");
+        let text = std::fs::read_to_string(s.conf_path()).expect("rendered");
+        assert!(text.contains("domain: \"edge-eu1\""), "{text}");
+        assert!(text.contains("urls: [$LEADROUTER_LEAF_URL_0]"), "{text}");
+        assert!(text.contains("ca_file: \"/etc/ca.pem\""), "{text}");
+        assert!(!text.contains("cret"), "no secret in the file: {text}");
+        assert!(!text.contains("{{"), "every placeholder filled: {text}");
+        let env = leaf_env(s.leafnodes.as_ref());
+        assert_eq!(
+            env,
+            [(
+                "LEADROUTER_LEAF_URL_0".to_string(),
+                "nats-leaf://edge:s%23cret@hub:7422".to_string()
+            )]
+        );
+        assert_eq!(format!("{:?}", s.leafnodes), "Some(Remote(1 url(s)))");
+    }
+
+    #[test]
+    fn a_hub_renders_a_leaf_listener_with_its_password_by_reference() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = spec(dir.path(), &shipped_template());
+        s.leafnodes = Some(Leafnodes::Listen {
+            host: "0.0.0.0".into(),
+            port: 7422,
+            user: "leadrouter-edge".into(),
+            password: Some("hunter2hunter2".into()),
+            tls: None,
+        });
+        render_config(&s).expect("renders");
+        let text = std::fs::read_to_string(s.conf_path()).expect("rendered");
+        assert!(text.contains("listen: \"0.0.0.0:7422\""), "{text}");
+        assert!(
+            text.contains("password: $LEADROUTER_LEAF_PASSWORD"),
+            "{text}"
+        );
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(!text.contains("domain: \""), "a hub keeps no domain: {text}");
+    }
+
+    #[test]
+    fn a_template_without_the_edge_placeholders_is_refused_by_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old = dir.path().join("old.tmpl");
+        std::fs::write(
+            &old,
+            "listen: 127.0.0.1:{{port}}\njetstream { store_dir: \"{{store_dir}}\" }\n",
+        )
+        .expect("template");
+        let mut s = spec(&dir.path().join("n"), &old);
+        s.domain = Some("edge-eu1".into());
+        let err = render_config(&s).expect_err("refused").to_string();
+        assert!(
+            err.contains("{{jetstream_domain}}") && err.contains("edge mode"),
+            "{err}"
+        );
+        s.domain = None;
+        s.leafnodes = Some(Leafnodes::Listen {
+            host: "127.0.0.1".into(),
+            port: 7422,
+            user: "u".into(),
+            password: None,
+            tls: None,
+        });
+        let err = render_config(&s).expect_err("refused").to_string();
+        assert!(
+            err.contains("{{leafnodes}}") && err.contains("hub mode"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn the_monitor_port_is_read_from_the_log() {

@@ -36,6 +36,18 @@ pub enum PublishFailure {
     Closed,
 }
 
+impl PublishFailure {
+    /// The stream is at its limits and refuses new messages (`DiscardNew`): an edge's store
+    /// sized for an outage that lasted longer. nats-server says so in words only (10077 for
+    /// messages; bytes have their own code), so the words are what is matched.
+    pub fn is_store_full(&self) -> bool {
+        let text = crate::error_chain::chain(self);
+        ["maximum messages exceeded", "maximum bytes exceeded"]
+            .iter()
+            .any(|m| text.contains(m))
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stored {
     pub sequence: u64,

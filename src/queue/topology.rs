@@ -509,3 +509,59 @@ pub async fn streams_present(js: &jetstream::Context, streams: &[&str]) -> bool 
         .await
         .unwrap_or(false)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn operator_source() -> stream::Source {
+        stream::Source {
+            name: "ARCHIVE".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_hub_sources_each_listed_edge_and_keeps_an_operator_s_own_sources() {
+        let cfg = StreamsConfig::default();
+        let want = leads_stream(&cfg, &["eu1".into(), "us1".into()]);
+        let sources = want.sources.clone().expect("sources");
+        assert_eq!(edge_names(Some(&sources)), ["eu1", "us1"]);
+        assert_eq!(
+            sources[0].external.as_ref().map(|e| e.api_prefix.as_str()),
+            Some("$JS.edge-eu1.API")
+        );
+        assert_eq!(sources[0].subject_transforms[0].source, "leads.edge.eu1.>");
+        assert_eq!(sources[0].subject_transforms[0].destination, "leads.in.>");
+        assert_eq!(
+            want.duplicate_window, cfg.duplicate_window,
+            "explicit on a sourced stream"
+        );
+        assert!(leads_stream(&cfg, &[]).sources.is_none());
+
+        // An operator's source stays; an edge dropped from the list loses its source.
+        let have = vec![operator_source(), edge_source("eu1"), edge_source("old")];
+        let merged = merged_sources(Some(&have), want.sources.as_deref()).expect("merged");
+        assert_eq!(merged[0].name, "ARCHIVE");
+        assert_eq!(edge_names(Some(&merged)), ["eu1", "us1"]);
+        // Unchanged when nothing changed.
+        let again = merged_sources(Some(&merged), want.sources.as_deref());
+        assert_eq!(again.as_deref(), Some(&merged[..]));
+        assert_eq!(merged_sources(None, None), None);
+    }
+
+    #[test]
+    fn an_edge_stream_is_a_bounded_work_queue_that_refuses_rather_than_drops() {
+        let edge: EdgeConfig = toml::from_str(
+            "name = \"eu1\"\nhub = \"nats-leaf://h:7422\"\noutage = \"1h\"\nrate = 2.0",
+        )
+        .expect("edge");
+        let s = edge_stream(&edge, &StreamsConfig::default());
+        assert_eq!(s.name, STREAM_EDGE);
+        assert_eq!(s.subjects, ["leads.edge.eu1.>"]);
+        assert_eq!(s.retention, stream::RetentionPolicy::WorkQueue);
+        assert_eq!(s.discard, stream::DiscardPolicy::New);
+        assert_eq!(s.max_messages, 7200);
+        assert_eq!(s.max_age, Duration::ZERO, "never aged out");
+    }
+}
