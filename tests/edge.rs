@@ -20,8 +20,12 @@ use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
+const ADMIN_TOKEN: &str = "edge-test-admin-token-0123456789";
+
 fn env() -> HashMap<String, String> {
-    common::test_env()
+    let mut e = common::test_env();
+    e.insert("LEADROUTER_ADMIN_TOKEN".into(), ADMIN_TOKEN.into());
+    e
 }
 
 fn sender() -> SenderSpec {
@@ -221,12 +225,14 @@ async fn two_thousand_leads_posted_to_an_edge_reach_the_hub_sink_exactly_once() 
     let crm = common::sandbox_crm().await;
     let leaf_port = harness::free_port().expect("port");
     // The hub on its embedded server, accepting the edge's leaf connection.
-    let hub_cfg = hub_config(dir.path(), &crm, &["eu1"])
+    let mut hub_cfg = hub_config(dir.path(), &crm, &["eu1"])
         .embedded_nats(
             harness::free_port().expect("port"),
             common::manifest_dir().join("nats"),
         )
-        .leafnode_port(leaf_port);
+        .leafnode_port(leaf_port)
+        .admin_listen(common::free_addr());
+    hub_cfg.admin.token_env = Some("LEADROUTER_ADMIN_TOKEN".into());
     let hub = start(dir.path(), "hub", &hub_cfg).await;
     let edge_cfg = edge_config(dir.path(), "eu1", leaf_port);
     let edge = start(dir.path(), "eu1", &edge_cfg).await;
@@ -270,6 +276,49 @@ async fn two_thousand_leads_posted_to_an_edge_reach_the_hub_sink_exactly_once() 
         |v| v == 1.0,
     )
     .await;
+
+    // `leadrouter stats` and the console overview show the edge.
+    let admin = format!("http://{}", hub_cfg.admin_addr());
+    let http = common::http_client();
+    let get = |path: &str| {
+        http.get(format!("{admin}{path}"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+    };
+    let stats: serde_json::Value = get("/api/stats")
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(stats["edges"][0]["name"], "eu1", "{stats}");
+    assert_eq!(stats["edges"][0]["link_up"], true, "{stats}");
+    assert_eq!(stats["edges"][0]["waiting"], 0, "{stats}");
+    let overview: serde_json::Value = get("/api/overview?window=15m")
+        .await
+        .expect("overview")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(overview["edges"][0]["name"], "eu1", "{overview}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_leadrouter"))
+        .args(["stats", "--config"])
+        .arg(hub.config_path())
+        .envs(env())
+        .output()
+        .expect("stats runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with("edges")
+            && l.contains("eu1")
+            && l.contains("link up · 0 waiting")),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -360,6 +360,10 @@ pub async fn stats(cfg: &Config, args: &StatsArgs) -> anyhow::Result<ExitCode> {
             let _ = writeln!(out, "e2e p95         - (no deliveries)");
         }
     }
+    for (i, e) in v["edges"].as_array().into_iter().flatten().enumerate() {
+        let label = if i == 0 { "edges" } else { "" };
+        let _ = writeln!(out, "{label:<15} {}", edge_line(e));
+    }
     let by = v["dlq_by_reason"].as_object().cloned().unwrap_or_default();
     if by.is_empty() {
         let _ = writeln!(out, "dlq             nothing dead-lettered in the window");
@@ -371,6 +375,32 @@ pub async fn stats(cfg: &Config, args: &StatsArgs) -> anyhow::Result<ExitCode> {
     }
     print!("{out}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// One edge for `stats`: `eu1  link up · 0 waiting` or `eu1  LINK DOWN 2m 5s · 340 waiting
+/// (as of the last answer), oldest 2m 10s`.
+fn edge_line(e: &Value) -> String {
+    let name = e["name"].as_str().unwrap_or("?");
+    let secs = |v: &Value| {
+        v.as_f64()
+            .map(|s| humantime::format_duration(Duration::from_secs(s as u64)).to_string())
+    };
+    let waiting = match e["waiting"].as_u64() {
+        Some(n) => format!("{n} waiting"),
+        None => "waiting unknown".to_string(),
+    };
+    let oldest = match (e["waiting"].as_u64(), secs(&e["oldest_waiting_seconds"])) {
+        (Some(n), Some(age)) if n > 0 => format!(", oldest {age}"),
+        _ => String::new(),
+    };
+    match e["link_up"].as_bool() {
+        Some(true) => format!("{name:<8} link up · {waiting}{oldest}"),
+        Some(false) => format!(
+            "{name:<8} LINK DOWN {} · {waiting} (as of its last answer){oldest}",
+            secs(&e["link_down_seconds"]).unwrap_or_default()
+        ),
+        None => format!("{name:<8} link unknown · {waiting}{oldest}"),
+    }
 }
 
 fn fmt_ms(ms: f64) -> String {

@@ -111,6 +111,8 @@ pub async fn overview(ctx: &Ctx, window: Duration) -> Value {
         figures(ctx, window, &ring, &latest)
     };
     out["dlq_by_hour"] = dlq_by_hour(ctx).await;
+    // Hub mode: each edge's link and what waits there (empty otherwise).
+    out["edges"] = json!(ctx.state.observed.edges.snapshot());
     out
 }
 

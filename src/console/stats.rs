@@ -121,6 +121,10 @@ impl Observed {
             "duplicate_rate": ratio(c.duplicates, c.delivered + c.duplicates),
             "dlq_by_reason": dlq,
         });
+        let edges = self.edges.snapshot();
+        if !edges.is_empty() {
+            out["edges"] = json!(edges);
+        }
         match &self.pipeline {
             None => out["handlers"] = json!("disabled"),
             Some(p) => {

@@ -707,7 +707,10 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("hunter2"), "{text}");
-        assert!(!text.contains("domain: \""), "a hub keeps no domain: {text}");
+        assert!(
+            !text.contains("domain: \""),
+            "a hub keeps no domain: {text}"
+        );
     }
 
     #[test]

@@ -314,6 +314,17 @@
     }, 10000);
   }
 
+  // One edge site (hub mode): its leaf link and the leads waiting there for the hub.
+  function edgeTile(e) {
+    const waiting = e.waiting === null || e.waiting === undefined ? '–' : String(e.waiting);
+    const age = (s) => s >= 3600 ? Math.round(s / 360) / 10 + ' h' : s >= 60 ? Math.round(s / 60) + ' min' : Math.round(s) + ' s';
+    const oldest = e.waiting ? ' · oldest ' + age(e.oldest_waiting_seconds || 0) : '';
+    if (e.link_up === false) {
+      return tile('Edge ' + e.name, waiting + ' waiting', 'link DOWN for ' + age(e.link_down_seconds || 0) + ' (counts as of its last answer)' + oldest, 'bad');
+    }
+    return tile('Edge ' + e.name, waiting + ' waiting', 'link up' + oldest, e.waiting ? '' : 'ok');
+  }
+
   function renderOverview(d, tiles, charts) {
     const now = d.now;
     const q = now.queue || {};
@@ -336,7 +347,7 @@
       tile('Sink success', fmtPct(now.success_rate), now.retries + ' retries · ' + now.dead + ' dead-lettered',
         now.success_rate === null ? '' : now.success_rate >= 0.99 ? 'ok' : 'bad'),
       tile('DLQ, last 24 h', dlqTotal === null || dlqTotal === undefined ? '–' : String(dlqTotal), 'placements', dlqTotal ? 'bad' : 'ok'),
-    ]);
+    ].concat((d.edges || []).map(edgeTile)));
     const t = d.series.t;
     clear(charts);
     append(charts, [
