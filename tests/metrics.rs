@@ -171,7 +171,9 @@ async fn metrics_count_every_stage_with_bounded_labels() {
             ..common::quick_handlers(&common::shipped_schemas())
         })
         .sender(sender("m-main", 1000))
-        .sender(sender("m-limited", 1));
+        .sender(sender("m-limited", 1))
+        // A hub of one edge that never connects: its link gauges (the edge alert's inputs).
+        .hub_edges(&["m-edge"]);
     let s = AdminApp::start(NatsServer::start(), common::sandbox_crm().await, cfg, env).await;
     let (app, crm, nats) = (&s.app, &s.crm, &s.nats);
 
@@ -344,6 +346,24 @@ async fn metrics_count_every_stage_with_bounded_labels() {
     )
     .await
     .expect("a hubspot sink builds");
+
+    // The hub asked its edge (first poll at start, 2 s to answer) and counts it down: a
+    // timer's gauge, polled.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while Scrape::parse(&metrics().encode())
+        .get("leadrouter_edge_link_down_seconds", &[("edge", "m-edge")])
+        .is_none()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the edge was never polled"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        exported("leadrouter_edge_link_up", &[("edge", "m-edge")]),
+        0
+    );
 
     // Scrape the public listener.
     let resp = app
