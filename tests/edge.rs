@@ -536,3 +536,85 @@ async fn a_full_edge_store_answers_503_and_drops_nothing() {
     assert_eq!(status, 202, "{body}");
     assert!(body.contains("\"duplicate\":true"), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lead_taken_at_an_edge_is_one_trace_from_the_edge_to_the_hub_s_sink() {
+    let receiver = common::otlp::OtlpReceiver::start().await;
+    let telemetry = harness::TelemetrySection {
+        otlp_endpoint: Some(receiver.endpoint()),
+        otlp_protocol: Some("http/protobuf".into()),
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let crm = common::sandbox_crm().await;
+    let leaf_port = harness::free_port().expect("port");
+    let _hub_nats = hub_nats(leaf_port, &dir.path().join("hub-nats"));
+    let traced = |r: RouterProcess, service: &str| {
+        r.scrub_env_prefix("OTEL_")
+            .env("OTEL_SERVICE_NAME", service)
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+    };
+    let hub_cfg = hub_config(dir.path(), &crm, &["eu1"])
+        .nats_url(_hub_nats.url())
+        .telemetry(telemetry.clone());
+    let edge_cfg = edge_config(dir.path(), "eu1", leaf_port).telemetry(telemetry);
+    let mut routers = Vec::new();
+    for (name, cfg, service) in [("hub", &hub_cfg, "lr-hub"), ("eu1", &edge_cfg, "lr-edge")] {
+        let r = RouterProcess::for_config(
+            env!("CARGO_BIN_EXE_leadrouter"),
+            cfg,
+            dir.path().join(format!("{name}.toml")),
+        )
+        .expect("router config")
+        .log(dir.path().join(format!("{name}.log")))
+        .envs(env())
+        .env("LEADROUTER_TOOLS_DIR", harness::tools_dir());
+        routers.push(common::serve(traced(r, service)).await);
+    }
+    let edge = &routers[1];
+    let keys = Vendor::new().post_all(edge, "traced", 0..1, 1).await;
+    all_at_crm_once(&crm, &keys, Duration::from_secs(60), &[&routers[0], edge]).await;
+
+    let spans = receiver
+        .wait_for("the hub's sink span", Duration::from_secs(30), |spans| {
+            spans
+                .iter()
+                .any(|s| s.name == "sink" && s.service_name == "lr-hub")
+        })
+        .await;
+    let sink = spans
+        .iter()
+        .find(|s| s.name == "sink" && s.service_name == "lr-hub")
+        .expect("sink span");
+    let trace: Vec<_> = spans
+        .iter()
+        .filter(|s| s.trace_id == sink.trace_id)
+        .collect();
+    let find = |name: &str| {
+        trace.iter().find(|s| s.name == name).unwrap_or_else(|| {
+            panic!(
+                "no `{name}` span in the lead's trace: {:#?}",
+                common::otlp::brief(&spans)
+            )
+        })
+    };
+    let (intake, publish, handle) = (find("intake"), find("publish"), find("handle"));
+    assert_eq!(intake.service_name, "lr-edge");
+    assert_eq!(publish.service_name, "lr-edge");
+    assert_eq!(
+        publish.attr("messaging.destination.name"),
+        Some(&json!("leads.edge.eu1.demo")),
+        "the edge stores on its own subject"
+    );
+    // The traceparent crossed the leaf link and the hub's filing with the message.
+    assert_eq!(handle.service_name, "lr-hub");
+    assert_eq!(handle.parent_span_id, publish.span_id);
+    assert_eq!(handle.attr("key"), Some(&json!(keys[0])));
+    let sent = crm
+        .record(&keys[0])
+        .and_then(|r| r.last_headers.get("traceparent").cloned());
+    assert_eq!(
+        sent,
+        Some(format!("00-{}-{}-01", sink.trace_id, sink.span_id))
+    );
+}
