@@ -429,12 +429,15 @@ async fn one_vendor_event_posted_to_two_edges_is_one_lead() {
     let _hub_nats = hub_nats(leaf_port, &dir.path().join("hub-nats"));
     let hub_cfg = hub_config(dir.path(), &crm, &["eu1", "us1"]).nats_url(_hub_nats.url());
     let _hub = start(dir.path(), "hub", &hub_cfg).await;
-    let eu = start(
-        dir.path(),
-        "eu1",
-        &edge_config(dir.path(), "eu1", leaf_port),
-    )
-    .await;
+    // eu1 fsyncs before its 202 (group commit on its own store), us1 is lazy: an edge's 202
+    // means what it means on any router.
+    let eu_cfg = edge_config(dir.path(), "eu1", leaf_port).durability("fsync");
+    let eu = start(dir.path(), "eu1", &eu_cfg).await;
+    assert!(
+        eu.log_text().contains("fsync before the ack"),
+        "{}",
+        eu.log_tail(20)
+    );
     let us = start(
         dir.path(),
         "us1",
@@ -616,5 +619,41 @@ async fn a_lead_taken_at_an_edge_is_one_trace_from_the_edge_to_the_hub_s_sink() 
     assert_eq!(
         sent,
         Some(format!("00-{}-{}-01", sink.trace_id, sink.span_id))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_on_a_server_outside_its_domain_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // An operator's own server, without `domain: edge-eu1`: its JetStream would be the hub's
+    // across a leaf link, and the edge's 202 would depend on the link.
+    let nats = NatsServer::start();
+    let mut section = EdgeSection::new("eu1", "unused");
+    section.hub = None;
+    let cfg = RouterConfig::new()
+        .data_dir(dir.path().join("eu1"))
+        .nats_url(nats.url())
+        .intake_listen(common::free_addr())
+        .sender(sender())
+        .edge(section);
+    let mut r = RouterProcess::for_config(
+        env!("CARGO_BIN_EXE_leadrouter"),
+        &cfg,
+        dir.path().join("eu1.toml"),
+    )
+    .expect("router config")
+    .log(dir.path().join("eu1.log"))
+    .envs(env())
+    .env("LEADROUTER_TOOLS_DIR", harness::tools_dir());
+    let started = r.start(Duration::from_secs(30)).await;
+    assert!(started.is_err(), "an edge outside its domain must not serve");
+    let log = r.log_text();
+    assert!(
+        log.contains("needs nats-server's JetStream domain `edge-eu1`") && log.contains("no domain"),
+        "{log}"
+    );
+    assert!(
+        r.wait_exit(Duration::from_secs(10)).await.is_some_and(|s| !s.success()),
+        "exits non-zero"
     );
 }

@@ -408,7 +408,7 @@ impl Metrics {
             edge_link_alert_after: {
                 let g = prometheus::Gauge::with_opts(Opts::new(
                     "leadrouter_edge_link_alert_after_seconds",
-                    "[hub] link_alert_after: how long an edge link may be down before LeadrouterEdgeLinkDown fires.",
+                    "[hub] link_alert_after: how long an edge link may be down before LeadrouterEdgeLinkDown fires (0 on a router that is no hub).",
                 ))
                 .expect("valid metric");
                 r.register(Box::new(g.clone())).expect("unique metric");
