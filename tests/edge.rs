@@ -646,14 +646,22 @@ async fn an_edge_on_a_server_outside_its_domain_refuses_to_start() {
     .envs(env())
     .env("LEADROUTER_TOOLS_DIR", harness::tools_dir());
     let started = r.start(Duration::from_secs(30)).await;
-    assert!(started.is_err(), "an edge outside its domain must not serve");
+    assert!(
+        started.is_err(),
+        "an edge outside its domain must not serve"
+    );
     let log = r.log_text();
     assert!(
-        log.contains("needs nats-server's JetStream domain `edge-eu1`") && log.contains("no domain"),
+        log.contains("needs nats-server's JetStream domain `edge-eu1`")
+            && log.contains("no domain"),
         "{log}"
     );
+    let exit = match r.last_exit() {
+        Some(s) => Some(s),
+        None => r.wait_exit(Duration::from_secs(10)).await,
+    };
     assert!(
-        r.wait_exit(Duration::from_secs(10)).await.is_some_and(|s| !s.success()),
-        "exits non-zero"
+        exit.is_some_and(|s| !s.success()),
+        "exits non-zero: {exit:?}"
     );
 }
