@@ -5,7 +5,9 @@
 //! A second storm runs two routers on a 3-node NATS cluster: the kills go round the routers and
 //! the NATS fault kills the `LEADS` leader's node. Two short storms run against the sandbox's
 //! HubSpot and Salesforce personalities at Starter-tier limits (`--crm`), through the batching
-//! sinks, with the books balanced against the personality's own records.
+//! sinks, with the books balanced against the personality's own records. One storm runs at an
+//! edge site (`--edge`): link cuts, kill -9 of the edge and of the hub, and each lead's edge ->
+//! hub delay.
 
 mod common;
 
@@ -144,6 +146,18 @@ fn bad_drill_options_are_refused_with_a_reason() {
         (
             vec!["--crm", "salesforce", "--baseline", "direct"],
             "--crm salesforce cannot be combined with --baseline direct",
+        ),
+        (
+            vec!["--edge", "--baseline", "direct"],
+            "--edge cannot be combined with --baseline direct",
+        ),
+        (
+            vec!["--edge", "--routers", "2"],
+            "--edge cannot be combined with --routers or --nats-cluster",
+        ),
+        (
+            vec!["--edge", "--nats-url", "nats://127.0.0.1:4222"],
+            "--edge cannot be combined with --nats-url",
         ),
         (
             vec!["--crm", "pipedrive"],
@@ -527,5 +541,132 @@ fn a_short_drill_against_salesforce_refreshes_an_expired_token_and_loses_nothing
     assert_eq!(
         api["unauthorized"], expiry["unauthorized_after"],
         "no 401 but the expiry's: {api}"
+    );
+}
+
+/// `--edge`: the vendor posts to an edge router whose leaf link to the hub goes through the
+/// drill's proxy. 750 leads at 25/s (a 30 s send window: two 8 s link cuts, kill -9 of the
+/// edge and of the hub, each recovered before the next is due). Nothing may be lost between
+/// the edge and the hub, and every lead's edge -> hub delay is measured.
+#[test]
+fn a_drill_at_an_edge_site_loses_nothing_through_link_cuts_and_both_kills() {
+    let _turn = long_storm();
+    common::nats_server_bin();
+    let work = tempfile::tempdir().expect("temp dir");
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_leadrouter"))
+        .current_dir(common::manifest_dir())
+        .env(
+            "LEADROUTER_TOOLS_DIR",
+            common::manifest_dir().join(".tools"),
+        )
+        .args(["drill", "--edge", "--leads", "750", "--rate", "25"])
+        .args(["--malformed", "0.02", "--shared-inbox", "0.02"])
+        .args(["--json", "--work-dir"])
+        .arg(work.path())
+        .output()
+        .expect("drill runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        let log = |site: &str| {
+            let text = std::fs::read_to_string(work.path().join(site).join("router.log"))
+                .unwrap_or_default();
+            text.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+        };
+        panic!(
+            "no JSON report ({e}); stderr: {stderr}\nhub log (newest first):\n{}\nedge log:\n{}",
+            log("hub"),
+            log("edge")
+        )
+    });
+    let lr = &report["runs"][0];
+    let table = report["table"].as_str().unwrap_or_default();
+    let context = format!("{table}\n{:#}\n{stderr}", lr["edge"]);
+    assert_eq!(lr["design"], "leadrouter");
+
+    // The books, as at one router: every accepted lead at the CRM once or in the DLQ.
+    assert_eq!(lr["lost"], 0, "lost: {:#}\n{context}", lr["lost_examples"]);
+    assert_eq!(lr["duplicates"], 0, "{context}");
+    assert_eq!(lr["unexpected"], 0, "{context}");
+    assert_eq!(lr["malformed_misplaced"], 0, "{context}");
+    assert_eq!(lr["valid_in_dlq"], 0, "{context}");
+    assert_eq!(lr["interventions"], 0, "{:#}", lr["intervention_notes"]);
+    assert_eq!(lr["crm_records"], lr["valid"], "{context}");
+    assert_eq!(lr["dlq_entries"], lr["schema_invalid"], "{context}");
+
+    // Cut, kill the edge, cut again, kill the hub: each struck while the vendor sent, and
+    // each came back on its own.
+    let faults = lr["faults"].as_array().expect("faults");
+    let what: Vec<(&str, &str)> = faults
+        .iter()
+        .map(|f| {
+            (
+                f["kind"].as_str().unwrap_or(""),
+                f["site"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        what,
+        [
+            ("cut_link", ""),
+            ("kill_router", "edge"),
+            ("cut_link", ""),
+            ("kill_router", "hub")
+        ],
+        "{context}"
+    );
+    for f in faults {
+        assert_eq!(f["recovered"], true, "{f}\n{context}");
+        assert!(f["link_back_ms"].as_u64().is_some(), "{f}");
+        assert!(f["backlog_cleared_ms"].as_u64().is_some(), "{f}");
+        match f["kind"].as_str() {
+            Some("cut_link") => {
+                assert!(f["cut_ms"].as_u64() >= Some(8000), "{f}");
+                assert!(
+                    f["waiting_at_reopen"].as_u64() > Some(0),
+                    "leads waited at the edge during the cut: {f}"
+                );
+            }
+            _ => assert_eq!(f["nats_orphan_left"], false, "{f}"),
+        }
+    }
+
+    // The edge's figures: every accepted lead stored at the hub once, with its delay.
+    let e = &lr["edge"];
+    assert_eq!(e["accepted_not_at_hub"], 0, "{context}");
+    assert_eq!(e["extra_copies"], 0, "{context}");
+    assert!(
+        e["leads_at_hub"].as_u64() >= lr["accepted"].as_u64(),
+        "{context}"
+    );
+    let (p50, p95) = (
+        e["delay_ms"]["p50"].as_f64().unwrap_or(0.0),
+        e["delay_ms"]["p95"].as_f64().unwrap_or(0.0),
+    );
+    assert!(p50 > 0.0 && p95 >= p50, "{context}");
+    assert!(
+        e["delay_ms"]["max"].as_f64() >= Some(5000.0),
+        "a lead that waited out a cut shows it: {context}"
+    );
+    assert!(e["max_waiting"].as_u64() > Some(0), "{context}");
+    assert_eq!(e["link_cuts"], 2, "{context}");
+    assert!(e["link_refused"].as_u64() > Some(0), "{context}");
+    assert!(
+        table.contains("| leadrouter, edge -> hub (drill) |"),
+        "{table}"
+    );
+    assert!(table.contains("| edge -> hub delay p50 / p95 |"), "{table}");
+    assert!(
+        table.contains("| leads lost between edge and hub |  | 0 |"),
+        "{table}"
+    );
+
+    assert_eq!(report["passed"], true, "{context}");
+    assert!(out.status.success(), "exit status {:?}", out.status);
+    eprintln!(
+        "drill --edge: {:.0} s\n{table}",
+        started.elapsed().as_secs_f64()
     );
 }

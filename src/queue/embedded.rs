@@ -325,8 +325,11 @@ fn leafnodes_block(l: &Leafnodes) -> String {
             password,
             tls,
         } => {
+            // `no_advertise`: edges connect to the URL they are configured with, and only
+            // there. Advertised, the hub's INFO hands each edge the listener's own address,
+            // and an edge behind a proxy or load balancer reconnects around it.
             let mut b = format!(
-                "leafnodes {{\n  listen: {}\n",
+                "leafnodes {{\n  listen: {}\n  no_advertise: true\n",
                 quoted(&format!("{host}:{port}"))
             );
             if password.is_some() {
@@ -702,6 +705,10 @@ mod tests {
         render_config(&s).expect("renders");
         let text = std::fs::read_to_string(s.conf_path()).expect("rendered");
         assert!(text.contains("listen: \"0.0.0.0:7422\""), "{text}");
+        assert!(
+            text.contains("no_advertise: true"),
+            "edges keep to their URL: {text}"
+        );
         assert!(
             text.contains("password: $LEADROUTER_LEAF_PASSWORD"),
             "{text}"

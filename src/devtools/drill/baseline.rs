@@ -274,5 +274,6 @@ pub(super) async fn run_direct(
         drain_seconds: 0.0,
         topology: None,
         crm_api: None,
+        edge: None,
     }))
 }

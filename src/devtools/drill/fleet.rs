@@ -580,6 +580,8 @@ pub(super) fn fault_line(f: &FaultRecord) -> Option<String> {
         (FaultKind::KillNatsNode, false) => "NOT recovered",
         (FaultKind::RestartNats, true) => "every router ready",
         (FaultKind::RestartNats, false) => "NOT recovered",
+        (FaultKind::CutLink, true) => "link back",
+        (FaultKind::CutLink, false) => "NOT recovered",
     };
     Some(format!(
         "{} at {:.1} s: {back} after {} ms{}",

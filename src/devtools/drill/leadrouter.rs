@@ -118,9 +118,9 @@ impl Leadrouter {
 }
 
 /// How long a stopped router may take for its graceful shutdown before it is SIGKILLed.
-const STOP_GRACE: Duration = Duration::from_secs(20);
+pub(super) const STOP_GRACE: Duration = Duration::from_secs(20);
 
-fn router_config(
+pub(super) fn router_config(
     work: &Path,
     ports: (u16, u16, u16),
     crm_sink: SinkConfig,
@@ -190,7 +190,7 @@ fn router_dir(work: &Path, single: bool, i: usize) -> PathBuf {
 }
 
 /// The assets the router's config points at, from the checkout the drill runs in.
-fn checkout_dirs() -> Result<(PathBuf, PathBuf), DrillError> {
+pub(super) fn checkout_dirs() -> Result<(PathBuf, PathBuf), DrillError> {
     let cwd = std::env::current_dir().map_err(|e| DrillError::start("the working directory", e))?;
     let tmpl = cwd.join("nats");
     let schemas = cwd.join("config/schemas");
@@ -201,6 +201,39 @@ fn checkout_dirs() -> Result<(PathBuf, PathBuf), DrillError> {
         )));
     }
     Ok((tmpl, schemas))
+}
+
+/// The vendor's signing secret, and the routers' environment: one set for every router of the
+/// run (routers on one NATS account share the DLQ key and the group key, and the drill reads
+/// any router's admin API with the one token).
+pub(super) fn drill_env() -> (String, HashMap<String, String>) {
+    let secret = format!("whsec_{}", base64_of(&random_hex(24)));
+    let env = HashMap::from([
+        ("LEADROUTER_DRILL_SECRET".to_string(), secret.clone()),
+        ("LEADROUTER_DRILL_ADMIN_TOKEN".to_string(), random_hex(24)),
+        ("LEADROUTER_DRILL_DLQ_KEY".to_string(), random_hex(32)),
+        // Every drill against one NATS must hash leads alike (the account keeps one group key
+        // on record): the operator's LEADROUTER_GROUP_KEY when set, else the drills' own.
+        (
+            "LEADROUTER_DRILL_GROUP_KEY".to_string(),
+            std::env::var("LEADROUTER_GROUP_KEY").unwrap_or_else(|_| DRILL_GROUP_KEY.into()),
+        ),
+    ]);
+    (secret, env)
+}
+
+/// The vendor's signer for the drill's sender as `cfg` configures it.
+pub(super) fn vendor_signer(cfg: &Config, secret: String) -> Result<Verifier, DrillError> {
+    let sender = cfg
+        .sender(SENDER)
+        .ok_or_else(|| DrillError::Setup("the drill's sender is missing".into()))?;
+    Verifier::new(
+        sender.scheme,
+        &sender.signature,
+        vec![secret],
+        sender.tolerance,
+    )
+    .map_err(|e| DrillError::Setup(format!("signing: {e}")))
 }
 
 pub(super) async fn run_leadrouter(
@@ -218,21 +251,7 @@ pub(super) async fn run_leadrouter(
     let n = opts.topology.routers.max(1);
     // Picked in one go: ports of separate calls could repeat (each call releases its own).
     let picked = free_ports(3 * n)?;
-    let secret = format!("whsec_{}", base64_of(&random_hex(24)));
-    let token = random_hex(24);
-    // One set for every router of the run: routers on one NATS account share the DLQ key and
-    // the group key, and the drill reads any router's admin API with the one token.
-    let mut env: HashMap<String, String> = HashMap::from([
-        ("LEADROUTER_DRILL_SECRET".to_string(), secret.clone()),
-        ("LEADROUTER_DRILL_ADMIN_TOKEN".to_string(), token),
-        ("LEADROUTER_DRILL_DLQ_KEY".to_string(), random_hex(32)),
-        // Every drill against one NATS must hash leads alike (the account keeps one group key
-        // on record): the operator's LEADROUTER_GROUP_KEY when set, else the drills' own.
-        (
-            "LEADROUTER_DRILL_GROUP_KEY".to_string(),
-            std::env::var("LEADROUTER_GROUP_KEY").unwrap_or_else(|_| DRILL_GROUP_KEY.into()),
-        ),
-    ]);
+    let (secret, mut env) = drill_env();
     crm::prepare(opts.crm, &crm, &mut env);
     let crm = Arc::new(crm);
     let nats = fleet::start_nats(opts, work, ui).await?;
@@ -270,16 +289,7 @@ pub(super) async fn run_leadrouter(
     let Some(cfg) = cfgs.first() else {
         return Err(DrillError::Setup("no router to run".into()));
     };
-    let sender = cfg
-        .sender(SENDER)
-        .ok_or_else(|| DrillError::Setup("the drill's sender is missing".into()))?;
-    let verifier = Verifier::new(
-        sender.scheme,
-        &sender.signature,
-        vec![secret],
-        sender.tolerance,
-    )
-    .map_err(|e| DrillError::Setup(format!("signing: {e}")))?;
+    let verifier = vendor_signer(cfg, secret)?;
     // On a shared NATS the DLQ holds earlier runs too: this run's leads were received after
     // this instant. The admin API's `since` (the server's clock, a minute early for skew) only
     // narrows the listing; `drain` filters by `received_at`.
@@ -386,6 +396,7 @@ pub(super) async fn run_leadrouter(
         drain_seconds,
         topology,
         crm_api,
+        edge: None,
     }))
 }
 
@@ -395,11 +406,11 @@ struct Listing {
 }
 
 /// Where the drain found the accepted leads that are not at the CRM.
-struct Drained {
+pub(super) struct Drained {
     /// The DLQ, by lead key.
-    dlq: HashMap<String, Dead>,
+    pub(super) dlq: HashMap<String, Dead>,
     /// Leads the router's lookup reports `superseded` (see [`Evidence::superseded`]).
-    superseded: HashSet<String>,
+    pub(super) superseded: HashSet<String>,
 }
 
 /// Waits until every accepted lead is placed and the router's queue is empty (nothing
@@ -409,7 +420,7 @@ struct Drained {
 /// fence skipped this one. With several routers any one's admin API answers for all (the DLQ,
 /// the consumers and the lead records live in NATS): the first that answers is asked.
 #[allow(clippy::too_many_arguments)]
-async fn drain(
+pub(super) async fn drain(
     admins: &[AdminClient],
     leads: &[LeadSpec],
     outcomes: &[vendor::LeadOutcome],

@@ -14,6 +14,10 @@
 //! Salesforce personality, at Starter-tier limits, through the batching sinks, and balance the
 //! books against the personality's own records ([`crm`]).
 //!
+//! `--edge` runs an edge site ([`edge`]): the vendor posts to an edge router whose nats-server
+//! is a leaf node of the hub's, through a proxy of the drill's that cuts the link twice; the
+//! edge and the hub are each killed once, and the report adds each lead's edge -> hub delay.
+//!
 //! `--routers N` and `--nats-cluster N` run the same storm against several routers sharing one
 //! NATS account, and against a JetStream cluster ([`fleet`]): the kills go round the routers
 //! and the NATS fault kills the `LEADS` leader's node.
@@ -26,6 +30,7 @@ pub mod storm;
 pub mod vendor;
 
 mod crm;
+mod edge;
 mod error;
 mod leadrouter;
 mod options;
@@ -79,7 +84,11 @@ pub async fn run(opts: &DrillOptions) -> Result<DrillReport, DrillError> {
         runs.push(baseline::run_direct(opts, leads.clone(), &ui).await?);
         ui.event("storm 2 of 2: leadrouter (after)");
     }
-    let result = leadrouter::run_leadrouter(opts, leads, &work, &id, &ui).await;
+    let result = if opts.topology.edge {
+        edge::run_edge(opts, leads, &work, &id, &ui).await
+    } else {
+        leadrouter::run_leadrouter(opts, leads, &work, &id, &ui).await
+    };
     ui.finish();
     runs.push(result?);
     let passed = runs.last().is_some_and(RunReport::clean);

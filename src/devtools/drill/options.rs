@@ -149,6 +149,12 @@ pub struct TopologyArgs {
     /// LEADS, restarted once a new leader is elected.
     #[arg(long, value_name = "NODES")]
     pub nats_cluster: Option<usize>,
+    /// Run an edge site: the vendor posts to an edge router (intake only, its embedded
+    /// nats-server a leaf node of the hub's) and a hub router writes to the CRM. The edge's leaf
+    /// link goes through a proxy of the drill's, which cuts it twice; the faults are the cuts
+    /// and kill -9 of the edge and of the hub. The table adds the edge -> hub delay.
+    #[arg(long)]
+    pub edge: bool,
 }
 
 impl Default for TopologyArgs {
@@ -156,6 +162,7 @@ impl Default for TopologyArgs {
         TopologyArgs {
             routers: 1,
             nats_cluster: None,
+            edge: false,
         }
     }
 }
@@ -216,13 +223,33 @@ impl DrillOptions {
                 ));
             }
         }
+        if t.edge {
+            self.validate_edge()?;
+        }
+        Ok(())
+    }
+
+    /// `--edge` runs a topology of its own: one edge, one hub, each on its embedded
+    /// nats-server (the hub's with the leaf listener the edge connects to through the drill's
+    /// proxy).
+    fn validate_edge(&self) -> Result<(), DrillError> {
+        let refuse = |why: &str| Err(DrillError::Setup(format!("--edge {why}")));
+        if self.baseline.is_some() {
+            return refuse("cannot be combined with --baseline direct: the seed's direct design has no edge site to compare (run the baseline without --edge)");
+        }
+        if self.nats_url.is_some() {
+            return refuse("cannot be combined with --nats-url: the edge and the hub each run their embedded nats-server, the edge's a leaf node of the hub's, so that the drill can cut the link between them");
+        }
+        if self.topology.routers != 1 || self.topology.nats_cluster.is_some() {
+            return refuse("cannot be combined with --routers or --nats-cluster: it runs one edge router and one hub router, each on its embedded nats-server");
+        }
         Ok(())
     }
 
     /// One router on its embedded nats-server or on `--nats-url`: the drill as it was before
     /// `--routers` and `--nats-cluster`, same faults, same report.
     pub fn single_router(&self) -> bool {
-        self.topology.routers == 1 && self.topology.nats_cluster.is_none()
+        self.topology.routers == 1 && self.topology.nats_cluster.is_none() && !self.topology.edge
     }
 }
 
@@ -255,6 +282,7 @@ mod tests {
         let t = TopologyArgs {
             routers,
             nats_cluster,
+            edge: false,
         };
         match opts(t, url).validate() {
             Err(e) => e.to_string(),
@@ -310,6 +338,7 @@ mod tests {
                 TopologyArgs {
                     routers,
                     nats_cluster,
+                    edge: false,
                 },
                 None,
             )
@@ -322,8 +351,48 @@ mod tests {
             TopologyArgs::default(),
             TopologyArgs {
                 routers: 1,
-                nats_cluster: None
+                nats_cluster: None,
+                edge: false,
             }
         );
+    }
+
+    #[test]
+    fn an_edge_site_refuses_what_it_cannot_run_with_the_reason() {
+        let edge = TopologyArgs {
+            edge: true,
+            ..TopologyArgs::default()
+        };
+        let why = |o: DrillOptions| {
+            o.validate()
+                .map(|()| String::new())
+                .unwrap_or_else(|e| e.to_string())
+        };
+        let ok = opts(edge, None);
+        assert_eq!(why(ok.clone()), "");
+        assert!(!ok.single_router());
+        let mut o = ok.clone();
+        o.baseline = Some(Baseline::Direct);
+        assert!(why(o).contains("--edge cannot be combined with --baseline direct"));
+        let o = opts(edge, Some("nats://127.0.0.1:4222"));
+        assert!(why(o).contains("--edge cannot be combined with --nats-url"));
+        for (routers, nats_cluster) in [(2, None), (1, Some(3))] {
+            let o = opts(
+                TopologyArgs {
+                    routers,
+                    nats_cluster,
+                    edge: true,
+                },
+                None,
+            );
+            assert!(
+                why(o).contains("--edge cannot be combined with --routers or --nats-cluster"),
+                "{routers} {nats_cluster:?}"
+            );
+        }
+        // A batching CRM at the hub is fine: the sink is the hub's.
+        let mut o = ok;
+        o.crm = CrmKind::Hubspot;
+        assert_eq!(why(o), "");
     }
 }

@@ -128,7 +128,35 @@ pub enum FaultKind {
     /// The cluster must elect a new leader on its own; the drill restarts the node afterwards
     /// and checks that it rejoins.
     KillNatsNode,
+    /// `--edge`: the edge's leaf link to the hub cut at the drill's proxy for [`LINK_CUT`]
+    /// (every connection dropped, reconnects refused), then let through again. The edge must
+    /// keep answering 202 meanwhile, and the hub must take the leads that waited once the link
+    /// is back.
+    CutLink,
 }
+
+/// `--edge`: which router a kill struck.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Site {
+    /// The edge router (intake, on its own leaf nats-server), the one the vendor posts to.
+    Edge,
+    /// The hub router (handlers and the CRM sink, on the nats-server the edge is a leaf of).
+    Hub,
+}
+
+impl Site {
+    pub fn label(self) -> &'static str {
+        match self {
+            Site::Edge => "edge",
+            Site::Hub => "hub",
+        }
+    }
+}
+
+/// How long each of `--edge`'s link cuts lasts: long enough that leads pile up at the edge and
+/// the leaf connection's 1 s reconnects fail several times over.
+pub const LINK_CUT: Duration = Duration::from_secs(8);
 
 impl FaultKind {
     /// What the storm's plan asks for, as this topology performs it: the one NATS fault of the
@@ -149,6 +177,22 @@ pub fn fault_plan(window: Duration) -> Vec<(Duration, FaultKind)> {
         (0.40, FaultKind::KillRouter),
         (0.55, FaultKind::RestartNats),
         (0.70, FaultKind::KillRouter),
+    ]
+    .into_iter()
+    .map(|(share, kind)| (window.mul_f64(share), kind))
+    .collect()
+}
+
+/// `--edge`'s faults, as shares of the send window: a link cut, kill -9 of the edge, a second
+/// cut, kill -9 of the hub. The kills are told apart by their order (the first is the edge's,
+/// see `edge::EdgeSite`). Spread so that a cut's recovery (link back, the waiting leads taken by
+/// the hub) usually finishes before the next fault; a late one strikes when the previous is done.
+pub fn edge_fault_plan(window: Duration) -> Vec<(Duration, FaultKind)> {
+    [
+        (0.05, FaultKind::CutLink),
+        (0.38, FaultKind::KillRouter),
+        (0.48, FaultKind::CutLink),
+        (0.82, FaultKind::KillRouter),
     ]
     .into_iter()
     .map(|(share, kind)| (window.mul_f64(share), kind))
@@ -202,6 +246,24 @@ pub struct FaultRecord {
     /// each router some (a killed router's share taken over and handed back on its restart).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub partitions_settled_ms: Option<u64>,
+    // The fields below are set only by `--edge`'s faults.
+    /// Which router a kill struck.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub site: Option<Site>,
+    /// How long the link was cut at the proxy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cut_ms: Option<u64>,
+    /// Leads waiting at the edge (in `LEADS_EDGE`) when the link came back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_at_reopen: Option<u64>,
+    /// From the end of the cut (or the restart) until the hub reached the edge's JetStream
+    /// across the leaf link again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link_back_ms: Option<u64>,
+    /// From the end of the cut (or the restart) until every lead that waited at the edge then
+    /// was stored at the hub (sourcing resumed and caught up).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backlog_cleared_ms: Option<u64>,
 }
 
 impl FaultRecord {
@@ -221,12 +283,24 @@ impl FaultRecord {
             rejoined_ms: None,
             vendor_gap_ms: None,
             partitions_settled_ms: None,
+            site: None,
+            cut_ms: None,
+            waiting_at_reopen: None,
+            link_back_ms: None,
+            backlog_cleared_ms: None,
         }
     }
 
     /// The fault in words: "kill -9 of the router", "kill -9 of router 1", ...
     pub fn what(&self) -> String {
+        if let (FaultKind::KillRouter, Some(site)) = (self.kind, self.site) {
+            return format!("kill -9 of the {} router", site.label());
+        }
         match (self.kind, self.router, &self.node) {
+            (FaultKind::CutLink, _, _) => match self.cut_ms {
+                Some(ms) => format!("edge -> hub link cut for {:.0} s", ms as f64 / 1000.0),
+                None => "edge -> hub link cut".into(),
+            },
             (FaultKind::KillRouter, Some(i), _) => format!("kill -9 of router {i}"),
             (FaultKind::KillRouter, None, _) => "kill -9 of the router".into(),
             (FaultKind::RestartNats, _, _) => "nats-server restart".into(),
@@ -240,6 +314,11 @@ impl FaultRecord {
     /// What intake's unavailability was for the vendor: the gap it saw where measured (several
     /// routers: one router down is not intake down), else the component's own downtime.
     pub fn intake_unavailable_ms(&self) -> u64 {
+        // At an edge site the vendor posts to the edge: a cut link or a dead hub leaves its
+        // intake up (that is what an edge is for); their downtime is the link's, not intake's.
+        if self.kind == FaultKind::CutLink || self.site == Some(Site::Hub) {
+            return 0;
+        }
         self.vendor_gap_ms.unwrap_or(self.unavailable_ms)
     }
 }
@@ -277,5 +356,44 @@ mod tests {
         // The token expiry falls between the first two kills.
         let expiry = token_expiry_at(Duration::from_secs(100));
         assert!(plan[0].0 < expiry && expiry < plan[1].0);
+    }
+
+    #[test]
+    fn the_edge_plan_cuts_kills_the_edge_cuts_again_and_kills_the_hub() {
+        let plan = edge_fault_plan(Duration::from_secs(30));
+        let kinds: Vec<FaultKind> = plan.iter().map(|(_, k)| *k).collect();
+        assert_eq!(
+            kinds,
+            [
+                FaultKind::CutLink,
+                FaultKind::KillRouter,
+                FaultKind::CutLink,
+                FaultKind::KillRouter
+            ]
+        );
+        assert!(plan.windows(2).all(|w| w[0].0 < w[1].0));
+        // Each cut ends before the next fault is due.
+        assert!(plan[0].0 + LINK_CUT < plan[1].0, "{plan:?}");
+        assert!(plan[2].0 + LINK_CUT < plan[3].0, "{plan:?}");
+    }
+
+    #[test]
+    fn an_edge_sites_cut_and_hub_kill_leave_intake_up() {
+        let rec = |kind, site| FaultRecord {
+            unavailable_ms: 9000,
+            recovered: true,
+            site,
+            cut_ms: (kind == FaultKind::CutLink).then_some(8000),
+            ..FaultRecord::new(kind)
+        };
+        let cut = rec(FaultKind::CutLink, None);
+        assert_eq!(cut.intake_unavailable_ms(), 0);
+        assert_eq!(cut.what(), "edge -> hub link cut for 8 s");
+        let hub = rec(FaultKind::KillRouter, Some(Site::Hub));
+        assert_eq!(hub.intake_unavailable_ms(), 0);
+        assert_eq!(hub.what(), "kill -9 of the hub router");
+        let edge = rec(FaultKind::KillRouter, Some(Site::Edge));
+        assert_eq!(edge.intake_unavailable_ms(), 9000);
+        assert_eq!(edge.what(), "kill -9 of the edge router");
     }
 }

@@ -25,6 +25,27 @@ pub(super) trait Target {
     async fn kill_and_restart(&mut self, nth: usize) -> FaultRecord;
     /// The storm's NATS fault: a nats-server restart, or a cluster node's kill.
     async fn restart_nats(&mut self) -> FaultRecord;
+    /// The faults this design gets and when: the one-router and fleet plan unless the design
+    /// has a plan of its own (an edge site's link cuts).
+    fn fault_plan(&self, window: Duration) -> Vec<(Duration, FaultKind)> {
+        storm::fault_plan(window)
+    }
+    /// Cuts the link between two sites and lets it through again; only an edge site has one.
+    async fn cut_link(&mut self) -> FaultRecord {
+        FaultRecord {
+            recovered: true,
+            skipped: Some("this design has no link between sites to cut".into()),
+            ..FaultRecord::new(FaultKind::CutLink)
+        }
+    }
+    /// Completes the records of faults whose recovery this design measures in the background
+    /// (an edge's backlog reaching the hub), once the storm is over: `faults` in the order the
+    /// faults struck.
+    async fn settle(&mut self, _faults: &mut [FaultRecord]) {}
+    /// The progress line of one of this design's own faults; `None` for the standard line.
+    fn fault_line(&self, _rec: &FaultRecord) -> Option<String> {
+        None
+    }
 }
 
 struct Storm {
@@ -121,7 +142,7 @@ pub(super) async fn storm_run(
             return faults;
         }
         let mut kills = 0;
-        let plan = storm::fault_plan(window);
+        let plan = target.fault_plan(window);
         let planned = plan.len();
         for (at, kind) in plan {
             tokio::time::sleep_until((started + at).into()).await;
@@ -142,6 +163,7 @@ pub(super) async fn storm_run(
                     target.kill_and_restart(kills - 1).await
                 }
                 FaultKind::RestartNats | FaultKind::KillNatsNode => target.restart_nats().await,
+                FaultKind::CutLink => target.cut_link().await,
             };
             note_fault(false);
             // When it struck: the planned time, or later when the previous fault's recovery ran
@@ -149,7 +171,8 @@ pub(super) async fn storm_run(
             let late = fault_started.saturating_sub(at) > Duration::from_secs(1);
             rec.at_s = if late { fault_started } else { at }.as_secs_f64();
             let what = rec.what();
-            match (&rec.skipped, rec.recovered, fleet::fault_line(&rec)) {
+            let line = fleet::fault_line(&rec).or_else(|| target.fault_line(&rec));
+            match (&rec.skipped, rec.recovered, line) {
                 (Some(why), _, _) => ui.event(&format!("{what}: skipped ({why})")),
                 (None, _, Some(line)) => ui.event(&line),
                 (None, true, None) => ui.event(&format!(
@@ -190,7 +213,8 @@ pub(super) async fn storm_run(
         ));
         Some(mark)
     };
-    let (faults, token_expiry) = tokio::join!(faults, token_expiry);
+    let (mut faults, token_expiry) = tokio::join!(faults, token_expiry);
+    target.settle(&mut faults).await;
     // A vendor task that died leaves every lead unsent: counted as lost, never passed over.
     let outcomes = sender.await.unwrap_or_else(|_| {
         let unsent = vendor::LeadOutcome {

@@ -5,7 +5,26 @@ use std::fmt::Write as _;
 use super::fleet;
 use super::options::CrmKind;
 use super::report::{DrillReport, RunReport};
-use super::storm::FaultKind;
+use super::storm::{FaultKind, FaultRecord};
+
+/// An edge fault's measurements beyond its downtime (the link's and the backlog's return);
+/// empty for other faults.
+fn edge_details(f: &FaultRecord) -> String {
+    if f.kind != FaultKind::CutLink && f.site.is_none() {
+        return String::new();
+    }
+    let mut parts = Vec::new();
+    if let Some(n) = f.waiting_at_reopen {
+        parts.push(format!("{n} leads waited at the edge"));
+    }
+    let opt = |v: Option<u64>| v.map_or("never".to_string(), |v| format!("{v} ms"));
+    parts.push(format!("link back after {}", opt(f.link_back_ms)));
+    parts.push(format!(
+        "the edge's backlog at the hub after {}",
+        opt(f.backlog_cleared_ms)
+    ));
+    parts.iter().map(|p| format!("; {p}")).collect()
+}
 
 /// The human report: the table, the faults, and the verdict.
 pub fn render_summary(r: &DrillReport) -> String {
@@ -41,6 +60,22 @@ pub fn render_summary(r: &DrillReport) -> String {
             "  vendor sent for {:.1} s; queue drained {:.1} s after",
             run.send_seconds, run.drain_seconds
         );
+        if let Some(e) = &run.edge {
+            let _ = writeln!(
+                out,
+                "  edge site `{}`: {} leads stored at the hub, {} accepted at the edge and never stored there; edge -> hub delay p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms; at most {} leads waited at the edge; leaf link: {} connections through the proxy, {} refused during {} cuts",
+                e.name,
+                e.leads_at_hub,
+                e.accepted_not_at_hub,
+                e.delay_ms.p50,
+                e.delay_ms.p95,
+                e.delay_ms.max,
+                e.max_waiting,
+                e.link_connections,
+                e.link_refused,
+                e.link_cuts
+            );
+        }
         if let Some(t) = &run.topology {
             let _ = writeln!(
                 out,
@@ -51,11 +86,11 @@ pub fn render_summary(r: &DrillReport) -> String {
         }
         for f in &run.faults {
             let what = match (f.kind, f.router) {
-                (FaultKind::KillRouter, None) => "kill -9".to_string(),
+                (FaultKind::KillRouter, None) if f.site.is_none() => "kill -9".to_string(),
                 (FaultKind::RestartNats, _) => "nats-server restart".to_string(),
                 _ => f.what(),
             };
-            let more = fleet::details(f);
+            let more = fleet::details(f) + &edge_details(f);
             match &f.skipped {
                 Some(why) => {
                     let _ = writeln!(out, "  {what} at {:.1} s: skipped ({why})", f.at_s);

@@ -28,6 +28,7 @@ mod nats;
 mod ports;
 pub mod probe;
 mod process;
+mod proxy;
 pub mod report;
 mod router;
 mod vendor;
@@ -45,6 +46,7 @@ pub use config::{
 pub use nats::{NatsOptions, NatsServer};
 pub use ports::{free_port, free_ports};
 pub use process::{process_alive, signal, wait_gone, Signal, TempDir};
+pub use proxy::{ProxyStats, TcpProxy};
 pub use router::{RouterProcess, Stopped, StoppedWithNats};
 pub use vendor::{
     post_signed, sender_signer, sign_request, signed_headers, standard_webhooks_signer,

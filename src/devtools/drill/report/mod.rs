@@ -105,6 +105,33 @@ pub struct RunReport {
     /// absent for the http CRM, whose report keeps its shape.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub crm_api: Option<CrmApiReport>,
+    /// `--edge`: the edge site's figures; absent otherwise, whose report keeps its shape.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edge: Option<EdgeReport>,
+}
+
+/// `--edge`: what the link between the edge and the hub did to the leads.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EdgeReport {
+    /// The edge's name (`[edge] name`, its JetStream domain `edge-{name}`).
+    pub name: String,
+    /// Leads the hub's `LEADS` holds as sourced from the edge (on the legacy `leads.in.*`
+    /// subjects), one per lead key, and the sourced copies beyond one per key (must be 0: the
+    /// hub's duplicate window absorbs a lead the edge stored twice).
+    pub leads_at_hub: usize,
+    pub extra_copies: usize,
+    /// Leads the vendor was told were accepted that the hub never stored: lost between the edge
+    /// and the hub.
+    pub accepted_not_at_hub: usize,
+    /// Per lead: the hub's store time of its sourced copy minus the edge's 202
+    /// (`Leadrouter-Received-At`), in milliseconds.
+    pub delay_ms: Percentiles,
+    /// The most leads seen waiting at the edge (`LEADS_EDGE`), polled through the run.
+    pub max_waiting: u64,
+    /// What the drill's proxy between the edge's leaf remote and the hub's leaf port did.
+    pub link_connections: u64,
+    pub link_refused: u64,
+    pub link_cuts: u64,
 }
 
 /// What the CRM holds for one lead key, whatever the CRM.
@@ -274,12 +301,17 @@ impl RunReport {
             && self.unexpected == 0
             && self.interventions == 0
             && self.crm_api.as_ref().is_none_or(|a| a.throttle_dlq == 0)
+            && self
+                .edge
+                .as_ref()
+                .is_none_or(|e| e.accepted_not_at_hub == 0 && e.extra_copies == 0)
     }
 
     /// The table's column name: the design, and the CRM when it is not the http one.
     pub fn column(&self) -> String {
         let base = match (&self.topology, self.design.as_str()) {
             (_, "direct") => "direct pass-through (drill)".to_string(),
+            _ if self.edge.is_some() => "leadrouter, edge -> hub (drill)".to_string(),
             (Some(t), _) => t.label(),
             (None, _) => "leadrouter (drill)".to_string(),
         };
@@ -314,6 +346,7 @@ pub struct Evidence<'a> {
     pub drain_seconds: f64,
     pub topology: Option<Topology>,
     pub crm_api: Option<CrmApiReport>,
+    pub edge: Option<EdgeReport>,
 }
 
 pub fn reconcile(ev: Evidence<'_>) -> RunReport {
@@ -356,6 +389,7 @@ pub fn reconcile(ev: Evidence<'_>) -> RunReport {
         drain_seconds: ev.drain_seconds,
         topology: ev.topology,
         crm_api: ev.crm_api,
+        edge: ev.edge,
     };
     // Emails of the good leads that reached the CRM.
     let at_crm_emails: HashSet<&str> = ev
@@ -615,6 +649,45 @@ pub fn render_table(runs: &[&RunReport]) -> String {
             })
         });
     }
+    // Rows of the edge site, only when a run had one.
+    if runs.iter().any(|r| r.edge.is_some()) {
+        let edge = |r: &RunReport, f: &dyn Fn(&EdgeReport) -> String| {
+            r.edge.as_ref().map(f).unwrap_or_default()
+        };
+        row("edge -> hub delay p50 / p95", "", &|r| {
+            edge(r, &|e| {
+                format!("{} / {}", ms(e.delay_ms.p50), ms(e.delay_ms.p95))
+            })
+        });
+        row("edge -> hub delay max", "", &|r| {
+            edge(r, &|e| ms(e.delay_ms.max))
+        });
+        row("leads lost between edge and hub", "", &|r| {
+            edge(r, &|e| e.accepted_not_at_hub.to_string())
+        });
+        row("most leads waiting at the edge", "", &|r| {
+            edge(r, &|e| e.max_waiting.to_string())
+        });
+        row(
+            "edge faults: link back / edge backlog at the hub",
+            "",
+            &|r| {
+                let opt = |v: Option<u64>| v.map_or("never".into(), |v| ms(v as f64));
+                listed(r, &|f| {
+                    let what = match (f.kind, f.site) {
+                        (FaultKind::CutLink, _) => "cut".to_string(),
+                        (FaultKind::KillRouter, Some(s)) => format!("{} kill", s.label()),
+                        _ => return None,
+                    };
+                    Some(format!(
+                        "{what}: {} / {}",
+                        opt(f.link_back_ms),
+                        opt(f.backlog_cleared_ms)
+                    ))
+                })
+            },
+        );
+    }
     if runs
         .iter()
         .any(|r| r.faults.iter().any(|f| f.kind == FaultKind::KillNatsNode))
@@ -642,300 +715,4 @@ pub fn render_table(runs: &[&RunReport]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::devtools::drill::vendor::{generate, Plan};
-    use std::collections::BTreeMap;
-
-    fn stats(key: &str, created: u64, writes: u64) -> CrmKey {
-        CrmKey::from(&KeyStats {
-            key: key.into(),
-            requests: writes,
-            writes,
-            created,
-            record_ids: Vec::new(),
-            latest_body: None,
-            first_write: Some(crate::timestamp::now()),
-            last_write: None,
-            last_headers: BTreeMap::new(),
-        })
-    }
-
-    fn leads() -> Vec<LeadSpec> {
-        generate(
-            &Plan {
-                leads: 400,
-                duplicate_share: 0.3,
-                malformed_share: 0.1,
-                shared_inbox_share: 0.0,
-                seed: 3,
-                run_id: "r".into(),
-            },
-            "drill",
-        )
-    }
-
-    fn accepted(leads: &[LeadSpec]) -> Vec<LeadOutcome> {
-        leads
-            .iter()
-            .map(|l| LeadOutcome {
-                answer: if l.kind == LeadKind::Unparseable {
-                    Answer::Refused(400)
-                } else {
-                    Answer::Accepted
-                },
-                first_sent: SystemTime::now() - std::time::Duration::from_millis(50),
-                attempts: 1,
-            })
-            .collect()
-    }
-
-    fn perfect(leads: &[LeadSpec]) -> (HashMap<String, CrmKey>, HashMap<String, String>) {
-        let mut crm = HashMap::new();
-        let mut dlq = HashMap::new();
-        for l in leads {
-            match l.kind {
-                LeadKind::Valid => {
-                    crm.insert(l.key.clone(), stats(&l.key, 1, 2));
-                }
-                LeadKind::SchemaInvalid => {
-                    dlq.insert(l.key.clone(), "schema".into());
-                }
-                LeadKind::Unparseable => {}
-            }
-        }
-        (crm, dlq)
-    }
-
-    fn evidence<'a>(
-        leads: &'a [LeadSpec],
-        outcomes: &'a [LeadOutcome],
-        crm: HashMap<String, CrmKey>,
-        dlq: HashMap<String, String>,
-    ) -> Evidence<'a> {
-        Evidence {
-            design: "leadrouter",
-            crm_kind: CrmKind::Http,
-            leads,
-            outcomes,
-            vendor: CounterSnapshot::default(),
-            crm,
-            dlq: Some(dlq),
-            superseded: HashSet::new(),
-            faults: Vec::new(),
-            send_seconds: 1.0,
-            drain_seconds: 1.0,
-            topology: None,
-            crm_api: None,
-        }
-    }
-
-    #[test]
-    fn a_perfect_run_is_clean() {
-        let leads = leads();
-        let outcomes = accepted(&leads);
-        let (crm, dlq) = perfect(&leads);
-        let r = reconcile(evidence(&leads, &outcomes, crm, dlq));
-        assert!(r.clean(), "{r:?}");
-        assert_eq!(r.valid + r.schema_invalid + r.unparseable, 400);
-        assert_eq!(r.repeat_writes_absorbed as usize, r.valid);
-        assert!(r.intake_to_crm_ms.p95 >= 40.0);
-        assert!(render_table(&[&r]).contains("| leads lost | unknown | 0 |"));
-    }
-
-    #[test]
-    fn loss_duplicates_misplacement_and_strangers_are_each_caught() {
-        let leads = leads();
-        let outcomes = accepted(&leads);
-        let (mut crm, mut dlq) = perfect(&leads);
-        let valid: Vec<&LeadSpec> = leads.iter().filter(|l| l.kind == LeadKind::Valid).collect();
-        crm.remove(&valid[0].key);
-        crm.insert(valid[1].key.clone(), stats(&valid[1].key, 2, 2));
-        crm.remove(&valid[2].key);
-        dlq.insert(valid[2].key.clone(), "sink_exhausted".into());
-        let bad = leads
-            .iter()
-            .find(|l| l.kind == LeadKind::SchemaInvalid)
-            .expect("a schema-invalid lead");
-        dlq.remove(&bad.key);
-        crm.insert("lr_stranger".into(), stats("lr_stranger", 1, 1));
-        let r = reconcile(evidence(&leads, &outcomes, crm, dlq));
-        assert_eq!(r.lost, 1);
-        assert_eq!(r.lost_examples, vec![valid[0].event_id.clone()]);
-        assert_eq!(r.duplicates, 1);
-        assert_eq!(r.valid_in_dlq, 1);
-        assert_eq!(r.malformed_misplaced, 1);
-        assert_eq!(r.unexpected, 1);
-        assert_eq!(r.unexpected_examples, vec!["crm:lr_stranger".to_string()]);
-        assert_eq!(r.interventions, 3, "{:?}", r.intervention_notes);
-        assert_eq!(r.lost_shared_inbox, 0);
-        assert!(!r.clean());
-    }
-
-    #[test]
-    fn a_lead_lost_to_a_later_one_with_its_email_is_told_apart() {
-        let mut leads = leads();
-        let valid: Vec<usize> = (0..leads.len())
-            .filter(|i| leads[*i].kind == LeadKind::Valid)
-            .collect();
-        let (older, later) = (valid[3], valid[9]);
-        leads[later].email = leads[older].email.clone();
-        let outcomes = accepted(&leads);
-        let (mut crm, dlq) = perfect(&leads);
-        crm.remove(&leads[older].key);
-        crm.remove(&leads[valid[0]].key);
-        let r = reconcile(evidence(&leads, &outcomes, crm.clone(), dlq.clone()));
-        assert_eq!((r.lost, r.lost_shared_inbox), (2, 1));
-        assert_eq!(
-            r.superseded, 0,
-            "an append CRM keeps every lead: the older one is lost"
-        );
-
-        // HubSpot keeps one contact per email (latest-wins), but a lead missing there is
-        // superseded only when the router recorded that its fence skipped it.
-        let mut ev = evidence(&leads, &outcomes, crm.clone(), dlq.clone());
-        ev.crm_kind = CrmKind::Hubspot;
-        let r = reconcile(ev);
-        assert_eq!((r.lost, r.lost_shared_inbox, r.superseded), (2, 1, 0));
-
-        // Recorded: the older lead was skipped on purpose once the other was written, so it
-        // is superseded, not lost. The other missing lead is lost still, and a missing lead
-        // with no lead of its email at the CRM is lost whatever the router recorded.
-        let mut ev = evidence(&leads, &outcomes, crm.clone(), dlq.clone());
-        ev.crm_kind = CrmKind::Hubspot;
-        ev.superseded = [leads[older].key.clone(), leads[valid[0]].key.clone()].into();
-        let r = reconcile(ev);
-        assert_eq!((r.lost, r.lost_shared_inbox, r.superseded), (1, 0, 1));
-        assert_eq!(r.lost_examples, vec![leads[valid[0]].event_id.clone()]);
-        assert!(render_table(&[&r])
-            .contains("| superseded by a newer lead of the email (latest-wins) |"));
-
-        // The vendor's later lead can be the older one in the stream (its earlier sends were
-        // refused during a kill while the other was stored): superseded all the same.
-        let (mut crm, dlq) = perfect(&leads);
-        crm.remove(&leads[later].key);
-        let mut ev = evidence(&leads, &outcomes, crm, dlq);
-        ev.crm_kind = CrmKind::Hubspot;
-        ev.superseded = [leads[later].key.clone()].into();
-        let r = reconcile(ev);
-        assert_eq!((r.lost, r.superseded), (0, 1));
-    }
-
-    #[test]
-    fn a_fleet_run_is_its_own_column_with_its_fault_rows() {
-        let leads = leads();
-        let outcomes = accepted(&leads);
-        let (crm, dlq) = perfect(&leads);
-        let mut ev = evidence(&leads, &outcomes, crm, dlq);
-        ev.topology = Some(Topology {
-            routers: 3,
-            nats: NatsKind::Cluster,
-            nats_nodes: Some(3),
-            replicas: 3,
-            partitions: 16,
-            vendor_requests_per_router: vec![10, 10, 10],
-        });
-        ev.faults = vec![
-            FaultRecord {
-                router: Some(1),
-                unavailable_ms: 450,
-                recovered: true,
-                vendor_gap_ms: Some(3),
-                partitions_settled_ms: Some(4100),
-                ..FaultRecord::new(FaultKind::KillRouter)
-            },
-            FaultRecord {
-                node: Some("n2".into()),
-                new_leader: Some("n1".into()),
-                leader_elected_ms: Some(1800),
-                vendor_gap_ms: Some(1700),
-                rejoined_ms: Some(600),
-                unavailable_ms: 1700,
-                recovered: true,
-                ..FaultRecord::new(FaultKind::KillNatsNode)
-            },
-        ];
-        let r = reconcile(ev);
-        // The vendor's gaps, not one router's restart: the others kept answering.
-        assert_eq!(r.intake_unavailable_ms, 1703);
-        let table = render_table(&[&r]);
-        assert!(
-            table.contains("| leadrouter, 3 routers, 3-node NATS R3 (drill) |"),
-            "{table}"
-        );
-        assert!(table.contains("| r1 450 ms |"), "{table}");
-        assert!(table.contains("| 4100 ms |"), "{table}");
-        assert!(
-            table.contains("| n2: 1800 ms / 1700 ms / 600 ms |"),
-            "{table}"
-        );
-    }
-
-    #[test]
-    fn a_batching_crm_run_names_its_crm_and_shows_the_vendors_side() {
-        let leads = leads();
-        let outcomes = accepted(&leads);
-        let (crm, dlq) = perfect(&leads);
-        let mut ev = evidence(&leads, &outcomes, crm, dlq);
-        ev.crm_kind = CrmKind::Hubspot;
-        ev.crm_api = Some(CrmApiReport {
-            calls: 12,
-            max_leads_per_call: 100,
-            mean_leads_per_call: 30.25,
-            throttled: 2,
-            throttle_answer: "429".into(),
-            ..CrmApiReport::default()
-        });
-        let mut r = reconcile(ev);
-        assert!(r.clean(), "{r:?}");
-        let table = render_table(&[&r]);
-        assert!(
-            table.contains("| metric | seed before (production) | leadrouter -> HubSpot (drill) |"),
-            "{table}"
-        );
-        assert!(
-            table.contains("| CRM calls / max / mean leads per call |  | 12 / 100 / 30.2 |"),
-            "{table}"
-        );
-        assert!(table.contains("|  | 2 (429) |"), "{table}");
-        assert!(
-            table.contains("| leads dead-lettered for throttling |  | 0 |"),
-            "{table}"
-        );
-        // A throttled lead in the DLQ is the one thing a throttle must never cause.
-        if let Some(a) = r.crm_api.as_mut() {
-            a.throttle_dlq = 1;
-        }
-        assert!(!r.clean());
-    }
-
-    #[test]
-    fn an_http_crm_table_has_no_vendor_rows() {
-        let leads = leads();
-        let outcomes = accepted(&leads);
-        let (crm, dlq) = perfect(&leads);
-        let table = render_table(&[&reconcile(evidence(&leads, &outcomes, crm, dlq))]);
-        assert!(!table.contains("CRM calls"), "{table}");
-        assert!(!table.contains("throttl"), "{table}");
-    }
-
-    #[test]
-    fn a_one_router_table_has_no_fleet_rows() {
-        let leads = leads();
-        let outcomes = accepted(&leads);
-        let (crm, dlq) = perfect(&leads);
-        let mut ev = evidence(&leads, &outcomes, crm, dlq);
-        ev.faults = vec![FaultRecord {
-            unavailable_ms: 700,
-            recovered: true,
-            ..FaultRecord::new(FaultKind::KillRouter)
-        }];
-        let table = render_table(&[&reconcile(ev)]);
-        assert!(table.contains("| metric | seed before (production) | leadrouter (drill) |"));
-        assert!(!table.contains("router kill"), "{table}");
-        assert!(
-            table.contains("| intake unavailable (faults) |  | 700 ms |"),
-            "{table}"
-        );
-    }
-}
+mod tests;
