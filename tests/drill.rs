@@ -381,6 +381,46 @@ fn two_routers_on_a_nats_cluster_lose_nothing_when_routers_and_the_leads_leader_
     );
 }
 
+/// Runs `leadrouter drill ARGS` from the checkout with 2% malformed leads and 2% shared inboxes,
+/// `--json`, in `work`. Returns the process's output and its JSON report; without a report it
+/// panics with stderr and the newest lines of each router log in `logs` (paths under `work`).
+fn run_drill(
+    work: &std::path::Path,
+    args: &[&str],
+    logs: &[&str],
+) -> (std::process::Output, Value) {
+    let out = Command::new(env!("CARGO_BIN_EXE_leadrouter"))
+        .current_dir(common::manifest_dir())
+        .env(
+            "LEADROUTER_TOOLS_DIR",
+            common::manifest_dir().join(".tools"),
+        )
+        .arg("drill")
+        .args(args)
+        .args(["--malformed", "0.02", "--shared-inbox", "0.02"])
+        .args(["--json", "--work-dir"])
+        .arg(work)
+        .output()
+        .expect("drill runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        let tails: Vec<String> = logs
+            .iter()
+            .map(|l| {
+                let text = std::fs::read_to_string(work.join(l)).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                format!("{l} (newest first):\n{}", tail.join("\n"))
+            })
+            .collect();
+        panic!(
+            "no JSON report ({e}); stderr: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            tails.join("\n")
+        )
+    });
+    (out, report)
+}
+
 /// A short storm with every fault against one of the sandbox's batching CRM personalities:
 /// 500 leads at 25/s (a 20 s send window, the CRM's whole 18 s cycle), 2% shared inboxes so
 /// that some contacts get two leads. Asserts what holds for every CRM and returns the
@@ -390,25 +430,12 @@ fn batching_crm_drill(crm: &str) -> (Value, String) {
     common::nats_server_bin();
     let work = tempfile::tempdir().expect("temp dir");
     let started = std::time::Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_leadrouter"))
-        .current_dir(common::manifest_dir())
-        .env(
-            "LEADROUTER_TOOLS_DIR",
-            common::manifest_dir().join(".tools"),
-        )
-        .args(["drill", "--crm", crm, "--leads", "500", "--rate", "25"])
-        .args(["--malformed", "0.02", "--shared-inbox", "0.02"])
-        .args(["--json", "--work-dir"])
-        .arg(work.path())
-        .output()
-        .expect("drill runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (out, report) = run_drill(
+        work.path(),
+        &["--crm", crm, "--leads", "500", "--rate", "25"],
+        &["router.log"],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-        let log = std::fs::read_to_string(work.path().join("router.log")).unwrap_or_default();
-        let tail: String = log.lines().rev().take(30).collect::<Vec<_>>().join("\n");
-        panic!("no JSON report ({e}); stderr: {stderr}\nrouter log (last lines, newest first):\n{tail}")
-    });
     assert_eq!(report["crm"], crm);
     let runs = report["runs"].as_array().expect("runs");
     assert_eq!(runs.len(), 1, "no baseline with --crm {crm}");
@@ -554,32 +581,12 @@ fn a_drill_at_an_edge_site_loses_nothing_through_link_cuts_and_both_kills() {
     common::nats_server_bin();
     let work = tempfile::tempdir().expect("temp dir");
     let started = std::time::Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_leadrouter"))
-        .current_dir(common::manifest_dir())
-        .env(
-            "LEADROUTER_TOOLS_DIR",
-            common::manifest_dir().join(".tools"),
-        )
-        .args(["drill", "--edge", "--leads", "750", "--rate", "25"])
-        .args(["--malformed", "0.02", "--shared-inbox", "0.02"])
-        .args(["--json", "--work-dir"])
-        .arg(work.path())
-        .output()
-        .expect("drill runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (out, report) = run_drill(
+        work.path(),
+        &["--edge", "--leads", "750", "--rate", "25"],
+        &["hub/router.log", "edge/router.log"],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-        let log = |site: &str| {
-            let text = std::fs::read_to_string(work.path().join(site).join("router.log"))
-                .unwrap_or_default();
-            text.lines().rev().take(20).collect::<Vec<_>>().join("\n")
-        };
-        panic!(
-            "no JSON report ({e}); stderr: {stderr}\nhub log (newest first):\n{}\nedge log:\n{}",
-            log("hub"),
-            log("edge")
-        )
-    });
     let lr = &report["runs"][0];
     let table = report["table"].as_str().unwrap_or_default();
     let context = format!("{table}\n{:#}\n{stderr}", lr["edge"]);
