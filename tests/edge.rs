@@ -186,6 +186,16 @@ async fn edge_waiting(js: &async_nats::jetstream::Context) -> u64 {
     s.info().await.expect("info").state.messages
 }
 
+/// Waits until the edge's stream holds nothing: work-queue retention removes what the hub
+/// stored.
+async fn edge_emptied(js: &async_nats::jetstream::Context) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while edge_waiting(js).await > 0 {
+        assert!(Instant::now() < deadline, "leads left at the edge");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The value of one sample of `/metrics`, e.g. `leadrouter_edge_waiting_leads{edge="eu1"}`.
 async fn metric(router: &RouterProcess, sample: &str) -> Option<f64> {
     let text = reqwest::get(format!("{}/metrics", router.intake_url()))
@@ -243,11 +253,7 @@ async fn two_thousand_leads_posted_to_an_edge_reach_the_hub_sink_exactly_once() 
 
     // Work-queue retention: what the hub stored left the edge.
     let js = edge_js(&edge_cfg).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while edge_waiting(&js).await > 0 {
-        assert!(Instant::now() < deadline, "leads left at the edge");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    edge_emptied(&js).await;
     // The edge's 202 came from its own store, in its own domain.
     let account = js.query_account().await.expect("account");
     assert_eq!(account.domain.as_deref(), Some("edge-eu1"));
@@ -370,11 +376,7 @@ async fn an_edge_keeps_answering_202_through_a_30_s_hub_outage_and_delivers_ever
 
     hub_nats.restart();
     all_at_crm_once(&crm, &keys, Duration::from_secs(180), &[&hub, &edge]).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while edge_waiting(&js).await > 0 {
-        assert!(Instant::now() < deadline, "leads left at the edge");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    edge_emptied(&js).await;
     wait_metric(
         &edge,
         "leadrouter_edge_waiting_leads{edge=\"eu1\"}",
@@ -528,11 +530,7 @@ async fn a_full_edge_store_answers_503_and_drops_nothing() {
     let _hub = start(dir.path(), "hub", &hub_cfg).await;
     all_at_crm_once(&crm, &keys, Duration::from_secs(120), &[&_hub, &edge]).await;
     let js = edge_js(&edge_cfg).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while edge_waiting(&js).await > 0 {
-        assert!(Instant::now() < deadline, "leads left at the edge");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    edge_emptied(&js).await;
     let (status, body) = vendor.post(&edge, "overflow", "overflow@example.com").await;
     assert_eq!(status, 202, "{body}");
     let (status, body) = vendor.post(&edge, "fits-0", "fits0@example.com").await;

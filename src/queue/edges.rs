@@ -10,7 +10,8 @@
 //! - the **edge** reads its own stream the same way, and its nats-server's `/varz` for whether
 //!   it holds a leaf connection.
 //!
-//! The board feeds the metrics (`leadrouter_edge_*`), `leadrouter stats` and the console.
+//! The hub's board feeds `leadrouter stats` and the console; both watchers export the
+//! metrics (`leadrouter_edge_*`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -195,14 +196,13 @@ pub async fn watch_from_hub(
     }
 }
 
-/// The edge's own watcher: its stream, and its server's leaf connection when `monitor` (the
-/// server's monitoring URL, read at every poll because a restarted server picks a new port)
-/// gives one.
+/// The edge's own watcher, for its metrics: its stream, and its server's leaf connection when
+/// `monitor` (the server's monitoring URL, read at every poll because a restarted server picks
+/// a new port) gives one.
 pub async fn watch_local(
     js: jetstream::Context,
     name: String,
     monitor: impl Fn() -> Option<String> + Send + 'static,
-    board: EdgeBoard,
     mut stop: watch::Receiver<bool>,
 ) {
     let http = reqwest::Client::builder()
@@ -248,7 +248,6 @@ pub async fn watch_local(
             error: None,
         };
         export(&status);
-        board.put(status);
     }
 }
 

@@ -5,7 +5,7 @@ use tokio::sync::watch;
 use super::{build_intake, serve_intake, Service, ServiceError};
 use crate::config::{Config, EdgeConfig, EnvSource};
 use crate::intake::Filing;
-use crate::queue::edges::{self, EdgeBoard};
+use crate::queue::edges;
 use crate::queue::embedded::{EmbeddedNats, Leafnodes};
 use crate::queue::{topology, Publisher};
 
@@ -61,7 +61,6 @@ pub(super) async fn start(
         js,
         edge.name.clone(),
         monitor,
-        EdgeBoard::default(),
         stop_ops.subscribe(),
     ));
     if env.var(&cfg.admin.token_env).is_some() {
